@@ -1,0 +1,1 @@
+//! Container cgroups on v1, hybrid and v2 hosts.

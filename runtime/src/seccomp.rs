@@ -1,0 +1,1 @@
+//! OCI `linux.seccomp` compiled with seccompiler.

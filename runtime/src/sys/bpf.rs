@@ -1,0 +1,1 @@
+//! bpf(2) for cgroup v2 device programs.
