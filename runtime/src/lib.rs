@@ -2,5 +2,18 @@
 //! as a library. The binary only parses arguments and dispatches here.
 
 pub mod cgroups;
+pub mod console;
+pub mod container;
+pub mod features;
+pub mod hooks;
+pub mod init;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
 pub mod seccomp;
+pub mod spawn;
+pub mod spec;
+pub mod state;
+pub mod sync;
 pub mod sys;
+pub mod wait;

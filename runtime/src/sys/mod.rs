@@ -3,3 +3,324 @@
 
 pub mod bpf;
 pub mod seccomp;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// openat2(2) with RESOLVE_IN_ROOT: `path` is resolved as if `root` were `/`,
+/// so symlinks and `..` in a container image cannot lead out of it.
+pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: open_how is plain integers; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if flags & libc::O_CREAT != 0 {
+        mode as u64
+    } else {
+        0
+    };
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `p` is a valid NUL-terminated string and `how` a fully initialised
+    // open_how whose size we pass; the kernel only reads both.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root,
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// mount_setattr(2) with AT_RECURSIVE on the mount at `fd`: the recursive
+/// mount options (rro, rnosuid, ...) that plain mount(2) cannot express.
+pub fn mount_setattr_recursive(fd: RawFd, set: u64, clear: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a live, fully initialised mount_attr whose size we pass.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(|_| ())
+}
+
+/// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): marks every descriptor from
+/// `first` up close-on-exec, so nothing of the runtime leaks into the container.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range only changes descriptor flags of this process.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Clears FD_CLOEXEC on `fd`, so it survives exec (stdio, --preserve-fds).
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number has no memory effects.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } as libc::c_long).map(|_| ())
+}
+
+/// pivot_root(2); nix's wrapper wants paths, we pass "." twice for the
+/// fchdir-based dance that needs no temporary directory.
+pub fn pivot_root_dot() -> io::Result<()> {
+    let dot = c".";
+    // SAFETY: both arguments are valid NUL-terminated strings.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) }).map(|_| ())
+}
+
+/// A sealed anonymous copy of the file at `path` (used for our own binary):
+/// the container can never write through it to the file on the host.
+pub fn sealed_memfd_copy(path: &Path, name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    let src = std::fs::File::open(path)?;
+    let len = src.metadata()?.len();
+    // SAFETY: `name` is a valid C string; memfd_create returns a new fd or -1.
+    let fd = check(unsafe {
+        libc::memfd_create(
+            name.as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_EXEC,
+        )
+    } as libc::c_long)
+    .or_else(|_| {
+        // Kernels before 6.3 do not know MFD_EXEC.
+        // SAFETY: as above.
+        check(unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        } as libc::c_long)
+    })?;
+    // SAFETY: memfd_create returned a descriptor nobody else owns.
+    let memfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut copied: u64 = 0;
+    while copied < len {
+        // SAFETY: both descriptors are open; a null offset uses the file position.
+        let n = check(unsafe {
+            libc::sendfile(
+                memfd.as_raw_fd(),
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                (len - copied) as usize,
+            )
+        } as libc::c_long)?;
+        if n == 0 {
+            break;
+        }
+        copied += n as u64;
+    }
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on our memfd takes an int argument.
+    check(unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long)?;
+    Ok(memfd)
+}
+
+/// True if the memfd behind `fd` carries the write seal.
+pub fn is_sealed(fd: RawFd) -> bool {
+    // SAFETY: F_GET_SEALS reads the seals of an open descriptor.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_WRITE != 0
+}
+
+/// prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (the container's init
+/// once its intermediate parent exits) are re-parented to us, so we can wait.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } as libc::c_long)
+        .map(|_| ())
+}
+
+/// prctl(PR_SET_DUMPABLE, 0): other processes of the container may not
+/// ptrace us or open our /proc/PID files (exe, fds, mem) while we set it up.
+pub fn set_non_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } as libc::c_long).map(|_| ())
+}
+
+/// prctl(PR_SET_NO_NEW_PRIVS, 1).
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long).map(|_| ())
+}
+
+/// prctl(PR_SET_KEEPCAPS, 1): keep permitted capabilities across setuid.
+pub fn set_keep_caps() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } as libc::c_long).map(|_| ())
+}
+
+/// prctl(PR_SET_PDEATHSIG): the intermediate processes die with their parent.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) } as libc::c_long).map(|_| ())
+}
+
+/// setrlimit(2) via prlimit on ourselves.
+pub fn set_rlimit(resource: i32, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit64; a null old-limit pointer is allowed.
+    check(unsafe { libc::prlimit64(0, resource as _, &lim, std::ptr::null_mut()) } as libc::c_long)
+        .map(|_| ())
+}
+
+/// setgroups(2) directly: nix's version is fine, but this one also works when
+/// the list is empty without allocating.
+pub fn set_groups(gids: &[u32]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe a live slice of gid_t.
+    check(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) } as libc::c_long).map(|_| ())
+}
+
+/// Raw setresuid/setresgid: they apply to the calling thread only, which is
+/// what we want in the single-threaded init.
+pub fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain integer syscalls.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: plain integer syscalls.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(|_| ())
+}
+
+/// umask(2).
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+/// personality(2) with a domain value.
+pub fn set_personality(persona: u64) -> io::Result<()> {
+    // SAFETY: integer argument only.
+    check(unsafe { libc::personality(persona as libc::c_ulong) } as libc::c_long).map(|_| ())
+}
+
+/// Makes `fd` the controlling terminal of this (session leader) process.
+pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } as libc::c_long).map(|_| ())
+}
+
+/// Sets a pty's window size.
+pub fn set_window_size(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer we pass.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } as libc::c_long).map(|_| ())
+}
+
+/// execveat(fd, "", argv, envp, AT_EMPTY_PATH): runs the sealed copy of our
+/// binary. Only returns on error.
+pub fn exec_fd(fd: RawFd, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: argv/envp are NULL-terminated arrays of valid C strings that
+    // outlive the call; execveat only returns on failure.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            a.as_ptr(),
+            e.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}
+
+/// fork(2). Only ever called from single-threaded processes (the container
+/// init stages), so the child may allocate.
+pub fn fork() -> io::Result<i32> {
+    // SAFETY: the callers are single-threaded (documented at each call site),
+    // so the child inherits a consistent heap and no held locks.
+    let pid = unsafe { libc::fork() };
+    check(pid as libc::c_long).map(|p| p as i32)
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of
+/// /proc/PID/stat): together with the pid it names one process for good.
+pub fn process_start_time(pid: i32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&stat).map(|(_, start)| start)
+}
+
+/// Process state letter and start time from the text of /proc/PID/stat.
+pub fn parse_stat(stat: &str) -> io::Result<(char, u64)> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat");
+    // The command name may hold spaces and ')': fields start after the last ')'.
+    let rest = &stat[stat.rfind(')').ok_or_else(bad)? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields
+        .first()
+        .and_then(|s| s.chars().next())
+        .ok_or_else(bad)?;
+    let start = fields
+        .get(19)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_command_name() {
+        let text = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_stat(text).unwrap(), ('S', 98765));
+    }
+
+    #[test]
+    fn own_start_time_is_stable() {
+        let pid = std::process::id() as i32;
+        assert_eq!(
+            process_start_time(pid).unwrap(),
+            process_start_time(pid).unwrap()
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! One function per verb: turn parsed flags into library calls and print
+//! what runc prints. Returns the process exit code.
+
+use crate::cli::{
+    Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputFormat, PsArgs, RunArgs, SpecArgs,
+};
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{Capabilities, Capability, Process};
+use std::path::Path;
+use std::str::FromStr;
+use warren::container::{CreateOptions, ExecOptions, Runtime};
+use warren::wait::Forwarder;
+
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    let rt = Runtime::new(&cli.root);
+    match cli.command {
+        Command::Create(a) => create(&rt, &a).map(|_| 0),
+        Command::Start { id } => rt.start(&id).map(|_| 0).map_err(Into::into),
+        Command::Run(a) => run(&rt, &a),
+        Command::State { id } => {
+            println!("{}", serde_json::to_string_pretty(&rt.state(&id)?)?);
+            Ok(0)
+        }
+        Command::Kill(a) => kill(&rt, &a),
+        Command::Delete(a) => delete(&rt, &a.id, a.force),
+        Command::List(a) => list(&rt, &a),
+        Command::Ps(a) => ps(&rt, &a),
+        Command::Exec(a) => exec(&rt, *a),
+        Command::Pause { id } => rt.pause(&id).map(|_| 0).map_err(Into::into),
+        Command::Resume { id } => rt.resume(&id).map(|_| 0).map_err(Into::into),
+        Command::Spec(a) => spec(&a),
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&warren::features::features())?
+            );
+            Ok(0)
+        }
+        Command::Init => bail!("init is started by the runtime only"),
+    }
+}
+
+fn create_options(a: &CreateArgs) -> CreateOptions {
+    CreateOptions {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        no_pivot: a.no_pivot,
+        preserve_fds: a.preserve_fds,
+    }
+}
+
+fn create(rt: &Runtime, a: &CreateArgs) -> Result<i32> {
+    Ok(rt.create(&create_options(a))?)
+}
+
+/// `run`: create + start; in the foreground also wait, forward signals,
+/// delete, and exit with the container's code.
+fn run(rt: &Runtime, a: &RunArgs) -> Result<i32> {
+    let forwarder = if a.detach {
+        None
+    } else {
+        Some(Forwarder::install()?)
+    };
+    let pid = create(rt, &a.create)?;
+    if let Err(e) = rt.start(&a.create.id) {
+        let _ = rt.delete(&a.create.id, true);
+        return Err(e.into());
+    }
+    let Some(fw) = forwarder else { return Ok(0) };
+    let code = fw.wait(pid)?;
+    if !a.keep {
+        rt.delete(&a.create.id, true)?;
+    }
+    Ok(code)
+}
+
+/// Signal names as runc takes them: KILL, SIGKILL, or a number.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).with_context(|| format!("invalid signal number {n}"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
+}
+
+fn kill(rt: &Runtime, a: &KillArgs) -> Result<i32> {
+    let sig = parse_signal(&a.signal)?;
+    rt.kill(&a.id, sig, a.all)?;
+    Ok(0)
+}
+
+fn delete(rt: &Runtime, id: &str, force: bool) -> Result<i32> {
+    match rt.delete(id, force) {
+        Ok(()) => Ok(0),
+        // runc: `delete --force` of a container that is gone is not an error.
+        Err(warren::container::ContainerError::State(warren::state::StateError::NotFound {
+            ..
+        })) if force => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn list(rt: &Runtime, a: &ListArgs) -> Result<i32> {
+    let all = rt.list()?;
+    if a.quiet {
+        all.iter().for_each(|c| println!("{}", c.id));
+    } else if a.format == OutputFormat::Json {
+        println!("{}", serde_json::to_string(&all)?);
+    } else {
+        println!(
+            "{:<12} {:<10} {:<10} {:<40} {:<30} OWNER",
+            "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+        );
+        for c in &all {
+            let owner = if c.owner.is_empty() { "root" } else { &c.owner };
+            println!(
+                "{:<12} {:<10} {:<10} {:<40} {:<30} {owner}",
+                c.id,
+                c.pid,
+                c.status,
+                c.bundle.display(),
+                c.created
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `ps`: the container's pids as JSON, or ps(1)'s table filtered to them.
+fn ps(rt: &Runtime, a: &PsArgs) -> Result<i32> {
+    let pids = rt.pids(&a.id)?;
+    if a.format == OutputFormat::Json {
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(0);
+    }
+    let args = if a.ps_args.is_empty() {
+        vec!["-ef".to_string()]
+    } else {
+        a.ps_args.clone()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .context("run ps")?;
+    if !out.status.success() {
+        bail!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .context("ps output has no PID column")?;
+    println!("{header}");
+    for line in lines {
+        let pid = line
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            println!("{line}");
+        }
+    }
+    Ok(0)
+}
+
+fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
+    let process = exec_process(rt, &a)?;
+    let forwarder = if a.detach {
+        None
+    } else {
+        Some(Forwarder::install()?)
+    };
+    let pid = rt.exec(ExecOptions {
+        id: a.id.clone(),
+        process,
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        preserve_fds: a.preserve_fds,
+    })?;
+    match forwarder {
+        Some(fw) => Ok(fw.wait(pid)?),
+        None => Ok(0),
+    }
+}
+
+/// The exec'd process: --process FILE as is, or the container's own process
+/// with the command line's changes (as runc builds it).
+fn exec_process(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
+    if a.apparmor.as_deref().is_some_and(|s| !s.is_empty())
+        || a.process_label.as_deref().is_some_and(|s| !s.is_empty())
+    {
+        bail!("--apparmor and --process-label are not supported on this host");
+    }
+    if let Some(path) = &a.process {
+        let text = std::fs::read(path).with_context(|| format!("--process {}", path.display()))?;
+        let de = &mut serde_json::Deserializer::from_slice(&text);
+        let p: Process = serde_path_to_error::deserialize(de).map_err(|e| {
+            anyhow::anyhow!("--process {}: {}: {}", path.display(), e.path(), e.inner())
+        })?;
+        return Ok(p);
+    }
+    if a.command.is_empty() {
+        bail!("exec: no command given (args or --process)");
+    }
+    let state = rt.open(&a.id)?.state;
+    let mut p = state
+        .config
+        .process()
+        .clone()
+        .context("container has no process")?;
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
+    let mut env = p.env().clone().unwrap_or_default();
+    for kv in &a.env {
+        let key = kv.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if let Some(user) = &a.user {
+        let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+        p.user_mut().set_uid(
+            uid.parse()
+                .with_context(|| format!("--user {user}: not a numeric uid"))?,
+        );
+        p.user_mut().set_gid(
+            gid.parse()
+                .with_context(|| format!("--user {user}: not a numeric gid"))?,
+        );
+    }
+    if !a.additional_gids.is_empty() {
+        p.user_mut()
+            .set_additional_gids(Some(a.additional_gids.clone()));
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    add_caps(&mut p, &a.cap)?;
+    Ok(p)
+}
+
+fn add_caps(p: &mut Process, names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut caps = p.capabilities().clone().unwrap_or_default();
+    for name in names {
+        let cap: Capability = serde_json::from_value(serde_json::Value::String(name.clone()))
+            .map_err(|_| anyhow::anyhow!("--cap {name}: unknown capability"))?;
+        let with = |set: &Option<Capabilities>| {
+            let mut s = set.clone().unwrap_or_default();
+            s.insert(cap);
+            Some(s)
+        };
+        caps.set_bounding(with(caps.bounding()));
+        caps.set_effective(with(caps.effective()));
+        caps.set_permitted(with(caps.permitted()));
+        caps.set_ambient(with(caps.ambient()));
+    }
+    p.set_capabilities(Some(caps));
+    Ok(())
+}
+
+fn spec(a: &SpecArgs) -> Result<i32> {
+    let path = a.bundle.join("config.json");
+    if path.exists() {
+        bail!("File {} exists. Remove it first", path.display());
+    }
+    let text = serde_json::to_string_pretty(&warren::features::default_spec(a.rootless))?;
+    write_new(&path, &text)?;
+    Ok(0)
+}
+
+fn write_new(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}

@@ -1,0 +1,623 @@
+//! The runtime's operations on containers (create, start, state, kill,
+//! delete, pause, resume, ps, exec), each under the container's lock.
+
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::hooks::{self, HookKind};
+use crate::init::{CreateSetup, InitConfig};
+use crate::namespaces::NamespacePlan;
+use crate::spawn::{InitProcess, SpawnError};
+use crate::spec::{Bundle, SpecError};
+use crate::state::{self, DirLock, State, StateError, Status};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxDeviceCgroup, Process, Spec};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const OCI_VERSION: &str = "1.2.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
+    #[error("container not running")]
+    NotRunning { id: String },
+    #[error("cannot start a container that has stopped")]
+    StartStopped { id: String },
+    #[error("cannot start an already running container")]
+    StartRunning { id: String },
+    #[error("cannot delete container {id} that is not stopped: {status}")]
+    DeleteNotStopped { id: String, status: Status },
+    #[error("container {id} is {status}: cannot {action}")]
+    BadStatus {
+        id: String,
+        status: Status,
+        action: &'static str,
+    },
+    #[error("kill {id}: {source}")]
+    Signal { id: String, source: nix::Error },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--console-socket {path}: {source}")]
+    ConsoleSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("container {id}: process.terminal is set: --console-socket is required")]
+    NoConsoleSocket { id: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
+    move |source| ContainerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `state` output: the spec's state plus runc's rootfs/created/owner.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateView {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    pub status: Status,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The state JSON hooks read on stdin (runtime-spec "State").
+pub fn hook_state(state: &State, status: Status, pid: i32) -> String {
+    serde_json::json!({
+        "ociVersion": OCI_VERSION,
+        "id": state.id,
+        "status": status,
+        "pid": pid,
+        "bundle": state.bundle,
+        "annotations": state.annotations,
+    })
+    .to_string()
+}
+
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: u32,
+}
+
+pub struct ExecOptions {
+    pub id: String,
+    pub process: Process,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: u32,
+}
+
+/// A container's directory, locked for the lifetime of this value.
+pub struct Locked {
+    pub dir: PathBuf,
+    pub state: State,
+    _lock: DirLock,
+}
+
+/// All containers under one `--root`.
+pub struct Runtime {
+    root: PathBuf,
+}
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime { root: root.into() }
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Locks the container and loads its state.
+    pub fn open(&self, id: &str) -> Result<Locked, ContainerError> {
+        crate::spec::validate_id(id)?;
+        let dir = self.dir(id);
+        if !dir.is_dir() {
+            return Err(StateError::NotFound { id: id.into() }.into());
+        }
+        let lock = DirLock::acquire(&dir).map_err(|_| StateError::NotFound { id: id.into() })?;
+        // A concurrent delete may have removed it while we waited.
+        let state = state::read_state(&dir, id)?;
+        Ok(Locked {
+            dir,
+            state,
+            _lock: lock,
+        })
+    }
+
+    pub fn status(&self, locked: &Locked) -> Status {
+        status_of(&locked.dir, &locked.state)
+    }
+
+    pub fn state(&self, id: &str) -> Result<StateView, ContainerError> {
+        let dir = self.dir(id);
+        crate::spec::validate_id(id)?;
+        let st = state::read_state(&dir, id)?;
+        Ok(view(&st, status_of(&dir, &st)))
+    }
+
+    pub fn list(&self) -> Result<Vec<StateView>, ContainerError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ContainerError::Io {
+                    path: self.root.clone(),
+                    source: e,
+                })
+            }
+        };
+        let mut out: Vec<StateView> = entries
+            .flatten()
+            .filter_map(|e| {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let st = state::read_state(&e.path(), &id).ok()?;
+                Some(view(&st, status_of(&e.path(), &st)))
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    pub fn create(&self, opts: &CreateOptions) -> Result<i32, ContainerError> {
+        crate::spec::validate_id(&opts.id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        let terminal = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        if terminal && opts.console_socket.is_none() {
+            return Err(ContainerError::NoConsoleSocket {
+                id: opts.id.clone(),
+            });
+        }
+        let cgroup_path = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone());
+        let cgroup = Cgroup::resolve(cgroup_path.as_deref(), &opts.id)?;
+        std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let dir = self.dir(&opts.id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StateError::Exists {
+                    id: opts.id.clone(),
+                }
+                .into())
+            }
+            Err(e) => {
+                return Err(ContainerError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        }
+        let lock = DirLock::acquire(&dir)?;
+        let mut guard = CreateGuard {
+            dir: dir.clone(),
+            cgroup: None,
+            init: None,
+            armed: true,
+        };
+        let st = State {
+            id: opts.id.clone(),
+            pid: 0,
+            pid_start_time: 0,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::rfc3339_now(),
+            owner: String::new(),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            cgroup: Some(cgroup.clone()),
+            started: false,
+            config: bundle.spec.clone(),
+        };
+        state::write_state(&dir, &st)?;
+        let pid = self.build(opts, &bundle, st, &mut guard)?;
+        guard.armed = false;
+        drop(lock);
+        Ok(pid)
+    }
+
+    /// The part of create that can leave things behind: the guard undoes it on error.
+    fn build(
+        &self,
+        opts: &CreateOptions,
+        bundle: &Bundle,
+        mut st: State,
+        guard: &mut CreateGuard,
+    ) -> Result<i32, ContainerError> {
+        let dir = guard.dir.clone();
+        let cgroup = st.cgroup.clone().expect("set by create");
+        cgroup.create()?;
+        guard.cgroup = Some(cgroup.clone());
+        cgroup.apply_devices(&device_rules(&bundle.spec))?;
+        let fifo = dir.join(state::EXEC_FIFO);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(
+            |e| ContainerError::Io {
+                path: fifo.clone(),
+                source: e.into(),
+            },
+        )?;
+        let console = connect_console(opts.console_socket.as_deref())?;
+        let config = InitConfig {
+            spec: bundle.spec.clone(),
+            namespaces: NamespacePlan::for_spec(&bundle.spec),
+            create: Some(CreateSetup {
+                rootfs: bundle.rootfs.clone(),
+                bundle: bundle.dir.clone(),
+                exec_fifo: fifo,
+                no_pivot: opts.no_pivot,
+            }),
+            cgroup: Some(cgroup.clone()),
+            console_fd: console.as_ref().map(|c| c.as_raw_fd()),
+            preserve_fds: opts.preserve_fds,
+        };
+        let init = guard
+            .init
+            .insert(InitProcess::spawn(config, Some(&cgroup))?);
+        drop(console);
+        let pid = init.wait_for_child_ready(&bundle.spec, |pid| {
+            st.pid = pid;
+            st.pid_start_time = crate::sys::process_start_time(pid).unwrap_or(0);
+            // Hooks run with the pid recorded, so `state` answers during them.
+            let _ = state::write_state(&dir, &st);
+            hook_state(&st, Status::Creating, pid)
+        })?;
+        st.pid = pid;
+        st.pid_start_time =
+            crate::sys::process_start_time(pid).map_err(io_err(Path::new("/proc")))?;
+        state::write_state(&dir, &st)?;
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        Ok(pid)
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let mut c = self.open(id)?;
+        match self.status(&c) {
+            Status::Created => {}
+            Status::Stopped => return Err(ContainerError::StartStopped { id: id.into() }),
+            _ => return Err(ContainerError::StartRunning { id: id.into() }),
+        }
+        release_init(&c)?;
+        c.state.started = true;
+        state::write_state(&c.dir, &c.state)?;
+        let hook_json = hook_state(&c.state, Status::Running, c.state.pid);
+        if let Err(e) = hooks::run_all(HookKind::Poststart, &c.state.config, &hook_json) {
+            log::warn!("{e}");
+        }
+        Ok(())
+    }
+
+    pub fn kill(&self, id: &str, sig: Signal, all: bool) -> Result<(), ContainerError> {
+        let c = self.open(id)?;
+        let status = self.status(&c);
+        if all {
+            if let Some(cg) = &c.state.cgroup {
+                cg.signal_all(sig as i32)?;
+                return Ok(());
+            }
+        }
+        if !status.can_kill() {
+            return Err(ContainerError::NotRunning { id: id.into() });
+        }
+        kill(Pid::from_raw(c.state.pid), sig).map_err(|source| ContainerError::Signal {
+            id: id.into(),
+            source,
+        })
+    }
+
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
+        let c = self.open(id)?;
+        let status = self.status(&c);
+        if !force && !status.can_delete() {
+            return Err(ContainerError::DeleteNotStopped {
+                id: id.into(),
+                status,
+            });
+        }
+        if status != Status::Stopped {
+            let _ = kill(Pid::from_raw(c.state.pid), Signal::SIGKILL);
+        }
+        if let Some(cg) = &c.state.cgroup {
+            // Processes that outlived the init (no pid namespace, or escaped
+            // reaping) go too; a frozen cgroup must thaw for SIGKILL to land.
+            if !cg.pids().unwrap_or_default().is_empty() {
+                cg.signal_all(libc::SIGKILL)?;
+                let _ = cg.thaw();
+            }
+        }
+        wait_gone(&c.state, Duration::from_secs(10));
+        if let Some(cg) = &c.state.cgroup {
+            cg.destroy()?;
+        }
+        if c.state.started || status == Status::Created {
+            let json = hook_state(&c.state, Status::Stopped, 0);
+            if let Err(e) = hooks::run_all(HookKind::Poststop, &c.state.config, &json) {
+                log::warn!("{e}");
+            }
+        }
+        std::fs::remove_dir_all(&c.dir).map_err(io_err(&c.dir))
+    }
+
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        let c = self.open(id)?;
+        let status = self.status(&c);
+        if !status.can_pause() {
+            return Err(ContainerError::BadStatus {
+                id: id.into(),
+                status,
+                action: "pause",
+            });
+        }
+        Ok(self.cgroup_of(&c)?.freeze()?)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        let c = self.open(id)?;
+        let status = self.status(&c);
+        if !status.can_resume() {
+            return Err(ContainerError::BadStatus {
+                id: id.into(),
+                status,
+                action: "resume",
+            });
+        }
+        Ok(self.cgroup_of(&c)?.thaw()?)
+    }
+
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>, ContainerError> {
+        let c = self.open(id)?;
+        Ok(self.cgroup_of(&c)?.pids()?)
+    }
+
+    fn cgroup_of<'a>(&self, c: &'a Locked) -> Result<&'a Cgroup, ContainerError> {
+        c.state.cgroup.as_ref().ok_or(ContainerError::NotRunning {
+            id: c.state.id.clone(),
+        })
+    }
+
+    /// Starts a new process in a running container; returns its host pid.
+    pub fn exec(&self, opts: ExecOptions) -> Result<i32, ContainerError> {
+        let c = self.open(&opts.id)?;
+        let status = self.status(&c);
+        if !status.can_exec() {
+            return Err(ContainerError::BadStatus {
+                id: opts.id.clone(),
+                status,
+                action: "exec",
+            });
+        }
+        if opts.process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+            return Err(ContainerError::NoConsoleSocket {
+                id: opts.id.clone(),
+            });
+        }
+        let mut spec = c.state.config.clone();
+        spec.set_process(Some(opts.process));
+        let console = connect_console(opts.console_socket.as_deref())?;
+        let config = InitConfig {
+            namespaces: NamespacePlan::for_exec(&spec, c.state.pid),
+            spec: spec.clone(),
+            create: None,
+            cgroup: c.state.cgroup.clone(),
+            console_fd: console.as_ref().map(|c| c.as_raw_fd()),
+            preserve_fds: opts.preserve_fds,
+        };
+        let mut init = InitProcess::spawn(config, c.state.cgroup.as_ref())?;
+        drop(console);
+        let pid = match init.wait_for_child_ready(&spec, |_| String::new()) {
+            Ok(pid) => pid,
+            Err(e) => {
+                init.kill();
+                return Err(e.into());
+            }
+        };
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        Ok(pid)
+    }
+}
+
+fn view(st: &State, status: Status) -> StateView {
+    StateView {
+        oci_version: OCI_VERSION.into(),
+        id: st.id.clone(),
+        pid: if status == Status::Stopped { 0 } else { st.pid },
+        status,
+        bundle: st.bundle.clone(),
+        rootfs: st.rootfs.clone(),
+        created: st.created.clone(),
+        owner: st.owner.clone(),
+        annotations: st.annotations.clone(),
+    }
+}
+
+/// Derives the status from what is on the host right now.
+fn status_of(dir: &Path, st: &State) -> Status {
+    if st.pid == 0 {
+        return Status::Creating;
+    }
+    if !st.init_alive() {
+        return Status::Stopped;
+    }
+    if dir.join(state::EXEC_FIFO).exists() {
+        return Status::Created;
+    }
+    match &st.cgroup {
+        Some(cg) if cg.is_frozen().unwrap_or(false) => Status::Paused,
+        _ => Status::Running,
+    }
+}
+
+/// Opens the exec fifo and waits for the init's byte: from then on it runs.
+fn release_init(c: &Locked) -> Result<(), ContainerError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let path = c.dir.join(state::EXEC_FIFO);
+    let fifo: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(io_err(&path))?
+        .into();
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(100u16)).map_err(|e| ContainerError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        if n > 0 {
+            let mut b = [0u8; 1];
+            if nix::unistd::read(fifo.as_raw_fd(), &mut b) == Ok(1) {
+                break;
+            }
+        }
+        if !c.state.init_alive() {
+            return Err(ContainerError::StartStopped {
+                id: c.state.id.clone(),
+            });
+        }
+    }
+    std::fs::remove_file(&path).map_err(io_err(&path))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+fn wait_gone(st: &State, timeout: Duration) {
+    let until = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
+    while st.init_alive() && Instant::now() < until {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+fn connect_console(path: Option<&Path>) -> Result<Option<OwnedFd>, ContainerError> {
+    let Some(path) = path else { return Ok(None) };
+    let sock = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+        ContainerError::ConsoleSocket {
+            path: path.into(),
+            source,
+        }
+    })?;
+    Ok(Some(sock.into()))
+}
+
+/// Written via a temp file and rename, so readers never see a partial pid.
+fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
+    let path = std::path::absolute(path).map_err(io_err(path))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&tmp, pid.to_string()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+}
+
+/// The device cgroup rules: config.json's own (deny-all if it has none),
+/// then access to the devices every container gets and to its ptys.
+fn device_rules(spec: &Spec) -> Vec<LinuxDeviceCgroup> {
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder as B, LinuxDeviceType as T};
+    let rule = |allow: bool, typ: T, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut b = B::default().allow(allow).typ(typ).access(access);
+        if let Some(m) = major {
+            b = b.major(m);
+        }
+        if let Some(m) = minor {
+            b = b.minor(m);
+        }
+        b.build().expect("all fields set")
+    };
+    let own = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().clone());
+    let mut rules = own.unwrap_or_else(|| vec![rule(false, T::A, None, None, "rwm")]);
+    for (_, major, minor) in crate::rootfs::DEFAULT_DEVICES {
+        rules.push(rule(
+            true,
+            T::C,
+            Some(major as i64),
+            Some(minor as i64),
+            "rwm",
+        ));
+    }
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
+        rules.push(rule(true, d.typ(), Some(d.major()), Some(d.minor()), "rwm"));
+    }
+    rules.push(rule(true, T::C, Some(5), Some(2), "rwm")); // /dev/ptmx
+    rules.push(rule(true, T::C, Some(136), None, "rwm")); // /dev/pts/*
+    rules.push(rule(true, T::C, Some(5), Some(1), "rwm")); // /dev/console
+    rules
+}
+
+/// Undoes a half-made container when create fails at any step.
+struct CreateGuard {
+    dir: PathBuf,
+    cgroup: Option<Cgroup>,
+    init: Option<InitProcess>,
+    armed: bool,
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(init) = &mut self.init {
+            init.kill();
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.signal_all(libc::SIGKILL);
+            let _ = cg.destroy();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,289 @@
+//! The container side of create and exec: `warren init`, run from a sealed
+//! copy of the binary. Stage 1 joins and creates namespaces, then forks
+//! stage 2, which (as pid 1 of a new pid namespace) builds the container's
+//! view and finally execs the user's program.
+
+use crate::cgroups::Cgroup;
+use crate::hooks::{self, HookKind};
+use crate::namespaces::NamespacePlan;
+use crate::sync::Channel;
+use crate::{console, process, rootfs, seccomp};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+/// The environment variable that carries the sync socket's fd number.
+pub const SYNC_FD_ENV: &str = "_WARREN_SYNC_FD";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
+    #[error(transparent)]
+    Namespace(#[from] crate::namespaces::NamespaceError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("{step}: {source}")]
+    Sys {
+        step: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn sys_err(step: &'static str) -> impl FnOnce(std::io::Error) -> InitError {
+    move |source| InitError::Sys { step, source }
+}
+
+/// What a new container needs beyond the process: where its rootfs is and
+/// how `start` will release it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateSetup {
+    pub rootfs: PathBuf,
+    pub bundle: PathBuf,
+    pub exec_fifo: PathBuf,
+    pub no_pivot: bool,
+}
+
+/// Everything the init gets from the runtime, in the first sync message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    /// For exec, the container's config with `process` replaced.
+    pub spec: Spec,
+    pub namespaces: NamespacePlan,
+    /// None for exec: the process joins a container that is already set up.
+    pub create: Option<CreateSetup>,
+    pub cgroup: Option<Cgroup>,
+    /// Inherited --console-socket connection, when process.terminal is set.
+    pub console_fd: Option<RawFd>,
+    pub preserve_fds: u32,
+}
+
+impl InitConfig {
+    fn process(&self) -> &Process {
+        self.spec
+            .process()
+            .as_ref()
+            .expect("validated by the runtime")
+    }
+}
+
+/// Entry point of `warren init`: never returns.
+pub fn main(sync_fd: RawFd) -> ! {
+    // SAFETY: the runtime passed us this socket and nothing else in this fresh process owns it.
+    let mut chan = unsafe { Channel::from_raw_fd(sync_fd) };
+    match stage1(&mut chan) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            chan.report_error(e.to_string());
+            std::process::exit(1)
+        }
+    }
+}
+
+fn stage1(chan: &mut Channel) -> Result<(), InitError> {
+    let cfg = chan.recv_config()?;
+    cfg.namespaces.join_all()?;
+    if cfg.namespaces.creates(LinuxNamespaceType::User) {
+        cfg.namespaces.unshare_user()?;
+        chan.request_id_maps(std::process::id() as i32)?;
+        crate::sys::set_ids(0, 0).map_err(sys_err("become root in the user namespace"))?;
+    }
+    cfg.namespaces.unshare_rest()?;
+    let (gate_r, gate_w) = nix::unistd::pipe().map_err(|e| InitError::Sys {
+        step: "pipe",
+        source: e.into(),
+    })?;
+    // This process is single-threaded (a fresh exec of ours), so fork is safe.
+    match crate::sys::fork().map_err(sys_err("fork"))? {
+        0 => {
+            drop(gate_w);
+            // Wait until stage 1 has told the runtime our pid: the runtime
+            // must see Pid before anything stage 2 says.
+            let mut b = [0u8; 1];
+            if nix::unistd::read(gate_r.as_raw_fd(), &mut b) != Ok(1) {
+                std::process::exit(1);
+            }
+            stage2(chan, cfg)
+        }
+        pid => {
+            chan.report_pid(pid)?;
+            nix::unistd::write(&gate_w, &[1]).map_err(|e| InitError::Sys {
+                step: "release stage 2",
+                source: e.into(),
+            })?;
+            Ok(())
+        }
+    }
+}
+
+fn stage2(chan: &mut Channel, cfg: InitConfig) -> ! {
+    let prepared = match prepare(chan, &cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            chan.report_error(e.to_string());
+            std::process::exit(1)
+        }
+    };
+    if let Err(e) = chan.ready() {
+        eprintln!("warren init: {e}");
+        std::process::exit(1);
+    }
+    // From here on the runtime has returned: errors go to the container's stderr.
+    let err = run(&cfg, prepared);
+    eprintln!("warren init: {err}");
+    std::process::exit(127)
+}
+
+/// What `prepare` leaves for the final steps after Ready.
+struct Prepared {
+    exec_fifo: Option<OwnedFd>,
+    program: PathBuf,
+    seccomp: Option<seccomp::SeccompProgram>,
+    state_json: String,
+}
+
+/// Everything that can fail before `create` returns, so failures reach the caller.
+fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> {
+    nix::unistd::setsid().map_err(|e| InitError::Sys {
+        step: "setsid",
+        source: e.into(),
+    })?;
+    crate::sys::set_non_dumpable().map_err(sys_err("set non-dumpable"))?;
+    let process = cfg.process();
+    let mut exec_fifo = None;
+    let mut state_json = String::new();
+    if let Some(create) = &cfg.create {
+        let ctx = rootfs::RootfsContext {
+            spec: &cfg.spec,
+            rootfs: &create.rootfs,
+            bundle: &create.bundle,
+            in_user_ns: cfg.namespaces.creates(LinuxNamespaceType::User)
+                || cfg.namespaces.joins(LinuxNamespaceType::User),
+            cgroup: cfg.cgroup.as_ref(),
+        };
+        rootfs::prepare(&ctx)?;
+        let fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&create.exec_fifo)
+            .map_err(sys_err("open exec fifo"))?;
+        exec_fifo = Some(fifo.into());
+        state_json = chan.run_create_runtime_hooks()?;
+        hooks::run_all(HookKind::CreateContainer, &cfg.spec, &state_json)?;
+        rootfs::pivot(&create.rootfs, create.no_pivot)?;
+    }
+    if process.terminal().unwrap_or(false) {
+        setup_terminal(cfg)?;
+    }
+    if cfg.create.is_some() {
+        rootfs::finish(&cfg.spec)?;
+        set_names(&cfg.spec)?;
+    }
+    process::apply_oom_score_adj(process)?;
+    process::apply_rlimits(process)?;
+    process::change_dir(process)?;
+    let program = process::find_program(process)?;
+    let seccomp = match cfg.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => Some(seccomp::compile(s)?),
+        None => None,
+    };
+    process::drop_bounding(process)?;
+    Ok(Prepared {
+        exec_fifo,
+        program,
+        seccomp,
+        state_json,
+    })
+}
+
+fn setup_terminal(cfg: &InitConfig) -> Result<(), InitError> {
+    let fd = cfg.console_fd.ok_or_else(|| InitError::Sys {
+        step: "process.terminal is set but no --console-socket was given",
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    let size = cfg
+        .process()
+        .console_size()
+        .map(|b| (b.height() as u16, b.width() as u16));
+    let (slave, path) = console::create(fd, size)?;
+    nix::unistd::close(fd).ok();
+    if cfg.create.is_some() {
+        rootfs::bind_console(&path)?;
+    }
+    console::attach(&slave)?;
+    Ok(())
+}
+
+fn set_names(spec: &Spec) -> Result<(), InitError> {
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).map_err(|e| InitError::Sys {
+            step: "sethostname",
+            source: e.into(),
+        })?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        // SAFETY: the pointer and length describe a live byte slice.
+        let rc = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
+        if rc != 0 {
+            return Err(sys_err("setdomainname")(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// After Ready: wait for `start`, switch to the container's user and
+/// privileges, run startContainer hooks and exec.
+fn run(cfg: &InitConfig, prepared: Prepared) -> InitError {
+    let process = cfg.process();
+    if let Some(fifo) = &prepared.exec_fifo {
+        if let Err(e) = wait_for_start(fifo) {
+            return e;
+        }
+    }
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    let steps = || -> Result<(), InitError> {
+        // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
+        // while we still have it. With it, do it last, so that as few of our
+        // own syscalls as possible run under the filter.
+        if let (Some(s), false) = (&prepared.seccomp, nnp) {
+            s.install()?;
+        }
+        process::switch_user(process)?;
+        process::set_capabilities(process)?;
+        process::set_no_new_privs(process)?;
+        if cfg.create.is_some() {
+            hooks::run_all(HookKind::StartContainer, &cfg.spec, &prepared.state_json)?;
+        }
+        crate::sys::cloexec_from(3 + cfg.preserve_fds).map_err(sys_err("close descriptors"))?;
+        if let (Some(s), true) = (&prepared.seccomp, nnp) {
+            s.install()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = steps() {
+        return e;
+    }
+    process::exec(process, &prepared.program).into()
+}
+
+/// Blocks until `start` opens the exec fifo for reading, then tells it we go.
+fn wait_for_start(fifo: &OwnedFd) -> Result<(), InitError> {
+    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(sys_err("open exec fifo for start"))?;
+    std::io::Write::write_all(&mut f, &[0]).map_err(sys_err("signal start"))
+}
+
+use std::os::unix::fs::OpenOptionsExt;

@@ -1,0 +1,238 @@
+//! The container process's own attributes, applied in the order the kernel
+//! needs them: rlimits, bounding set, ids, capabilities, no_new_privs, then
+//! exec of the program found on the container's PATH.
+
+use caps::{CapSet, CapsHashSet};
+use oci_spec::runtime::{Capabilities, PosixRlimitType, Process};
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("rlimit {name}: {source}")]
+    Rlimit {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("capability {set}: {message}")]
+    Capability { set: &'static str, message: String },
+    #[error("set user {uid}:{gid} (groups {groups:?}): {source}")]
+    User {
+        uid: u32,
+        gid: u32,
+        groups: Vec<u32>,
+        source: std::io::Error,
+    },
+    #[error("oomScoreAdj {value}: {source}")]
+    OomScoreAdj { value: i32, source: std::io::Error },
+    #[error("process.cwd {path}: {source}")]
+    Cwd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("exec: {program:?}: executable file not found in $PATH")]
+    NotFound { program: String },
+    #[error("exec: {program:?}: {source}")]
+    Exec {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("no_new_privs: {source}")]
+    NoNewPrivs { source: std::io::Error },
+    #[error("personality: {source}")]
+    Personality { source: std::io::Error },
+}
+
+fn rlimit_resource(t: PosixRlimitType) -> i32 {
+    (match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    }) as i32
+}
+
+pub fn apply_rlimits(process: &Process) -> Result<(), ProcessError> {
+    for r in process.rlimits().iter().flatten() {
+        crate::sys::set_rlimit(rlimit_resource(r.typ()), r.soft(), r.hard()).map_err(|source| {
+            ProcessError::Rlimit {
+                name: r.typ().to_string(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+pub fn apply_oom_score_adj(process: &Process) -> Result<(), ProcessError> {
+    if let Some(value) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", value.to_string())
+            .map_err(|source| ProcessError::OomScoreAdj { value, source })?;
+    }
+    Ok(())
+}
+
+fn to_caps(set: &Option<Capabilities>) -> CapsHashSet {
+    set.iter()
+        .flatten()
+        .filter_map(|c| caps::Capability::from_str(&format!("CAP_{c}")).ok())
+        .collect()
+}
+
+fn cap_err(set: &'static str) -> impl Fn(caps::errors::CapsError) -> ProcessError {
+    move |e| ProcessError::Capability {
+        set,
+        message: e.to_string(),
+    }
+}
+
+/// Drops what the bounding set must not keep; needs CAP_SETPCAP, so it runs
+/// before the switch of user.
+pub fn drop_bounding(process: &Process) -> Result<(), ProcessError> {
+    let Some(c) = process.capabilities() else {
+        return Ok(());
+    };
+    let keep = to_caps(c.bounding());
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(cap_err("bounding"))?;
+        }
+    }
+    Ok(())
+}
+
+/// setgroups/setgid/setuid with the permitted set kept across the switch.
+pub fn switch_user(process: &Process) -> Result<(), ProcessError> {
+    let user = process.user();
+    let groups = user.additional_gids().clone().unwrap_or_default();
+    let err = |source| ProcessError::User {
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: groups.clone(),
+        source,
+    };
+    crate::sys::set_keep_caps().map_err(err)?;
+    // setgroups is refused in a user namespace whose gid map was written with
+    // setgroups denied; an empty list is then what the process has anyway.
+    if let Err(e) = crate::sys::set_groups(&groups) {
+        if !(groups.is_empty() && e.raw_os_error() == Some(libc::EPERM)) {
+            return Err(err(e));
+        }
+    }
+    crate::sys::set_ids(user.uid(), user.gid()).map_err(err)?;
+    if let Some(mask) = user.umask() {
+        crate::sys::set_umask(mask);
+    }
+    Ok(())
+}
+
+/// The effective, permitted, inheritable and ambient sets of config.json.
+pub fn set_capabilities(process: &Process) -> Result<(), ProcessError> {
+    let c = process.capabilities().clone().unwrap_or_default();
+    // Each capset must stay consistent (effective within permitted), so
+    // shrink effective first and permitted last.
+    caps::set(None, CapSet::Effective, &to_caps(c.effective())).map_err(cap_err("effective"))?;
+    caps::set(None, CapSet::Inheritable, &to_caps(c.inheritable()))
+        .map_err(cap_err("inheritable"))?;
+    caps::set(None, CapSet::Permitted, &to_caps(c.permitted())).map_err(cap_err("permitted"))?;
+    caps::clear(None, CapSet::Ambient).map_err(cap_err("ambient"))?;
+    for cap in to_caps(c.ambient()) {
+        // Like runc: an ambient capability the kernel refuses is skipped.
+        let _ = caps::raise(None, CapSet::Ambient, cap);
+    }
+    Ok(())
+}
+
+pub fn set_no_new_privs(process: &Process) -> Result<(), ProcessError> {
+    if process.no_new_privileges().unwrap_or(false) {
+        crate::sys::set_no_new_privs().map_err(|source| ProcessError::NoNewPrivs { source })?;
+    }
+    Ok(())
+}
+
+pub fn change_dir(process: &Process) -> Result<(), ProcessError> {
+    std::env::set_current_dir(process.cwd()).map_err(|source| ProcessError::Cwd {
+        path: process.cwd().clone(),
+        source,
+    })
+}
+
+fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+    env.iter()
+        .find_map(|e| e.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// Finds the program like execvp would, with the container's PATH, so a
+/// missing binary is reported by `create` and not as a silent exit later.
+pub fn find_program(process: &Process) -> Result<PathBuf, ProcessError> {
+    let args = process.args().clone().unwrap_or_default();
+    let program = args.first().cloned().unwrap_or_default();
+    if program.contains('/') {
+        return if is_executable(Path::new(&program)) {
+            Ok(PathBuf::from(program))
+        } else {
+            Err(ProcessError::Exec {
+                program,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        };
+    }
+    let env = process.env().clone().unwrap_or_default();
+    let path = env_value(&env, "PATH")
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(&program))
+        .find(|p| is_executable(p))
+        .ok_or(ProcessError::NotFound { program })
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn cstrings(items: &[String]) -> Vec<CString> {
+    items
+        .iter()
+        .filter_map(|s| CString::new(s.as_bytes()).ok())
+        .collect()
+}
+
+/// execve of the container's program; returns only on failure.
+pub fn exec(process: &Process, program: &Path) -> ProcessError {
+    let args = cstrings(&process.args().clone().unwrap_or_default());
+    let mut env = process.env().clone().unwrap_or_default();
+    if env_value(&env, "HOME").is_none() {
+        env.push("HOME=/".into());
+    }
+    let env = cstrings(&env);
+    let name = program.display().to_string();
+    let Ok(path) = CString::new(name.as_bytes()) else {
+        return ProcessError::Exec {
+            program: name,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        };
+    };
+    match nix::unistd::execve(&path, &args, &env) {
+        Err(e) => ProcessError::Exec {
+            program: name,
+            source: e.into(),
+        },
+        Ok(never) => match never {},
+    }
+}

@@ -1,0 +1,164 @@
+//! Starting `warren init` and driving the sync protocol from the runtime's side.
+//!
+//! The init runs from a sealed memfd copy of our binary: a process of the
+//! container that opens /proc/PID/exe of the init can never reach (and
+//! overwrite) the `warren` binary on the host (the CVE-2019-5736 class).
+//! Spawning is fork+exec through std's Command, safe from a threaded caller.
+
+use crate::hooks::{self, HookKind};
+use crate::init::{InitConfig, SYNC_FD_ENV};
+use crate::sync::{Channel, FromInit, SyncError};
+use oci_spec::runtime::{LinuxIdMapping, Spec};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("copy runtime binary into a sealed memfd: {source}")]
+    SelfCopy { source: std::io::Error },
+    #[error("start container init: {source}")]
+    Spawn { source: std::io::Error },
+    #[error("write {file} of pid {pid}: {source}")]
+    IdMap {
+        pid: i32,
+        file: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error("container init did not report its pid")]
+    NoPid,
+}
+
+/// A running stage 1 of the init and our end of its channel.
+pub struct InitProcess {
+    child: Child,
+    chan: Channel,
+    /// Host pid of the container process, once stage 1 has reported it.
+    pub pid: Option<i32>,
+}
+
+fn sealed_self() -> Result<OwnedFd, SpawnError> {
+    let exe =
+        std::fs::read_link("/proc/self/exe").map_err(|source| SpawnError::SelfCopy { source })?;
+    crate::sys::sealed_memfd_copy(&exe, c"warren").map_err(|source| SpawnError::SelfCopy { source })
+}
+
+impl InitProcess {
+    /// Spawns stage 1 with our stdio (and the fds the caller keeps open for
+    /// --preserve-fds and the console socket), and hands it its config.
+    pub fn spawn(
+        config: InitConfig,
+        cgroup: Option<&crate::cgroups::Cgroup>,
+    ) -> Result<InitProcess, SpawnError> {
+        let exe = sealed_self()?;
+        let (ours, theirs) = Channel::pair().map_err(|source| SpawnError::Spawn { source })?;
+        let fd = theirs.raw_fd();
+        let inherit: Vec<i32> = config
+            .console_fd
+            .into_iter()
+            .chain(std::iter::once(fd))
+            .collect();
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+        cmd.arg0("warren")
+            .arg("init")
+            .env_clear()
+            .env(SYNC_FD_ENV, fd.to_string());
+        // SAFETY: the closure only calls fcntl (async-signal-safe) on fds that are open.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &inherit {
+                    crate::sys::clear_cloexec(*fd)?;
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| SpawnError::Spawn { source })?;
+        drop(theirs);
+        drop(exe);
+        let mut init = InitProcess {
+            child,
+            chan: ours,
+            pid: None,
+        };
+        if let Some(cg) = cgroup {
+            // Before the config goes out: stage 1 must be in the cgroup
+            // before it forks or makes a cgroup namespace.
+            if let Err(e) = cg.add_pid(init.child.id() as i32) {
+                init.kill();
+                return Err(e.into());
+            }
+        }
+        init.chan.send_config(config)?;
+        Ok(init)
+    }
+
+    /// Serves the init's requests until it is ready. `state_for_hooks` is
+    /// called with the container pid and returns the state JSON for hooks.
+    pub fn wait_for_child_ready(
+        &mut self,
+        spec: &Spec,
+        mut state_for_hooks: impl FnMut(i32) -> String,
+    ) -> Result<i32, SpawnError> {
+        loop {
+            match self.chan.next_request()? {
+                FromInit::NeedIdMaps { pid } => {
+                    write_id_maps(pid, spec)?;
+                    self.chan.id_maps_written()?;
+                }
+                FromInit::Pid { pid } => self.pid = Some(pid),
+                FromInit::RunCreateRuntimeHooks => {
+                    let state = state_for_hooks(self.pid.ok_or(SpawnError::NoPid)?);
+                    hooks::run_all(HookKind::Prestart, spec, &state)?;
+                    hooks::run_all(HookKind::CreateRuntime, spec, &state)?;
+                    self.chan.hooks_done(state)?;
+                }
+                FromInit::Ready => break,
+                FromInit::Error { message } => return Err(SyncError::Init { message }.into()),
+            }
+        }
+        // Stage 1 exits once it has reported the pid; reap it.
+        let _ = self.child.wait();
+        self.pid.ok_or(SpawnError::NoPid)
+    }
+
+    /// Kills what was started (on a failed create or exec).
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn map_text(maps: &[LinuxIdMapping]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect()
+}
+
+fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), SpawnError> {
+    let linux = spec.linux().as_ref();
+    let uid = linux
+        .and_then(|l| l.uid_mappings().clone())
+        .unwrap_or_default();
+    let gid = linux
+        .and_then(|l| l.gid_mappings().clone())
+        .unwrap_or_default();
+    let write =
+        |file: &'static str, text: String| {
+            std::fs::write(format!("/proc/{pid}/{file}"), text)
+                .map_err(|source| SpawnError::IdMap { pid, file, source })
+        };
+    write("uid_map", map_text(&uid))?;
+    write("gid_map", map_text(&gid))
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# setup.sh: install what Warren's build, demo and tests need, then build it.
+# Idempotent: apt runs only when a package is missing; cargo only rebuilds
+# what changed. Run as root on Debian 12.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must be run as root (containers need it)"
+
+# busybox-static: the test image; runc/crun/containerd/podman/conmon/umoci/
+# skopeo: reference runtime and real clients; uidmap/iproute2/jq: tests and
+# scripts; libseccomp-dev/pkg-config/build-essential: building.
+PACKAGES=(
+	busybox-static runc containerd podman conmon crun umoci skopeo
+	uidmap iproute2 jq libseccomp-dev pkg-config build-essential
+	ca-certificates procps util-linux
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	[ "$status" = "install ok installed" ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	log "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+else
+	log "all packages present"
+fi
+
+# rustup puts cargo in ~/.cargo/bin, which non-login shells (sudo, CI) may lack.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+	export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup) first"
+
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release)
+log "built $ROOT/target/release/warren"

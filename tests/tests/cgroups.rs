@@ -1,0 +1,170 @@
+//! Cgroups: resources are written where the container's processes are, the
+//! path follows cgroupsPath, and everything is removed on delete.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use warren_tests::*;
+
+/// The container init's cgroup dir for `controller` (v1 name, or "" for the
+/// unified hierarchy), from /proc/PID/cgroup and the cgroup mounts.
+fn cgroup_dir_of(pid: i32, controller: &str) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+            let hit = if controller.is_empty() {
+                ctrls.is_empty()
+            } else {
+                ctrls.split(',').any(|c| c == controller)
+            };
+            hit.then(|| path.to_string())
+        })
+        .with_context(|| format!("no {controller:?} line in {text}"))?;
+    let base = if controller.is_empty() {
+        cgroup2_mount()?
+    } else {
+        v1_mount(controller)?
+    };
+    Ok(base.join(rel.trim_start_matches('/')))
+}
+
+fn v1_mount(controller: &str) -> Result<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split(' ');
+            (post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == controller))
+                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
+        })
+        .with_context(|| format!("no v1 mount for {controller}"))
+}
+
+fn cgroup2_mount() -> Result<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            post.starts_with("cgroup2 ")
+                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
+        })
+        .context("no cgroup2 mount")
+}
+
+/// Reads the first existing of `files` in the container's `controller` dir;
+/// v1 and v2 name the same knob differently.
+fn knob(pid: i32, controller: &str, files: &[&str]) -> Result<String> {
+    for ctrl in [controller, ""] {
+        let Ok(dir) = cgroup_dir_of(pid, ctrl) else {
+            continue;
+        };
+        for f in files {
+            if let Ok(v) = std::fs::read_to_string(dir.join(f)) {
+                return Ok(v.trim().to_string());
+            }
+        }
+    }
+    anyhow::bail!("none of {files:?} for {controller}")
+}
+
+fn with_resources(t: &Test, res: Value) -> Result<(Bundle, Container)> {
+    let b = t.bundle(&["sleep", "100"])?;
+    b.edit(|c| {
+        for (k, v) in res.as_object().unwrap() {
+            c["linux"]["resources"][k] = v.clone();
+        }
+    })?;
+    let c = t.start_new(&t.id("c"), &b)?;
+    Ok((b, c))
+}
+
+#[test]
+fn container_gets_its_own_cgroup() -> Result<()> {
+    let t = Test::new("cg_own");
+    let b = t.bundle(&["sleep", "100"])?;
+    let id = t.id("c");
+    let c = t.create(&id, &b)?;
+    // Already in the created state: the init is placed before the user process.
+    let dir = cgroup_dir_of(c.pid()?, "pids")?;
+    ensure!(dir.ends_with(&id), "pids cgroup {}", dir.display());
+    ensure!(!cgroup_dirs(&id).is_empty(), "no cgroup dir for {id}");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn memory_limit() -> Result<()> {
+    let t = Test::new("cg_memory");
+    let (_b, c) = with_resources(&t, json!({"memory": {"limit": 67108864}}))?;
+    let v = knob(c.pid()?, "memory", &["memory.limit_in_bytes", "memory.max"])?;
+    ensure!(v == "67108864", "memory limit {v}");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn pids_limit() -> Result<()> {
+    let t = Test::new("cg_pids");
+    let (_b, c) = with_resources(&t, json!({"pids": {"limit": 20}}))?;
+    let v = knob(c.pid()?, "pids", &["pids.max"])?;
+    ensure!(v == "20", "pids.max {v}");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn cpu_shares() -> Result<()> {
+    let t = Test::new("cg_cpu");
+    let (_b, c) = with_resources(&t, json!({"cpu": {"shares": 512}}))?;
+    let v = knob(c.pid()?, "cpu", &["cpu.shares"])?;
+    ensure!(v == "512", "cpu.shares {v}");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn pids_limit_is_enforced() -> Result<()> {
+    let t = Test::new("cg_pids_enf");
+    let out = t.run_sh(
+        "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done 2>&1; echo done",
+        |c| {
+            c["linux"]["resources"]["pids"] = json!({"limit": 4});
+        },
+    )?;
+    ensure!(out.stdout.contains("done"), "{out}");
+    ensure!(
+        out.stdout.contains("fork")
+            || out.stderr.contains("fork")
+            || out.stdout.contains("Resource"),
+        "no fork failure: {out}"
+    );
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn absolute_cgroups_path() -> Result<()> {
+    let t = Test::new("cg_path");
+    let id = t.id("c");
+    let b = t.bundle(&["sleep", "100"])?;
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("/{id}")))?;
+    let c = t.start_new(&id, &b)?;
+    let dir = cgroup_dir_of(c.pid()?, "pids")?;
+    ensure!(
+        dir == v1_mount("pids")?.join(&id),
+        "pids cgroup {}",
+        dir.display()
+    );
+    drop(c);
+    ensure!(!dir.exists(), "{} not removed", dir.display());
+    t.assert_no_leftovers();
+    Ok(())
+}

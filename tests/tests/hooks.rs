@@ -1,0 +1,171 @@
+//! OCI hooks: each kind runs at its point of the life cycle with the state
+//! JSON on stdin; failures of the early hooks fail the operation, failures of
+//! poststart/poststop only warn; a hook's timeout is honoured.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use warren_tests::*;
+
+const KINDS: [&str; 6] = [
+    "prestart",
+    "createRuntime",
+    "createContainer",
+    "startContainer",
+    "poststart",
+    "poststop",
+];
+
+/// A hook that appends its name to DIR/order and saves stdin to DIR/NAME.json.
+fn recording_hook(dir: &Path, kind: &str) -> Value {
+    let d = dir.display();
+    json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("cat > {d}/{kind}.json; echo {kind} >> {d}/order; echo \"$WT_HOOK\" > {d}/{kind}.env")],
+        "env": ["WT_HOOK=hook-env-ok", "PATH=/bin:/usr/bin"]
+    })
+}
+
+/// The hook output dir, also bind-mounted at the same path in the container:
+/// createContainer and startContainer hooks may run in its mount namespace.
+fn hook_dir(t: &Test) -> Result<PathBuf> {
+    let d = t.dir().join("hooks");
+    std::fs::create_dir(&d)?;
+    Ok(d)
+}
+
+fn mount_same_path(c: &mut Value, d: &Path) {
+    c["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": d, "type": "bind", "source": d, "options": ["rbind", "rw"]}));
+}
+
+#[test]
+fn hooks_run_in_order_with_state_on_stdin() -> Result<()> {
+    let t = Test::new("hooks_all");
+    let d = hook_dir(&t)?;
+    let b = t.bundle(&["sh", "-c", "echo container-ran"])?;
+    b.edit(|c| {
+        mount_same_path(c, &d);
+        for k in KINDS {
+            c["hooks"][k] = json!([recording_hook(&d, k)]);
+        }
+    })?;
+    let id = t.id("c");
+    let out = t.run(&id, &b)?;
+    ensure!(out.ok()?.stdout.contains("container-ran"), "{out}");
+    let order = std::fs::read_to_string(d.join("order")).unwrap_or_default();
+    ensure!(
+        order.lines().collect::<Vec<_>>() == KINDS,
+        "order: {order:?}"
+    );
+    for k in KINDS {
+        let st: Value = serde_json::from_slice(&std::fs::read(d.join(format!("{k}.json")))?)
+            .with_context(|| format!("{k} stdin is not state JSON"))?;
+        ensure!(
+            st["id"] == id.as_str() && st["bundle"] == b.path().to_str().unwrap(),
+            "{k}: {st}"
+        );
+        ensure!(
+            st["ociVersion"].is_string() && st["status"].is_string(),
+            "{k}: {st}"
+        );
+        let env = std::fs::read_to_string(d.join(format!("{k}.env")))?;
+        ensure!(env.trim() == "hook-env-ok", "{k} env: {env:?}");
+    }
+    let status = |k: &str| -> Result<String> {
+        let st: Value = serde_json::from_slice(&std::fs::read(d.join(format!("{k}.json")))?)?;
+        Ok(st["status"].as_str().unwrap_or("").to_string())
+    };
+    ensure!(status("poststart")? == "running", "poststart status");
+    ensure!(status("poststop")? == "stopped", "poststop status");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// `run` with a single failing hook of `kind`; returns its output and
+/// whether the container's own process ran.
+fn run_with_failing_hook(t: &Test, kind: &str) -> Result<(Out, bool)> {
+    let d = hook_dir(t)?;
+    let marker = d.join("ran");
+    let b = t.bundle(&["sh", "-c", &format!("touch {}; echo ran", marker.display())])?;
+    b.edit(|c| {
+        mount_same_path(c, &d);
+        c["hooks"][kind] =
+            json!([{"path": "/bin/sh", "args": ["sh", "-c", "echo hook-failed >&2; exit 1"]}]);
+    })?;
+    let out = t.run(&t.id("c"), &b)?;
+    Ok((out, marker.exists()))
+}
+
+fn failing_hook_fails_run(name: &str, kind: &str) -> Result<()> {
+    let t = Test::new(name);
+    let (out, ran) = run_with_failing_hook(&t, kind)?;
+    out.failed()?;
+    ensure!(!ran, "{kind} failed but the container process ran: {out}");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn failing_prestart_fails_run() -> Result<()> {
+    failing_hook_fails_run("hook_prestart", "prestart")
+}
+
+#[test]
+fn failing_create_runtime_fails_run() -> Result<()> {
+    failing_hook_fails_run("hook_creatert", "createRuntime")
+}
+
+#[test]
+fn failing_create_container_fails_run() -> Result<()> {
+    failing_hook_fails_run("hook_createct", "createContainer")
+}
+
+#[test]
+fn failing_start_container_fails_run() -> Result<()> {
+    failing_hook_fails_run("hook_startct", "startContainer")
+}
+
+#[test]
+fn failing_poststart_only_warns() -> Result<()> {
+    let t = Test::new("hook_poststart");
+    let (out, ran) = run_with_failing_hook(&t, "poststart")?;
+    ensure!(ran && out.stdout.contains("ran"), "{out}");
+    out.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn failing_poststop_only_warns() -> Result<()> {
+    let t = Test::new("hook_poststop");
+    let (out, ran) = run_with_failing_hook(&t, "poststop")?;
+    ensure!(ran, "{out}");
+    out.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn hook_timeout_is_honoured() -> Result<()> {
+    let t = Test::new("hook_timeout");
+    let b = t.bundle(&["true"])?;
+    // The test dir in the hook's cmdline lets the leftover check see it alive.
+    let script = format!("sleep 30; : {}", t.dir().display());
+    b.edit(|c| {
+        c["hooks"]["prestart"] =
+            json!([{"path": "/bin/sh", "args": ["sh", "-c", script], "timeout": 1}]);
+    })?;
+    let start = Instant::now();
+    let out = t.run(&t.id("c"), &b)?;
+    out.failed()?;
+    ensure!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    t.assert_no_leftovers();
+    Ok(())
+}
