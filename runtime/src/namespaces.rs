@@ -116,20 +116,18 @@ impl NamespacePlan {
         self.join.iter().any(|(n, _)| parse_kind(n) == typ)
     }
 
-    /// setns(2) into every namespace given by path.
+    /// setns(2) into every namespace given by path. All are opened first:
+    /// once we are in another mount namespace the paths may mean something else.
     pub fn join_all(&self) -> Result<(), NamespaceError> {
+        let mut files = Vec::with_capacity(self.join.len());
         for (name, path) in &self.join {
-            let typ = parse_kind(name);
-            let file = std::fs::File::open(path).map_err(|source| NamespaceError::Open {
-                typ: name.clone(),
-                path: path.clone(),
-                source,
-            })?;
-            setns(file, clone_flag(typ)).map_err(|source| NamespaceError::Join {
-                typ: name.clone(),
-                path: path.clone(),
-                source,
-            })?;
+            let file = std::fs::File::open(path)
+                .map_err(|source| NamespaceError::Open { typ: name.clone(), path: path.clone(), source })?;
+            files.push((name, path, file));
+        }
+        for (name, path, file) in files {
+            setns(file, clone_flag(parse_kind(name)))
+                .map_err(|source| NamespaceError::Join { typ: name.clone(), path: path.clone(), source })?;
         }
         Ok(())
     }

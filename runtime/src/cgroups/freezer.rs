@@ -144,11 +144,13 @@ mod tests {
             "1\n"
         );
         assert!(freezer.is_frozen().unwrap());
+        write(tmp.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
         freezer.thaw().unwrap();
         assert_eq!(
             read_to_string(tmp.path().join("cgroup.freeze")).unwrap(),
             "0\n"
         );
+        assert!(!freezer.is_frozen().unwrap());
     }
 
     #[test]
