@@ -187,6 +187,7 @@ impl Runtime {
     }
 
     pub fn create(&self, opts: &CreateOptions) -> Result<i32, ContainerError> {
+        let t0 = Instant::now();
         crate::spec::validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let terminal = bundle
@@ -250,7 +251,9 @@ impl Runtime {
             config: bundle.spec.clone(),
         };
         state::write_state(&dir, &st)?;
+        log::debug!("create {}: config and state in {:?}", opts.id, t0.elapsed());
         let pid = self.build(opts, &bundle, st, &mut guard)?;
+        log::debug!("create {}: ready in {:?}", opts.id, t0.elapsed());
         guard.armed = false;
         drop(lock);
         Ok(pid)
@@ -269,6 +272,7 @@ impl Runtime {
         cgroup.create()?;
         guard.cgroup = Some(cgroup.clone());
         cgroup.apply_devices(&device_rules(&bundle.spec))?;
+        log::debug!("create {}: cgroup made", opts.id);
         let fifo = dir.join(state::EXEC_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(
             |e| ContainerError::Io {

@@ -121,13 +121,19 @@ impl NamespacePlan {
     pub fn join_all(&self) -> Result<(), NamespaceError> {
         let mut files = Vec::with_capacity(self.join.len());
         for (name, path) in &self.join {
-            let file = std::fs::File::open(path)
-                .map_err(|source| NamespaceError::Open { typ: name.clone(), path: path.clone(), source })?;
+            let file = std::fs::File::open(path).map_err(|source| NamespaceError::Open {
+                typ: name.clone(),
+                path: path.clone(),
+                source,
+            })?;
             files.push((name, path, file));
         }
         for (name, path, file) in files {
-            setns(file, clone_flag(parse_kind(name)))
-                .map_err(|source| NamespaceError::Join { typ: name.clone(), path: path.clone(), source })?;
+            setns(file, clone_flag(parse_kind(name))).map_err(|source| NamespaceError::Join {
+                typ: name.clone(),
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
