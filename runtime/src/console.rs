@@ -12,27 +12,17 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     #[error("terminal: {step}: {source}")]
-    Pty {
-        step: &'static str,
-        source: nix::Error,
-    },
+    Pty { step: &'static str, source: nix::Error },
     #[error("terminal: send the pty master over --console-socket: {source}")]
     Send { source: nix::Error },
     #[error("terminal: {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
 }
 
 /// Makes the pty, sends its master away and returns (slave fd, slave path).
-pub fn create(
-    console_socket: RawFd,
-    size: Option<(u16, u16)>,
-) -> Result<(OwnedFd, PathBuf), ConsoleError> {
+pub fn create(console_socket: RawFd, size: Option<(u16, u16)>) -> Result<(OwnedFd, PathBuf), ConsoleError> {
     let pty = |step| move |source| ConsoleError::Pty { step, source };
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(pty("open /dev/ptmx"))?;
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(pty("open /dev/ptmx"))?;
     grantpt(&master).map_err(pty("grantpt"))?;
     unlockpt(&master).map_err(pty("unlockpt"))?;
     let name = PathBuf::from(ptsname_r(&master).map_err(pty("ptsname"))?);
@@ -41,10 +31,7 @@ pub fn create(
         .write(true)
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(&name)
-        .map_err(|source| ConsoleError::Open {
-            path: name.clone(),
-            source,
-        })?
+        .map_err(|source| ConsoleError::Open { path: name.clone(), source })?
         .into();
     if let Some((rows, cols)) = size {
         let _ = crate::sys::set_window_size(slave.as_raw_fd(), rows, cols);
@@ -60,20 +47,15 @@ pub fn send_fd(socket: RawFd, fd: RawFd, name: &str) -> Result<(), ConsoleError>
     let iov = [IoSlice::new(name.as_bytes())];
     let fds = [fd];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::empty(), None)
-        .map_err(|source| ConsoleError::Send { source })?;
+    sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::empty(), None).map_err(|source| ConsoleError::Send { source })?;
     Ok(())
 }
 
 /// The slave becomes stdin/stdout/stderr and the controlling terminal.
 pub fn attach(slave: &OwnedFd) -> Result<(), ConsoleError> {
-    let err = |source| ConsoleError::Pty {
-        step: "make stdio",
-        source,
-    };
+    let err = |source| ConsoleError::Pty { step: "make stdio", source };
     for target in 0..3 {
         nix::unistd::dup2(slave.as_raw_fd(), target).map_err(err)?;
     }
-    crate::sys::set_controlling_tty(0)
-        .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    crate::sys::set_controlling_tty(0).map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
 }

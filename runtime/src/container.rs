@@ -40,32 +40,19 @@ pub enum ContainerError {
     #[error("cannot delete container {id} that is not stopped: {status}")]
     DeleteNotStopped { id: String, status: Status },
     #[error("container {id} is {status}: cannot {action}")]
-    BadStatus {
-        id: String,
-        status: Status,
-        action: &'static str,
-    },
+    BadStatus { id: String, status: Status, action: &'static str },
     #[error("kill {id}: {source}")]
     Signal { id: String, source: nix::Error },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("--console-socket {path}: {source}")]
-    ConsoleSocket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ConsoleSocket { path: PathBuf, source: std::io::Error },
     #[error("container {id}: process.terminal is set: --console-socket is required")]
     NoConsoleSocket { id: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
-    move |source| ContainerError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ContainerError::Io { path: path.to_path_buf(), source }
 }
 
 /// `state` output: the spec's state plus runc's rootfs/created/owner.
@@ -103,6 +90,7 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub no_pivot: bool,
+    pub no_new_keyring: bool,
     pub preserve_fds: u32,
 }
 
@@ -145,11 +133,7 @@ impl Runtime {
         let lock = DirLock::acquire(&dir).map_err(|_| StateError::NotFound { id: id.into() })?;
         // A concurrent delete may have removed it while we waited.
         let state = state::read_state(&dir, id)?;
-        Ok(Locked {
-            dir,
-            state,
-            _lock: lock,
-        })
+        Ok(Locked { dir, state, _lock: lock })
     }
 
     pub fn status(&self, locked: &Locked) -> Status {
@@ -167,12 +151,7 @@ impl Runtime {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(ContainerError::Io {
-                    path: self.root.clone(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(ContainerError::Io { path: self.root.clone(), source: e }),
         };
         let mut out: Vec<StateView> = entries
             .flatten()
@@ -190,47 +169,23 @@ impl Runtime {
         let t0 = Instant::now();
         crate::spec::validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
-        let terminal = bundle
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         if terminal && opts.console_socket.is_none() {
-            return Err(ContainerError::NoConsoleSocket {
-                id: opts.id.clone(),
-            });
+            return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
         }
-        let cgroup_path = bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().clone());
+        let cgroup_path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let cgroup = Cgroup::resolve(cgroup_path.as_deref(), &opts.id)?;
         std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         let dir = self.dir(&opts.id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StateError::Exists {
-                    id: opts.id.clone(),
-                }
-                .into())
+                return Err(StateError::Exists { id: opts.id.clone() }.into())
             }
-            Err(e) => {
-                return Err(ContainerError::Io {
-                    path: dir,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(ContainerError::Io { path: dir, source: e }),
         }
         let lock = DirLock::acquire(&dir)?;
-        let mut guard = CreateGuard {
-            dir: dir.clone(),
-            cgroup: None,
-            init: None,
-            armed: true,
-        };
+        let mut guard = CreateGuard { dir: dir.clone(), cgroup: None, init: None, armed: true };
         let st = State {
             id: opts.id.clone(),
             pid: 0,
@@ -239,13 +194,7 @@ impl Runtime {
             rootfs: bundle.rootfs.clone(),
             created: state::rfc3339_now(),
             owner: String::new(),
-            annotations: bundle
-                .spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
             cgroup: Some(cgroup.clone()),
             started: false,
             config: bundle.spec.clone(),
@@ -274,12 +223,15 @@ impl Runtime {
         cgroup.apply_devices(&device_rules(&bundle.spec))?;
         log::debug!("create {}: cgroup made", opts.id);
         let fifo = dir.join(state::EXEC_FIFO);
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(
-            |e| ContainerError::Io {
-                path: fifo.clone(),
-                source: e.into(),
-            },
-        )?;
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .map_err(|e| ContainerError::Io { path: fifo.clone(), source: e.into() })?;
+        // The init keeps the read end; `start` opens the write end.
+        let fifo_rd: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&fifo)
+            .map_err(io_err(&fifo))?
+            .into();
         let console = connect_console(opts.console_socket.as_deref())?;
         let config = InitConfig {
             spec: bundle.spec.clone(),
@@ -287,17 +239,18 @@ impl Runtime {
             create: Some(CreateSetup {
                 rootfs: bundle.rootfs.clone(),
                 bundle: bundle.dir.clone(),
-                exec_fifo: fifo,
+                exec_fifo_fd: fifo_rd.as_raw_fd(),
                 no_pivot: opts.no_pivot,
+                no_new_keyring: opts.no_new_keyring,
             }),
             cgroup: Some(cgroup.clone()),
             console_fd: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
         };
-        let init = guard
-            .init
-            .insert(InitProcess::spawn(config, Some(&cgroup))?);
+        let init = guard.init.insert(InitProcess::spawn(config, Some(&cgroup))?);
+        log::debug!("create {}: init spawned", opts.id);
         drop(console);
+        drop(fifo_rd);
         let pid = init.wait_for_child_ready(&bundle.spec, |pid| {
             st.pid = pid;
             st.pid_start_time = crate::sys::process_start_time(pid).unwrap_or(0);
@@ -306,8 +259,7 @@ impl Runtime {
             hook_state(&st, Status::Creating, pid)
         })?;
         st.pid = pid;
-        st.pid_start_time =
-            crate::sys::process_start_time(pid).map_err(io_err(Path::new("/proc")))?;
+        st.pid_start_time = crate::sys::process_start_time(pid).map_err(io_err(Path::new("/proc")))?;
         state::write_state(&dir, &st)?;
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
@@ -322,7 +274,9 @@ impl Runtime {
             Status::Stopped => return Err(ContainerError::StartStopped { id: id.into() }),
             _ => return Err(ContainerError::StartRunning { id: id.into() }),
         }
+        log::debug!("start {id}: begin");
         release_init(&c)?;
+        log::debug!("start {id}: released");
         c.state.started = true;
         state::write_state(&c.dir, &c.state)?;
         let hook_json = hook_state(&c.state, Status::Running, c.state.pid);
@@ -344,20 +298,15 @@ impl Runtime {
         if !status.can_kill() {
             return Err(ContainerError::NotRunning { id: id.into() });
         }
-        kill(Pid::from_raw(c.state.pid), sig).map_err(|source| ContainerError::Signal {
-            id: id.into(),
-            source,
-        })
+        kill(Pid::from_raw(c.state.pid), sig).map_err(|source| ContainerError::Signal { id: id.into(), source })
     }
 
     pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
         let c = self.open(id)?;
+        log::debug!("delete {id}: begin");
         let status = self.status(&c);
         if !force && !status.can_delete() {
-            return Err(ContainerError::DeleteNotStopped {
-                id: id.into(),
-                status,
-            });
+            return Err(ContainerError::DeleteNotStopped { id: id.into(), status });
         }
         if status != Status::Stopped {
             let _ = kill(Pid::from_raw(c.state.pid), Signal::SIGKILL);
@@ -371,9 +320,11 @@ impl Runtime {
             }
         }
         wait_gone(&c.state, Duration::from_secs(10));
+        log::debug!("delete {id}: processes gone");
         if let Some(cg) = &c.state.cgroup {
             cg.destroy()?;
         }
+        log::debug!("delete {id}: cgroup removed");
         if c.state.started || status == Status::Created {
             let json = hook_state(&c.state, Status::Stopped, 0);
             if let Err(e) = hooks::run_all(HookKind::Poststop, &c.state.config, &json) {
@@ -387,11 +338,7 @@ impl Runtime {
         let c = self.open(id)?;
         let status = self.status(&c);
         if !status.can_pause() {
-            return Err(ContainerError::BadStatus {
-                id: id.into(),
-                status,
-                action: "pause",
-            });
+            return Err(ContainerError::BadStatus { id: id.into(), status, action: "pause" });
         }
         Ok(self.cgroup_of(&c)?.freeze()?)
     }
@@ -400,11 +347,7 @@ impl Runtime {
         let c = self.open(id)?;
         let status = self.status(&c);
         if !status.can_resume() {
-            return Err(ContainerError::BadStatus {
-                id: id.into(),
-                status,
-                action: "resume",
-            });
+            return Err(ContainerError::BadStatus { id: id.into(), status, action: "resume" });
         }
         Ok(self.cgroup_of(&c)?.thaw()?)
     }
@@ -415,9 +358,7 @@ impl Runtime {
     }
 
     fn cgroup_of<'a>(&self, c: &'a Locked) -> Result<&'a Cgroup, ContainerError> {
-        c.state.cgroup.as_ref().ok_or(ContainerError::NotRunning {
-            id: c.state.id.clone(),
-        })
+        c.state.cgroup.as_ref().ok_or(ContainerError::NotRunning { id: c.state.id.clone() })
     }
 
     /// Starts a new process in a running container; returns its host pid.
@@ -425,16 +366,10 @@ impl Runtime {
         let c = self.open(&opts.id)?;
         let status = self.status(&c);
         if !status.can_exec() {
-            return Err(ContainerError::BadStatus {
-                id: opts.id.clone(),
-                status,
-                action: "exec",
-            });
+            return Err(ContainerError::BadStatus { id: opts.id.clone(), status, action: "exec" });
         }
         if opts.process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
-            return Err(ContainerError::NoConsoleSocket {
-                id: opts.id.clone(),
-            });
+            return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
         }
         let mut spec = c.state.config.clone();
         spec.set_process(Some(opts.process));
@@ -494,35 +429,22 @@ fn status_of(dir: &Path, st: &State) -> Status {
     }
 }
 
-/// Opens the exec fifo and waits for the init's byte: from then on it runs.
+/// Writes the byte the init waits for into the exec fifo; from then on it
+/// runs. No reader (ENXIO) means the init is gone.
 fn release_init(c: &Locked) -> Result<(), ContainerError> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
     let path = c.dir.join(state::EXEC_FIFO);
-    let fifo: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
+    let mut fifo = match std::fs::OpenOptions::new()
+        .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(io_err(&path))?
-        .into();
-    loop {
-        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
-        let n = poll(&mut fds, PollTimeout::from(100u16)).map_err(|e| ContainerError::Io {
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        if n > 0 {
-            let mut b = [0u8; 1];
-            if nix::unistd::read(fifo.as_raw_fd(), &mut b) == Ok(1) {
-                break;
-            }
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(ContainerError::StartStopped { id: c.state.id.clone() })
         }
-        if !c.state.init_alive() {
-            return Err(ContainerError::StartStopped {
-                id: c.state.id.clone(),
-            });
-        }
-    }
+        Err(e) => return Err(ContainerError::Io { path, source: e }),
+    };
+    std::io::Write::write_all(&mut fifo, &[0]).map_err(io_err(&path))?;
     std::fs::remove_file(&path).map_err(io_err(&path))
 }
 
@@ -539,22 +461,15 @@ fn wait_gone(st: &State, timeout: Duration) {
 
 fn connect_console(path: Option<&Path>) -> Result<Option<OwnedFd>, ContainerError> {
     let Some(path) = path else { return Ok(None) };
-    let sock = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
-        ContainerError::ConsoleSocket {
-            path: path.into(),
-            source,
-        }
-    })?;
+    let sock = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|source| ContainerError::ConsoleSocket { path: path.into(), source })?;
     Ok(Some(sock.into()))
 }
 
 /// Written via a temp file and rename, so readers never see a partial pid.
 fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
     let path = std::path::absolute(path).map_err(io_err(path))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
     std::fs::write(&tmp, pid.to_string()).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))
 }
@@ -573,27 +488,12 @@ fn device_rules(spec: &Spec) -> Vec<LinuxDeviceCgroup> {
         }
         b.build().expect("all fields set")
     };
-    let own = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.devices().clone());
+    let own = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone());
     let mut rules = own.unwrap_or_else(|| vec![rule(false, T::A, None, None, "rwm")]);
     for (_, major, minor) in crate::rootfs::DEFAULT_DEVICES {
-        rules.push(rule(
-            true,
-            T::C,
-            Some(major as i64),
-            Some(minor as i64),
-            "rwm",
-        ));
+        rules.push(rule(true, T::C, Some(major as i64), Some(minor as i64), "rwm"));
     }
-    for d in spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().clone())
-        .unwrap_or_default()
-    {
+    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
         rules.push(rule(true, d.typ(), Some(d.major()), Some(d.minor()), "rwm"));
     }
     rules.push(rule(true, T::C, Some(5), Some(2), "rwm")); // /dev/ptmx

@@ -15,14 +15,8 @@ const MASKED: [&str; 10] = [
     "/sys/firmware",
     "/proc/scsi",
 ];
-const READONLY: [&str; 6] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-    "/sys/fs/cgroup",
-];
+const READONLY: [&str; 6] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys/fs/cgroup"];
 const DEFAULT_CAPS: [&str; 3] = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
 
 /// The default config.json: a locked-down busybox-friendly container.
@@ -70,10 +64,7 @@ fn make_rootless(spec: &mut Value) {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     let linux = &mut spec["linux"];
-    linux["namespaces"]
-        .as_array_mut()
-        .expect("array")
-        .push(json!({"type": "user"}));
+    linux["namespaces"].as_array_mut().expect("array").push(json!({"type": "user"}));
     linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
     linux["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
     linux.as_object_mut().expect("object").remove("resources");
@@ -84,10 +75,7 @@ fn make_rootless(spec: &mut Value) {
             *m = json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
         }
         if m["type"] == "devpts" {
-            m["options"]
-                .as_array_mut()
-                .expect("array")
-                .retain(|o| o != "gid=5");
+            m["options"].as_array_mut().expect("array").retain(|o| o != "gid=5");
         }
     }
 }

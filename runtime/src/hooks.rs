@@ -10,24 +10,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("{kind} hook {path}: {source}")]
-    Spawn {
-        kind: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Spawn { kind: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{kind} hook {path}: exited with {status}{output}")]
-    Failed {
-        kind: &'static str,
-        path: PathBuf,
-        status: String,
-        output: String,
-    },
+    Failed { kind: &'static str, path: PathBuf, status: String, output: String },
     #[error("{kind} hook {path}: timed out after {secs}s")]
-    Timeout {
-        kind: &'static str,
-        path: PathBuf,
-        secs: i64,
-    },
+    Timeout { kind: &'static str, path: PathBuf, secs: i64 },
 }
 
 /// The six hook kinds, named as in config.json.
@@ -71,11 +58,7 @@ impl HookKind {
 }
 
 /// Runs every hook of `kind` in order; stops at the first failure.
-pub fn run_all(
-    kind: HookKind,
-    spec: &oci_spec::runtime::Spec,
-    state_json: &str,
-) -> Result<(), HookError> {
+pub fn run_all(kind: HookKind, spec: &oci_spec::runtime::Spec, state_json: &str) -> Result<(), HookError> {
     for hook in kind.of(spec) {
         run_one(kind.name(), &hook, state_json)?;
     }
@@ -96,22 +79,13 @@ fn run_one(kind: &'static str, hook: &Hook, state_json: &str) -> Result<(), Hook
             cmd.env(k, v);
         }
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
-        kind,
-        path: path.clone(),
-        source,
-    })?;
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| HookError::Spawn { kind, path: path.clone(), source })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is fine.
         let _ = stdin.write_all(state_json.as_bytes());
     }
-    let deadline = hook
-        .timeout()
-        .filter(|t| *t > 0)
-        .map(|t| (t, Instant::now() + Duration::from_secs(t as u64)));
+    let deadline = hook.timeout().filter(|t| *t > 0).map(|t| (t, Instant::now() + Duration::from_secs(t as u64)));
     let mut pause = Duration::from_micros(200);
     let status = loop {
         match child.try_wait() {
@@ -132,20 +106,8 @@ fn run_one(kind: &'static str, hook: &Hook, state_json: &str) -> Result<(), Hook
     if status.success() {
         return Ok(());
     }
-    let out = child
-        .wait_with_output()
-        .map(|o| [o.stdout, o.stderr].concat())
-        .unwrap_or_default();
+    let out = child.wait_with_output().map(|o| [o.stdout, o.stderr].concat()).unwrap_or_default();
     let text = String::from_utf8_lossy(&out).trim().replace('\n', " ");
-    let output = if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
-    };
-    Err(HookError::Failed {
-        kind,
-        path,
-        status: status.to_string(),
-        output,
-    })
+    let output = if text.is_empty() { String::new() } else { format!(": {text}") };
+    Err(HookError::Failed { kind, path, status: status.to_string(), output })
 }

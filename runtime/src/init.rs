@@ -10,7 +10,7 @@ use crate::sync::Channel;
 use crate::{console, process, rootfs, seccomp};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 /// The environment variable that carries the sync socket's fd number.
@@ -33,10 +33,7 @@ pub enum InitError {
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error("{step}: {source}")]
-    Sys {
-        step: &'static str,
-        source: std::io::Error,
-    },
+    Sys { step: &'static str, source: std::io::Error },
 }
 
 fn sys_err(step: &'static str) -> impl FnOnce(std::io::Error) -> InitError {
@@ -49,8 +46,10 @@ fn sys_err(step: &'static str) -> impl FnOnce(std::io::Error) -> InitError {
 pub struct CreateSetup {
     pub rootfs: PathBuf,
     pub bundle: PathBuf,
-    pub exec_fifo: PathBuf,
+    /// Inherited read end of the exec fifo: `start` writes one byte into it.
+    pub exec_fifo_fd: RawFd,
     pub no_pivot: bool,
+    pub no_new_keyring: bool,
 }
 
 /// Everything the init gets from the runtime, in the first sync message.
@@ -68,11 +67,13 @@ pub struct InitConfig {
 }
 
 impl InitConfig {
+    /// Descriptors the init inherits from the runtime (besides stdio).
+    pub fn inherited_fds(&self) -> Vec<RawFd> {
+        self.console_fd.into_iter().chain(self.create.as_ref().map(|c| c.exec_fifo_fd)).collect()
+    }
+
     fn process(&self) -> &Process {
-        self.spec
-            .process()
-            .as_ref()
-            .expect("validated by the runtime")
+        self.spec.process().as_ref().expect("validated by the runtime")
     }
 }
 
@@ -98,10 +99,7 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
         crate::sys::set_ids(0, 0).map_err(sys_err("become root in the user namespace"))?;
     }
     cfg.namespaces.unshare_rest()?;
-    let (gate_r, gate_w) = nix::unistd::pipe().map_err(|e| InitError::Sys {
-        step: "pipe",
-        source: e.into(),
-    })?;
+    let (gate_r, gate_w) = nix::unistd::pipe().map_err(|e| InitError::Sys { step: "pipe", source: e.into() })?;
     // This process is single-threaded (a fresh exec of ours), so fork is safe.
     match crate::sys::fork().map_err(sys_err("fork"))? {
         0 => {
@@ -116,10 +114,8 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
         }
         pid => {
             chan.report_pid(pid)?;
-            nix::unistd::write(&gate_w, &[1]).map_err(|e| InitError::Sys {
-                step: "release stage 2",
-                source: e.into(),
-            })?;
+            nix::unistd::write(&gate_w, &[1])
+                .map_err(|e| InitError::Sys { step: "release stage 2", source: e.into() })?;
             Ok(())
         }
     }
@@ -153,10 +149,7 @@ struct Prepared {
 
 /// Everything that can fail before `create` returns, so failures reach the caller.
 fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> {
-    nix::unistd::setsid().map_err(|e| InitError::Sys {
-        step: "setsid",
-        source: e.into(),
-    })?;
+    nix::unistd::setsid().map_err(|e| InitError::Sys { step: "setsid", source: e.into() })?;
     crate::sys::set_non_dumpable().map_err(sys_err("set non-dumpable"))?;
     let process = cfg.process();
     let mut exec_fifo = None;
@@ -170,23 +163,29 @@ fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> 
                 || cfg.namespaces.joins(LinuxNamespaceType::User),
             cgroup: cfg.cgroup.as_ref(),
         };
+        // SAFETY: the runtime handed us this descriptor; nothing else here owns it.
+        exec_fifo = Some(unsafe { OwnedFd::from_raw_fd(create.exec_fifo_fd) });
         rootfs::prepare(&ctx)?;
-        let fifo = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(&create.exec_fifo)
-            .map_err(sys_err("open exec fifo"))?;
-        exec_fifo = Some(fifo.into());
         state_json = chan.run_create_runtime_hooks()?;
         hooks::run_all(HookKind::CreateContainer, &cfg.spec, &state_json)?;
+        state_json = with_status(&state_json, "created");
         rootfs::pivot(&create.rootfs, create.no_pivot)?;
     }
     if process.terminal().unwrap_or(false) {
         setup_terminal(cfg)?;
     }
-    if cfg.create.is_some() {
+    if let Some(create) = &cfg.create {
         rootfs::finish(&cfg.spec)?;
         set_names(&cfg.spec)?;
+        if !create.no_new_keyring {
+            // Kernels or seccomp profiles without keyrings: nothing to isolate then.
+            if let Err(e) = crate::sys::join_new_session_keyring() {
+                if e.raw_os_error() != Some(libc::ENOSYS) && e.raw_os_error() != Some(libc::EPERM) {
+                    return Err(sys_err("join a new session keyring")(e));
+                }
+            }
+        }
+        process::apply_personality(&cfg.spec)?;
     }
     process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
@@ -197,12 +196,7 @@ fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> 
         None => None,
     };
     process::drop_bounding(process)?;
-    Ok(Prepared {
-        exec_fifo,
-        program,
-        seccomp,
-        state_json,
-    })
+    Ok(Prepared { exec_fifo, program, seccomp, state_json })
 }
 
 fn setup_terminal(cfg: &InitConfig) -> Result<(), InitError> {
@@ -210,10 +204,7 @@ fn setup_terminal(cfg: &InitConfig) -> Result<(), InitError> {
         step: "process.terminal is set but no --console-socket was given",
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
-    let size = cfg
-        .process()
-        .console_size()
-        .map(|b| (b.height() as u16, b.width() as u16));
+    let size = cfg.process().console_size().map(|b| (b.height() as u16, b.width() as u16));
     let (slave, path) = console::create(fd, size)?;
     nix::unistd::close(fd).ok();
     if cfg.create.is_some() {
@@ -225,10 +216,7 @@ fn setup_terminal(cfg: &InitConfig) -> Result<(), InitError> {
 
 fn set_names(spec: &Spec) -> Result<(), InitError> {
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
-        nix::unistd::sethostname(h).map_err(|e| InitError::Sys {
-            step: "sethostname",
-            source: e.into(),
-        })?;
+        nix::unistd::sethostname(h).map_err(|e| InitError::Sys { step: "sethostname", source: e.into() })?;
     }
     if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
         // SAFETY: the pointer and length describe a live byte slice.
@@ -275,15 +263,33 @@ fn run(cfg: &InitConfig, prepared: Prepared) -> InitError {
     process::exec(process, &prepared.program).into()
 }
 
-/// Blocks until `start` opens the exec fifo for reading, then tells it we go.
+/// Blocks until `start` writes its byte into the exec fifo.
 fn wait_for_start(fifo: &OwnedFd) -> Result<(), InitError> {
-    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(sys_err("open exec fifo for start"))?;
-    std::io::Write::write_all(&mut f, &[0]).map_err(sys_err("signal start"))
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(InitError::Sys { step: "wait for start", source: e.into() }),
+        }
+        let mut b = [0u8; 1];
+        match nix::unistd::read(fifo.as_raw_fd(), &mut b) {
+            Ok(1) => return Ok(()),
+            // Someone opened and closed the fifo without a word: not a start.
+            Ok(_) | Err(nix::Error::EAGAIN) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => return Err(InitError::Sys { step: "wait for start", source: e.into() }),
+        }
+    }
 }
 
-use std::os::unix::fs::OpenOptionsExt;
+/// The hook state JSON with another status.
+fn with_status(state_json: &str, status: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(state_json) {
+        Ok(mut v) => {
+            v["status"] = status.into();
+            v.to_string()
+        }
+        Err(_) => state_json.to_string(),
+    }
+}

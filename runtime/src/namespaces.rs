@@ -10,22 +10,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
     #[error("join {typ} namespace {path}: {source}")]
-    Join {
-        typ: String,
-        path: PathBuf,
-        source: nix::Error,
-    },
+    Join { typ: String, path: PathBuf, source: nix::Error },
     #[error("open {typ} namespace {path}: {source}")]
-    Open {
-        typ: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { typ: String, path: PathBuf, source: std::io::Error },
     #[error("create namespaces ({flags:?}): {source}")]
-    Unshare {
-        flags: CloneFlags,
-        source: nix::Error,
-    },
+    Unshare { flags: CloneFlags, source: nix::Error },
     #[error("write /proc/self/timens_offsets: {source}")]
     TimeOffsets { source: std::io::Error },
 }
@@ -43,7 +32,8 @@ pub struct NamespacePlan {
 }
 
 pub fn clone_flag(typ: LinuxNamespaceType) -> CloneFlags {
-    CloneFlags::from_bits_truncate(typ as i32)
+    // nix has no CLONE_NEWTIME constant: keep the raw bit.
+    CloneFlags::from_bits_retain(typ as i32)
 }
 
 /// The /proc/PID/ns entry name of a namespace kind.
@@ -81,10 +71,7 @@ impl NamespacePlan {
         // A joined user namespace must come first: it decides what we may join next.
         plan.join.sort_by_key(|(name, _)| name != "user");
         for (clock, off) in linux.time_offsets().iter().flatten() {
-            plan.time_offsets.insert(
-                clock.clone(),
-                (off.secs().unwrap_or(0), off.nanosecs().unwrap_or(0)),
-            );
+            plan.time_offsets.insert(clock.clone(), (off.secs().unwrap_or(0), off.nanosecs().unwrap_or(0)));
         }
         plan
     }
@@ -92,17 +79,10 @@ impl NamespacePlan {
     /// For `exec`: every namespace of the container's init, by /proc path.
     pub fn for_exec(spec: &Spec, init_pid: i32) -> NamespacePlan {
         let mut plan = NamespacePlan::default();
-        let kinds = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().clone())
-            .unwrap_or_default();
+        let kinds = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
         for ns in kinds {
             let name = proc_name(ns.typ());
-            plan.join.push((
-                name.to_string(),
-                PathBuf::from(format!("/proc/{init_pid}/ns/{name}")),
-            ));
+            plan.join.push((name.to_string(), PathBuf::from(format!("/proc/{init_pid}/ns/{name}"))));
         }
         plan.join.sort_by_key(|(name, _)| name != "user");
         plan
@@ -159,11 +139,7 @@ impl NamespacePlan {
             unshare(flags).map_err(|source| NamespaceError::Unshare { flags, source })?;
         }
         if self.creates(LinuxNamespaceType::Time) && !self.time_offsets.is_empty() {
-            let text: String = self
-                .time_offsets
-                .iter()
-                .map(|(clock, (s, ns))| format!("{clock} {s} {ns}\n"))
-                .collect();
+            let text: String = self.time_offsets.iter().map(|(clock, (s, ns))| format!("{clock} {s} {ns}\n")).collect();
             std::fs::write("/proc/self/timens_offsets", text)
                 .map_err(|source| NamespaceError::TimeOffsets { source })?;
         }

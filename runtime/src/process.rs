@@ -12,33 +12,19 @@ use std::str::FromStr;
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("rlimit {name}: {source}")]
-    Rlimit {
-        name: String,
-        source: std::io::Error,
-    },
+    Rlimit { name: String, source: std::io::Error },
     #[error("capability {set}: {message}")]
     Capability { set: &'static str, message: String },
     #[error("set user {uid}:{gid} (groups {groups:?}): {source}")]
-    User {
-        uid: u32,
-        gid: u32,
-        groups: Vec<u32>,
-        source: std::io::Error,
-    },
+    User { uid: u32, gid: u32, groups: Vec<u32>, source: std::io::Error },
     #[error("oomScoreAdj {value}: {source}")]
     OomScoreAdj { value: i32, source: std::io::Error },
     #[error("process.cwd {path}: {source}")]
-    Cwd {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Cwd { path: PathBuf, source: std::io::Error },
     #[error("exec: {program:?}: executable file not found in $PATH")]
     NotFound { program: String },
     #[error("exec: {program:?}: {source}")]
-    Exec {
-        program: String,
-        source: std::io::Error,
-    },
+    Exec { program: String, source: std::io::Error },
     #[error("no_new_privs: {source}")]
     NoNewPrivs { source: std::io::Error },
     #[error("personality: {source}")]
@@ -68,12 +54,8 @@ fn rlimit_resource(t: PosixRlimitType) -> i32 {
 
 pub fn apply_rlimits(process: &Process) -> Result<(), ProcessError> {
     for r in process.rlimits().iter().flatten() {
-        crate::sys::set_rlimit(rlimit_resource(r.typ()), r.soft(), r.hard()).map_err(|source| {
-            ProcessError::Rlimit {
-                name: r.typ().to_string(),
-                source,
-            }
-        })?;
+        crate::sys::set_rlimit(rlimit_resource(r.typ()), r.soft(), r.hard())
+            .map_err(|source| ProcessError::Rlimit { name: r.typ().to_string(), source })?;
     }
     Ok(())
 }
@@ -87,17 +69,11 @@ pub fn apply_oom_score_adj(process: &Process) -> Result<(), ProcessError> {
 }
 
 fn to_caps(set: &Option<Capabilities>) -> CapsHashSet {
-    set.iter()
-        .flatten()
-        .filter_map(|c| caps::Capability::from_str(&format!("CAP_{c}")).ok())
-        .collect()
+    set.iter().flatten().filter_map(|c| caps::Capability::from_str(&format!("CAP_{c}")).ok()).collect()
 }
 
 fn cap_err(set: &'static str) -> impl Fn(caps::errors::CapsError) -> ProcessError {
-    move |e| ProcessError::Capability {
-        set,
-        message: e.to_string(),
-    }
+    move |e| ProcessError::Capability { set, message: e.to_string() }
 }
 
 /// Drops what the bounding set must not keep; needs CAP_SETPCAP, so it runs
@@ -119,12 +95,7 @@ pub fn drop_bounding(process: &Process) -> Result<(), ProcessError> {
 pub fn switch_user(process: &Process) -> Result<(), ProcessError> {
     let user = process.user();
     let groups = user.additional_gids().clone().unwrap_or_default();
-    let err = |source| ProcessError::User {
-        uid: user.uid(),
-        gid: user.gid(),
-        groups: groups.clone(),
-        source,
-    };
+    let err = |source| ProcessError::User { uid: user.uid(), gid: user.gid(), groups: groups.clone(), source };
     crate::sys::set_keep_caps().map_err(err)?;
     // setgroups is refused in a user namespace whose gid map was written with
     // setgroups denied; an empty list is then what the process has anyway.
@@ -146,8 +117,7 @@ pub fn set_capabilities(process: &Process) -> Result<(), ProcessError> {
     // Each capset must stay consistent (effective within permitted), so
     // shrink effective first and permitted last.
     caps::set(None, CapSet::Effective, &to_caps(c.effective())).map_err(cap_err("effective"))?;
-    caps::set(None, CapSet::Inheritable, &to_caps(c.inheritable()))
-        .map_err(cap_err("inheritable"))?;
+    caps::set(None, CapSet::Inheritable, &to_caps(c.inheritable())).map_err(cap_err("inheritable"))?;
     caps::set(None, CapSet::Permitted, &to_caps(c.permitted())).map_err(cap_err("permitted"))?;
     caps::clear(None, CapSet::Ambient).map_err(cap_err("ambient"))?;
     for cap in to_caps(c.ambient()) {
@@ -164,16 +134,32 @@ pub fn set_no_new_privs(process: &Process) -> Result<(), ProcessError> {
     Ok(())
 }
 
+/// chdir into process.cwd, then check that it really lies inside the
+/// container's root: a cwd through an inherited host descriptor
+/// (/proc/self/fd/N) would otherwise hand the host to the container
+/// (the CVE-2024-21626 class). getcwd fails for a directory outside our root.
 pub fn change_dir(process: &Process) -> Result<(), ProcessError> {
-    std::env::set_current_dir(process.cwd()).map_err(|source| ProcessError::Cwd {
-        path: process.cwd().clone(),
-        source,
-    })
+    let err = |source| ProcessError::Cwd { path: process.cwd().clone(), source };
+    std::env::set_current_dir(process.cwd()).map_err(err)?;
+    match std::env::current_dir() {
+        Ok(p) if p.is_absolute() => Ok(()),
+        Ok(_) | Err(_) => Err(err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "outside the container"))),
+    }
+}
+
+/// linux.personality: the execution domain (LINUX or LINUX32).
+pub fn apply_personality(spec: &oci_spec::runtime::Spec) -> Result<(), ProcessError> {
+    use oci_spec::runtime::LinuxPersonalityDomain as D;
+    let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) else { return Ok(()) };
+    let persona = match p.domain() {
+        D::PerLinux => 0x0000,
+        D::PerLinux32 => 0x0008,
+    };
+    crate::sys::set_personality(persona).map_err(|source| ProcessError::Personality { source })
 }
 
 fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
-    env.iter()
-        .find_map(|e| e.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    env.iter().find_map(|e| e.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// Finds the program like execvp would, with the container's PATH, so a
@@ -185,15 +171,11 @@ pub fn find_program(process: &Process) -> Result<PathBuf, ProcessError> {
         return if is_executable(Path::new(&program)) {
             Ok(PathBuf::from(program))
         } else {
-            Err(ProcessError::Exec {
-                program,
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            })
+            Err(ProcessError::Exec { program, source: std::io::Error::from(std::io::ErrorKind::NotFound) })
         };
     }
     let env = process.env().clone().unwrap_or_default();
-    let path = env_value(&env, "PATH")
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = env_value(&env, "PATH").unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     path.split(':')
         .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(&program))
         .find(|p| is_executable(p))
@@ -201,16 +183,11 @@ pub fn find_program(process: &Process) -> Result<PathBuf, ProcessError> {
 }
 
 fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn cstrings(items: &[String]) -> Vec<CString> {
-    items
-        .iter()
-        .filter_map(|s| CString::new(s.as_bytes()).ok())
-        .collect()
+    items.iter().filter_map(|s| CString::new(s.as_bytes()).ok()).collect()
 }
 
 /// execve of the container's program; returns only on failure.
@@ -223,16 +200,10 @@ pub fn exec(process: &Process, program: &Path) -> ProcessError {
     let env = cstrings(&env);
     let name = program.display().to_string();
     let Ok(path) = CString::new(name.as_bytes()) else {
-        return ProcessError::Exec {
-            program: name,
-            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        };
+        return ProcessError::Exec { program: name, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) };
     };
     match nix::unistd::execve(&path, &args, &env) {
-        Err(e) => ProcessError::Exec {
-            program: name,
-            source: e.into(),
-        },
+        Err(e) => ProcessError::Exec { program: name, source: e.into() },
         Ok(never) => match never {},
     }
 }

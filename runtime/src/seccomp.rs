@@ -36,12 +36,10 @@ use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompOperator,
-};
+use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompOperator};
 use seccompiler::{
-    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 use syscalls::Sysno;
 
@@ -114,44 +112,21 @@ pub enum SeccompError {
     #[error("seccomp: listenerPath {path:?}: SCMP_ACT_NOTIFY is not supported")]
     ListenerPathUnsupported { path: PathBuf },
     #[error("seccomp: {site}: action {action} is not supported")]
-    UnsupportedAction {
-        site: SpecSite,
-        action: LinuxSeccompAction,
-    },
+    UnsupportedAction { site: SpecSite, action: LinuxSeccompAction },
     #[error("seccomp: {site}: errno/trace value {value} does not fit in 16 bits")]
     ErrnoOutOfRange { site: SpecSite, value: u32 },
     #[error("seccomp: {site}: args[{arg}]: index {index} is not a syscall argument (0..=5)")]
-    ArgIndexOutOfRange {
-        site: SpecSite,
-        arg: usize,
-        index: usize,
-    },
+    ArgIndexOutOfRange { site: SpecSite, arg: usize, index: usize },
     #[error("seccomp: {site}: args[{arg}]: {source}")]
-    InvalidCondition {
-        site: SpecSite,
-        arg: usize,
-        source: BackendError,
-    },
+    InvalidCondition { site: SpecSite, arg: usize, source: BackendError },
     #[error("seccomp: {site}: args: {source}")]
-    InvalidRule {
-        site: SpecSite,
-        source: BackendError,
-    },
+    InvalidRule { site: SpecSite, source: BackendError },
     #[error("seccomp: building the {filter}: {source}")]
-    Build {
-        filter: FilterKind,
-        source: BackendError,
-    },
+    Build { filter: FilterKind, source: BackendError },
     #[error("seccomp: installing the {filter}: {source}")]
-    Install {
-        filter: FilterKind,
-        source: io::Error,
-    },
+    Install { filter: FilterKind, source: io::Error },
     #[error("seccomp: installing the {filter}: thread {tid} could not be synchronized (TSYNC)")]
-    ThreadSync {
-        filter: FilterKind,
-        tid: libc::c_long,
-    },
+    ThreadSync { filter: FilterKind, tid: libc::c_long },
 }
 
 /// A compiled `linux.seccomp`, ready to install.
@@ -174,18 +149,8 @@ impl SeccompProgram {
         for (kind, program) in &self.filters {
             match sys::set_mode_filter(program, self.flags) {
                 Ok(0) => {}
-                Ok(tid) => {
-                    return Err(SeccompError::ThreadSync {
-                        filter: kind.clone(),
-                        tid,
-                    })
-                }
-                Err(source) => {
-                    return Err(SeccompError::Install {
-                        filter: kind.clone(),
-                        source,
-                    })
-                }
+                Ok(tid) => return Err(SeccompError::ThreadSync { filter: kind.clone(), tid }),
+                Err(source) => return Err(SeccompError::Install { filter: kind.clone(), source }),
             }
         }
         Ok(())
@@ -199,19 +164,13 @@ impl SeccompProgram {
 
 /// Compiles `spec` for the host architecture.
 pub fn compile(spec: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
-    let host = HOST.ok_or(SeccompError::UnsupportedHostArch {
-        arch: std::env::consts::ARCH,
-    })?;
+    let host = HOST.ok_or(SeccompError::UnsupportedHostArch { arch: std::env::consts::ARCH })?;
     check_architectures(spec, host.arch)?;
     let flags = filter_flags(spec)?;
     if let Some(path) = spec.listener_path() {
         return Err(SeccompError::ListenerPathUnsupported { path: path.clone() });
     }
-    let default = resolve_action(
-        &SpecSite::DefaultAction,
-        spec.default_action(),
-        spec.default_errno_ret(),
-    )?;
+    let default = resolve_action(&SpecSite::DefaultAction, spec.default_action(), spec.default_errno_ret())?;
     let grouped = group_rules(spec, &default)?;
     let filters = build_filters(host.target, default, grouped)?;
     Ok(SeccompProgram { filters, flags })
@@ -225,25 +184,12 @@ struct Host {
 }
 
 #[cfg(target_arch = "x86_64")]
-const HOST: Option<Host> = Some(Host {
-    target: TargetArch::x86_64,
-    arch: Arch::ScmpArchX86_64,
-});
+const HOST: Option<Host> = Some(Host { target: TargetArch::x86_64, arch: Arch::ScmpArchX86_64 });
 #[cfg(target_arch = "aarch64")]
-const HOST: Option<Host> = Some(Host {
-    target: TargetArch::aarch64,
-    arch: Arch::ScmpArchAarch64,
-});
+const HOST: Option<Host> = Some(Host { target: TargetArch::aarch64, arch: Arch::ScmpArchAarch64 });
 #[cfg(target_arch = "riscv64")]
-const HOST: Option<Host> = Some(Host {
-    target: TargetArch::riscv64,
-    arch: Arch::ScmpArchRiscv64,
-});
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64"
-)))]
+const HOST: Option<Host> = Some(Host { target: TargetArch::riscv64, arch: Arch::ScmpArchRiscv64 });
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
 const HOST: Option<Host> = None;
 
 /// Other listed architectures are accepted but not filtered (see the module doc).
@@ -253,10 +199,7 @@ fn check_architectures(spec: &LinuxSeccomp, host: Arch) -> Result<(), SeccompErr
     if listed.is_empty() || listed.iter().any(native) {
         return Ok(());
     }
-    Err(SeccompError::HostArchNotListed {
-        host,
-        listed: listed.iter().map(ToString::to_string).collect(),
-    })
+    Err(SeccompError::HostArchNotListed { host, listed: listed.iter().map(ToString::to_string).collect() })
 }
 
 fn filter_flags(spec: &LinuxSeccomp) -> Result<libc::c_ulong, SeccompError> {
@@ -276,12 +219,8 @@ fn flag_bits(name: &str) -> Result<libc::c_ulong, SeccompError> {
         "SECCOMP_FILTER_FLAG_TSYNC" => Ok(libc::SECCOMP_FILTER_FLAG_TSYNC),
         "SECCOMP_FILTER_FLAG_LOG" => Ok(libc::SECCOMP_FILTER_FLAG_LOG),
         "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => Ok(libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW),
-        "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" => {
-            Ok(libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
-        }
-        _ => Err(SeccompError::UnknownFlag {
-            flag: name.to_owned(),
-        }),
+        "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" => Ok(libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV),
+        _ => Err(SeccompError::UnknownFlag { flag: name.to_owned() }),
     }
 }
 
@@ -294,17 +233,12 @@ fn resolve_action(
     let data = || {
         let value = errno_ret.unwrap_or(libc::EPERM as u32);
         if value > libc::SECCOMP_RET_DATA {
-            return Err(SeccompError::ErrnoOutOfRange {
-                site: site.clone(),
-                value,
-            });
+            return Err(SeccompError::ErrnoOutOfRange { site: site.clone(), value });
         }
         Ok(value)
     };
     Ok(match action {
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
-            SeccompAction::KillThread
-        }
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => SeccompAction::KillThread,
         LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
         LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(data()?),
@@ -314,10 +248,7 @@ fn resolve_action(
         // Needs SECCOMP_FILTER_FLAG_NEW_LISTENER and SECCOMP_RET_USER_NOTIF, which seccompiler
         // cannot emit.
         LinuxSeccompAction::ScmpActNotify => {
-            return Err(SeccompError::UnsupportedAction {
-                site: site.clone(),
-                action,
-            })
+            return Err(SeccompError::UnsupportedAction { site: site.clone(), action })
         }
     })
 }
@@ -394,10 +325,7 @@ impl Grouped {
 fn group_rules(spec: &LinuxSeccomp, default: &SeccompAction) -> Result<Grouped, SeccompError> {
     let mut grouped = Grouped::default();
     for (index, rule) in spec.syscalls().iter().flatten().enumerate() {
-        let site = SpecSite::Syscall {
-            index,
-            names: rule.names().clone(),
-        };
+        let site = SpecSite::Syscall { index, names: rule.names().clone() };
         // Validated before name resolution so a bad rule fails on every architecture.
         let action = resolve_action(&site, rule.action(), rule.errno_ret())?;
         let args = translate_args(&site, rule.args().as_deref().unwrap_or_default())?;
@@ -424,9 +352,7 @@ fn group_rules(spec: &LinuxSeccomp, default: &SeccompAction) -> Result<Grouped, 
 }
 
 fn syscall_number(name: &str) -> Option<i64> {
-    Sysno::from_str(name)
-        .ok()
-        .map(|sysno| i64::from(sysno.id()))
+    Sysno::from_str(name).ok().map(|sysno| i64::from(sysno.id()))
 }
 
 /// All of a rule's args are AND-ed into one `SeccompRule`.
@@ -447,27 +373,16 @@ fn translate_args(site: &SpecSite, args: &[LinuxSeccompArg]) -> Result<ArgMatch,
     }
     SeccompRule::new(conditions)
         .map(ArgMatch::When)
-        .map_err(|source| SeccompError::InvalidRule {
-            site: site.clone(),
-            source,
-        })
+        .map_err(|source| SeccompError::InvalidRule { site: site.clone(), source })
 }
 
 /// One OCI arg as a 64-bit comparison (as libseccomp does on 64-bit ABIs); `None` when it can
 /// never hold.
-fn condition(
-    site: &SpecSite,
-    pos: usize,
-    arg: &LinuxSeccompArg,
-) -> Result<Option<SeccompCondition>, SeccompError> {
+fn condition(site: &SpecSite, pos: usize, arg: &LinuxSeccompArg) -> Result<Option<SeccompCondition>, SeccompError> {
     let index = u8::try_from(arg.index())
         .ok()
         .filter(|index| *index <= 5)
-        .ok_or_else(|| SeccompError::ArgIndexOutOfRange {
-            site: site.clone(),
-            arg: pos,
-            index: arg.index(),
-        })?;
+        .ok_or_else(|| SeccompError::ArgIndexOutOfRange { site: site.clone(), arg: pos, index: arg.index() })?;
     let (op, value) = match arg.op() {
         LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, arg.value()),
         LinuxSeccompOperator::ScmpCmpLt => (SeccompCmpOp::Lt, arg.value()),
@@ -487,11 +402,7 @@ fn condition(
     };
     SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
         .map(Some)
-        .map_err(|source| SeccompError::InvalidCondition {
-            site: site.clone(),
-            arg: pos,
-            source,
-        })
+        .map_err(|source| SeccompError::InvalidCondition { site: site.clone(), arg: pos, source })
 }
 
 /// Filters in installation order (see the module doc).
@@ -529,10 +440,7 @@ fn build_filters(
     for (_, kind, mismatch, matched, rules) in planned {
         let program = SeccompFilter::new(rules.into_map(), mismatch, matched, target)
             .and_then(BpfProgram::try_from)
-            .map_err(|source| SeccompError::Build {
-                filter: kind.clone(),
-                source,
-            })?;
+            .map_err(|source| SeccompError::Build { filter: kind.clone(), source })?;
         filters.push((kind, program));
     }
     Ok(filters)
@@ -664,31 +572,16 @@ mod tests {
         let program = compile(&spec(DOCKER_LIKE)).expect("compiles");
         assert_eq!(
             kinds(&program),
-            [
-                FilterKind::Default(SeccompAction::Errno(1)),
-                FilterKind::Rules(SeccompAction::Errno(38)),
-            ]
+            [FilterKind::Default(SeccompAction::Errno(1)), FilterKind::Rules(SeccompAction::Errno(38)),]
         );
         assert_eq!(verdict(&program, nr(Sysno::read), [0; 6]), ALLOW);
-        assert_eq!(
-            verdict(&program, nr(Sysno::mount), [0; 6]),
-            errno(libc::EPERM)
-        );
-        assert_eq!(
-            verdict(&program, nr(Sysno::clone3), [0; 6]),
-            errno(libc::ENOSYS)
-        );
-        assert_eq!(
-            verdict(&program, nr(Sysno::personality), [8, 0, 0, 0, 0, 0]),
-            ALLOW
-        );
+        assert_eq!(verdict(&program, nr(Sysno::mount), [0; 6]), errno(libc::EPERM));
+        assert_eq!(verdict(&program, nr(Sysno::clone3), [0; 6]), errno(libc::ENOSYS));
+        assert_eq!(verdict(&program, nr(Sysno::personality), [8, 0, 0, 0, 0, 0]), ALLOW);
         let bad_persona = verdict(&program, nr(Sysno::personality), [1, 0, 0, 0, 0, 0]);
         assert_eq!(bad_persona, errno(libc::EPERM));
         // Foreign ABIs hit seccompiler's arch check (0x40000003: AUDIT_ARCH_I386).
-        assert_eq!(
-            verdict_for_arch(&program, 0x4000_0003, 3, [0; 6]),
-            KILL_PROCESS
-        );
+        assert_eq!(verdict_for_arch(&program, 0x4000_0003, 3, [0; 6]), KILL_PROCESS);
     }
 
     #[test]
@@ -709,14 +602,8 @@ mod tests {
         ))
         .expect("compiles");
         let getcwd = nr(Sysno::getcwd);
-        assert_eq!(
-            verdict(&program, getcwd, [0, 1 << 32, 0, 0, 0, 0]),
-            errno(libc::EPERM)
-        );
-        assert_eq!(
-            verdict(&program, getcwd, [0, (1 << 32) | 7, 0, 0, 0, 0]),
-            errno(libc::EPERM)
-        );
+        assert_eq!(verdict(&program, getcwd, [0, 1 << 32, 0, 0, 0, 0]), errno(libc::EPERM));
+        assert_eq!(verdict(&program, getcwd, [0, (1 << 32) | 7, 0, 0, 0, 0]), errno(libc::EPERM));
         assert_eq!(verdict(&program, getcwd, [0, 2 << 32, 0, 0, 0, 0]), ALLOW);
     }
 
@@ -741,15 +628,9 @@ mod tests {
         ))
         .expect("compiles");
         let getcwd = nr(Sysno::getcwd);
-        assert_eq!(
-            verdict(&program, getcwd, [1 << 32, 11, 0, 0, 0, 0]),
-            KILL_PROCESS
-        );
+        assert_eq!(verdict(&program, getcwd, [1 << 32, 11, 0, 0, 0, 0]), KILL_PROCESS);
         assert_eq!(verdict(&program, getcwd, [1 << 32, 10, 0, 0, 0, 0]), ALLOW);
-        assert_eq!(
-            verdict(&program, getcwd, [u32::MAX as u64, 11, 0, 0, 0, 0]),
-            ALLOW
-        );
+        assert_eq!(verdict(&program, getcwd, [u32::MAX as u64, 11, 0, 0, 0, 0]), ALLOW);
     }
 
     #[test]
@@ -762,14 +643,8 @@ mod tests {
         .expect("compiles");
         let expected = [FilterKind::Rules(SeccompAction::Errno(libc::EPERM as u32))];
         assert_eq!(kinds(&program), expected);
-        assert_eq!(
-            verdict(&program, nr(Sysno::mount), [0; 6]),
-            errno(libc::EPERM)
-        );
-        assert_eq!(
-            verdict(&program, nr(Sysno::umount2), [0; 6]),
-            errno(libc::EPERM)
-        );
+        assert_eq!(verdict(&program, nr(Sysno::mount), [0; 6]), errno(libc::EPERM));
+        assert_eq!(verdict(&program, nr(Sysno::umount2), [0; 6]), errno(libc::EPERM));
         assert_eq!(verdict(&program, nr(Sysno::getcwd), [0; 6]), ALLOW);
     }
 
@@ -822,17 +697,9 @@ mod tests {
             r#"seccomp: syscalls[3] (names ["mount"]): action SCMP_ACT_NOTIFY is not supported"#
         );
         let err = compile(&spec(r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#)).unwrap_err();
-        assert!(matches!(
-            err,
-            SeccompError::UnsupportedAction {
-                site: SpecSite::DefaultAction,
-                ..
-            }
-        ));
-        let err = compile(&spec(
-            r#"{"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock"}"#,
-        ))
-        .unwrap_err();
+        assert!(matches!(err, SeccompError::UnsupportedAction { site: SpecSite::DefaultAction, .. }));
+        let err =
+            compile(&spec(r#"{"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock"}"#)).unwrap_err();
         assert!(matches!(err, SeccompError::ListenerPathUnsupported { .. }));
     }
 
@@ -844,15 +711,9 @@ mod tests {
         ))
         .expect("compiles");
         assert_eq!(program.flags, 0b111);
-        assert_eq!(
-            flag_bits("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV").unwrap(),
-            1 << 5
-        );
+        assert_eq!(flag_bits("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV").unwrap(), 1 << 5);
         let err = flag_bits("SECCOMP_FILTER_FLAG_BOGUS").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "seccomp: flags: unknown flag SECCOMP_FILTER_FLAG_BOGUS"
-        );
+        assert_eq!(err.to_string(), "seccomp: flags: unknown flag SECCOMP_FILTER_FLAG_BOGUS");
         // oci-spec's closed enum already refuses unknown names when the spec is parsed.
         let parsed = serde_json::from_str::<LinuxSeccomp>(
             r#"{"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_BOGUS"]}"#,
@@ -869,22 +730,11 @@ mod tests {
         .unwrap_err();
         let expected = r#"seccomp: syscalls[0] (names ["read"]): args[0]: index 6 is not a syscall argument (0..=5)"#;
         assert_eq!(err.to_string(), expected);
-        let err = compile(&spec(
-            r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 65536}"#,
-        ))
-        .unwrap_err();
-        assert!(matches!(
-            err,
-            SeccompError::ErrnoOutOfRange { value: 65536, .. }
-        ));
-        let err = compile(&spec(
-            r#"{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_PPC64LE"]}"#,
-        ))
-        .unwrap_err();
-        assert!(
-            matches!(err, SeccompError::HostArchNotListed { .. }),
-            "{err}"
-        );
+        let err = compile(&spec(r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 65536}"#)).unwrap_err();
+        assert!(matches!(err, SeccompError::ErrnoOutOfRange { value: 65536, .. }));
+        let err = compile(&spec(r#"{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_PPC64LE"]}"#))
+            .unwrap_err();
+        assert!(matches!(err, SeccompError::HostArchNotListed { .. }), "{err}");
     }
 
     /// A default filter that refuses seccomp(2) would block installing the filters after it.
@@ -917,10 +767,7 @@ mod tests {
         ))
         .expect("compiles");
         assert_eq!(kinds(&program).len(), 2);
-        assert_eq!(
-            verdict(&program, nr(Sysno::mount), [0; 6]),
-            errno(libc::EACCES)
-        );
+        assert_eq!(verdict(&program, nr(Sysno::mount), [0; 6]), errno(libc::EACCES));
         assert_eq!(verdict(&program, nr(Sysno::getcwd), [0; 6]), ALLOW);
     }
 }

@@ -1,8 +1,13 @@
 //! Starting `warren init` and driving the sync protocol from the runtime's side.
 //!
-//! The init runs from a sealed memfd copy of our binary: a process of the
-//! container that opens /proc/PID/exe of the init can never reach (and
-//! overwrite) the `warren` binary on the host (the CVE-2019-5736 class).
+//! A process of the container that opens /proc/PID/exe of the init (or of
+//! itself, after exec'ing `#!/proc/self/exe`) must never be able to write
+//! the `warren` binary on the host (the CVE-2019-5736 class). The init is
+//! exec'd through a read-only bind of the binary made in a private mount
+//! namespace of the child: writes through that exe fail with EROFS. Where
+//! the container wants its mounts to propagate back to the host
+//! (rootfsPropagation shared), that namespace is in the way, so the init
+//! runs from a sealed memfd copy instead (slower: a copy of the binary).
 //! Spawning is fork+exec through std's Command, safe from a threaded caller.
 
 use crate::hooks::{self, HookKind};
@@ -10,6 +15,7 @@ use crate::init::{InitConfig, SYNC_FD_ENV};
 use crate::sync::{Channel, FromInit, SyncError};
 use oci_spec::runtime::{LinuxIdMapping, Spec};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
@@ -20,11 +26,7 @@ pub enum SpawnError {
     #[error("start container init: {source}")]
     Spawn { source: std::io::Error },
     #[error("write {file} of pid {pid}: {source}")]
-    IdMap {
-        pid: i32,
-        file: &'static str,
-        source: std::io::Error,
-    },
+    IdMap { pid: i32, file: &'static str, source: std::io::Error },
     #[error(transparent)]
     Sync(#[from] SyncError),
     #[error(transparent)]
@@ -43,37 +45,65 @@ pub struct InitProcess {
     pub pid: Option<i32>,
 }
 
-fn sealed_self() -> Result<OwnedFd, SpawnError> {
-    let exe =
-        std::fs::read_link("/proc/self/exe").map_err(|source| SpawnError::SelfCopy { source })?;
-    crate::sys::sealed_memfd_copy(&exe, c"warren").map_err(|source| SpawnError::SelfCopy { source })
+/// How the init's binary is kept out of the container's reach.
+enum SealedExe {
+    /// Our binary's path, bound read-only in the child's own mount namespace.
+    ReadOnlyBind(std::ffi::CString),
+    Memfd(OwnedFd),
+}
+
+impl SealedExe {
+    fn new(spec: &Spec) -> Result<SealedExe, SpawnError> {
+        let err = |source| SpawnError::SelfCopy { source };
+        let exe = std::fs::read_link("/proc/self/exe").map_err(err)?;
+        let propagates_out = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.rootfs_propagation().as_deref())
+            .is_some_and(|p| p.contains("shared"));
+        if propagates_out {
+            return crate::sys::sealed_memfd_copy(&exe, c"warren").map(SealedExe::Memfd).map_err(err);
+        }
+        let path = std::ffi::CString::new(exe.as_os_str().as_bytes())
+            .map_err(|_| err(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+        Ok(SealedExe::ReadOnlyBind(path))
+    }
+
+    fn program(&self) -> std::ffi::OsString {
+        match self {
+            SealedExe::ReadOnlyBind(p) => std::ffi::OsStr::from_bytes(p.as_bytes()).to_os_string(),
+            SealedExe::Memfd(fd) => format!("/proc/self/fd/{}", fd.as_raw_fd()).into(),
+        }
+    }
+
+    fn bind_path(&self) -> Option<std::ffi::CString> {
+        match self {
+            SealedExe::ReadOnlyBind(p) => Some(p.clone()),
+            SealedExe::Memfd(_) => None,
+        }
+    }
 }
 
 impl InitProcess {
     /// Spawns stage 1 with our stdio (and the fds the caller keeps open for
     /// --preserve-fds and the console socket), and hands it its config.
-    pub fn spawn(
-        config: InitConfig,
-        cgroup: Option<&crate::cgroups::Cgroup>,
-    ) -> Result<InitProcess, SpawnError> {
-        let exe = sealed_self()?;
+    pub fn spawn(config: InitConfig, cgroup: Option<&crate::cgroups::Cgroup>) -> Result<InitProcess, SpawnError> {
+        let exe = SealedExe::new(&config.spec)?;
         let (ours, theirs) = Channel::pair().map_err(|source| SpawnError::Spawn { source })?;
         let fd = theirs.raw_fd();
-        let inherit: Vec<i32> = config
-            .console_fd
-            .into_iter()
-            .chain(std::iter::once(fd))
-            .collect();
-        let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
-        cmd.arg0("warren")
-            .arg("init")
-            .env_clear()
-            .env(SYNC_FD_ENV, fd.to_string());
-        // SAFETY: the closure only calls fcntl (async-signal-safe) on fds that are open.
+        let inherit: Vec<i32> = config.inherited_fds().into_iter().chain(std::iter::once(fd)).collect();
+        let mut cmd = Command::new(exe.program());
+        cmd.arg0("warren").arg("init").env_clear().env(SYNC_FD_ENV, fd.to_string());
+        let bind = exe.bind_path();
+        // SAFETY: the closure only makes syscalls (fcntl, unshare, mount) on
+        // data prepared before the fork; it neither allocates nor locks.
         unsafe {
             cmd.pre_exec(move || {
                 for fd in &inherit {
                     crate::sys::clear_cloexec(*fd)?;
+                }
+                if let Some(path) = &bind {
+                    crate::sys::readonly_self_in_new_mount_ns(path)?;
                 }
                 Ok(())
             });
@@ -81,11 +111,7 @@ impl InitProcess {
         let child = cmd.spawn().map_err(|source| SpawnError::Spawn { source })?;
         drop(theirs);
         drop(exe);
-        let mut init = InitProcess {
-            child,
-            chan: ours,
-            pid: None,
-        };
+        let mut init = InitProcess { child, chan: ours, pid: None };
         if let Some(cg) = cgroup {
             // Before the config goes out: stage 1 must be in the cgroup
             // before it forks or makes a cgroup namespace.
@@ -130,10 +156,7 @@ impl InitProcess {
     /// Kills what was started (on a failed create or exec).
     pub fn kill(&mut self) {
         if let Some(pid) = self.pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -141,24 +164,16 @@ impl InitProcess {
 }
 
 fn map_text(maps: &[LinuxIdMapping]) -> String {
-    maps.iter()
-        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-        .collect()
+    maps.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect()
 }
 
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), SpawnError> {
     let linux = spec.linux().as_ref();
-    let uid = linux
-        .and_then(|l| l.uid_mappings().clone())
-        .unwrap_or_default();
-    let gid = linux
-        .and_then(|l| l.gid_mappings().clone())
-        .unwrap_or_default();
-    let write =
-        |file: &'static str, text: String| {
-            std::fs::write(format!("/proc/{pid}/{file}"), text)
-                .map_err(|source| SpawnError::IdMap { pid, file, source })
-        };
+    let uid = linux.and_then(|l| l.uid_mappings().clone()).unwrap_or_default();
+    let gid = linux.and_then(|l| l.gid_mappings().clone()).unwrap_or_default();
+    let write = |file: &'static str, text: String| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|source| SpawnError::IdMap { pid, file, source })
+    };
     write("uid_map", map_text(&uid))?;
     write("gid_map", map_text(&gid))
 }

@@ -8,16 +8,9 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("bundle {path}: cannot read config.json: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {field}: {message}")]
-    Parse {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    Parse { path: PathBuf, field: String, message: String },
     #[error("config.json: {field}: {message}")]
     Invalid { field: String, message: String },
     #[error("config.json: root.path: rootfs {path} does not exist or is not a directory")]
@@ -25,10 +18,7 @@ pub enum SpecError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    SpecError::Invalid { field: field.into(), message: message.into() }
 }
 
 /// A parsed config.json with the bundle it came from and its absolute rootfs.
@@ -42,20 +32,11 @@ pub struct Bundle {
 impl Bundle {
     /// Reads `<dir>/config.json` and validates what the runtime relies on.
     pub fn load(dir: &Path) -> Result<Bundle, SpecError> {
-        let dir = std::path::absolute(dir).map_err(|source| SpecError::Read {
-            path: dir.into(),
-            source,
-        })?;
+        let dir = std::path::absolute(dir).map_err(|source| SpecError::Read { path: dir.into(), source })?;
         let path = dir.join("config.json");
-        let text = std::fs::read(&path).map_err(|source| SpecError::Read {
-            path: dir.clone(),
-            source,
-        })?;
+        let text = std::fs::read(&path).map_err(|source| SpecError::Read { path: dir.clone(), source })?;
         let spec = parse(&text, &path)?;
-        let root = spec
-            .root()
-            .as_ref()
-            .ok_or_else(|| invalid("root", "missing"))?;
+        let root = spec.root().as_ref().ok_or_else(|| invalid("root", "missing"))?;
         let rootfs = dir.join(root.path());
         if !rootfs.is_dir() {
             return Err(SpecError::MissingRootfs { path: rootfs });
@@ -71,34 +52,19 @@ pub fn parse(text: &[u8], path: &Path) -> Result<Spec, SpecError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let message = e.inner().to_string();
-        SpecError::Parse {
-            path: path.into(),
-            field,
-            message,
-        }
+        SpecError::Parse { path: path.into(), field, message }
     })
 }
 
 /// The checks a runtime must make before it creates anything.
 pub fn validate(spec: &Spec) -> Result<(), SpecError> {
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| invalid("process", "missing"))?;
+    let process = spec.process().as_ref().ok_or_else(|| invalid("process", "missing"))?;
     match process.args() {
         Some(args) if !args.is_empty() => {}
-        _ => {
-            return Err(invalid(
-                "process.args",
-                "must name at least the program to run",
-            ))
-        }
+        _ => return Err(invalid("process.args", "must name at least the program to run")),
     }
     if !process.cwd().is_absolute() {
-        return Err(invalid(
-            "process.cwd",
-            format!("{} is not absolute", process.cwd().display()),
-        ));
+        return Err(invalid("process.cwd", format!("{} is not absolute", process.cwd().display())));
     }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         check_container_path(m.destination(), &format!("mounts[{i}].destination"))?;
@@ -115,9 +81,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
             check_container_path(d.path(), &format!("linux.devices[{i}].path"))?;
         }
     }
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
-        && !has_namespace(spec, LinuxNamespaceType::Uts)
-    {
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_namespace(spec, LinuxNamespaceType::Uts) {
         return Err(invalid("hostname", "setting it needs a new uts namespace"));
     }
     Ok(())
@@ -126,16 +90,10 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
 /// Container paths must be absolute and must not climb out with `..`.
 fn check_container_path(path: &Path, field: &str) -> Result<(), SpecError> {
     if !path.is_absolute() {
-        return Err(invalid(
-            field,
-            format!("{} is not an absolute path", path.display()),
-        ));
+        return Err(invalid(field, format!("{} is not an absolute path", path.display())));
     }
     if path.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(
-            field,
-            format!("{} leaves the container root through '..'", path.display()),
-        ));
+        return Err(invalid(field, format!("{} leaves the container root through '..'", path.display())));
     }
     Ok(())
 }
@@ -145,45 +103,27 @@ fn validate_namespaces(spec: &Spec) -> Result<(), SpecError> {
     let mut seen = HashSet::new();
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
         if !seen.insert(ns.typ()) {
-            return Err(invalid(
-                format!("linux.namespaces[{i}]"),
-                format!("namespace {} listed twice", ns.typ()),
-            ));
+            return Err(invalid(format!("linux.namespaces[{i}]"), format!("namespace {} listed twice", ns.typ())));
         }
         if let Some(p) = ns.path() {
             if !p.exists() {
-                return Err(invalid(
-                    format!("linux.namespaces[{i}].path"),
-                    format!("{} does not exist", p.display()),
-                ));
+                return Err(invalid(format!("linux.namespaces[{i}].path"), format!("{} does not exist", p.display())));
             }
         }
     }
-    let new_userns = linux
-        .namespaces()
-        .iter()
-        .flatten()
-        .any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_none());
+    let new_userns =
+        linux.namespaces().iter().flatten().any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_none());
     let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty());
     if new_userns && !has_maps {
-        return Err(invalid(
-            "linux.uidMappings",
-            "a new user namespace needs uid and gid mappings",
-        ));
+        return Err(invalid("linux.uidMappings", "a new user namespace needs uid and gid mappings"));
     }
     if let Some(offsets) = linux.time_offsets() {
         if !offsets.is_empty() && !has_new_namespace(spec, LinuxNamespaceType::Time) {
-            return Err(invalid(
-                "linux.timeOffsets",
-                "offsets need a new time namespace",
-            ));
+            return Err(invalid("linux.timeOffsets", "offsets need a new time namespace"));
         }
         for clock in offsets.keys() {
             if clock != "monotonic" && clock != "boottime" {
-                return Err(invalid(
-                    format!("linux.timeOffsets.{clock}"),
-                    "only monotonic and boottime exist",
-                ));
+                return Err(invalid(format!("linux.timeOffsets.{clock}"), "only monotonic and boottime exist"));
             }
         }
     }
@@ -198,16 +138,8 @@ fn has_new_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
     namespace(spec, typ).is_some_and(|ns| ns.path().is_none())
 }
 
-pub fn namespace(
-    spec: &Spec,
-    typ: LinuxNamespaceType,
-) -> Option<&oci_spec::runtime::LinuxNamespace> {
-    spec.linux()
-        .as_ref()?
-        .namespaces()
-        .as_ref()?
-        .iter()
-        .find(|ns| ns.typ() == typ)
+pub fn namespace(spec: &Spec, typ: LinuxNamespaceType) -> Option<&oci_spec::runtime::LinuxNamespace> {
+    spec.linux().as_ref()?.namespaces().as_ref()?.iter().find(|ns| ns.typ() == typ)
 }
 
 /// Container ids become directory and cgroup names: keep them to a safe alphabet.
@@ -216,16 +148,11 @@ pub fn validate_id(id: &str) -> Result<(), SpecError> {
         && id.len() <= 1024
         && id != "."
         && id != ".."
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'));
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            "container id",
-            format!("{id:?} is invalid: use letters, digits, '_', '+', '-', '.'"),
-        ))
+        Err(invalid("container id", format!("{id:?} is invalid: use letters, digits, '_', '+', '-', '.'")))
     }
 }
 
@@ -250,8 +177,7 @@ mod tests {
 
     #[test]
     fn mount_outside_root_refused() {
-        let text =
-            br#"{"ociVersion":"1.2.0","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},
+        let text = br#"{"ociVersion":"1.2.0","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},
             "mounts":[{"destination":"/../../etc","type":"tmpfs","source":"tmpfs"}]}"#;
         let spec = parse(text, Path::new("c.json")).unwrap();
         let err = validate(&spec).unwrap_err().to_string();

@@ -18,22 +18,13 @@ pub enum StateError {
     #[error("container with id {id} already exists")]
     Exists { id: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: corrupt state: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StateError::Io { path: path.to_path_buf(), source }
 }
 
 /// The spec's container statuses, plus runc's `paused`.
@@ -128,12 +119,8 @@ pub struct DirLock {
 impl DirLock {
     pub fn acquire(dir: &Path) -> Result<DirLock, StateError> {
         let file = File::open(dir).map_err(io_err(dir))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, e)| StateError::Io {
-                path: dir.into(),
-                source: e.into(),
-            },
-        )?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| StateError::Io { path: dir.into(), source: e.into() })?;
         Ok(DirLock { _lock: lock })
     }
 }
@@ -142,9 +129,7 @@ pub fn read_state(dir: &Path, id: &str) -> Result<State, StateError> {
     let path = dir.join(STATE_FILE);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StateError::NotFound { id: id.into() })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StateError::NotFound { id: id.into() }),
         Err(e) => return Err(StateError::Io { path, source: e }),
     };
     serde_json::from_slice(&text).map_err(|source| StateError::Corrupt { path, source })
@@ -154,10 +139,7 @@ pub fn read_state(dir: &Path, id: &str) -> Result<State, StateError> {
 pub fn write_state(dir: &Path, state: &State) -> Result<(), StateError> {
     let tmp = dir.join(".state.json.tmp");
     let path = dir.join(STATE_FILE);
-    let text = serde_json::to_vec(state).map_err(|source| StateError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
+    let text = serde_json::to_vec(state).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(&text).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))
@@ -165,9 +147,7 @@ pub fn write_state(dir: &Path, state: &State) -> Result<(), StateError> {
 
 /// RFC 3339 UTC timestamp with nanoseconds, as runc prints `created`.
 pub fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     rfc3339(now.as_secs() as i64, now.subsec_nanos())
 }
 
@@ -175,12 +155,7 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's method).

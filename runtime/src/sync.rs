@@ -12,15 +12,9 @@ use std::os::unix::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("sync with container init: {step}: {source}")]
-    Io {
-        step: &'static str,
-        source: std::io::Error,
-    },
+    Io { step: &'static str, source: std::io::Error },
     #[error("sync with container init: {step}: bad message: {source}")]
-    Decode {
-        step: &'static str,
-        source: serde_json::Error,
-    },
+    Decode { step: &'static str, source: serde_json::Error },
     #[error("sync with container init: expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: String },
     #[error("container init exited before it was ready ({step})")]
@@ -81,9 +75,7 @@ impl Channel {
     /// `fd` must be an open socket that nothing else owns.
     pub unsafe fn from_raw_fd(fd: RawFd) -> Channel {
         // SAFETY: guaranteed by the caller.
-        Channel {
-            stream: UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }),
-        }
+        Channel { stream: UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }) }
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -95,26 +87,20 @@ impl Channel {
         let mut buf = Vec::with_capacity(body.len() + 4);
         buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
         buf.extend_from_slice(&body);
-        self.stream
-            .write_all(&buf)
-            .map_err(|source| SyncError::Io { step, source })
+        self.stream.write_all(&buf).map_err(|source| SyncError::Io { step, source })
     }
 
     fn recv<T: DeserializeOwned>(&mut self, step: &'static str) -> Result<T, SyncError> {
         let mut len = [0u8; 4];
         if let Err(e) = self.stream.read_exact(&mut len) {
             return Err(match e.kind() {
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                    SyncError::Closed { step }
-                }
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => SyncError::Closed { step },
                 _ => SyncError::Io { step, source: e },
             });
         }
         let len = u32::from_le_bytes(len).min(MAX_MESSAGE) as usize;
         let mut body = vec![0u8; len];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|_| SyncError::Closed { step })?;
+        self.stream.read_exact(&mut body).map_err(|_| SyncError::Closed { step })?;
         serde_json::from_slice(&body).map_err(|source| SyncError::Decode { step, source })
     }
 
@@ -150,10 +136,7 @@ impl Channel {
     pub fn recv_config(&mut self) -> Result<InitConfig, SyncError> {
         match self.recv("receive config")? {
             ToInit::Config(c) => Ok(*c),
-            other => Err(SyncError::Unexpected {
-                expected: "Config",
-                got: format!("{other:?}"),
-            }),
+            other => Err(SyncError::Unexpected { expected: "Config", got: format!("{other:?}") }),
         }
     }
 
@@ -161,10 +144,7 @@ impl Channel {
         self.send("request id maps", &FromInit::NeedIdMaps { pid })?;
         match self.recv("wait for id maps")? {
             ToInit::IdMapsWritten => Ok(()),
-            other => Err(SyncError::Unexpected {
-                expected: "IdMapsWritten",
-                got: format!("{other:?}"),
-            }),
+            other => Err(SyncError::Unexpected { expected: "IdMapsWritten", got: format!("{other:?}") }),
         }
     }
 
@@ -178,10 +158,7 @@ impl Channel {
         self.send("request hooks", &FromInit::RunCreateRuntimeHooks)?;
         match self.recv("wait for hooks")? {
             ToInit::HooksDone { state } => Ok(state),
-            other => Err(SyncError::Unexpected {
-                expected: "HooksDone",
-                got: format!("{other:?}"),
-            }),
+            other => Err(SyncError::Unexpected { expected: "HooksDone", got: format!("{other:?}") }),
         }
     }
 

@@ -40,8 +40,7 @@ impl Forwarder {
         }
         set.add(Signal::SIGCHLD);
         set.thread_block().map_err(err)?;
-        crate::sys::set_child_subreaper()
-            .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        crate::sys::set_child_subreaper().map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(err)?;
         Ok(Forwarder { fd })
     }
@@ -74,9 +73,7 @@ fn reap(pid: i32) -> Option<i32> {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(p, code)) if p.as_raw() == pid => return Some(code),
-            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == pid => {
-                return Some(128 + sig as i32)
-            }
+            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == pid => return Some(128 + sig as i32),
             Ok(WaitStatus::StillAlive) | Err(_) => return None,
             Ok(_) => continue,
         }

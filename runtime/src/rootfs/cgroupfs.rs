@@ -13,12 +13,7 @@ fn subdir(key: &str) -> String {
     key.strip_prefix("name=").unwrap_or(key).to_string()
 }
 
-pub fn mount(
-    root: &File,
-    dest: &Path,
-    opts: &MountOptions,
-    cgroup: Option<&Cgroup>,
-) -> Result<(), RootfsError> {
+pub fn mount(root: &File, dest: &Path, opts: &MountOptions, cgroup: Option<&Cgroup>) -> Result<(), RootfsError> {
     let Some(cgroup) = cgroup else { return Ok(()) };
     let keep = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let ro = opts.flags.contains(MsFlags::MS_RDONLY);
@@ -27,18 +22,9 @@ pub fn mount(
         Cgroup::V1 { paths, unified } => {
             let target = open_target(root, dest, false)?;
             let data = "mode=755";
-            do_mount(
-                Some(Path::new("tmpfs")),
-                &fd_path(&target),
-                Some("tmpfs"),
-                keep,
-                Some(data),
-                dest,
-            )?;
-            let mut v: Vec<(PathBuf, PathBuf)> = paths
-                .iter()
-                .map(|(key, host)| (host.clone(), dest.join(subdir(key))))
-                .collect();
+            do_mount(Some(Path::new("tmpfs")), &fd_path(&target), Some("tmpfs"), keep, Some(data), dest)?;
+            let mut v: Vec<(PathBuf, PathBuf)> =
+                paths.iter().map(|(key, host)| (host.clone(), dest.join(subdir(key)))).collect();
             if let Some(u) = unified {
                 v.push((u.clone(), dest.join("unified")));
             }
@@ -47,24 +33,9 @@ pub fn mount(
     };
     for (host, inside) in &binds {
         let target = open_target(root, inside, false)?;
-        do_mount(
-            Some(host),
-            &fd_path(&target),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-            inside,
-        )?;
+        do_mount(Some(host), &fd_path(&target), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, inside)?;
         let target = open_target(root, inside, false)?;
-        remount_bind(
-            &fd_path(&target),
-            keep | if ro {
-                MsFlags::MS_RDONLY
-            } else {
-                MsFlags::empty()
-            },
-            inside,
-        )?;
+        remount_bind(&fd_path(&target), keep | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() }, inside)?;
     }
     if let Cgroup::V1 { paths, .. } = cgroup {
         comount_links(root, dest, paths.keys())?;
@@ -78,28 +49,16 @@ pub fn mount(
 }
 
 /// "cpu" and "cpuacct" as symlinks to a co-mounted "cpu,cpuacct".
-fn comount_links<'a>(
-    root: &File,
-    dest: &Path,
-    keys: impl Iterator<Item = &'a String>,
-) -> Result<(), RootfsError> {
+fn comount_links<'a>(root: &File, dest: &Path, keys: impl Iterator<Item = &'a String>) -> Result<(), RootfsError> {
     use std::os::fd::AsRawFd;
     let rel = dest.strip_prefix("/").unwrap_or(dest);
     let dir = crate::sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|source| RootfsError::Path {
-            path: dest.into(),
-            source,
-        })?;
+        .map_err(|source| RootfsError::Path { path: dest.into(), source })?;
     for key in keys.filter(|k| k.contains(',')) {
         for part in key.split(',') {
             match nix::unistd::symlinkat(key.as_str(), Some(dir.as_raw_fd()), part) {
                 Ok(()) | Err(nix::Error::EEXIST) => {}
-                Err(e) => {
-                    return Err(RootfsError::Path {
-                        path: dest.join(part),
-                        source: e.into(),
-                    })
-                }
+                Err(e) => return Err(RootfsError::Path { path: dest.join(part), source: e.into() }),
             }
         }
     }

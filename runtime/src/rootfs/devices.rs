@@ -43,12 +43,7 @@ fn nodes(ctx: &RootfsContext) -> Vec<Node> {
             gid: 0,
         })
         .collect();
-    let devices = ctx
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().clone())
-        .unwrap_or_default();
+    let devices = ctx.spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
     for d in devices {
         let kind = match d.typ() {
             LinuxDeviceType::B => SFlag::S_IFBLK,
@@ -91,40 +86,18 @@ fn make_node(root: &File, node: &Node) -> Result<(), RootfsError> {
         libc::O_PATH | libc::O_DIRECTORY,
         0,
     )
-    .map_err(|source| RootfsError::Path {
-        path: node.path.clone(),
-        source,
-    })?;
+    .map_err(|source| RootfsError::Path { path: node.path.clone(), source })?;
     let name = rel.file_name().unwrap_or_default();
-    let err = |source| RootfsError::Device {
-        path: node.path.clone(),
-        source,
-    };
-    match nix::unistd::unlinkat(
-        Some(dir.as_raw_fd()),
-        name,
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    ) {
+    let err = |source| RootfsError::Device { path: node.path.clone(), source };
+    match nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(nix::Error::ENOENT) => {}
         Err(e) => return Err(err(e)),
     }
     let mode = Mode::from_bits_truncate(node.mode);
-    mknodat(
-        Some(dir.as_raw_fd()),
-        name,
-        node.kind,
-        mode,
-        makedev(node.major, node.minor),
-    )
-    .map_err(err)?;
+    mknodat(Some(dir.as_raw_fd()), name, node.kind, mode, makedev(node.major, node.minor)).map_err(err)?;
     // mknod is subject to the umask: set the mode exactly, then the owner.
-    nix::sys::stat::fchmodat(
-        Some(dir.as_raw_fd()),
-        name,
-        mode,
-        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-    )
-    .map_err(err)?;
+    nix::sys::stat::fchmodat(Some(dir.as_raw_fd()), name, mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink)
+        .map_err(err)?;
     nix::unistd::fchownat(
         Some(dir.as_raw_fd()),
         name,
@@ -138,14 +111,7 @@ fn make_node(root: &File, node: &Node) -> Result<(), RootfsError> {
 /// In a user namespace mknod is refused: bind the host's node instead.
 fn bind_host_device(root: &File, node: &Node) -> Result<(), RootfsError> {
     let target = open_target(root, &node.path, true)?;
-    do_mount(
-        Some(&node.path),
-        &fd_path(&target),
-        None,
-        MsFlags::MS_BIND,
-        None,
-        &node.path,
-    )
+    do_mount(Some(&node.path), &fd_path(&target), None, MsFlags::MS_BIND, None, &node.path)
 }
 
 fn symlinks(root: &File) -> Result<(), RootfsError> {
@@ -160,29 +126,14 @@ fn symlinks(root: &File) -> Result<(), RootfsError> {
         links.push(("/proc/kcore", "core"));
     }
     super::mkdir_all(root, Path::new("dev"))?;
-    let dev = crate::sys::open_in_root(
-        root.as_raw_fd(),
-        Path::new("dev"),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .map_err(|source| RootfsError::Path {
-        path: "/dev".into(),
-        source,
-    })?;
+    let dev = crate::sys::open_in_root(root.as_raw_fd(), Path::new("dev"), libc::O_PATH | libc::O_DIRECTORY, 0)
+        .map_err(|source| RootfsError::Path { path: "/dev".into(), source })?;
     for (target, name) in links {
         let path = Path::new("/dev").join(name);
-        let err = |source| RootfsError::Device {
-            path: path.clone(),
-            source,
-        };
+        let err = |source| RootfsError::Device { path: path.clone(), source };
         if name == "ptmx" {
             // The devpts instance's own ptmx, never the host's.
-            match nix::unistd::unlinkat(
-                Some(dev.as_raw_fd()),
-                name,
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            ) {
+            match nix::unistd::unlinkat(Some(dev.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(nix::Error::ENOENT) => {}
                 Err(e) => return Err(err(e)),
             }

@@ -21,23 +21,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("mount {what} on {dest}: {source}")]
-    Mount {
-        what: String,
-        dest: PathBuf,
-        source: nix::Error,
-    },
+    Mount { what: String, dest: PathBuf, source: nix::Error },
     #[error("{path}: {source}")]
-    Path {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Path { path: PathBuf, source: std::io::Error },
     #[error("device {path}: {source}")]
     Device { path: PathBuf, source: nix::Error },
     #[error("pivot_root into {rootfs}: {source}")]
-    Pivot {
-        rootfs: PathBuf,
-        source: std::io::Error,
-    },
+    Pivot { rootfs: PathBuf, source: std::io::Error },
     #[error("sysctl {key}: {source}")]
     Sysctl { key: String, source: std::io::Error },
     #[error("mount {dest}: unsupported mount type {typ}")]
@@ -45,10 +35,7 @@ pub enum RootfsError {
 }
 
 fn path_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
-    move |source| RootfsError::Path {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RootfsError::Path { path: path.to_path_buf(), source }
 }
 
 /// What the mount set-up needs to know besides config.json.
@@ -73,23 +60,59 @@ pub(crate) fn open_target(root: &File, dest: &Path, as_file: bool) -> Result<Own
     match crate::sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0) {
         Ok(fd) => return Ok(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(e) => {
-            return Err(RootfsError::Path {
-                path: dest.into(),
-                source: e,
-            })
-        }
+        Err(e) => return Err(RootfsError::Path { path: dest.into(), source: e }),
     }
+    // Something is missing: work out where the path really leads inside the
+    // rootfs (through the image's symlinks) and create that.
+    let rel = resolve_in_root(root, rel)?;
     if let Some(parent) = rel.parent() {
         mkdir_all(root, parent)?;
     }
     if as_file {
-        crate::sys::open_in_root(root.as_raw_fd(), rel, libc::O_CREAT | libc::O_WRONLY, 0o644)
+        crate::sys::open_in_root(root.as_raw_fd(), &rel, libc::O_CREAT | libc::O_WRONLY, 0o644)
             .map_err(path_err(dest))?;
     } else {
-        mkdir_in_root(root, rel)?;
+        mkdir_in_root(root, &rel)?;
     }
-    crate::sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0).map_err(path_err(dest))
+    crate::sys::open_in_root(root.as_raw_fd(), &rel, libc::O_PATH, 0).map_err(path_err(dest))
+}
+
+/// The symlink-free path, relative to the rootfs, that `rel` names when
+/// resolved with the rootfs as `/`; a missing tail is kept as written.
+pub(crate) fn resolve_in_root(root: &File, rel: &Path) -> Result<PathBuf, RootfsError> {
+    use std::path::Component;
+    let mut pending: std::collections::VecDeque<PathBuf> =
+        rel.components().map(|c| PathBuf::from(c.as_os_str())).collect();
+    let mut resolved = PathBuf::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        match part.components().next() {
+            Some(Component::Normal(name)) => {
+                let dir = crate::sys::open_in_root(root.as_raw_fd(), &Path::new(".").join(&resolved), libc::O_PATH, 0)
+                    .map_err(path_err(rel))?;
+                match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+                    Ok(target) => {
+                        hops += 1;
+                        if hops > 40 {
+                            return Err(RootfsError::Path { path: rel.into(), source: nix::Error::ELOOP.into() });
+                        }
+                        if Path::new(&target).is_absolute() {
+                            resolved.clear();
+                        }
+                        for c in Path::new(&target).components().rev() {
+                            pending.push_front(PathBuf::from(c.as_os_str()));
+                        }
+                    }
+                    Err(_) => resolved.push(name),
+                }
+            }
+            Some(Component::ParentDir) => {
+                resolved.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(resolved)
 }
 
 fn mkdir_in_root(root: &File, rel: &Path) -> Result<(), RootfsError> {
@@ -98,23 +121,12 @@ fn mkdir_in_root(root: &File, rel: &Path) -> Result<(), RootfsError> {
         path: rel.into(),
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
-    let pfd = crate::sys::open_in_root(
-        root.as_raw_fd(),
-        &Path::new(".").join(parent),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .map_err(path_err(rel))?;
-    match nix::sys::stat::mkdirat(
-        Some(pfd.as_raw_fd()),
-        name,
-        nix::sys::stat::Mode::from_bits_truncate(0o755),
-    ) {
+    let pfd =
+        crate::sys::open_in_root(root.as_raw_fd(), &Path::new(".").join(parent), libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(path_err(rel))?;
+    match nix::sys::stat::mkdirat(Some(pfd.as_raw_fd()), name, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(nix::Error::EEXIST) => Ok(()),
-        Err(e) => Err(RootfsError::Path {
-            path: rel.into(),
-            source: e.into(),
-        }),
+        Err(e) => Err(RootfsError::Path { path: rel.into(), source: e.into() }),
     }
 }
 
@@ -140,9 +152,7 @@ pub(crate) fn do_mount(
     dest: &Path,
 ) -> Result<(), RootfsError> {
     mount(source, target, fstype, flags, data).map_err(|e| RootfsError::Mount {
-        what: fstype
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{}", source.unwrap_or(Path::new("")).display())),
+        what: fstype.map(str::to_string).unwrap_or_else(|| format!("{}", source.unwrap_or(Path::new("")).display())),
         dest: dest.into(),
         source: e,
     })
@@ -165,26 +175,21 @@ pub fn prepare(ctx: &RootfsContext) -> Result<(), RootfsError> {
     // Nothing we mount may propagate back to the host.
     do_mount(None, Path::new("/"), None, prop, None, Path::new("/"))?;
     // pivot_root needs the new root to be a mount point.
-    do_mount(
-        Some(ctx.rootfs),
-        ctx.rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-        ctx.rootfs,
-    )?;
+    do_mount(Some(ctx.rootfs), ctx.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, ctx.rootfs)?;
     let root = File::open(ctx.rootfs).map_err(path_err(ctx.rootfs))?;
     let mut dev_bound = false;
     for m in ctx.spec.mounts().iter().flatten() {
-        if m.destination() == Path::new("/dev")
-            && options::parse(m.options().as_deref().unwrap_or(&[])).is_bind()
-        {
+        if m.destination() == Path::new("/dev") && options::parse(m.options().as_deref().unwrap_or(&[])).is_bind() {
             dev_bound = true;
         }
         mount_one(ctx, &root, m)?;
     }
     if !dev_bound {
         devices::create_all(ctx, &root)?;
+    }
+    // Like runc: a missing working directory is made (even on a read-only root).
+    if let Some(p) = ctx.spec.process() {
+        open_target(&root, p.cwd(), false)?;
     }
     Ok(())
 }
@@ -200,37 +205,17 @@ fn mount_one(ctx: &RootfsContext, root: &File, m: &Mount) -> Result<(), RootfsEr
         return bind_mount(ctx, root, m, &opts);
     }
     if typ.is_empty() || typ == "none" {
-        return Err(RootfsError::UnsupportedType {
-            dest: dest.into(),
-            typ: typ.into(),
-        });
+        return Err(RootfsError::UnsupportedType { dest: dest.into(), typ: typ.into() });
     }
     let target = open_target(root, dest, false)?;
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     let flags = opts.flags & !MsFlags::MS_REMOUNT;
     let data = opts.data_string();
-    match do_mount(
-        Some(&source),
-        &fd_path(&target),
-        Some(typ),
-        flags,
-        data.as_deref(),
-        dest,
-    ) {
+    match do_mount(Some(&source), &fd_path(&target), Some(typ), flags, data.as_deref(), dest) {
         // sysfs cannot be mounted in a user namespace without its own netns: use the host's, read-only.
-        Err(RootfsError::Mount {
-            source: nix::Error::EPERM,
-            ..
-        }) if typ == "sysfs" && ctx.in_user_ns => {
+        Err(RootfsError::Mount { source: nix::Error::EPERM, .. }) if typ == "sysfs" && ctx.in_user_ns => {
             let f = MsFlags::MS_BIND | MsFlags::MS_REC;
-            do_mount(
-                Some(Path::new("/sys")),
-                &fd_path(&target),
-                None,
-                f,
-                None,
-                dest,
-            )?;
+            do_mount(Some(Path::new("/sys")), &fd_path(&target), None, f, None, dest)?;
         }
         other => other?,
     }
@@ -239,19 +224,10 @@ fn mount_one(ctx: &RootfsContext, root: &File, m: &Mount) -> Result<(), RootfsEr
     finish_mount(&target, dest, &opts)
 }
 
-fn bind_mount(
-    ctx: &RootfsContext,
-    root: &File,
-    m: &Mount,
-    opts: &options::MountOptions,
-) -> Result<(), RootfsError> {
+fn bind_mount(ctx: &RootfsContext, root: &File, m: &Mount, opts: &options::MountOptions) -> Result<(), RootfsError> {
     let dest = m.destination();
     let source = m.source().clone().unwrap_or_default();
-    let source = if source.is_absolute() {
-        source
-    } else {
-        ctx.bundle.join(source)
-    };
+    let source = if source.is_absolute() { source } else { ctx.bundle.join(source) };
     let meta = std::fs::metadata(&source).map_err(path_err(&source))?;
     let target = open_target(root, dest, !meta.is_dir())?;
     let base = opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
@@ -271,10 +247,7 @@ fn bind_mount(
 pub(crate) fn remount_bind(target: &Path, flags: MsFlags, dest: &Path) -> Result<(), RootfsError> {
     let f = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags;
     match do_mount(None, target, None, f, None, dest) {
-        Err(RootfsError::Mount {
-            source: nix::Error::EPERM,
-            ..
-        }) => {
+        Err(RootfsError::Mount { source: nix::Error::EPERM, .. }) => {
             let st = nix::sys::statvfs::statvfs(target).map_err(|e| RootfsError::Mount {
                 what: "statvfs".into(),
                 dest: dest.into(),
@@ -297,42 +270,25 @@ fn locked_flags(st: nix::sys::statvfs::FsFlags) -> MsFlags {
         (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
         (F::ST_RELATIME, MsFlags::MS_RELATIME),
     ];
-    pairs
-        .iter()
-        .filter(|(s, _)| st.contains(*s))
-        .fold(MsFlags::empty(), |acc, (_, m)| acc | *m)
+    pairs.iter().filter(|(s, _)| st.contains(*s)).fold(MsFlags::empty(), |acc, (_, m)| acc | *m)
 }
 
 /// Propagation and recursive attributes, after the mount exists.
-fn finish_mount(
-    target: &OwnedFd,
-    dest: &Path,
-    opts: &options::MountOptions,
-) -> Result<(), RootfsError> {
+fn finish_mount(target: &OwnedFd, dest: &Path, opts: &options::MountOptions) -> Result<(), RootfsError> {
     for p in &opts.propagation {
         do_mount(None, &fd_path(target), None, *p, None, dest)?;
     }
     if opts.recursive_set != 0 || opts.recursive_clear != 0 {
-        crate::sys::mount_setattr_recursive(
-            target.as_raw_fd(),
-            opts.recursive_set,
-            opts.recursive_clear,
-        )
-        .map_err(path_err(dest))?;
+        crate::sys::mount_setattr_recursive(target.as_raw_fd(), opts.recursive_set, opts.recursive_clear)
+            .map_err(path_err(dest))?;
     }
     Ok(())
 }
 
 /// Makes the rootfs `/`, with pivot_root, or with MS_MOVE + chroot for `--no-pivot`.
 pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<(), RootfsError> {
-    let err = |source: std::io::Error| RootfsError::Pivot {
-        rootfs: rootfs.into(),
-        source,
-    };
-    let nix_err = |e: nix::Error| RootfsError::Pivot {
-        rootfs: rootfs.into(),
-        source: e.into(),
-    };
+    let err = |source: std::io::Error| RootfsError::Pivot { rootfs: rootfs.into(), source };
+    let nix_err = |e: nix::Error| RootfsError::Pivot { rootfs: rootfs.into(), source: e.into() };
     std::env::set_current_dir(rootfs).map_err(err)?;
     if no_pivot {
         mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(nix_err)?;
@@ -343,14 +299,7 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<(), RootfsError> {
         // The old root now sits on top of "."; detach it without letting the
         // unmount propagate to the host.
         nix::unistd::fchdir(old_root.as_raw_fd()).map_err(nix_err)?;
-        mount(
-            None::<&str>,
-            ".",
-            None::<&str>,
-            MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(nix_err)?;
+        mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>).map_err(nix_err)?;
         umount2(".", MntFlags::MNT_DETACH).map_err(nix_err)?;
     }
     std::env::set_current_dir("/").map_err(err)
@@ -363,10 +312,7 @@ pub fn finish(spec: &Spec) -> Result<(), RootfsError> {
     };
     for (key, value) in linux.sysctl().iter().flatten() {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|source| RootfsError::Sysctl {
-            key: key.clone(),
-            source,
-        })?;
+        std::fs::write(&path, value).map_err(|source| RootfsError::Sysctl { key: key.clone(), source })?;
     }
     for p in linux.readonly_paths().iter().flatten() {
         readonly_path(Path::new(p))?;
@@ -378,12 +324,7 @@ pub fn finish(spec: &Spec) -> Result<(), RootfsError> {
 }
 
 fn readonly_root(spec: &Spec) -> Result<(), RootfsError> {
-    if spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
-        .unwrap_or(false)
-    {
+    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         remount_bind(Path::new("/"), MsFlags::MS_RDONLY, Path::new("/"))?;
     }
     Ok(())
@@ -393,48 +334,21 @@ fn readonly_path(path: &Path) -> Result<(), RootfsError> {
     let f = MsFlags::MS_BIND | MsFlags::MS_REC;
     match mount(Some(path), path, None::<&str>, f, None::<&str>) {
         Err(nix::Error::ENOENT) => return Ok(()),
-        other => other.map_err(|e| RootfsError::Mount {
-            what: "bind".into(),
-            dest: path.into(),
-            source: e,
-        })?,
+        other => other.map_err(|e| RootfsError::Mount { what: "bind".into(), dest: path.into(), source: e })?,
     }
-    remount_bind(
-        path,
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        path,
-    )
+    remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, path)
 }
 
 fn mask_path(path: &Path) -> Result<(), RootfsError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(RootfsError::Path {
-                path: path.into(),
-                source: e,
-            })
-        }
+        Err(e) => return Err(RootfsError::Path { path: path.into(), source: e }),
     };
     if meta.is_dir() {
-        do_mount(
-            Some(Path::new("tmpfs")),
-            path,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            None,
-            path,
-        )
+        do_mount(Some(Path::new("tmpfs")), path, Some("tmpfs"), MsFlags::MS_RDONLY, None, path)
     } else {
-        do_mount(
-            Some(Path::new("/dev/null")),
-            path,
-            None,
-            MsFlags::MS_BIND,
-            None,
-            path,
-        )
+        do_mount(Some(Path::new("/dev/null")), path, None, MsFlags::MS_BIND, None, path)
     }
 }
 
@@ -442,12 +356,5 @@ fn mask_path(path: &Path) -> Result<(), RootfsError> {
 pub fn bind_console(pty_path: &Path) -> Result<(), RootfsError> {
     let root = File::open("/").map_err(path_err(Path::new("/")))?;
     let target = open_target(&root, Path::new("/dev/console"), true)?;
-    do_mount(
-        Some(pty_path),
-        &fd_path(&target),
-        None,
-        MsFlags::MS_BIND,
-        None,
-        Path::new("/dev/console"),
-    )
+    do_mount(Some(pty_path), &fd_path(&target), None, MsFlags::MS_BIND, None, Path::new("/dev/console"))
 }

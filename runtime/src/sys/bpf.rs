@@ -59,17 +59,8 @@ impl Insn {
     pub fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
         // The kernel declares `__u8 dst_reg:4, src_reg:4`; bitfields fill from the low bits
         // on little-endian targets and from the high bits on big-endian ones.
-        let regs = if cfg!(target_endian = "little") {
-            (dst & 0x0f) | (src << 4)
-        } else {
-            (dst << 4) | (src & 0x0f)
-        };
-        Insn {
-            code,
-            regs,
-            off,
-            imm,
-        }
+        let regs = if cfg!(target_endian = "little") { (dst & 0x0f) | (src << 4) } else { (dst << 4) | (src & 0x0f) };
+        Insn { code, regs, off, imm }
     }
 
     pub fn dst(&self) -> u8 {
@@ -123,8 +114,8 @@ struct ProgAttachAttr {
 /// log there (NUL-terminated); pass one when retrying a failed load to learn why.
 pub fn load_cgroup_device_prog(insns: &[Insn], log: Option<&mut [u8]>) -> io::Result<OwnedFd> {
     const LICENSE: &CStr = c"Apache-2.0";
-    let insn_cnt = u32::try_from(insns.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many instructions"))?;
+    let insn_cnt =
+        u32::try_from(insns.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many instructions"))?;
     let mut attr = ProgLoadAttr {
         prog_type: PROG_TYPE_CGROUP_DEVICE,
         insn_cnt,
@@ -144,12 +135,7 @@ pub fn load_cgroup_device_prog(insns: &[Insn], log: Option<&mut [u8]>) -> io::Re
     // refer to memory that stays borrowed, and so alive, for the whole call; the kernel only
     // reads the first two and writes at most `log_size` bytes into the third.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            CMD_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
+        libc::syscall(libc::SYS_bpf, CMD_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>())
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -160,11 +146,7 @@ pub fn load_cgroup_device_prog(insns: &[Insn], log: Option<&mut [u8]>) -> io::Re
 }
 
 /// Attaches a loaded cgroup device program to the cgroup whose directory `cgroup_dir` is open.
-pub fn attach_cgroup_device_prog(
-    cgroup_dir: BorrowedFd<'_>,
-    prog: BorrowedFd<'_>,
-    flags: u32,
-) -> io::Result<()> {
+pub fn attach_cgroup_device_prog(cgroup_dir: BorrowedFd<'_>, prog: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
     let attr = ProgAttachAttr {
         target_fd: fd_as_u32(cgroup_dir)?,
         attach_bpf_fd: fd_as_u32(prog)?,

@@ -11,8 +11,7 @@ use std::path::Path;
 
 fn cstr(path: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -26,15 +25,11 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// openat2(2) with RESOLVE_IN_ROOT: `path` is resolved as if `root` were `/`,
 /// so symlinks and `..` in a container image cannot lead out of it.
 pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let p = cstr(path)?;
+    let p = if path.as_os_str().is_empty() { cstr(Path::new("."))? } else { cstr(path)? };
     // SAFETY: open_how is plain integers; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = if flags & libc::O_CREAT != 0 {
-        mode as u64
-    } else {
-        0
-    };
+    how.mode = if flags & libc::O_CREAT != 0 { mode as u64 } else { 0 };
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: `p` is a valid NUL-terminated string and `how` a fully initialised
     // open_how whose size we pass; the kernel only reads both.
@@ -61,12 +56,7 @@ pub fn mount_setattr_recursive(fd: RawFd, set: u64, clear: u64) -> io::Result<()
         propagation: u64,
         userns_fd: u64,
     }
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: clear,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
     // SAFETY: `attr` is a live, fully initialised mount_attr whose size we pass.
     check(unsafe {
         libc::syscall(
@@ -85,15 +75,7 @@ pub fn mount_setattr_recursive(fd: RawFd, set: u64, clear: u64) -> io::Result<()
 /// `first` up close-on-exec, so nothing of the runtime leaks into the container.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range only changes descriptor flags of this process.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    })
-    .map(|_| ())
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) }).map(|_| ())
 }
 
 /// Clears FD_CLOEXEC on `fd`, so it survives exec (stdio, --preserve-fds).
@@ -116,31 +98,24 @@ pub fn sealed_memfd_copy(path: &Path, name: &std::ffi::CStr) -> io::Result<Owned
     let src = std::fs::File::open(path)?;
     let len = src.metadata()?.len();
     // SAFETY: `name` is a valid C string; memfd_create returns a new fd or -1.
-    let fd = check(unsafe {
-        libc::memfd_create(
-            name.as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_EXEC,
+    let fd =
+        check(
+            unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_EXEC) }
+                as libc::c_long,
         )
-    } as libc::c_long)
-    .or_else(|_| {
-        // Kernels before 6.3 do not know MFD_EXEC.
-        // SAFETY: as above.
-        check(unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        } as libc::c_long)
-    })?;
+        .or_else(|_| {
+            // Kernels before 6.3 do not know MFD_EXEC.
+            // SAFETY: as above.
+            check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) }
+                as libc::c_long)
+        })?;
     // SAFETY: memfd_create returned a descriptor nobody else owns.
     let memfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let mut copied: u64 = 0;
     while copied < len {
         // SAFETY: both descriptors are open; a null offset uses the file position.
         let n = check(unsafe {
-            libc::sendfile(
-                memfd.as_raw_fd(),
-                src.as_raw_fd(),
-                std::ptr::null_mut(),
-                (len - copied) as usize,
-            )
+            libc::sendfile(memfd.as_raw_fd(), src.as_raw_fd(), std::ptr::null_mut(), (len - copied) as usize)
         } as libc::c_long)?;
         if n == 0 {
             break;
@@ -151,6 +126,28 @@ pub fn sealed_memfd_copy(path: &Path, name: &std::ffi::CStr) -> io::Result<Owned
     // SAFETY: F_ADD_SEALS on our memfd takes an int argument.
     check(unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long)?;
     Ok(memfd)
+}
+
+/// In a new mount namespace of the calling (just forked) process, bind
+/// `path` read-only over itself. Exec'ing it then gives a /proc/self/exe
+/// that no container process can open for writing (EROFS), at the cost of
+/// two mounts instead of a copy of the binary. Async-signal-safe: it runs
+/// between fork and exec.
+pub fn readonly_self_in_new_mount_ns(path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: plain syscalls with valid NUL-terminated strings or nulls.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS) as libc::c_long)?;
+        // Slave: host mounts still reach us, ours never reach the host.
+        let rec_slave = libc::MS_REC | libc::MS_SLAVE;
+        check(
+            libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), rec_slave, std::ptr::null()) as libc::c_long
+        )?;
+        check(libc::mount(path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+            as libc::c_long)?;
+        let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        check(libc::mount(std::ptr::null(), path.as_ptr(), std::ptr::null(), ro, std::ptr::null()) as libc::c_long)?;
+    }
+    Ok(())
 }
 
 /// True if the memfd behind `fd` carries the write seal.
@@ -164,8 +161,7 @@ pub fn is_sealed(fd: RawFd) -> bool {
 /// once its intermediate parent exits) are re-parented to us, so we can wait.
 pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } as libc::c_long)
-        .map(|_| ())
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } as libc::c_long).map(|_| ())
 }
 
 /// prctl(PR_SET_DUMPABLE, 0): other processes of the container may not
@@ -195,13 +191,9 @@ pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
 
 /// setrlimit(2) via prlimit on ourselves.
 pub fn set_rlimit(resource: i32, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit64 {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
+    let lim = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
     // SAFETY: `lim` is a valid rlimit64; a null old-limit pointer is allowed.
-    check(unsafe { libc::prlimit64(0, resource as _, &lim, std::ptr::null_mut()) } as libc::c_long)
-        .map(|_| ())
+    check(unsafe { libc::prlimit64(0, resource as _, &lim, std::ptr::null_mut()) } as libc::c_long).map(|_| ())
 }
 
 /// setgroups(2) directly: nix's version is fine, but this one also works when
@@ -226,6 +218,15 @@ pub fn set_umask(mask: u32) {
     unsafe { libc::umask(mask as libc::mode_t) };
 }
 
+/// keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new anonymous session
+/// keyring, so the container cannot read the host session's keys.
+pub fn join_new_session_keyring() -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a null name asks for an anonymous keyring; no memory is passed.
+    check(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<libc::c_char>()) })
+        .map(|_| ())
+}
+
 /// personality(2) with a domain value.
 pub fn set_personality(persona: u64) -> io::Result<()> {
     // SAFETY: integer argument only.
@@ -240,12 +241,7 @@ pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
 
 /// Sets a pty's window size.
 pub fn set_window_size(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads a winsize from the pointer we pass.
     check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } as libc::c_long).map(|_| ())
 }
@@ -259,16 +255,7 @@ pub fn exec_fd(fd: RawFd, argv: &[CString], envp: &[CString]) -> io::Error {
     e.push(std::ptr::null());
     // SAFETY: argv/envp are NULL-terminated arrays of valid C strings that
     // outlive the call; execveat only returns on failure.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            fd,
-            c"".as_ptr(),
-            a.as_ptr(),
-            e.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
+    unsafe { libc::syscall(libc::SYS_execveat, fd, c"".as_ptr(), a.as_ptr(), e.as_ptr(), libc::AT_EMPTY_PATH) };
     io::Error::last_os_error()
 }
 
@@ -294,14 +281,8 @@ pub fn parse_stat(stat: &str) -> io::Result<(char, u64)> {
     // The command name may hold spaces and ')': fields start after the last ')'.
     let rest = &stat[stat.rfind(')').ok_or_else(bad)? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields
-        .first()
-        .and_then(|s| s.chars().next())
-        .ok_or_else(bad)?;
-    let start = fields
-        .get(19)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
+    let state = fields.first().and_then(|s| s.chars().next()).ok_or_else(bad)?;
+    let start = fields.get(19).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     Ok((state, start))
 }
 
@@ -318,9 +299,6 @@ mod tests {
     #[test]
     fn own_start_time_is_stable() {
         let pid = std::process::id() as i32;
-        assert_eq!(
-            process_start_time(pid).unwrap(),
-            process_start_time(pid).unwrap()
-        );
+        assert_eq!(process_start_time(pid).unwrap(), process_start_time(pid).unwrap());
     }
 }

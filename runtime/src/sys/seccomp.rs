@@ -18,22 +18,12 @@ struct SockFprog {
 /// `SECCOMP_FILTER_FLAG_TSYNC`, the id of a thread that could not be synchronized (nothing was
 /// installed then). The caller must hold CAP_SYS_ADMIN or have set no_new_privs.
 pub fn set_mode_filter(filter: &[sock_filter], flags: libc::c_ulong) -> io::Result<libc::c_long> {
-    let len = libc::c_ushort::try_from(filter.len())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let prog = SockFprog {
-        len,
-        filter: filter.as_ptr(),
-    };
+    let len = libc::c_ushort::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = SockFprog { len, filter: filter.as_ptr() };
     // SAFETY: `prog` points at `len` initialized instructions borrowed for the whole call; the
     // kernel only copies them in (copy_from_user) and keeps no pointer to our memory.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &prog as *const SockFprog,
-        )
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const SockFprog) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -66,10 +56,7 @@ mod tests {
         // SAFETY: `pid` is our own child and `status` is a valid out pointer.
         let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
-        assert!(
-            libc::WIFEXITED(status),
-            "child did not exit: status {status:#x}"
-        );
+        assert!(libc::WIFEXITED(status), "child did not exit: status {status:#x}");
         libc::WEXITSTATUS(status)
     }
 

@@ -4,11 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "warren",
-    version,
-    about = "Warren: an OCI container runtime for dense hosting"
-)]
+#[command(name = "warren", version, about = "Warren: an OCI container runtime for dense hosting")]
 pub struct Cli {
     /// Directory for the containers' state
     #[arg(long, global = true, default_value = "/run/warren")]

@@ -1,9 +1,7 @@
 //! One function per verb: turn parsed flags into library calls and print
 //! what runc prints. Returns the process exit code.
 
-use crate::cli::{
-    Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputFormat, PsArgs, RunArgs, SpecArgs,
-};
+use crate::cli::{Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputFormat, PsArgs, RunArgs, SpecArgs};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{Capabilities, Capability, Process};
@@ -31,10 +29,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Resume { id } => rt.resume(&id).map(|_| 0).map_err(Into::into),
         Command::Spec(a) => spec(&a),
         Command::Features => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&warren::features::features())?
-            );
+            println!("{}", serde_json::to_string_pretty(&warren::features::features())?);
             Ok(0)
         }
         Command::Init => bail!("init is started by the runtime only"),
@@ -48,6 +43,7 @@ fn create_options(a: &CreateArgs) -> CreateOptions {
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         no_pivot: a.no_pivot,
+        no_new_keyring: a.no_new_keyring,
         preserve_fds: a.preserve_fds,
     }
 }
@@ -59,11 +55,7 @@ fn create(rt: &Runtime, a: &CreateArgs) -> Result<i32> {
 /// `run`: create + start; in the foreground also wait, forward signals,
 /// delete, and exit with the container's code.
 fn run(rt: &Runtime, a: &RunArgs) -> Result<i32> {
-    let forwarder = if a.detach {
-        None
-    } else {
-        Some(Forwarder::install()?)
-    };
+    let forwarder = if a.detach { None } else { Some(Forwarder::install()?) };
     let pid = create(rt, &a.create)?;
     if let Err(e) = rt.start(&a.create.id) {
         let _ = rt.delete(&a.create.id, true);
@@ -83,11 +75,7 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         return Signal::try_from(n).with_context(|| format!("invalid signal number {n}"));
     }
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
     Signal::from_str(&name).map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
 }
 
@@ -101,9 +89,7 @@ fn delete(rt: &Runtime, id: &str, force: bool) -> Result<i32> {
     match rt.delete(id, force) {
         Ok(()) => Ok(0),
         // runc: `delete --force` of a container that is gone is not an error.
-        Err(warren::container::ContainerError::State(warren::state::StateError::NotFound {
-            ..
-        })) if force => Ok(0),
+        Err(warren::container::ContainerError::State(warren::state::StateError::NotFound { .. })) if force => Ok(0),
         Err(e) => Err(e.into()),
     }
 }
@@ -115,10 +101,7 @@ fn list(rt: &Runtime, a: &ListArgs) -> Result<i32> {
     } else if a.format == OutputFormat::Json {
         println!("{}", serde_json::to_string(&all)?);
     } else {
-        println!(
-            "{:<12} {:<10} {:<10} {:<40} {:<30} OWNER",
-            "ID", "PID", "STATUS", "BUNDLE", "CREATED"
-        );
+        println!("{:<12} {:<10} {:<10} {:<40} {:<30} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
         for c in &all {
             let owner = if c.owner.is_empty() { "root" } else { &c.owner };
             println!(
@@ -141,35 +124,18 @@ fn ps(rt: &Runtime, a: &PsArgs) -> Result<i32> {
         println!("{}", serde_json::to_string(&pids)?);
         return Ok(0);
     }
-    let args = if a.ps_args.is_empty() {
-        vec!["-ef".to_string()]
-    } else {
-        a.ps_args.clone()
-    };
-    let out = std::process::Command::new("ps")
-        .args(&args)
-        .output()
-        .context("run ps")?;
+    let args = if a.ps_args.is_empty() { vec!["-ef".to_string()] } else { a.ps_args.clone() };
+    let out = std::process::Command::new("ps").args(&args).output().context("run ps")?;
     if !out.status.success() {
-        bail!(
-            "ps {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ps {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
-    let col = header
-        .split_whitespace()
-        .position(|h| h == "PID")
-        .context("ps output has no PID column")?;
+    let col = header.split_whitespace().position(|h| h == "PID").context("ps output has no PID column")?;
     println!("{header}");
     for line in lines {
-        let pid = line
-            .split_whitespace()
-            .nth(col)
-            .and_then(|p| p.parse::<i32>().ok());
+        let pid = line.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok());
         if pid.is_some_and(|p| pids.contains(&p)) {
             println!("{line}");
         }
@@ -179,11 +145,7 @@ fn ps(rt: &Runtime, a: &PsArgs) -> Result<i32> {
 
 fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
     let process = exec_process(rt, &a)?;
-    let forwarder = if a.detach {
-        None
-    } else {
-        Some(Forwarder::install()?)
-    };
+    let forwarder = if a.detach { None } else { Some(Forwarder::install()?) };
     let pid = rt.exec(ExecOptions {
         id: a.id.clone(),
         process,
@@ -200,28 +162,22 @@ fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
 /// The exec'd process: --process FILE as is, or the container's own process
 /// with the command line's changes (as runc builds it).
 fn exec_process(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
-    if a.apparmor.as_deref().is_some_and(|s| !s.is_empty())
-        || a.process_label.as_deref().is_some_and(|s| !s.is_empty())
+    if a.apparmor.as_deref().is_some_and(|s| !s.is_empty()) || a.process_label.as_deref().is_some_and(|s| !s.is_empty())
     {
         bail!("--apparmor and --process-label are not supported on this host");
     }
     if let Some(path) = &a.process {
         let text = std::fs::read(path).with_context(|| format!("--process {}", path.display()))?;
         let de = &mut serde_json::Deserializer::from_slice(&text);
-        let p: Process = serde_path_to_error::deserialize(de).map_err(|e| {
-            anyhow::anyhow!("--process {}: {}: {}", path.display(), e.path(), e.inner())
-        })?;
+        let p: Process = serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow::anyhow!("--process {}: {}: {}", path.display(), e.path(), e.inner()))?;
         return Ok(p);
     }
     if a.command.is_empty() {
         bail!("exec: no command given (args or --process)");
     }
     let state = rt.open(&a.id)?.state;
-    let mut p = state
-        .config
-        .process()
-        .clone()
-        .context("container has no process")?;
+    let mut p = state.config.process().clone().context("container has no process")?;
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
     let mut env = p.env().clone().unwrap_or_default();
@@ -236,18 +192,11 @@ fn exec_process(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
     }
     if let Some(user) = &a.user {
         let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
-        p.user_mut().set_uid(
-            uid.parse()
-                .with_context(|| format!("--user {user}: not a numeric uid"))?,
-        );
-        p.user_mut().set_gid(
-            gid.parse()
-                .with_context(|| format!("--user {user}: not a numeric gid"))?,
-        );
+        p.user_mut().set_uid(uid.parse().with_context(|| format!("--user {user}: not a numeric uid"))?);
+        p.user_mut().set_gid(gid.parse().with_context(|| format!("--user {user}: not a numeric gid"))?);
     }
     if !a.additional_gids.is_empty() {
-        p.user_mut()
-            .set_additional_gids(Some(a.additional_gids.clone()));
+        p.user_mut().set_additional_gids(Some(a.additional_gids.clone()));
     }
     if a.no_new_privs {
         p.set_no_new_privileges(Some(true));

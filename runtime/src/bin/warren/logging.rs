@@ -12,30 +12,13 @@ pub struct Logger {
 }
 
 impl Logger {
-    pub fn install(
-        path: Option<&std::path::Path>,
-        format: LogFormat,
-        debug: bool,
-    ) -> anyhow::Result<()> {
+    pub fn install(path: Option<&std::path::Path>, format: LogFormat, debug: bool) -> anyhow::Result<()> {
         let out: Box<dyn Write + Send> = match path {
-            Some(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            Some(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
             None => Box::new(std::io::stderr()),
         };
-        let level = if debug {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Warn
-        };
-        let logger = Logger {
-            format,
-            level,
-            out: Mutex::new(out),
-        };
+        let level = if debug { log::LevelFilter::Debug } else { log::LevelFilter::Warn };
+        let logger = Logger { format, level, out: Mutex::new(out) };
         log::set_boxed_logger(Box::new(logger))?;
         log::set_max_level(level);
         Ok(())
@@ -52,16 +35,11 @@ impl log::Log for Logger {
             return;
         }
         let level = record.level().as_str().to_lowercase();
-        let level = if level == "warn" {
-            "warning".to_string()
-        } else {
-            level
-        };
+        let level = if level == "warn" { "warning".to_string() } else { level };
         let time = warren::state::rfc3339_now();
         let line = match self.format {
             LogFormat::Json => {
-                serde_json::json!({"level": level, "msg": record.args().to_string(), "time": time})
-                    .to_string()
+                serde_json::json!({"level": level, "msg": record.args().to_string(), "time": time}).to_string()
             }
             LogFormat::Text => format!("time=\"{time}\" level={level} msg=\"{}\"", record.args()),
         };

@@ -10,9 +10,7 @@ fn main() {
     // The container init is exec'd by the runtime itself: skip clap and logging.
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == "init") {
-        let fd = std::env::var(warren::init::SYNC_FD_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok());
+        let fd = std::env::var(warren::init::SYNC_FD_ENV).ok().and_then(|v| v.parse().ok());
         match fd {
             Some(fd) => warren::init::main(fd),
             None => {
