@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# demo.sh: build Warren and show it at work on the built-in busybox image.
+# demo.sh [DEMO_USERNS=0]: build Warren and show it at work on the built-in busybox image.
 #   1. `warren run` in the foreground: the container prints what it can see
 #      of itself (hostname, ids, pid 1, user namespace map, mounts,
 #      capabilities, no_new_privs).
@@ -17,6 +17,9 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 W=${WARREN_BIN:-$ROOT/target/release/warren}
 
 T=$(mktemp -d /tmp/warren-demo.XXXXXX)
+# mktemp makes it 0700; the user namespace's root (host uid 100000) must
+# reach the rootfs inside.
+chmod 755 "$T"
 STATE=$T/state
 ID=demo-$$
 cleanup() {
@@ -36,9 +39,9 @@ trap cleanup EXIT INT TERM
 read -r -d '' REPORT <<'SH' || true
 echo "hostname:    $(hostname)"
 echo "id:          $(id)"
-echo "pid 1:       $(tr '\0' ' ' </proc/1/cmdline)   (my pid: $$)"
+echo "pid 1:       $(cat /proc/1/comm)   (my pid: $$)"
 echo "uid_map:     $(cat /proc/self/uid_map)"
-echo "processes:"; ps
+echo "processes:"; ps -o pid,user,comm
 echo "mounts:"; cat /proc/self/mountinfo
 echo "capabilities:"; grep Cap /proc/self/status
 grep NoNewPrivs /proc/self/status
@@ -46,11 +49,15 @@ SH
 
 say "make a busybox bundle"
 "$ROOT/scripts/make-bundle.sh" "$T/bundle" /bin/sh -c "$REPORT"
-# A user namespace too: root inside is uid 100000 outside.
-jq '.linux.namespaces += [{"type":"user"}]
-    | .linux.uidMappings = [{"containerID":0,"hostID":100000,"size":65536}]
-    | .linux.gidMappings = [{"containerID":0,"hostID":100000,"size":65536}]
-    | .hostname = "warren-demo"' "$T/bundle/config.json" >"$T/config.json"
+# A user namespace too (DEMO_USERNS=0 leaves it out): root inside is host
+# uid 100000.
+USERNS='.'
+if [ "${DEMO_USERNS:-1}" = 1 ]; then
+	USERNS='.linux.namespaces += [{"type":"user"}]
+	| .linux.uidMappings = [{"containerID":0,"hostID":100000,"size":65536}]
+	| .linux.gidMappings = [{"containerID":0,"hostID":100000,"size":65536}]'
+fi
+jq "$USERNS | .hostname = \"warren-demo\"" "$T/bundle/config.json" >"$T/config.json"
 mv "$T/config.json" "$T/bundle/config.json"
 
 say "warren run (foreground)"

@@ -39,9 +39,14 @@ printf 'warren\n' >"$RFS/etc/hostname"
 (cd "$DIR" && "$WARREN_BIN" spec) || die "'warren spec' failed"
 [ -f "$DIR/config.json" ] || die "'warren spec' wrote no config.json"
 
+# One --arg per argument keeps each whole (newlines included); jq 1.6's
+# --args would take an argument like "-c" as its own option.
 args='null'
 if [ $# -gt 0 ]; then
-	args=$(printf '%s\n' "$@" | jq -R . | jq -s .)
+	args='[]'
+	for a in "$@"; do
+		args=$(jq -nc --argjson l "$args" --arg a "$a" '$l + [$a]')
+	done
 fi
 tmp=$(mktemp "$DIR/config.json.XXXXXX")
 jq --argjson a "$args" \

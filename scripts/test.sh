@@ -70,7 +70,8 @@ command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:$PATH"
 step fmt 120 cargo fmt --all --check
 step clippy 900 cargo clippy --workspace --all-targets -- -D warnings
 step build 900 cargo build --release
-step cargo-test 900 cargo test --workspace --release
+# --no-fail-fast: report every failing test, not only the first binary's.
+step cargo-test 900 cargo test --workspace --release --no-fail-fast
 
 if [ -d "$SHARED" ]; then
 	step ctr-smoke 600 "$SHARED/ctr-smoke.sh" "$WARREN_BIN"

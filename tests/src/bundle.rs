@@ -24,15 +24,13 @@ impl Bundle {
     /// A busybox rootfs and the runtime's default config (`warren spec`), with
     /// process.args = `args` and terminal = false.
     pub fn busybox(args: &[&str]) -> Result<Bundle> {
-        let dir = tempfile::Builder::new()
-            .prefix("wt-bundle-")
-            .tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new().prefix("wt-bundle-").tempdir_in("/tmp")?;
         let path = dir.path().to_path_buf();
+        // tempfile makes it 0700: a user namespace's root (an unprivileged
+        // host uid) could not reach the rootfs. Bundles are usually 0755.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         build_rootfs(&path.join("rootfs"))?;
-        let bundle = Bundle {
-            dir: Some(dir),
-            path,
-        };
+        let bundle = Bundle { dir: Some(dir), path };
         bundle.spec()?;
         bundle.edit(|c| {
             c["process"]["terminal"] = json!(false);
@@ -76,10 +74,7 @@ impl Bundle {
         let _ = fs::remove_file(self.path.join("spec.stdout"));
         let _ = fs::remove_file(self.path.join("spec.stderr"));
         if !self.config_path().exists() {
-            bail!(
-                "`warren spec` wrote no config.json in {}",
-                self.path.display()
-            );
+            bail!("`warren spec` wrote no config.json in {}", self.path.display());
         }
         Ok(())
     }
@@ -142,10 +137,7 @@ fn build_rootfs(rfs: &Path) -> Result<()> {
          nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
          user:x:1000:1000:user:/tmp:/bin/sh\n",
     )?;
-    fs::write(
-        rfs.join("etc/group"),
-        "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\n",
-    )?;
+    fs::write(rfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\n")?;
     fs::write(rfs.join("etc/hostname"), "warren\n")?;
     Ok(())
 }

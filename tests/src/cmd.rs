@@ -57,11 +57,7 @@ impl Out {
 
     /// The last non-empty stderr line: where a runtime puts its error.
     pub fn error_line(&self) -> &str {
-        self.stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
+        self.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
     }
 }
 
@@ -71,11 +67,7 @@ impl fmt::Display for Out {
             Some(s) => format!("{s}"),
             None => "KILLED at deadline".to_string(),
         };
-        write!(
-            f,
-            "`{}` -> {status}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.cmdline, self.stdout, self.stderr
-        )
+        write!(f, "`{}` -> {status}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.cmdline, self.stdout, self.stderr)
     }
 }
 
@@ -84,10 +76,7 @@ impl fmt::Display for Out {
 /// once `deadline` has passed.
 pub fn run_with_deadline(mut cmd: Command, out_base: &Path, deadline: Duration) -> Result<Out> {
     let cmdline = format!("{cmd:?}");
-    let (out_path, err_path) = (
-        out_base.with_extension("stdout"),
-        out_base.with_extension("stderr"),
-    );
+    let (out_path, err_path) = (out_base.with_extension("stdout"), out_base.with_extension("stderr"));
     cmd.stdout(File::create(&out_path).context("stdout file")?)
         .stderr(File::create(&err_path).context("stderr file")?)
         // Own process group: on timeout we kill warren and anything it forked
@@ -107,12 +96,7 @@ pub fn run_with_deadline(mut cmd: Command, out_base: &Path, deadline: Duration) 
         }
         sleep(Duration::from_millis(5));
     };
-    Ok(Out {
-        cmdline,
-        status,
-        stdout: read_lossy(&out_path),
-        stderr: read_lossy(&err_path),
-    })
+    Ok(Out { cmdline, status, stdout: read_lossy(&out_path), stderr: read_lossy(&err_path) })
 }
 
 fn read_lossy(p: &Path) -> String {

@@ -30,30 +30,20 @@ fn mountinfo() -> Vec<MountLine> {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// Mountinfo lines (of our own mount namespace) that mention `path`.
 pub fn mounts_under(path: &Path) -> Vec<String> {
     let p = path.to_string_lossy();
-    mountinfo()
-        .into_iter()
-        .filter(|m| m.line.contains(p.as_ref()))
-        .map(|m| m.line)
-        .collect()
+    mountinfo().into_iter().filter(|m| m.line.contains(p.as_ref())).map(|m| m.line).collect()
 }
 
 /// Lazily unmounts every mount point under `path`, deepest first. Returns
 /// true if some could not be unmounted.
 pub fn detach_mounts_under(path: &Path) -> bool {
-    let mut points: Vec<String> = mountinfo()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|mp| Path::new(mp).starts_with(path))
-        .collect();
+    let mut points: Vec<String> =
+        mountinfo().into_iter().map(|m| m.mount_point).filter(|mp| Path::new(mp).starts_with(path)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     let mut stuck = false;
     for mp in points {
@@ -138,10 +128,7 @@ fn why_matches(pid: i32, m: &ProcMatch) -> Option<String> {
     let cmdline = fs::read(proc.join("cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     let desc = |why: &str| Some(format!("pid {pid} ({why}): {cmdline}"));
-    if m.paths
-        .iter()
-        .any(|p| cmdline.contains(&*p.to_string_lossy()))
-    {
+    if m.paths.iter().any(|p| cmdline.contains(&*p.to_string_lossy())) {
         return desc("cmdline names the test dir");
     }
     // stat(/proc/PID/root) reaches the real root dentry even across mount

@@ -61,10 +61,7 @@ impl Warren {
     /// A fresh base path for one command's stdout/stderr files.
     fn out_base(&self, tag: &str) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
-        let tag: String = tag
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
+        let tag: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         self.outdir.join(format!("{n:03}-{tag}"))
     }
 
@@ -114,11 +111,7 @@ impl Warren {
         args.extend_from_slice(extra);
         args.push(id);
         let (out, base) = self.cmd_keep(&args, DEADLINE)?;
-        let c = Container {
-            warren: self.clone(),
-            id: id.to_string(),
-            out_base: base,
-        };
+        let c = Container { warren: self.clone(), id: id.to_string(), out_base: base };
         out.ok().context("create")?;
         Ok(c)
     }
@@ -164,10 +157,7 @@ impl Container {
 
     pub fn pid(&self) -> Result<i32> {
         let st = self.state()?;
-        st["pid"]
-            .as_i64()
-            .map(|p| p as i32)
-            .with_context(|| format!("no pid in state {st}"))
+        st["pid"].as_i64().map(|p| p as i32).with_context(|| format!("no pid in state {st}"))
     }
 
     pub fn kill(&self, sig: &str) -> Result<Out> {
@@ -229,6 +219,9 @@ impl Drop for Container {
     }
 }
 
+/// A bundle's path and its rootfs (dev, ino), for the leftover check.
+type BundleRecord = (PathBuf, Option<(u64, u64)>);
+
 /// One test's world: a temp dir holding the state root and output files,
 /// the ids and bundles it made, and the leftover check.
 pub struct Test {
@@ -236,31 +229,18 @@ pub struct Test {
     dir: tempfile::TempDir,
     pub warren: Warren,
     ids: Mutex<Vec<String>>,
-    bundles: Mutex<Vec<(PathBuf, Option<(u64, u64)>)>>,
+    bundles: Mutex<Vec<BundleRecord>>,
 }
 
 impl Test {
     /// `name` must be unique among the tests (the test function's name).
     pub fn new(name: &str) -> Test {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("wt-{name}-"))
-            .tempdir_in("/tmp")
-            .expect("test temp dir");
+        let dir = tempfile::Builder::new().prefix(&format!("wt-{name}-")).tempdir_in("/tmp").expect("test temp dir");
         let outdir = dir.path().join("out");
         std::fs::create_dir_all(&outdir).expect("out dir");
-        let warren = Warren {
-            bin: warren_bin(),
-            root: dir.path().join("state"),
-            outdir,
-            seq: Arc::new(AtomicUsize::new(0)),
-        };
-        Test {
-            name: name.to_string(),
-            dir,
-            warren,
-            ids: Mutex::new(Vec::new()),
-            bundles: Mutex::new(Vec::new()),
-        }
+        let warren =
+            Warren { bin: warren_bin(), root: dir.path().join("state"), outdir, seq: Arc::new(AtomicUsize::new(0)) };
+        Test { name: name.to_string(), dir, warren, ids: Mutex::new(Vec::new()), bundles: Mutex::new(Vec::new()) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -279,10 +259,7 @@ impl Test {
     pub fn bundle(&self, args: &[&str]) -> Result<Bundle> {
         let b = Bundle::busybox(args)?;
         let di = leftovers::dev_ino(&b.rootfs());
-        self.bundles
-            .lock()
-            .unwrap()
-            .push((b.path().to_path_buf(), di));
+        self.bundles.lock().unwrap().push((b.path().to_path_buf(), di));
         Ok(b)
     }
 
@@ -357,19 +334,9 @@ impl Test {
 
     fn processes(&self) -> Vec<(i32, String)> {
         let paths = self.paths();
-        let roots: Vec<(u64, u64)> = self
-            .bundles
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(_, di)| *di)
-            .collect();
+        let roots: Vec<(u64, u64)> = self.bundles.lock().unwrap().iter().filter_map(|(_, di)| *di).collect();
         let ids = self.ids.lock().unwrap().clone();
-        leftovers::processes(&leftovers::ProcMatch {
-            paths: &paths,
-            roots: &roots,
-            ids: &ids,
-        })
+        leftovers::processes(&leftovers::ProcMatch { paths: &paths, roots: &roots, ids: &ids })
     }
 
     /// Best effort: remove whatever a misbehaving runtime left, so one
@@ -377,9 +344,7 @@ impl Test {
     fn sweep(&self) {
         let ids = self.ids.lock().unwrap().clone();
         for id in &ids {
-            let _ = self
-                .warren
-                .cmd_for(&["delete", "--force", id], Duration::from_secs(10));
+            let _ = self.warren.cmd_for(&["delete", "--force", id], Duration::from_secs(10));
         }
         for (pid, _) in self.processes() {
             // SAFETY: kill(2); these processes belong to this test.
@@ -421,6 +386,12 @@ pub fn host(t: &Test, program: &str, args: &[&str]) -> Result<Out> {
     let mut c = command(program);
     c.args(args);
     run_with_deadline(c, &t.warren.out_base(program), DEADLINE)
+}
+
+/// Makes the root writable: `warren spec`, like `runc spec`, may default to a
+/// read-only root, and many tests write to /tmp.
+pub fn writable_root(cfg: &mut Value) {
+    cfg["root"]["readonly"] = json!(false);
 }
 
 /// Capability names (without CAP_) by number, as in linux/capability.h.
@@ -481,9 +452,7 @@ pub fn cap_mask(names: &Value) -> u64 {
 
 /// The value of `Field:` in a /proc/PID/status style text.
 pub fn status_field<'a>(text: &'a str, field: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(str::trim)
+    text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).map(str::trim)
 }
 
 /// The libseccomp name of this machine's architecture.

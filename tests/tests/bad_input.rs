@@ -8,17 +8,10 @@ use warren_tests::*;
 /// The error is one line and mentions one of `words` (case-insensitive).
 fn check_error(out: &Out, words: &[&str]) -> Result<()> {
     out.failed()?;
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     ensure!(lines.len() == 1, "want a one-line error: {out}");
     let l = lines[0].to_lowercase();
-    ensure!(
-        words.iter().any(|w| l.contains(&w.to_lowercase())),
-        "error names none of {words:?}: {out}"
-    );
+    ensure!(words.iter().any(|w| l.contains(&w.to_lowercase())), "error names none of {words:?}: {out}");
     Ok(())
 }
 
@@ -70,12 +63,7 @@ fn missing_rootfs() -> Result<()> {
 fn unknown_namespace_type() -> Result<()> {
     create_fails(
         "bad_ns",
-        |c| {
-            c["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"type": "bogusns"}))
-        },
+        |c| c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "bogusns"})),
         &["bogusns", "namespace"],
     )
 }
@@ -84,12 +72,7 @@ fn unknown_namespace_type() -> Result<()> {
 fn unknown_capability() -> Result<()> {
     create_fails(
         "bad_cap",
-        |c| {
-            c["process"]["capabilities"]["bounding"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!("CAP_BOGUS"))
-        },
+        |c| c["process"]["capabilities"]["bounding"].as_array_mut().unwrap().push(json!("CAP_BOGUS")),
         &["CAP_BOGUS"],
     )
 }
@@ -102,16 +85,10 @@ fn mount_destination_escaping_rootfs() -> Result<()> {
     let b = t.bundle(&["true"])?;
     let dest = format!("/../../../../../..{}", outside.display());
     b.edit(|c| {
-        c["mounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"destination": dest, "type": "tmpfs", "source": "tmpfs"}));
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": dest, "type": "tmpfs", "source": "tmpfs"}));
     })?;
     let out = t.warren.try_create(&t.id("c"), &b, &[])?;
-    ensure!(
-        mounts_under(&outside).is_empty(),
-        "mounted outside the rootfs"
-    );
+    ensure!(mounts_under(&outside).is_empty(), "mounted outside the rootfs");
     check_error(&out, &["destination", "mount", ".."])?;
     t.assert_no_leftovers();
     Ok(())
@@ -158,10 +135,7 @@ fn duplicate_id() -> Result<()> {
     let pid = c.pid()?;
     let out = t.warren.try_create(&id, &b, &[])?;
     check_error(&out, &["exist", &id])?;
-    ensure!(
-        c.status()? == "created" && c.pid()? == pid,
-        "first container disturbed"
-    );
+    ensure!(c.status()? == "created" && c.pid()? == pid, "first container disturbed");
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -175,10 +149,7 @@ fn bad_container_ids() -> Result<()> {
         let out = t.warren.try_create(id, &b, &[])?;
         check_error(&out, &["id", "invalid", "container"])?;
     }
-    ensure!(
-        !t.dir().join("wt-escape").exists(),
-        "state written outside the root"
-    );
+    ensure!(!t.dir().join("wt-escape").exists(), "state written outside the root");
     t.assert_no_leftovers();
     Ok(())
 }
@@ -188,10 +159,7 @@ fn unknown_container_verbs() -> Result<()> {
     let t = Test::new("bad_verbs");
     for verb in ["start", "kill", "delete", "pause", "resume", "ps"] {
         let out = t.cmd(&[verb, "wt-does-not-exist"])?;
-        check_error(
-            &out,
-            &["wt-does-not-exist", "not exist", "not found", "no such"],
-        )?;
+        check_error(&out, &["wt-does-not-exist", "not exist", "not found", "no such"])?;
     }
     t.assert_no_leftovers();
     Ok(())

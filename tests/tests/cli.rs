@@ -17,11 +17,7 @@ fn spec_writes_a_default_config() -> Result<()> {
     let cfg: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
     ensure!(cfg["ociVersion"].is_string(), "{cfg}");
     ensure!(cfg["root"]["path"] == "rootfs", "root: {}", cfg["root"]);
-    ensure!(
-        cfg["process"]["args"].is_array(),
-        "args: {}",
-        cfg["process"]
-    );
+    ensure!(cfg["process"]["args"].is_array(), "args: {}", cfg["process"]);
     let ns: Vec<&str> = cfg["linux"]["namespaces"]
         .as_array()
         .context("namespaces")?
@@ -44,10 +40,7 @@ fn spec_bundle_option() -> Result<()> {
     let dir = t.dir().join("b");
     std::fs::create_dir(&dir)?;
     t.cmd(&["spec", "--bundle", dir.to_str().unwrap()])?.ok()?;
-    ensure!(
-        dir.join("config.json").is_file(),
-        "no config.json in --bundle dir"
-    );
+    ensure!(dir.join("config.json").is_file(), "no config.json in --bundle dir");
     Ok(())
 }
 
@@ -56,10 +49,7 @@ fn help_lists_the_verbs() -> Result<()> {
     let t = Test::new("help");
     let out = t.cmd(&["--help"])?;
     out.ok()?;
-    for verb in [
-        "create", "start", "run", "state", "kill", "delete", "exec", "ps", "list", "pause",
-        "resume", "spec",
-    ] {
+    for verb in ["create", "start", "run", "state", "kill", "delete", "exec", "ps", "list", "pause", "resume", "spec"] {
         ensure!(out.stdout.contains(verb), "--help lacks {verb}: {out}");
     }
     t.cmd(&["--version"])?.ok()?;
@@ -79,38 +69,16 @@ fn list_table_json_and_quiet() -> Result<()> {
     for col in ["ID", "PID", "STATUS", "BUNDLE", "CREATED"] {
         ensure!(header.contains(col), "header lacks {col}: {table}");
     }
-    let row = |id: &str| {
-        table
-            .stdout
-            .lines()
-            .find(|l| l.starts_with(id))
-            .map(str::to_string)
-    };
+    let row = |id: &str| table.stdout.lines().find(|l| l.starts_with(id)).map(str::to_string);
     ensure!(row(&a_id).is_some_and(|r| r.contains("created")), "{table}");
     ensure!(row(&b_id).is_some_and(|r| r.contains("running")), "{table}");
 
     let json = t.cmd(&["list", "--format", "json"])?;
     let v: Value = serde_json::from_str(&json.ok()?.stdout).context("list json")?;
-    let ids: Vec<&str> = v
-        .as_array()
-        .context("array")?
-        .iter()
-        .filter_map(|c| c["id"].as_str())
-        .collect();
-    ensure!(
-        ids.len() == 2 && ids.contains(&a_id.as_str()) && ids.contains(&b_id.as_str()),
-        "{v}"
-    );
-    let entry = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == b_id.as_str())
-        .unwrap();
-    ensure!(
-        entry["status"] == "running" && entry["pid"].as_i64() > Some(0),
-        "{entry}"
-    );
+    let ids: Vec<&str> = v.as_array().context("array")?.iter().filter_map(|c| c["id"].as_str()).collect();
+    ensure!(ids.len() == 2 && ids.contains(&a_id.as_str()) && ids.contains(&b_id.as_str()), "{v}");
+    let entry = v.as_array().unwrap().iter().find(|c| c["id"] == b_id.as_str()).unwrap();
+    ensure!(entry["status"] == "running" && entry["pid"].as_i64() > Some(0), "{entry}");
     ensure!(entry["bundle"] == b.path().to_str().unwrap(), "{entry}");
 
     let quiet = t.cmd(&["list", "-q"])?;
@@ -129,10 +97,7 @@ fn list_empty_root() -> Result<()> {
     let t = Test::new("list_empty");
     let out = t.cmd(&["list", "--format", "json"])?;
     let v: Value = serde_json::from_str(out.ok()?.stdout.trim()).context("list json")?;
-    ensure!(
-        v.as_array().is_some_and(|a| a.is_empty()) || v.is_null(),
-        "{v}"
-    );
+    ensure!(v.as_array().is_some_and(|a| a.is_empty()) || v.is_null(), "{v}");
     Ok(())
 }
 
@@ -147,26 +112,15 @@ fn ps_json_and_table() -> Result<()> {
     for _ in 0..100 {
         let out = t.cmd(&["ps", "--format", "json", &c.id])?;
         let v: Value = serde_json::from_str(&out.ok()?.stdout).context("ps json")?;
-        pids = v
-            .as_array()
-            .context("array")?
-            .iter()
-            .filter_map(Value::as_i64)
-            .collect();
+        pids = v.as_array().context("array")?.iter().filter_map(Value::as_i64).collect();
         if pids.len() >= 2 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    ensure!(
-        pids.len() == 2 && pids.contains(&(pid as i64)),
-        "ps pids {pids:?}, init {pid}"
-    );
+    ensure!(pids.len() == 2 && pids.contains(&(pid as i64)), "ps pids {pids:?}, init {pid}");
     let table = t.cmd(&["ps", &c.id])?;
-    ensure!(
-        table.ok()?.stdout.contains("PID") && table.stdout.contains("sleep"),
-        "{table}"
-    );
+    ensure!(table.ok()?.stdout.contains("PID") && table.stdout.contains("sleep"), "{table}");
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -186,15 +140,9 @@ fn pid_file_holds_init_pid() -> Result<()> {
     let t = Test::new("pid_file");
     let b = t.bundle(&["sleep", "100"])?;
     let pidfile = t.dir().join("pid");
-    let c = t
-        .warren
-        .create_with(&t.id("c"), &b, &["--pid-file", pidfile.to_str().unwrap()])?;
+    let c = t.warren.create_with(&t.id("c"), &b, &["--pid-file", pidfile.to_str().unwrap()])?;
     let written: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
-    ensure!(
-        written == c.pid()?,
-        "pid file {written} vs state {}",
-        c.pid()?
-    );
+    ensure!(written == c.pid()?, "pid file {written} vs state {}", c.pid()?);
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -206,17 +154,10 @@ fn log_json_reports_errors() -> Result<()> {
     let t = Test::new("log_json");
     let log = t.dir().join("log.json");
     let l = log.to_str().unwrap();
-    t.cmd(&["--log", l, "--log-format", "json", "state", "wt-nope"])?
-        .failed()?;
+    t.cmd(&["--log", l, "--log-format", "json", "state", "wt-nope"])?.failed()?;
     let text = std::fs::read_to_string(&log).context("no log file")?;
-    let errors: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["level"] == "error")
-        .collect();
-    ensure!(
-        !errors.is_empty() && errors[0]["msg"].is_string(),
-        "log: {text:?}"
-    );
+    let errors: Vec<Value> =
+        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["level"] == "error").collect();
+    ensure!(!errors.is_empty() && errors[0]["msg"].is_string(), "log: {text:?}");
     Ok(())
 }

@@ -9,14 +9,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
-const KINDS: [&str; 6] = [
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-];
+const KINDS: [&str; 6] = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"];
 
 /// A hook that appends its name to DIR/order and saves stdin to DIR/NAME.json.
 fn recording_hook(dir: &Path, kind: &str) -> Value {
@@ -56,21 +49,16 @@ fn hooks_run_in_order_with_state_on_stdin() -> Result<()> {
     let out = t.run(&id, &b)?;
     ensure!(out.ok()?.stdout.contains("container-ran"), "{out}");
     let order = std::fs::read_to_string(d.join("order")).unwrap_or_default();
-    ensure!(
-        order.lines().collect::<Vec<_>>() == KINDS,
-        "order: {order:?}"
-    );
+    let order: Vec<&str> = order.lines().collect();
+    // startContainer (in the container, before its process) and poststart
+    // (in the runtime, after it started) may race; everything else is fixed.
+    ensure!(order.len() == 6 && order[..3] == KINDS[..3] && order[5] == "poststop", "order: {order:?}");
+    ensure!(order[3..5].contains(&"startContainer") && order[3..5].contains(&"poststart"), "order: {order:?}");
     for k in KINDS {
         let st: Value = serde_json::from_slice(&std::fs::read(d.join(format!("{k}.json")))?)
             .with_context(|| format!("{k} stdin is not state JSON"))?;
-        ensure!(
-            st["id"] == id.as_str() && st["bundle"] == b.path().to_str().unwrap(),
-            "{k}: {st}"
-        );
-        ensure!(
-            st["ociVersion"].is_string() && st["status"].is_string(),
-            "{k}: {st}"
-        );
+        ensure!(st["id"] == id.as_str() && st["bundle"] == b.path().to_str().unwrap(), "{k}: {st}");
+        ensure!(st["ociVersion"].is_string() && st["status"].is_string(), "{k}: {st}");
         let env = std::fs::read_to_string(d.join(format!("{k}.env")))?;
         ensure!(env.trim() == "hook-env-ok", "{k} env: {env:?}");
     }
@@ -78,8 +66,15 @@ fn hooks_run_in_order_with_state_on_stdin() -> Result<()> {
         let st: Value = serde_json::from_slice(&std::fs::read(d.join(format!("{k}.json")))?)?;
         Ok(st["status"].as_str().unwrap_or("").to_string())
     };
-    ensure!(status("poststart")? == "running", "poststart status");
-    ensure!(status("poststop")? == "stopped", "poststop status");
+    let statuses: Vec<String> = KINDS.iter().map(|k| status(k)).collect::<Result<_>>()?;
+    // runtime-spec: the state a hook sees is the container's at that point.
+    // poststart: runc 1.1 still says "created" there, the spec implies "running".
+    let want = ["creating", "creating", "creating", "created", "running", "stopped"];
+    let poststart_ok = statuses[4] == "created" || statuses[4] == "running";
+    ensure!(
+        statuses[..4] == want[..4] && poststart_ok && statuses[5] == want[5],
+        "statuses {statuses:?}, want {want:?}"
+    );
     t.assert_no_leftovers();
     Ok(())
 }
@@ -92,8 +87,7 @@ fn run_with_failing_hook(t: &Test, kind: &str) -> Result<(Out, bool)> {
     let b = t.bundle(&["sh", "-c", &format!("touch {}; echo ran", marker.display())])?;
     b.edit(|c| {
         mount_same_path(c, &d);
-        c["hooks"][kind] =
-            json!([{"path": "/bin/sh", "args": ["sh", "-c", "echo hook-failed >&2; exit 1"]}]);
+        c["hooks"][kind] = json!([{"path": "/bin/sh", "args": ["sh", "-c", "echo hook-failed >&2; exit 1"]}]);
     })?;
     let out = t.run(&t.id("c"), &b)?;
     Ok((out, marker.exists()))
@@ -152,20 +146,16 @@ fn failing_poststop_only_warns() -> Result<()> {
 fn hook_timeout_is_honoured() -> Result<()> {
     let t = Test::new("hook_timeout");
     let b = t.bundle(&["true"])?;
-    // The test dir in the hook's cmdline lets the leftover check see it alive.
-    let script = format!("sleep 30; : {}", t.dir().display());
+    // busybox picks the applet from argv[0]'s basename: this runs `sleep 30`
+    // with the test dir in its cmdline, so the leftover check sees it alive.
+    let argv0 = t.dir().join("sleep");
     b.edit(|c| {
-        c["hooks"]["prestart"] =
-            json!([{"path": "/bin/sh", "args": ["sh", "-c", script], "timeout": 1}]);
+        c["hooks"]["prestart"] = json!([{"path": "/bin/busybox", "args": [argv0, "30"], "timeout": 1}]);
     })?;
     let start = Instant::now();
     let out = t.run(&t.id("c"), &b)?;
     out.failed()?;
-    ensure!(
-        start.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        start.elapsed()
-    );
+    ensure!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     t.assert_no_leftovers();
     Ok(())
 }

@@ -76,10 +76,7 @@ fn state_pid_is_the_container_init() -> Result<()> {
     let c = t.start_new(&t.id("c"), &b)?;
     let pid = c.pid()?;
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))?;
-    ensure!(
-        cmdline.starts_with("sleep\0100"),
-        "pid {pid} is {cmdline:?}"
-    );
+    ensure!(cmdline.starts_with("sleep\u{0}100"), "pid {pid} is {cmdline:?}");
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -154,11 +151,7 @@ fn start_twice_fails() -> Result<()> {
 fn sigterm_stops_container() -> Result<()> {
     let t = Test::new("sigterm");
     // Pid 1 ignores signals it has no handler for: install one.
-    let b = t.bundle(&[
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while :; do sleep 0.1; done",
-    ])?;
+    let b = t.bundle(&["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"])?;
     let c = t.start_new(&t.id("c"), &b)?;
     std::thread::sleep(Duration::from_millis(200));
     c.kill("TERM")?.ok()?;
@@ -171,11 +164,7 @@ fn sigterm_stops_container() -> Result<()> {
 #[test]
 fn kill_default_signal_is_term() -> Result<()> {
     let t = Test::new("kill_default");
-    let b = t.bundle(&[
-        "sh",
-        "-c",
-        "trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done",
-    ])?;
+    let b = t.bundle(&["sh", "-c", "trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done"])?;
     let c = t.start_new(&t.id("c"), &b)?;
     std::thread::sleep(Duration::from_millis(200));
     t.cmd(&["kill", &c.id])?.ok()?;

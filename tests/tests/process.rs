@@ -14,18 +14,12 @@ const SECOND: Duration = Duration::from_secs(1);
 fn args_env_and_cwd() -> Result<()> {
     let t = Test::new("args_env_cwd");
     let out = t.run_sh("echo \"$FOO\"; pwd; echo \"$PATH\"", |c| {
-        c["process"]["env"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!("FOO=bar baz"));
+        c["process"]["env"].as_array_mut().unwrap().push(json!("FOO=bar baz"));
         c["process"]["cwd"] = json!("/tmp");
     })?;
     let lines: Vec<&str> = out.ok()?.stdout.lines().collect();
     ensure!(lines[..2] == ["bar baz", "/tmp"], "{out}");
-    ensure!(
-        lines.get(2).is_some_and(|p| p.contains("/bin")),
-        "PATH: {out}"
-    );
+    ensure!(lines.get(2).is_some_and(|p| p.contains("/bin")), "PATH: {out}");
     t.assert_no_leftovers();
     Ok(())
 }
@@ -46,14 +40,8 @@ fn user_uid_gid_and_additional_gids() -> Result<()> {
         c["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [10, 20]});
     })?;
     let s = &out.ok()?.stdout;
-    ensure!(
-        status_field(s, "Uid") == Some("1000\t1000\t1000\t1000"),
-        "{out}"
-    );
-    ensure!(
-        status_field(s, "Gid") == Some("1001\t1001\t1001\t1001"),
-        "{out}"
-    );
+    ensure!(status_field(s, "Uid") == Some("1000\t1000\t1000\t1000"), "{out}");
+    ensure!(status_field(s, "Gid") == Some("1001\t1001\t1001\t1001"), "{out}");
     ensure!(status_field(s, "Groups") == Some("10 20"), "{out}");
     t.assert_no_leftovers();
     Ok(())
@@ -63,6 +51,7 @@ fn user_uid_gid_and_additional_gids() -> Result<()> {
 fn umask() -> Result<()> {
     let t = Test::new("umask");
     let out = t.run_sh("umask; touch /tmp/f; stat -c %a /tmp/f", |c| {
+        writable_root(c);
         c["process"]["user"]["umask"] = json!(0o027);
     })?;
     ensure!(out.ok()?.stdout == "0027\n640\n", "{out}");
@@ -72,10 +61,7 @@ fn umask() -> Result<()> {
 
 fn caps_of(status: &str) -> Result<[u64; 5]> {
     let mut v = [0; 5];
-    for (i, f) in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]
-        .iter()
-        .enumerate()
-    {
+    for (i, f) in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"].iter().enumerate() {
         let hex = status_field(status, f).with_context(|| format!("no {f}"))?;
         v[i] = u64::from_str_radix(hex, 16)?;
     }
@@ -106,13 +92,9 @@ fn default_capabilities_match_default_config() -> Result<()> {
     let out = t.run(&t.id("c"), &b)?;
     let got = caps_of(&out.ok()?.stdout)?;
     let mask = |k: &str| caps.get(k).map(cap_mask).unwrap_or(0);
-    let want = [
-        mask("inheritable"),
-        mask("permitted"),
-        mask("effective"),
-        mask("bounding"),
-        mask("ambient"),
-    ];
+    // An ambient cap is raised only if it is permitted and inheritable too.
+    let amb = mask("ambient") & mask("inheritable") & mask("permitted");
+    let want = [mask("inheritable"), mask("permitted"), mask("effective"), mask("bounding"), amb];
     ensure!(got == want, "got {got:x?} want {want:x?}\n{out}");
     ensure!(got[2] & (1 << 21) == 0, "CAP_SYS_ADMIN by default");
     t.assert_no_leftovers();
@@ -142,10 +124,7 @@ fn no_new_privileges() -> Result<()> {
         let out = t.run_sh("grep NoNewPrivs /proc/self/status", |c| {
             c["process"]["noNewPrivileges"] = json!(flag);
         })?;
-        ensure!(
-            status_field(&out.ok()?.stdout, "NoNewPrivs") == Some(want),
-            "{flag}: {out}"
-        );
+        ensure!(status_field(&out.ok()?.stdout, "NoNewPrivs") == Some(want), "{flag}: {out}");
     }
     t.assert_no_leftovers();
     Ok(())
@@ -167,9 +146,7 @@ fn rlimits() -> Result<()> {
 #[test]
 fn oom_score_adj() -> Result<()> {
     let t = Test::new("oom_adj");
-    let out = t.run_sh("cat /proc/self/oom_score_adj", |c| {
-        c["process"]["oomScoreAdj"] = json!(500)
-    })?;
+    let out = t.run_sh("cat /proc/self/oom_score_adj", |c| c["process"]["oomScoreAdj"] = json!(500))?;
     ensure!(out.ok()?.stdout.trim() == "500", "{out}");
     t.assert_no_leftovers();
     Ok(())
@@ -184,14 +161,8 @@ fn sysctl_in_container_net_namespace() -> Result<()> {
         c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": want});
     })?;
     out.ok()?;
-    ensure!(
-        out.stdout.trim() != before.trim(),
-        "sysctl not applied: {out}"
-    );
-    ensure!(
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")? == before,
-        "host changed"
-    );
+    ensure!(out.stdout.trim() != before.trim(), "sysctl not applied: {out}");
+    ensure!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")? == before, "host changed");
     t.assert_no_leftovers();
     Ok(())
 }
@@ -200,6 +171,7 @@ fn sysctl_in_container_net_namespace() -> Result<()> {
 fn seccomp_errno_rule() -> Result<()> {
     let t = Test::new("seccomp");
     let out = t.run_sh("mkdir /tmp/x; echo still-running; grep Seccomp: /proc/self/status", |c| {
+        writable_root(c);
         c["linux"]["seccomp"] = json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": [seccomp_arch()],
@@ -209,10 +181,7 @@ fn seccomp_errno_rule() -> Result<()> {
     out.ok()?;
     ensure!(out.stderr.contains("Operation not permitted"), "{out}");
     ensure!(out.stdout.contains("still-running"), "{out}");
-    ensure!(
-        status_field(&out.stdout, "Seccomp") == Some("2"),
-        "not filtered: {out}"
-    );
+    ensure!(status_field(&out.stdout, "Seccomp") == Some("2"), "not filtered: {out}");
     t.assert_no_leftovers();
     Ok(())
 }
@@ -242,23 +211,15 @@ fn exec_process_json_detached() -> Result<()> {
     // How the containerd shim and podman exec: --process FILE --detach.
     let t = Test::new("exec_process");
     let b = t.bundle(&["sleep", "100"])?;
+    b.edit(writable_root)?;
     let c = t.start_new(&t.id("c"), &b)?;
     let proc_json = t.dir().join("process.json");
     let p = json!({"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
         "args": ["sh", "-c", "echo from-exec > /tmp/mark"], "env": ["PATH=/bin:/usr/bin"]});
     std::fs::write(&proc_json, p.to_string())?;
     let pidfile = t.dir().join("exec.pid");
-    c.exec(
-        &[
-            "--process",
-            proc_json.to_str().unwrap(),
-            "--detach",
-            "--pid-file",
-            pidfile.to_str().unwrap(),
-        ],
-        &[],
-    )?
-    .ok()?;
+    c.exec(&["--process", proc_json.to_str().unwrap(), "--detach", "--pid-file", pidfile.to_str().unwrap()], &[])?
+        .ok()?;
     let pid: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
     ensure!(pid > 0);
     let mut got = String::new();
@@ -302,10 +263,7 @@ fn pause_and_resume() -> Result<()> {
     std::thread::sleep(Duration::from_millis(100));
     let frozen = line_count(&c.stdout());
     std::thread::sleep(Duration::from_millis(400));
-    ensure!(
-        line_count(&c.stdout()) == frozen,
-        "output went on while paused"
-    );
+    ensure!(line_count(&c.stdout()) == frozen, "output went on while paused");
     t.cmd(&["resume", &c.id])?.ok()?;
     ensure!(c.status()? == "running", "status after resume");
     std::thread::sleep(Duration::from_millis(400));
@@ -321,30 +279,19 @@ fn kill_all_reaches_every_process() -> Result<()> {
     // No pid namespace: killing init alone would not take the others along.
     let b = t.bundle(&["sh", "-c", "sleep 100 & sleep 100 & wait"])?;
     b.edit(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|n| n["type"] != "pid");
+        c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
     })?;
     let c = t.start_new(&t.id("c"), &b)?;
     std::thread::sleep(Duration::from_millis(200));
     let ps: Value = serde_json::from_str(&t.cmd(&["ps", "--format", "json", &c.id])?.ok()?.stdout)?;
-    let pids: Vec<i64> = ps
-        .as_array()
-        .context("ps array")?
-        .iter()
-        .filter_map(Value::as_i64)
-        .collect();
+    let pids: Vec<i64> = ps.as_array().context("ps array")?.iter().filter_map(Value::as_i64).collect();
     ensure!(pids.len() == 3, "ps: {ps}");
     t.cmd(&["kill", "--all", &c.id, "KILL"])?.ok()?;
     c.wait_status("stopped", 5 * SECOND)?;
     std::thread::sleep(Duration::from_millis(100));
     for pid in pids {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        ensure!(
-            status_field(&st, "State").is_none_or(|s| s.starts_with('Z')),
-            "pid {pid} alive"
-        );
+        ensure!(status_field(&st, "State").is_none_or(|s| s.starts_with('Z')), "pid {pid} alive");
     }
     c.delete()?.ok()?;
     t.assert_no_leftovers();

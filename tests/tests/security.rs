@@ -13,10 +13,7 @@ fn init_exe_is_the_container_binary() -> Result<()> {
     let t = Test::new("exe_init");
     let b = t.bundle(&["sleep", "100"])?;
     let c = t.start_new(&t.id("c"), &b)?;
-    let out = c.exec(
-        &[],
-        &["sh", "-c", "readlink /proc/1/exe; readlink /proc/self/exe"],
-    )?;
+    let out = c.exec(&[], &["sh", "-c", "readlink /proc/1/exe; readlink /proc/self/exe"])?;
     ensure!(out.ok()?.stdout == "/bin/busybox\n/bin/busybox\n", "{out}");
     let w = c.exec(&[], &["sh", "-c", "echo x >>/proc/1/exe && echo wrote"])?;
     ensure!(!w.stdout.contains("wrote"), "{w}");
@@ -42,11 +39,7 @@ fn created_init_exe_is_not_the_writable_runtime_binary() -> Result<()> {
         // SAFETY: zeroed statvfs filled in by statvfs(3).
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::statvfs(cpath.as_ptr(), &mut st) };
-        ensure!(
-            rc == 0 && st.f_flag & libc::ST_RDONLY != 0,
-            "{exe} -> writable {}",
-            target.display()
-        );
+        ensure!(rc == 0 && st.f_flag & libc::ST_RDONLY != 0, "{exe} -> writable {}", target.display());
     }
     drop(c);
     t.assert_no_leftovers();
@@ -56,25 +49,14 @@ fn created_init_exe_is_not_the_writable_runtime_binary() -> Result<()> {
 /// `warren run --preserve-fds N` with an extra open fd 3, listing the
 /// container's fds (`ls` opens one more for the directory).
 fn fds_inside(t: &Test, id: &str, preserve: &str) -> Result<Out> {
-    let b = t.bundle(&[
-        "sh",
-        "-c",
-        "ls /proc/self/fd; cat <&3 2>/dev/null || echo no-fd3",
-    ])?;
+    let b = t.bundle(&["sh", "-c", "ls /proc/self/fd; cat <&3 2>/dev/null || echo no-fd3"])?;
     let extra = t.dir().join("fd3.txt");
     std::fs::write(&extra, "fd3-content\n")?;
     let f = File::open(&extra)?;
     let raw = f.as_raw_fd();
     let mut cmd = command(warren_bin());
     cmd.arg("--root").arg(t.warren.root());
-    cmd.args([
-        "run",
-        "--preserve-fds",
-        preserve,
-        "--bundle",
-        b.path().to_str().unwrap(),
-        id,
-    ]);
+    cmd.args(["run", "--preserve-fds", preserve, "--bundle", b.path().to_str().unwrap(), id]);
     // SAFETY: only dup2 between fork and exec; fd 3 is not close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -113,6 +95,7 @@ fn preserve_fds_passes_fd_3() -> Result<()> {
 fn cwd_stays_inside_rootfs() -> Result<()> {
     let t = Test::new("cwd_inside");
     let out = t.run_sh("readlink /proc/self/cwd; cd ../../..; pwd; ls / | head -c 1000 >/tmp/a; ls /.. >/tmp/b; cmp /tmp/a /tmp/b && echo same", |c| {
+        writable_root(c);
         c["process"]["cwd"] = json!("/tmp");
     })?;
     ensure!(out.ok()?.stdout == "/tmp\n/\nsame\n", "{out}");
@@ -123,10 +106,7 @@ fn cwd_stays_inside_rootfs() -> Result<()> {
 #[test]
 fn default_process_cannot_mount() -> Result<()> {
     let t = Test::new("no_mount");
-    let out = t.run_sh(
-        "mount -t tmpfs none /tmp 2>&1 && echo mounted || echo refused",
-        |_| {},
-    )?;
+    let out = t.run_sh("mount -t tmpfs none /tmp 2>&1 && echo mounted || echo refused", |_| {})?;
     ensure!(out.ok()?.stdout.contains("refused"), "{out}");
     t.assert_no_leftovers();
     Ok(())
