@@ -88,8 +88,15 @@ pub(crate) fn resolve_in_root(root: &File, rel: &Path) -> Result<PathBuf, Rootfs
     while let Some(part) = pending.pop_front() {
         match part.components().next() {
             Some(Component::Normal(name)) => {
-                let dir = crate::sys::open_in_root(root.as_raw_fd(), &Path::new(".").join(&resolved), libc::O_PATH, 0)
-                    .map_err(path_err(rel))?;
+                let dir = match crate::sys::open_in_root(root.as_raw_fd(), &Path::new(".").join(&resolved), libc::O_PATH, 0) {
+                    Ok(d) => d,
+                    // Below a missing directory nothing can be a symlink.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        resolved.push(name);
+                        continue;
+                    }
+                    Err(e) => return Err(RootfsError::Path { path: rel.into(), source: e }),
+                };
                 match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
                     Ok(target) => {
                         hops += 1;
