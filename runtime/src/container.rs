@@ -221,6 +221,9 @@ impl Runtime {
         cgroup.create()?;
         guard.cgroup = Some(cgroup.clone());
         cgroup.apply_devices(&device_rules(&bundle.spec))?;
+        if let Some(r) = bundle.spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            cgroup.apply_resources(r)?;
+        }
         log::debug!("create {}: cgroup made", opts.id);
         let fifo = dir.join(state::EXEC_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
@@ -433,17 +436,14 @@ fn status_of(dir: &Path, st: &State) -> Status {
 /// runs. No reader (ENXIO) means the init is gone.
 fn release_init(c: &Locked) -> Result<(), ContainerError> {
     let path = c.dir.join(state::EXEC_FIFO);
-    let mut fifo = match std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            return Err(ContainerError::StartStopped { id: c.state.id.clone() })
-        }
-        Err(e) => return Err(ContainerError::Io { path, source: e }),
-    };
+    let mut fifo =
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(ContainerError::StartStopped { id: c.state.id.clone() })
+            }
+            Err(e) => return Err(ContainerError::Io { path, source: e }),
+        };
     std::io::Write::write_all(&mut fifo, &[0]).map_err(io_err(&path))?;
     std::fs::remove_file(&path).map_err(io_err(&path))
 }

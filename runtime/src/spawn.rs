@@ -56,11 +56,8 @@ impl SealedExe {
     fn new(spec: &Spec) -> Result<SealedExe, SpawnError> {
         let err = |source| SpawnError::SelfCopy { source };
         let exe = std::fs::read_link("/proc/self/exe").map_err(err)?;
-        let propagates_out = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.rootfs_propagation().as_deref())
-            .is_some_and(|p| p.contains("shared"));
+        let propagates_out =
+            spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()).is_some_and(|p| p.contains("shared"));
         if propagates_out {
             return crate::sys::sealed_memfd_copy(&exe, c"warren").map(SealedExe::Memfd).map_err(err);
         }

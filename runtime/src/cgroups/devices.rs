@@ -39,11 +39,8 @@ impl DeviceRule {
     /// Validates an OCI rule for the cgroup `dir`. Type "u" (unbuffered char) counts as "c"; a
     /// missing or empty access means "rwm"; a negative major/minor (runc's -1) is a wildcard.
     pub fn from_oci(rule: &LinuxDeviceCgroup, dir: &Path) -> Result<DeviceRule, CgroupError> {
-        let invalid = |reason: &'static str| CgroupError::DeviceRule {
-            path: dir.to_path_buf(),
-            rule: rule.to_string(),
-            reason,
-        };
+        let invalid =
+            |reason: &'static str| CgroupError::DeviceRule { path: dir.to_path_buf(), rule: rule.to_string(), reason };
         let kind = match rule.typ().unwrap_or_default() {
             LinuxDeviceType::A => DeviceKind::All,
             LinuxDeviceType::C | LinuxDeviceType::U => DeviceKind::Char,
@@ -51,27 +48,16 @@ impl DeviceRule {
             LinuxDeviceType::P => return Err(invalid("type must be a, b or c")),
         };
         let number = |n: Option<i64>| match n {
-            Some(n) if n >= 0 => u32::try_from(n)
-                .map(Some)
-                .map_err(|_| invalid("device number out of range")),
+            Some(n) if n >= 0 => u32::try_from(n).map(Some).map_err(|_| invalid("device number out of range")),
             _ => Ok(None),
         };
         let access = parse_access(rule.access().as_deref().unwrap_or(""))
             .ok_or_else(|| invalid("access must be made of r, w and m"))?;
-        Ok(DeviceRule {
-            allow: rule.allow(),
-            kind,
-            major: number(rule.major())?,
-            minor: number(rule.minor())?,
-            access,
-        })
+        Ok(DeviceRule { allow: rule.allow(), kind, major: number(rule.major())?, minor: number(rule.minor())?, access })
     }
 
     fn matches_all(&self) -> bool {
-        self.kind == DeviceKind::All
-            && self.major.is_none()
-            && self.minor.is_none()
-            && self.access == ACCESS_ALL
+        self.kind == DeviceKind::All && self.major.is_none() && self.minor.is_none() && self.access == ACCESS_ALL
     }
 }
 
@@ -88,15 +74,11 @@ fn parse_access(text: &str) -> Option<u8> {
 }
 
 fn access_text(bits: u8) -> String {
-    [
-        (bpf::DEVCG_ACC_READ, 'r'),
-        (bpf::DEVCG_ACC_WRITE, 'w'),
-        (bpf::DEVCG_ACC_MKNOD, 'm'),
-    ]
-    .iter()
-    .filter(|(bit, _)| bits & bit != 0)
-    .map(|(_, c)| *c)
-    .collect()
+    [(bpf::DEVCG_ACC_READ, 'r'), (bpf::DEVCG_ACC_WRITE, 'w'), (bpf::DEVCG_ACC_MKNOD, 'm')]
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, c)| *c)
+        .collect()
 }
 
 /// The v1 writes, in order, as (file name, line): first "a" to devices.deny, then each rule.
@@ -105,11 +87,7 @@ fn access_text(bits: u8) -> String {
 pub fn v1_writes(rules: &[DeviceRule]) -> Vec<(&'static str, String)> {
     let mut writes = vec![("devices.deny", "a".to_string())];
     for rule in rules {
-        let file = if rule.allow {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
+        let file = if rule.allow { "devices.allow" } else { "devices.deny" };
         if rule.matches_all() {
             writes.push((file, "a".to_string()));
             continue;
@@ -141,12 +119,7 @@ pub fn apply_v1(rules: &[DeviceRule], dir: &Path) -> Result<(), CgroupError> {
 /// any programs already there (BPF_F_ALLOW_MULTI: all of them must allow an access).
 pub fn apply_v2(rules: &[DeviceRule], dir: &Path) -> Result<(), CgroupError> {
     let program = bpf_program(rules);
-    let bpf_error = |op, source, log| CgroupError::Bpf {
-        path: dir.to_path_buf(),
-        op,
-        source,
-        log,
-    };
+    let bpf_error = |op, source, log| CgroupError::Bpf { path: dir.to_path_buf(), op, source, log };
     let prog = match bpf::load_cgroup_device_prog(&program, None) {
         Ok(fd) => fd,
         Err(source) => {
@@ -158,10 +131,7 @@ pub fn apply_v2(rules: &[DeviceRule], dir: &Path) -> Result<(), CgroupError> {
             return Err(bpf_error("BPF_PROG_LOAD", source, log));
         }
     };
-    let cgroup = File::open(dir).map_err(|source| CgroupError::Read {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let cgroup = File::open(dir).map_err(|source| CgroupError::Read { path: dir.to_path_buf(), source })?;
     bpf::attach_cgroup_device_prog(cgroup.as_fd(), prog.as_fd(), bpf::F_ALLOW_MULTI)
         .map_err(|source| bpf_error("BPF_PROG_ATTACH", source, String::new()))
 }
@@ -213,14 +183,10 @@ fn rule_block(rule: &DeviceRule) -> Vec<Insn> {
         DeviceKind::Block => Some(bpf::DEVCG_DEV_BLOCK),
     };
     // Device numbers are compared as u32 by 32-bit jumps, so the cast only reinterprets.
-    let checks: Vec<(u8, i32)> = [
-        (R2, kind),
-        (R4, rule.major.map(|n| n as i32)),
-        (R5, rule.minor.map(|n| n as i32)),
-    ]
-    .into_iter()
-    .filter_map(|(reg, value)| value.map(|v| (reg, v)))
-    .collect();
+    let checks: Vec<(u8, i32)> = [(R2, kind), (R4, rule.major.map(|n| n as i32)), (R5, rule.minor.map(|n| n as i32))]
+        .into_iter()
+        .filter_map(|(reg, value)| value.map(|v| (reg, v)))
+        .collect();
     let access = i32::from(rule.access);
     let decide = if rule.allow {
         vec![
@@ -257,20 +223,8 @@ mod tests {
     const W: u8 = bpf::DEVCG_ACC_WRITE;
     const M: u8 = bpf::DEVCG_ACC_MKNOD;
 
-    fn rule(
-        allow: bool,
-        kind: DeviceKind,
-        major: Option<u32>,
-        minor: Option<u32>,
-        access: u8,
-    ) -> DeviceRule {
-        DeviceRule {
-            allow,
-            kind,
-            major,
-            minor,
-            access,
-        }
+    fn rule(allow: bool, kind: DeviceKind, major: Option<u32>, minor: Option<u32>, access: u8) -> DeviceRule {
+        DeviceRule { allow, kind, major, minor, access }
     }
 
     /// Runs a device program on one request, interpreting just the instructions the builder emits.
@@ -316,13 +270,7 @@ mod tests {
         let allowed = [R, W, M]
             .iter()
             .filter(|bit| access & **bit != 0)
-            .all(|bit| {
-                rules
-                    .iter()
-                    .rev()
-                    .find(|r| matches(r) && r.access & bit != 0)
-                    .is_some_and(|r| r.allow)
-            });
+            .all(|bit| rules.iter().rev().find(|r| matches(r) && r.access & bit != 0).is_some_and(|r| r.allow));
         u64::from(allowed)
     }
 
@@ -348,10 +296,8 @@ mod tests {
 
     #[test]
     fn later_deny_overrides_earlier_allow_per_access_bit() {
-        let rules = [
-            rule(true, DeviceKind::All, None, None, R | W | M),
-            rule(false, DeviceKind::Char, Some(1), Some(3), W),
-        ];
+        let rules =
+            [rule(true, DeviceKind::All, None, None, R | W | M), rule(false, DeviceKind::Char, Some(1), Some(3), W)];
         let p = bpf_program(&rules);
         let c = bpf::DEVCG_DEV_CHAR as u32;
         assert_eq!(run(&p, c, R, 1, 3), 1);
@@ -418,27 +364,13 @@ mod tests {
     #[test]
     fn from_oci_validates_and_defaults() {
         let dir = Path::new("/sys/fs/cgroup/devices/x");
-        let oci = LinuxDeviceCgroupBuilder::default()
-            .allow(true)
-            .typ(LinuxDeviceType::U)
-            .major(5)
-            .minor(-1)
-            .build()
-            .unwrap();
-        assert_eq!(
-            DeviceRule::from_oci(&oci, dir).unwrap(),
-            rule(true, DeviceKind::Char, Some(5), None, R | W | M)
-        );
-        let bad_access = LinuxDeviceCgroupBuilder::default()
-            .access("rx")
-            .build()
-            .unwrap();
+        let oci =
+            LinuxDeviceCgroupBuilder::default().allow(true).typ(LinuxDeviceType::U).major(5).minor(-1).build().unwrap();
+        assert_eq!(DeviceRule::from_oci(&oci, dir).unwrap(), rule(true, DeviceKind::Char, Some(5), None, R | W | M));
+        let bad_access = LinuxDeviceCgroupBuilder::default().access("rx").build().unwrap();
         let err = DeviceRule::from_oci(&bad_access, dir).unwrap_err();
         assert!(matches!(&err, CgroupError::DeviceRule { path, .. } if path == dir));
-        let fifo = LinuxDeviceCgroupBuilder::default()
-            .typ(LinuxDeviceType::P)
-            .build()
-            .unwrap();
+        let fifo = LinuxDeviceCgroupBuilder::default().typ(LinuxDeviceType::P).build().unwrap();
         assert!(DeviceRule::from_oci(&fifo, dir).is_err());
     }
 

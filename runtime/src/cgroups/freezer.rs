@@ -69,19 +69,13 @@ fn freeze_v1(dir: &Path) -> Result<(), CgroupError> {
     if let Err(e) = fs::write(&state, "THAWED") {
         log::warn!("cannot thaw after a freeze timed out: {e}");
     }
-    Err(CgroupError::FreezerTimeout {
-        path: state,
-        state: "FROZEN",
-    })
+    Err(CgroupError::FreezerTimeout { path: state, state: "FROZEN" })
 }
 
 fn freeze_v2(dir: &Path) -> Result<(), CgroupError> {
     let control = dir.join("cgroup.freeze");
     if !control.exists() {
-        return Err(CgroupError::ControllerMissing {
-            path: dir.to_path_buf(),
-            controller: "freezer".to_string(),
-        });
+        return Err(CgroupError::ControllerMissing { path: dir.to_path_buf(), controller: "freezer".to_string() });
     }
     fs::write(&control, "1")?;
     wait_v2(dir, true).inspect_err(|_| {
@@ -108,9 +102,7 @@ fn wait_v2(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
 /// The `frozen` key of `dir/cgroup.events`.
 fn v2_events_frozen(dir: &Path) -> Result<bool, CgroupError> {
     let text = fs::read(&dir.join("cgroup.events"))?;
-    Ok(text
-        .lines()
-        .any(|line| line.split_whitespace().eq(["frozen", "1"])))
+    Ok(text.lines().any(|line| line.split_whitespace().eq(["frozen", "1"])))
 }
 
 #[cfg(test)]
@@ -139,17 +131,11 @@ mod tests {
         write(tmp.path().join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
         let freezer = Freezer::V2(tmp.path());
         freezer.freeze().unwrap();
-        assert_eq!(
-            read_to_string(tmp.path().join("cgroup.freeze")).unwrap(),
-            "1\n"
-        );
+        assert_eq!(read_to_string(tmp.path().join("cgroup.freeze")).unwrap(), "1\n");
         assert!(freezer.is_frozen().unwrap());
         write(tmp.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
         freezer.thaw().unwrap();
-        assert_eq!(
-            read_to_string(tmp.path().join("cgroup.freeze")).unwrap(),
-            "0\n"
-        );
+        assert_eq!(read_to_string(tmp.path().join("cgroup.freeze")).unwrap(), "0\n");
         assert!(!freezer.is_frozen().unwrap());
     }
 
@@ -162,18 +148,12 @@ mod tests {
         assert!(
             matches!(&err, CgroupError::FreezerTimeout { path, state: "frozen 1" } if path.ends_with("cgroup.events"))
         );
-        assert_eq!(
-            read_to_string(tmp.path().join("cgroup.freeze")).unwrap(),
-            "0\n"
-        );
+        assert_eq!(read_to_string(tmp.path().join("cgroup.freeze")).unwrap(), "0\n");
     }
 
     #[test]
     fn v2_without_cgroup_freeze_is_missing_controller() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            Freezer::V2(tmp.path()).freeze(),
-            Err(CgroupError::ControllerMissing { .. })
-        ));
+        assert!(matches!(Freezer::V2(tmp.path()).freeze(), Err(CgroupError::ControllerMissing { .. })));
     }
 }

@@ -20,10 +20,7 @@ const RMDIR_BUSY_RETRIES: u32 = 50;
 const RMDIR_BUSY_SLEEP: Duration = Duration::from_millis(20);
 
 pub fn read(path: &Path) -> Result<String, CgroupError> {
-    fs::read_to_string(path).map_err(|source| CgroupError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })
 }
 
 /// Reads a file, trimmed of surrounding whitespace.
@@ -43,11 +40,7 @@ fn write_with(path: &Path, value: &str, options: &OpenOptions) -> Result<(), Cgr
     options
         .open(path)
         .and_then(|mut file| file.write_all(format!("{value}\n").as_bytes()))
-        .map_err(|source| CgroupError::Write {
-            path: path.to_path_buf(),
-            value: value.to_string(),
-            source,
-        })
+        .map_err(|source| CgroupError::Write { path: path.to_path_buf(), value: value.to_string(), source })
 }
 
 /// `mkdir -p`; returns the directories it made, outermost first.
@@ -58,12 +51,7 @@ pub fn create_dir_all(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
         match fs::create_dir(level) {
             Ok(()) => made.push(level.to_path_buf()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                return Err(CgroupError::CreateDir {
-                    path: level.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(CgroupError::CreateDir { path: level.to_path_buf(), source }),
         }
     }
     Ok(made)
@@ -76,15 +64,9 @@ pub fn subtree(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     while next < all.len() {
         let current = all[next].clone();
         next += 1;
-        let entries = fs::read_dir(&current).map_err(|source| CgroupError::Read {
-            path: current.clone(),
-            source,
-        })?;
+        let entries = fs::read_dir(&current).map_err(|source| CgroupError::Read { path: current.clone(), source })?;
         for entry in entries {
-            let entry = entry.map_err(|source| CgroupError::Read {
-                path: current.clone(),
-                source,
-            })?;
+            let entry = entry.map_err(|source| CgroupError::Read { path: current.clone(), source })?;
             // cgroupfs directories are never symlinks; file_type() does not follow them.
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 all.push(entry.path());
@@ -99,12 +81,7 @@ pub fn read_procs(dir: &Path) -> Result<Vec<i32>, CgroupError> {
     let path = dir.join("cgroup.procs");
     read(&path)?
         .split_whitespace()
-        .map(|word| {
-            word.parse().map_err(|_| CgroupError::BadPid {
-                path: path.clone(),
-                value: word.to_string(),
-            })
-        })
+        .map(|word| word.parse().map_err(|_| CgroupError::BadPid { path: path.clone(), value: word.to_string() }))
         .collect()
 }
 
@@ -113,9 +90,7 @@ pub fn read_procs(dir: &Path) -> Result<Vec<i32>, CgroupError> {
 pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     let dirs = match subtree(dir) {
         Ok(dirs) => dirs,
-        Err(CgroupError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(())
-        }
+        Err(CgroupError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
     for level in dirs.iter().rev() {
@@ -134,12 +109,7 @@ fn remove_dir_retrying(dir: &Path) -> Result<(), CgroupError> {
                 attempt += 1;
                 thread::sleep(RMDIR_BUSY_SLEEP);
             }
-            Err(source) => {
-                return Err(CgroupError::RemoveDir {
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(CgroupError::RemoveDir { path: dir.to_path_buf(), source }),
         }
     }
 }
@@ -154,9 +124,7 @@ mod tests {
         fs::create_dir(tmp.path().join("a")).unwrap();
         let made = create_dir_all(&tmp.path().join("a/b/c")).unwrap();
         assert_eq!(made, vec![tmp.path().join("a/b"), tmp.path().join("a/b/c")]);
-        assert!(create_dir_all(&tmp.path().join("a/b/c"))
-            .unwrap()
-            .is_empty());
+        assert!(create_dir_all(&tmp.path().join("a/b/c")).unwrap().is_empty());
     }
 
     #[test]

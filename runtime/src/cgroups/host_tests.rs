@@ -86,16 +86,9 @@ fn lifecycle_on_this_host() {
     let inner = Cgroup::resolve(Some(Path::new(&format!("{name}/inner"))), "x").unwrap();
     check_lifecycle(&outer, &inner);
     // On a hybrid host, cgroup2 alone too, on the unified hierarchy.
-    if let Cgroup::V1 {
-        unified: Some(dir), ..
-    } = &outer
-    {
-        let outer = Cgroup::V2 {
-            path: dir.with_file_name(format!("warren-unit-{}-v2", std::process::id())),
-        };
-        let inner = Cgroup::V2 {
-            path: outer.dirs()[0].join("inner"),
-        };
+    if let Cgroup::V1 { unified: Some(dir), .. } = &outer {
+        let outer = Cgroup::V2 { path: dir.with_file_name(format!("warren-unit-{}-v2", std::process::id())) };
+        let inner = Cgroup::V2 { path: outer.dirs()[0].join("inner") };
         check_lifecycle(&outer, &inner);
     }
 }
@@ -123,10 +116,7 @@ fn check_lifecycle(outer: &Cgroup, inner: &Cgroup) {
     assert!(outer.is_frozen().unwrap());
     if let Cgroup::V1 { paths, .. } = outer {
         let dir = v1::find(paths, "freezer").unwrap();
-        assert_eq!(
-            fs::read_trimmed(&dir.join("freezer.state")).unwrap(),
-            "FROZEN"
-        );
+        assert_eq!(fs::read_trimmed(&dir.join("freezer.state")).unwrap(), "FROZEN");
     }
     // A paused container stays paused when signalled (SIGCONT is harmless to sleep).
     outer.signal_all(libc::SIGCONT).unwrap();
@@ -158,11 +148,7 @@ fn check_lifecycle(outer: &Cgroup, inner: &Cgroup) {
 fn device_probe(guard: &mut Guard) -> (usize, ChildStdin) {
     let script = "read _; true </dev/null && echo null; true </dev/zero && echo zero; true";
     let mut command = Command::new("sh");
-    command
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    command.args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
     let child = guard.spawn(&mut command);
     let stdin = guard.children[child].stdin.take().unwrap();
     (child, stdin)
@@ -203,10 +189,7 @@ fn devices_on_this_host() {
     let cgroup = guard.cgroup(Cgroup::resolve(Some(Path::new(&name)), "x").unwrap());
     check_devices(&mut guard, &cgroup);
     // On a hybrid host, the BPF program on the unified hierarchy too.
-    if let Cgroup::V1 {
-        unified: Some(dir), ..
-    } = &cgroup
-    {
+    if let Cgroup::V1 { unified: Some(dir), .. } = &cgroup {
         let bpf_dir = dir.with_file_name(format!("warren-unit-{}-bpf", std::process::id()));
         let v2 = guard.cgroup(Cgroup::V2 { path: bpf_dir });
         check_devices(&mut guard, &v2);

@@ -61,19 +61,11 @@ impl Layout {
     /// Hierarchies listed in /proc/self/cgroup but not mounted are left out.
     pub fn from_texts(mountinfo: &str, self_cgroup: &str) -> Result<Layout, CgroupError> {
         let mounts = parse_mountinfo(mountinfo)?;
-        let mut layout = Layout {
-            v1: Vec::new(),
-            unified: None,
-        };
+        let mut layout = Layout { v1: Vec::new(), unified: None };
         for line in self_cgroup.lines().filter(|l| !l.trim().is_empty()) {
             let mut fields = line.splitn(3, ':');
-            let (Some(_id), Some(controllers), Some(own)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                return Err(CgroupError::Parse {
-                    path: PathBuf::from(SELF_CGROUP),
-                    line: line.to_string(),
-                });
+            let (Some(_id), Some(controllers), Some(own)) = (fields.next(), fields.next(), fields.next()) else {
+                return Err(CgroupError::Parse { path: PathBuf::from(SELF_CGROUP), line: line.to_string() });
             };
             let own_cgroup = PathBuf::from(own);
             let Some(mount) = pick_mount(&mounts, controllers, &own_cgroup) else {
@@ -97,9 +89,7 @@ impl Layout {
     /// True when some real controller (not just a named hierarchy such as name=systemd) is
     /// mounted as v1: the host is then v1 or hybrid, otherwise v2.
     pub fn is_v1(&self) -> bool {
-        self.v1
-            .iter()
-            .any(|h| h.controllers.split(',').any(|c| !c.starts_with("name=")))
+        self.v1.iter().any(|h| h.controllers.split(',').any(|c| !c.starts_with("name=")))
     }
 
     /// See [`Cgroup::resolve`].
@@ -110,20 +100,12 @@ impl Layout {
             for h in &self.v1 {
                 paths.insert(h.controllers.clone(), h.dir_for(&target)?);
             }
-            let unified = self
-                .unified
-                .as_ref()
-                .map(|h| h.dir_for(&target))
-                .transpose()?;
+            let unified = self.unified.as_ref().map(|h| h.dir_for(&target)).transpose()?;
             Ok(Cgroup::V1 { paths, unified })
         } else if let Some(h) = &self.unified {
-            Ok(Cgroup::V2 {
-                path: h.dir_for(&target)?,
-            })
+            Ok(Cgroup::V2 { path: h.dir_for(&target)? })
         } else {
-            Err(CgroupError::NoHierarchy {
-                path: PathBuf::from(MOUNTINFO),
-            })
+            Err(CgroupError::NoHierarchy { path: PathBuf::from(MOUNTINFO) })
         }
     }
 }
@@ -138,10 +120,7 @@ impl Hierarchy {
                     controllers: self.controllers.clone(),
                     own_cgroup: self.own_cgroup.clone(),
                 };
-                let below_root = self
-                    .own_cgroup
-                    .strip_prefix(&self.mount_root)
-                    .map_err(|_| outside())?;
+                let below_root = self.own_cgroup.strip_prefix(&self.mount_root).map_err(|_| outside())?;
                 if has_parent_component(below_root) {
                     return Err(outside());
                 }
@@ -158,23 +137,14 @@ fn parse_target(cgroups_path: Option<&Path>, id: &str) -> Result<Target, CgroupE
         _ => Path::new(id),
     };
     if is_systemd_style(path) {
-        return Err(CgroupError::SystemdPath {
-            path: path.to_path_buf(),
-        });
+        return Err(CgroupError::SystemdPath { path: path.to_path_buf() });
     }
     if has_parent_component(path) {
-        return Err(CgroupError::DotDot {
-            path: path.to_path_buf(),
-        });
+        return Err(CgroupError::DotDot { path: path.to_path_buf() });
     }
-    let rel: PathBuf = path
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
+    let rel: PathBuf = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
     if rel.as_os_str().is_empty() {
-        return Err(CgroupError::NoLeaf {
-            path: path.to_path_buf(),
-        });
+        return Err(CgroupError::NoLeaf { path: path.to_path_buf() });
     }
     if path.is_absolute() {
         Ok(Target::FromMount(rel))
@@ -200,33 +170,20 @@ fn pick_mount<'a>(mounts: &'a [Mount], controllers: &str, own: &Path) -> Option<
         if controllers.is_empty() {
             m.fs_type == "cgroup2"
         } else {
-            m.fs_type == "cgroup"
-                && controllers
-                    .split(',')
-                    .all(|c| m.super_options.iter().any(|o| o == c))
+            m.fs_type == "cgroup" && controllers.split(',').all(|c| m.super_options.iter().any(|o| o == c))
         }
     };
     let mut candidates = mounts.iter().filter(shows_hierarchy).peekable();
     let first = *candidates.peek()?;
-    Some(
-        candidates
-            .find(|m| own.starts_with(&m.root))
-            .unwrap_or(first),
-    )
+    Some(candidates.find(|m| own.starts_with(&m.root)).unwrap_or(first))
 }
 
 fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, CgroupError> {
     let mut mounts = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let malformed = || CgroupError::Parse {
-            path: PathBuf::from(MOUNTINFO),
-            line: line.to_string(),
-        };
+        let malformed = || CgroupError::Parse { path: PathBuf::from(MOUNTINFO), line: line.to_string() };
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let dash = fields
-            .iter()
-            .position(|f| *f == "-")
-            .ok_or_else(malformed)?;
+        let dash = fields.iter().position(|f| *f == "-").ok_or_else(malformed)?;
         if dash < 6 || fields.len() < dash + 4 {
             return Err(malformed());
         }
@@ -246,9 +203,9 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)) && d[0] <= b'3'
-        });
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)) && d[0] <= b'3');
         match octal {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -301,10 +258,7 @@ mod tests {
         assert!(layout.is_v1());
         let keys: Vec<&str> = layout.v1.iter().map(|h| h.controllers.as_str()).collect();
         // cpuset is listed in /proc/self/cgroup but not mounted: left out.
-        assert_eq!(
-            keys,
-            ["name=systemd", "freezer", "memory", "cpuacct", "cpu"]
-        );
+        assert_eq!(keys, ["name=systemd", "freezer", "memory", "cpuacct", "cpu"]);
         let unified = layout.unified.as_ref().unwrap();
         assert_eq!(unified.mount_point, Path::new("/sys/fs/cgroup/unified"));
     }
@@ -313,58 +267,29 @@ mod tests {
     fn resolve_relative_unset_and_absolute() {
         let layout = Layout::from_texts(HYBRID_MOUNTINFO, HYBRID_CGROUP).unwrap();
         let unset = layout.resolve(None, "abc").unwrap();
-        assert_eq!(
-            v1_path(&unset, "memory"),
-            Path::new("/sys/fs/cgroup/memory/process_api/67df/abc")
-        );
+        assert_eq!(v1_path(&unset, "memory"), Path::new("/sys/fs/cgroup/memory/process_api/67df/abc"));
         assert_eq!(v1_path(&unset, "cpu"), Path::new("/sys/fs/cgroup/cpu/abc"));
-        let Cgroup::V1 { unified, .. } = &unset else {
-            unreachable!()
-        };
-        assert_eq!(
-            unified.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/unified/abc"))
-        );
+        let Cgroup::V1 { unified, .. } = &unset else { unreachable!() };
+        assert_eq!(unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified/abc")));
 
         let rel = layout.resolve(Some(Path::new("./pod/abc")), "x").unwrap();
-        assert_eq!(
-            v1_path(&rel, "memory"),
-            Path::new("/sys/fs/cgroup/memory/process_api/67df/pod/abc")
-        );
+        assert_eq!(v1_path(&rel, "memory"), Path::new("/sys/fs/cgroup/memory/process_api/67df/pod/abc"));
         let abs = layout.resolve(Some(Path::new("/pod/abc")), "x").unwrap();
-        assert_eq!(
-            v1_path(&abs, "memory"),
-            Path::new("/sys/fs/cgroup/memory/pod/abc")
-        );
-        assert_eq!(
-            v1_path(&abs, "name=systemd"),
-            Path::new("/sys/fs/cgroup/systemd/pod/abc")
-        );
+        assert_eq!(v1_path(&abs, "memory"), Path::new("/sys/fs/cgroup/memory/pod/abc"));
+        assert_eq!(v1_path(&abs, "name=systemd"), Path::new("/sys/fs/cgroup/systemd/pod/abc"));
         assert_eq!(layout.resolve(Some(Path::new("")), "abc").unwrap(), unset);
     }
 
     #[test]
     fn resolve_refuses_systemd_dotdot_and_root() {
         let layout = Layout::from_texts(HYBRID_MOUNTINFO, HYBRID_CGROUP).unwrap();
-        let err = layout
-            .resolve(Some(Path::new("system.slice:warren:abc")), "abc")
-            .unwrap_err();
-        assert!(
-            matches!(&err, CgroupError::SystemdPath { path } if path == Path::new("system.slice:warren:abc"))
-        );
+        let err = layout.resolve(Some(Path::new("system.slice:warren:abc")), "abc").unwrap_err();
+        assert!(matches!(&err, CgroupError::SystemdPath { path } if path == Path::new("system.slice:warren:abc")));
         assert!(err.to_string().contains("system.slice:warren:abc"));
-        let err = layout
-            .resolve(Some(Path::new("/a/../../etc")), "abc")
-            .unwrap_err();
+        let err = layout.resolve(Some(Path::new("/a/../../etc")), "abc").unwrap_err();
         assert!(matches!(&err, CgroupError::DotDot { path } if path == Path::new("/a/../../etc")));
-        assert!(matches!(
-            layout.resolve(None, ".."),
-            Err(CgroupError::DotDot { .. })
-        ));
-        assert!(matches!(
-            layout.resolve(Some(Path::new("/")), "abc"),
-            Err(CgroupError::NoLeaf { .. })
-        ));
+        assert!(matches!(layout.resolve(None, ".."), Err(CgroupError::DotDot { .. })));
+        assert!(matches!(layout.resolve(Some(Path::new("/")), "abc"), Err(CgroupError::NoLeaf { .. })));
     }
 
     #[test]
@@ -378,15 +303,11 @@ mod tests {
         assert!(!layout.is_v1());
         assert_eq!(
             layout.resolve(None, "abc").unwrap(),
-            Cgroup::V2 {
-                path: PathBuf::from("/sys/fs/cgroup/user.slice/session-1.scope/abc")
-            }
+            Cgroup::V2 { path: PathBuf::from("/sys/fs/cgroup/user.slice/session-1.scope/abc") }
         );
         assert_eq!(
             layout.resolve(Some(Path::new("/warren/abc")), "x").unwrap(),
-            Cgroup::V2 {
-                path: PathBuf::from("/sys/fs/cgroup/warren/abc")
-            }
+            Cgroup::V2 { path: PathBuf::from("/sys/fs/cgroup/warren/abc") }
         );
     }
 
@@ -400,23 +321,11 @@ mod tests {
 ";
         let self_cgroup = "5:cpu,cpuacct:/docker/c1\n3:pids:/docker/c1/sub\n2:memory:/docker/c1\n";
         let layout = Layout::from_texts(mountinfo, self_cgroup).unwrap();
-        let without_memory = Layout {
-            v1: layout.v1[..2].to_vec(),
-            unified: None,
-        };
+        let without_memory = Layout { v1: layout.v1[..2].to_vec(), unified: None };
         let cg = without_memory.resolve(None, "abc").unwrap();
-        assert_eq!(
-            v1_path(&cg, "cpu,cpuacct"),
-            Path::new("/sys/fs/cgroup/cpu,cpuacct/abc")
-        );
-        assert_eq!(
-            v1_path(&cg, "pids"),
-            Path::new("/sys/fs/cgroup/pids/sub/abc")
-        );
-        assert_eq!(
-            cg.controller_dir("cpuacct"),
-            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/abc"))
-        );
+        assert_eq!(v1_path(&cg, "cpu,cpuacct"), Path::new("/sys/fs/cgroup/cpu,cpuacct/abc"));
+        assert_eq!(v1_path(&cg, "pids"), Path::new("/sys/fs/cgroup/pids/sub/abc"));
+        assert_eq!(cg.controller_dir("cpuacct"), Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/abc")));
         // memory: the process's own cgroup lies outside what the mount shows, so a relative
         // path cannot be placed; an absolute one is relative to the mount and still works.
         assert!(matches!(
@@ -435,9 +344,6 @@ mod tests {
         assert!(matches!(&err, CgroupError::Parse { path, .. } if path == Path::new(MOUNTINFO)));
         let err = Layout::from_texts("", "garbage\n").unwrap_err();
         assert!(matches!(&err, CgroupError::Parse { path, .. } if path == Path::new(SELF_CGROUP)));
-        assert!(matches!(
-            Layout::from_texts("", "").unwrap().resolve(None, "x"),
-            Err(CgroupError::NoHierarchy { .. })
-        ));
+        assert!(matches!(Layout::from_texts("", "").unwrap().resolve(None, "x"), Err(CgroupError::NoHierarchy { .. })));
     }
 }

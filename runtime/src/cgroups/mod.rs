@@ -2,13 +2,14 @@
 //!
 //! [`Cgroup`] names the container's directory in each hierarchy and dispatches on the cgroup
 //! version. Layout detection and path resolution live in [`layout`]; the version specifics in
-//! `v1` and `v2`; freezing in `freezer`; device rules in [`devices`]. Resource controllers
-//! (cpu, memory, io, pids) are to get one module each, as functions of (resources, directory).
+//! `v1` and `v2`; freezing in `freezer`; device rules in [`devices`]; the other OCI resources
+//! in `resources`, one module per controller, as functions of (resources, directory).
 
 pub mod devices;
 mod freezer;
 mod fs;
 pub mod layout;
+mod resources;
 mod v1;
 mod v2;
 
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::LinuxDeviceCgroup;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 use serde::{Deserialize, Serialize};
 
 use devices::DeviceRule;
@@ -34,11 +35,7 @@ pub enum CgroupError {
     #[error("cannot read {path:?}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write {value:?} to {path:?}: {source}")]
-    Write {
-        path: PathBuf,
-        value: String,
-        source: io::Error,
-    },
+    Write { path: PathBuf, value: String, source: io::Error },
     #[error("cannot create cgroup directory {path:?}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("cannot remove cgroup directory {path:?}: {source}")]
@@ -47,14 +44,8 @@ pub enum CgroupError {
     Parse { path: PathBuf, line: String },
     #[error("no cgroup hierarchy mounted (per {path:?})")]
     NoHierarchy { path: PathBuf },
-    #[error(
-        "own cgroup {own_cgroup:?} in hierarchy {controllers:?} lies outside what {path:?} shows"
-    )]
-    OutsideMount {
-        path: PathBuf,
-        controllers: String,
-        own_cgroup: PathBuf,
-    },
+    #[error("own cgroup {own_cgroup:?} in hierarchy {controllers:?} lies outside what {path:?} shows")]
+    OutsideMount { path: PathBuf, controllers: String, own_cgroup: PathBuf },
     #[error("cgroups path {path:?} is systemd-style (slice:prefix:name); only the cgroupfs driver is supported")]
     SystemdPath { path: PathBuf },
     #[error("cgroups path {path:?} has a '..' component")]
@@ -70,24 +61,26 @@ pub enum CgroupError {
     #[error("invalid signal {signal} for the processes of {path:?}")]
     InvalidSignal { path: PathBuf, signal: i32 },
     #[error("cannot signal pid {pid} of {path:?}: {source}")]
-    Signal {
-        path: PathBuf,
-        pid: i32,
-        source: Errno,
-    },
+    Signal { path: PathBuf, pid: i32, source: Errno },
     #[error("invalid device rule {rule:?} for {path:?}: {reason}")]
-    DeviceRule {
-        path: PathBuf,
-        rule: String,
-        reason: &'static str,
-    },
+    DeviceRule { path: PathBuf, rule: String, reason: &'static str },
     #[error("{op} of the device program for {path:?} failed: {source}; verifier log: {log}")]
-    Bpf {
-        path: PathBuf,
-        op: &'static str,
-        source: io::Error,
-        log: String,
-    },
+    Bpf { path: PathBuf, op: &'static str, source: io::Error, log: String },
+    /// An OCI resource value refused before anything is written. `field` is its OCI name
+    /// ("linux.resources.cpu.quota").
+    #[error("{field}: {value} {reason}")]
+    Invalid { field: &'static str, value: String, reason: &'static str },
+    #[error("{field}: {value:?} is not within {allowed:?} (per {path:?})")]
+    NotWithin { field: &'static str, value: String, allowed: String, path: PathBuf },
+    #[error("{field}: {limit} is below the current usage of {usage} bytes (checkBeforeUpdate is set; per {path:?})")]
+    BelowUsage { field: &'static str, limit: i64, usage: u64, path: PathBuf },
+    #[error(
+        "{field}: the {controller} controller is not available for {path:?} \
+         (neither mounted as cgroup v1 nor enabled in cgroup v2)"
+    )]
+    ControllerUnavailable { field: &'static str, controller: &'static str, path: PathBuf },
+    #[error("{field}: cannot write {value:?} to {path:?}: {source}")]
+    Apply { field: &'static str, path: PathBuf, value: String, source: io::Error },
 }
 
 impl CgroupError {
@@ -97,6 +90,7 @@ impl CgroupError {
         match self {
             CgroupError::Read { source, .. }
             | CgroupError::Write { source, .. }
+            | CgroupError::Apply { source, .. }
             | CgroupError::CreateDir { source, .. }
             | CgroupError::RemoveDir { source, .. } => source.kind() == io::ErrorKind::NotFound,
             _ => false,
@@ -189,10 +183,7 @@ impl Cgroup {
     /// signals are sent without freezing.
     pub fn signal_all(&self, sig: i32) -> Result<(), CgroupError> {
         let signal = Signal::try_from(sig).map_err(|_| CgroupError::InvalidSignal {
-            path: self
-                .process_dir()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            path: self.process_dir().map(Path::to_path_buf).unwrap_or_default(),
             signal: sig,
         })?;
         let freezer = match self.freezer() {
@@ -200,10 +191,7 @@ impl Cgroup {
             Err(CgroupError::ControllerMissing { .. }) => None,
             Err(e) => return Err(e),
         };
-        let was_frozen = freezer
-            .map(Freezer::is_frozen)
-            .transpose()?
-            .unwrap_or(false);
+        let was_frozen = freezer.map(Freezer::is_frozen).transpose()?.unwrap_or(false);
         if signal == Signal::SIGKILL {
             if let Some(dir) = self.v2_dir() {
                 if v2::kill(dir)? {
@@ -265,10 +253,7 @@ impl Cgroup {
             },
             Cgroup::V2 { path } => (path.as_path(), false),
         };
-        let rules = rules
-            .iter()
-            .map(|rule| DeviceRule::from_oci(rule, dir))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rules = rules.iter().map(|rule| DeviceRule::from_oci(rule, dir)).collect::<Result<Vec<_>, _>>()?;
         if is_v1 {
             devices::apply_v1(&rules, dir)
         } else {
@@ -276,14 +261,23 @@ impl Cgroup {
         }
     }
 
+    /// Applies OCI `linux.resources` except `devices` (see [`Cgroup::apply_devices`]) to the
+    /// (created) cgroup, as runc does: v1 files in each controller's hierarchy; on hybrid
+    /// hosts, controllers not mounted as v1 in the unified dir; v2 files there and on v2
+    /// hosts. Everything is checked before anything is written, so that invalid values leave
+    /// the cgroup as it was; errors name the OCI field.
+    pub fn apply_resources(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        resources::apply(self, resources)
+    }
+
     /// The directory to read one controller's files from: v1 the hierarchy that has it ("cpu"
     /// finds "cpu,cpuacct"), else the unified dir on hybrid hosts (controllers not taken by v1
     /// live there); v2 the one dir.
     pub fn controller_dir(&self, controller: &str) -> Option<PathBuf> {
         match self {
-            Cgroup::V1 { paths, unified } => v1::find(paths, controller)
-                .map(Path::to_path_buf)
-                .or_else(|| unified.clone()),
+            Cgroup::V1 { paths, unified } => {
+                v1::find(paths, controller).map(Path::to_path_buf).or_else(|| unified.clone())
+            }
             Cgroup::V2 { path } => Some(path.clone()),
         }
     }
@@ -291,11 +285,7 @@ impl Cgroup {
     /// Every directory of the container, one per hierarchy.
     pub fn dirs(&self) -> Vec<&Path> {
         match self {
-            Cgroup::V1 { paths, unified } => paths
-                .values()
-                .map(PathBuf::as_path)
-                .chain(unified.as_deref())
-                .collect(),
+            Cgroup::V1 { paths, unified } => paths.values().map(PathBuf::as_path).chain(unified.as_deref()).collect(),
             Cgroup::V2 { path } => vec![path],
         }
     }
@@ -316,9 +306,7 @@ impl Cgroup {
                 .or(unified.as_deref()),
             Cgroup::V2 { path } => Some(path.as_path()),
         };
-        dir.ok_or(CgroupError::NoHierarchy {
-            path: PathBuf::new(),
-        })
+        dir.ok_or(CgroupError::NoHierarchy { path: PathBuf::new() })
     }
 
     /// v1: the freezer hierarchy, else the unified dir's cgroup.freeze; v2: cgroup.freeze.

@@ -23,17 +23,9 @@ fn hybrid(root: &Path) -> Layout {
     let mut mountinfo = String::new();
     let mut self_cgroup = String::new();
     for (n, (dir, controllers, fs_type)) in mounts.iter().enumerate() {
-        let options = if controllers.is_empty() {
-            "rw".to_string()
-        } else {
-            format!("rw,{controllers}")
-        };
+        let options = if controllers.is_empty() { "rw".to_string() } else { format!("rw,{controllers}") };
         let point = root.join(dir);
-        mountinfo.push_str(&format!(
-            "{} 1 0:{n} / {} rw - {fs_type} {fs_type} {options}\n",
-            n + 30,
-            point.display()
-        ));
+        mountinfo.push_str(&format!("{} 1 0:{n} / {} rw - {fs_type} {fs_type} {options}\n", n + 30, point.display()));
         self_cgroup.push_str(&format!("{n}:{controllers}:/user/1\n"));
         create_dir_all(point.join("user/1")).unwrap();
     }
@@ -62,19 +54,11 @@ fn sleeper() -> Child {
 fn hybrid_resolve_create_add_pid() {
     let tmp = tempfile::tempdir().unwrap();
     let cg = hybrid(tmp.path()).resolve(None, "ctr").unwrap();
-    let Cgroup::V1 { paths, unified } = &cg else {
-        panic!("hybrid host resolved to {cg:?}")
-    };
+    let Cgroup::V1 { paths, unified } = &cg else { panic!("hybrid host resolved to {cg:?}") };
     let keys: Vec<&str> = paths.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        ["cpu", "cpuacct", "devices", "freezer", "name=systemd"]
-    );
+    assert_eq!(keys, ["cpu", "cpuacct", "devices", "freezer", "name=systemd"]);
     assert_eq!(paths["cpu"], tmp.path().join("cpu/user/1/ctr"));
-    assert_eq!(
-        unified.as_deref(),
-        Some(&*tmp.path().join("unified/user/1/ctr"))
-    );
+    assert_eq!(unified.as_deref(), Some(&*tmp.path().join("unified/user/1/ctr")));
 
     cg.create().unwrap();
     assert_eq!(cg.dirs().len(), 6);
@@ -83,10 +67,7 @@ fn hybrid_resolve_create_add_pid() {
     cg.add_pid(42).unwrap();
     cg.add_pid(43).unwrap();
     for dir in cg.dirs() {
-        assert_eq!(
-            read_to_string(dir.join("cgroup.procs")).unwrap(),
-            "42\n43\n"
-        );
+        assert_eq!(read_to_string(dir.join("cgroup.procs")).unwrap(), "42\n43\n");
     }
     assert_eq!(cg.controller_dir("cpuacct"), Some(paths["cpuacct"].clone()));
     assert_eq!(cg.controller_dir("hugetlb"), unified.clone());
@@ -95,9 +76,7 @@ fn hybrid_resolve_create_add_pid() {
 #[test]
 fn pids_come_from_freezer_hierarchy_recursively() {
     let tmp = tempfile::tempdir().unwrap();
-    let cg = hybrid(tmp.path())
-        .resolve(Some(Path::new("/pod/ctr")), "x")
-        .unwrap();
+    let cg = hybrid(tmp.path()).resolve(Some(Path::new("/pod/ctr")), "x").unwrap();
     cg.create().unwrap();
     fake_kernel_files(&cg, &[("cgroup.procs", "")]);
     let freezer = cg.controller_dir("freezer").unwrap();
@@ -121,12 +100,7 @@ fn v2_create_freeze_and_kill() {
         write(dir.join("cgroup.subtree_control"), "").unwrap();
     }
     let cg = pure_v2(root).resolve(None, "ctr").unwrap();
-    assert_eq!(
-        cg,
-        Cgroup::V2 {
-            path: root.join("user/1/ctr")
-        }
-    );
+    assert_eq!(cg, Cgroup::V2 { path: root.join("user/1/ctr") });
     cg.create().unwrap();
     for dir in [root.to_path_buf(), root.join("user"), root.join("user/1")] {
         let control = read_to_string(dir.join("cgroup.subtree_control")).unwrap();
@@ -166,10 +140,7 @@ fn signal_all_freezes_signals_and_thaws_on_v1() {
     write(freezer.join("freezer.state"), "THAWED\n").unwrap();
     cg.signal_all(libc::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
-    assert_eq!(
-        read_to_string(freezer.join("freezer.state")).unwrap(),
-        "THAWED\n"
-    );
+    assert_eq!(read_to_string(freezer.join("freezer.state")).unwrap(), "THAWED\n");
 }
 
 #[test]
@@ -183,14 +154,8 @@ fn signal_all_leaves_a_paused_container_frozen() {
     write(freezer.join("freezer.state"), "FROZEN\n").unwrap();
     cg.signal_all(libc::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
-    assert_eq!(
-        read_to_string(freezer.join("freezer.state")).unwrap(),
-        "FROZEN\n"
-    );
-    assert!(matches!(
-        cg.signal_all(12345),
-        Err(CgroupError::InvalidSignal { signal: 12345, .. })
-    ));
+    assert_eq!(read_to_string(freezer.join("freezer.state")).unwrap(), "FROZEN\n");
+    assert!(matches!(cg.signal_all(12345), Err(CgroupError::InvalidSignal { signal: 12345, .. })));
 }
 
 #[test]
@@ -200,11 +165,7 @@ fn apply_devices_v1_writes_deny_all_then_rules() {
     cg.create().unwrap();
     fake_kernel_files(&cg, &[("devices.allow", ""), ("devices.deny", "")]);
     let rules = [
-        LinuxDeviceCgroupBuilder::default()
-            .allow(false)
-            .access("rwm")
-            .build()
-            .unwrap(),
+        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().unwrap(),
         LinuxDeviceCgroupBuilder::default()
             .allow(true)
             .typ(LinuxDeviceType::C)
@@ -224,10 +185,7 @@ fn apply_devices_v1_writes_deny_all_then_rules() {
     cg.apply_devices(&rules).unwrap();
     let dir = cg.controller_dir("devices").unwrap();
     assert_eq!(read_to_string(dir.join("devices.deny")).unwrap(), "a\na\n");
-    assert_eq!(
-        read_to_string(dir.join("devices.allow")).unwrap(),
-        "c 1:3 rwm\nc 136:* rw\n"
-    );
+    assert_eq!(read_to_string(dir.join("devices.allow")).unwrap(), "c 1:3 rwm\nc 136:* rw\n");
     // The other hierarchies are untouched.
     let cpu = cg.controller_dir("cpu").unwrap();
     assert_eq!(read_to_string(cpu.join("devices.allow")).unwrap(), "");
@@ -236,9 +194,7 @@ fn apply_devices_v1_writes_deny_all_then_rules() {
 #[test]
 fn destroy_removes_leaf_and_below_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let cg = hybrid(tmp.path())
-        .resolve(Some(Path::new("pod/ctr")), "x")
-        .unwrap();
+    let cg = hybrid(tmp.path()).resolve(Some(Path::new("pod/ctr")), "x").unwrap();
     cg.create().unwrap();
     let freezer = cg.controller_dir("freezer").unwrap();
     create_dir_all(freezer.join("a/b")).unwrap();

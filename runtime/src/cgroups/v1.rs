@@ -7,10 +7,7 @@ use super::{fs, CgroupError};
 
 /// The directory of the hierarchy that has `controller` ("cpu" finds "cpu,cpuacct").
 pub fn find<'a>(paths: &'a BTreeMap<String, PathBuf>, controller: &str) -> Option<&'a Path> {
-    paths
-        .iter()
-        .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
-        .map(|(_, dir)| dir.as_path())
+    paths.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == controller)).map(|(_, dir)| dir.as_path())
 }
 
 /// `mkdir -p` in every hierarchy. In the cpuset one, each level made gets cpuset.cpus and
@@ -48,20 +45,11 @@ mod tests {
     #[test]
     fn find_matches_one_controller_of_a_comounted_list() {
         let paths = BTreeMap::from([
-            (
-                "cpu,cpuacct".to_string(),
-                PathBuf::from("/cg/cpu,cpuacct/x"),
-            ),
+            ("cpu,cpuacct".to_string(), PathBuf::from("/cg/cpu,cpuacct/x")),
             ("name=systemd".to_string(), PathBuf::from("/cg/systemd/x")),
         ]);
-        assert_eq!(
-            find(&paths, "cpuacct"),
-            Some(Path::new("/cg/cpu,cpuacct/x"))
-        );
-        assert_eq!(
-            find(&paths, "name=systemd"),
-            Some(Path::new("/cg/systemd/x"))
-        );
+        assert_eq!(find(&paths, "cpuacct"), Some(Path::new("/cg/cpu,cpuacct/x")));
+        assert_eq!(find(&paths, "name=systemd"), Some(Path::new("/cg/systemd/x")));
         assert_eq!(find(&paths, "cpuset"), None);
         assert_eq!(find(&paths, "cpu,"), None);
     }

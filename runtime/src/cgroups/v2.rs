@@ -10,11 +10,8 @@ use super::{fs, CgroupError};
 /// not available to the container.
 pub fn create(dir: &Path) -> Result<(), CgroupError> {
     fs::create_dir_all(dir)?;
-    let mut ancestors: Vec<&Path> = dir
-        .ancestors()
-        .skip(1)
-        .take_while(|a| a.join("cgroup.controllers").is_file())
-        .collect();
+    let mut ancestors: Vec<&Path> =
+        dir.ancestors().skip(1).take_while(|a| a.join("cgroup.controllers").is_file()).collect();
     ancestors.reverse();
     for ancestor in ancestors {
         enable_controllers(ancestor)?;
@@ -82,9 +79,6 @@ mod tests {
         assert!(!kill(tmp.path()).unwrap());
         write(tmp.path().join("cgroup.kill"), "").unwrap();
         assert!(kill(tmp.path()).unwrap());
-        assert_eq!(
-            read_to_string(tmp.path().join("cgroup.kill")).unwrap(),
-            "1\n"
-        );
+        assert_eq!(read_to_string(tmp.path().join("cgroup.kill")).unwrap(), "1\n");
     }
 }

@@ -88,7 +88,12 @@ pub(crate) fn resolve_in_root(root: &File, rel: &Path) -> Result<PathBuf, Rootfs
     while let Some(part) = pending.pop_front() {
         match part.components().next() {
             Some(Component::Normal(name)) => {
-                let dir = match crate::sys::open_in_root(root.as_raw_fd(), &Path::new(".").join(&resolved), libc::O_PATH, 0) {
+                let dir = match crate::sys::open_in_root(
+                    root.as_raw_fd(),
+                    &Path::new(".").join(&resolved),
+                    libc::O_PATH,
+                    0,
+                ) {
                     Ok(d) => d,
                     // Below a missing directory nothing can be a symlink.
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
