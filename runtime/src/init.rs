@@ -79,6 +79,9 @@ impl InitConfig {
 
 /// Entry point of `warren init`: never returns.
 pub fn main(sync_fd: RawFd) -> ! {
+    // Our own descriptors must never reach the container, even when their
+    // numbers fall in the --preserve-fds range.
+    let _ = crate::sys::set_cloexec(sync_fd);
     // SAFETY: the runtime passed us this socket and nothing else in this fresh process owns it.
     let mut chan = unsafe { Channel::from_raw_fd(sync_fd) };
     match stage1(&mut chan) {
@@ -92,6 +95,9 @@ pub fn main(sync_fd: RawFd) -> ! {
 
 fn stage1(chan: &mut Channel) -> Result<(), InitError> {
     let cfg = chan.recv_config()?;
+    for fd in cfg.inherited_fds() {
+        let _ = crate::sys::set_cloexec(fd);
+    }
     cfg.namespaces.join_all()?;
     if cfg.namespaces.creates(LinuxNamespaceType::User) {
         cfg.namespaces.unshare_user()?;
@@ -99,7 +105,8 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
         crate::sys::set_ids(0, 0).map_err(sys_err("become root in the user namespace"))?;
     }
     cfg.namespaces.unshare_rest()?;
-    let (gate_r, gate_w) = nix::unistd::pipe().map_err(|e| InitError::Sys { step: "pipe", source: e.into() })?;
+    let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| InitError::Sys { step: "pipe", source: e.into() })?;
     // This process is single-threaded (a fresh exec of ours), so fork is safe.
     match crate::sys::fork().map_err(sys_err("fork"))? {
         0 => {
@@ -110,6 +117,7 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
             if nix::unistd::read(gate_r.as_raw_fd(), &mut b) != Ok(1) {
                 std::process::exit(1);
             }
+            drop(gate_r);
             stage2(chan, cfg)
         }
         pid => {

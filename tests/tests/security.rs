@@ -57,10 +57,12 @@ fn fds_inside(t: &Test, id: &str, preserve: &str) -> Result<Out> {
     let mut cmd = command(warren_bin());
     cmd.arg("--root").arg(t.warren.root());
     cmd.args(["run", "--preserve-fds", preserve, "--bundle", b.path().to_str().unwrap(), id]);
-    // SAFETY: only dup2 between fork and exec; fd 3 is not close-on-exec.
+    // SAFETY: only dup2/fcntl between fork and exec. dup2 onto itself keeps
+    // close-on-exec, so when the file already is fd 3 clear the flag instead.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
+            let rc = if raw == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(raw, 3) };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -108,6 +110,23 @@ fn default_process_cannot_mount() -> Result<()> {
     let t = Test::new("no_mount");
     let out = t.run_sh("mount -t tmpfs none /tmp 2>&1 && echo mounted || echo refused", |_| {})?;
     ensure!(out.ok()?.stdout.contains("refused"), "{out}");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn runtime_fds_stay_out_of_the_preserved_range() -> Result<()> {
+    // The caller asks for fds 3..6 but has none open there: whatever the
+    // runtime opens for itself lands on those numbers and must not reach the
+    // container (only ls's own directory fd shows up).
+    let t = Test::new("fd_internal");
+    let b = t.bundle(&["ls", "/proc/self/fd"])?;
+    let mut cmd = command(warren_bin());
+    cmd.arg("--root").arg(t.warren.root());
+    cmd.args(["run", "--preserve-fds", "3", "--bundle", b.path().to_str().unwrap(), &t.id("c")]);
+    let out = run_with_deadline(cmd, &t.dir().join("fds-internal"), DEADLINE)?;
+    let fds: Vec<&str> = out.ok()?.stdout.lines().collect();
+    ensure!(fds == ["0", "1", "2", "3"], "{out}");
     t.assert_no_leftovers();
     Ok(())
 }

@@ -84,6 +84,12 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } as libc::c_long).map(|_| ())
 }
 
+/// Sets FD_CLOEXEC on `fd`.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number has no memory effects.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } as libc::c_long).map(|_| ())
+}
+
 /// pivot_root(2); nix's wrapper wants paths, we pass "." twice for the
 /// fchdir-based dance that needs no temporary directory.
 pub fn pivot_root_dot() -> io::Result<()> {
