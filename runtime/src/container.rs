@@ -250,7 +250,7 @@ impl Runtime {
             console_fd: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
         };
-        let init = guard.init.insert(InitProcess::spawn(config, Some(&cgroup))?);
+        let init = guard.init.insert(InitProcess::spawn(config)?);
         log::debug!("create {}: init spawned", opts.id);
         drop(console);
         drop(fifo_rd);
@@ -385,7 +385,7 @@ impl Runtime {
             console_fd: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
         };
-        let mut init = InitProcess::spawn(config, c.state.cgroup.as_ref())?;
+        let mut init = InitProcess::spawn(config)?;
         drop(console);
         let pid = match init.wait_for_child_ready(&spec, |_| String::new()) {
             Ok(pid) => pid,

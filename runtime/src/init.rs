@@ -11,7 +11,7 @@ use crate::{console, process, rootfs, seccomp};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The environment variable that carries the sync socket's fd number.
 pub const SYNC_FD_ENV: &str = "_WARREN_SYNC_FD";
@@ -32,6 +32,8 @@ pub enum InitError {
     Hook(#[from] hooks::HookError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("{step}: {source}")]
     Sys { step: &'static str, source: std::io::Error },
 }
@@ -98,6 +100,7 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
     for fd in cfg.inherited_fds() {
         let _ = crate::sys::set_cloexec(fd);
     }
+    let cgroup2 = join_cgroup(&cfg)?;
     cfg.namespaces.join_all()?;
     if cfg.namespaces.creates(LinuxNamespaceType::User) {
         cfg.namespaces.unshare_user()?;
@@ -108,7 +111,7 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
     let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| InitError::Sys { step: "pipe", source: e.into() })?;
     // This process is single-threaded (a fresh exec of ours), so fork is safe.
-    match crate::sys::fork().map_err(sys_err("fork"))? {
+    match fork_into_cgroup(cgroup2)? {
         0 => {
             drop(gate_w);
             // Wait until stage 1 has told the runtime our pid: the runtime
@@ -126,6 +129,38 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
                 .map_err(|e| InitError::Sys { step: "release stage 2", source: e.into() })?;
             Ok(())
         }
+    }
+}
+
+/// Stage 1 joins the container's cgroups itself, before any namespace
+/// changes what it may see or write: v1 hierarchies now; the cgroup2 part
+/// through the returned directory when it forks stage 2 (CLONE_INTO_CGROUP).
+/// Once in a new user namespace we may no longer write there, so then
+/// cgroup2 is joined now too (the slower way, through cgroup.procs).
+fn join_cgroup(cfg: &InitConfig) -> Result<Option<std::fs::File>, InitError> {
+    let Some(cg) = &cfg.cgroup else { return Ok(None) };
+    cg.join_v1_self()?;
+    let Some(dir) = cg.v2_dir() else { return Ok(None) };
+    if cfg.namespaces.creates(LinuxNamespaceType::User) {
+        cg.join_v2_self()?;
+        return Ok(None);
+    }
+    std::fs::File::open(dir).map(Some).map_err(sys_err("open the container's cgroup2 directory"))
+}
+
+/// Forks stage 2, into `cgroup2` when given (see [`join_cgroup`]).
+fn fork_into_cgroup(cgroup2: Option<std::fs::File>) -> Result<i32, InitError> {
+    let Some(dir) = cgroup2 else {
+        return crate::sys::fork().map_err(sys_err("fork"));
+    };
+    match crate::sys::fork_into_cgroup(dir.as_raw_fd()) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::E2BIG)) => {
+            // A kernel before 5.7: move ourselves, then a plain fork.
+            std::fs::write(Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join("cgroup.procs"), "0")
+                .map_err(sys_err("join the container's cgroup2 directory"))?;
+            crate::sys::fork().map_err(sys_err("fork"))
+        }
+        other => other.map_err(sys_err("clone into the container's cgroup")),
     }
 }
 
@@ -157,6 +192,7 @@ struct Prepared {
 
 /// Everything that can fail before `create` returns, so failures reach the caller.
 fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> {
+    cfg.namespaces.unshare_cgroup()?;
     nix::unistd::setsid().map_err(|e| InitError::Sys { step: "setsid", source: e.into() })?;
     crate::sys::set_non_dumpable().map_err(sys_err("set non-dumpable"))?;
     let process = cfg.process();

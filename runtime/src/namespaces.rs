@@ -126,14 +126,25 @@ impl NamespacePlan {
         Ok(())
     }
 
-    /// Creates every other new namespace at once, then sets the time offsets
-    /// (allowed only before any process lives in the new time namespace).
+    /// A new cgroup namespace takes the caller's cgroups as its root: the
+    /// container's process makes it once it sits in the container's cgroups.
+    pub fn unshare_cgroup(&self) -> Result<(), NamespaceError> {
+        if self.creates(LinuxNamespaceType::Cgroup) {
+            let flags = CloneFlags::CLONE_NEWCGROUP;
+            unshare(flags).map_err(|source| NamespaceError::Unshare { flags, source })?;
+        }
+        Ok(())
+    }
+
+    /// Creates every other new namespace at once (not user, not cgroup), then
+    /// sets the time offsets (allowed only before any process lives in the
+    /// new time namespace).
     pub fn unshare_rest(&self) -> Result<(), NamespaceError> {
         let flags = self
             .new
             .iter()
             .map(|n| parse_kind(n))
-            .filter(|t| *t != LinuxNamespaceType::User)
+            .filter(|t| *t != LinuxNamespaceType::User && *t != LinuxNamespaceType::Cgroup)
             .fold(CloneFlags::empty(), |acc, t| acc | clone_flag(t));
         if !flags.is_empty() {
             unshare(flags).map_err(|source| NamespaceError::Unshare { flags, source })?;

@@ -31,8 +31,6 @@ pub enum SpawnError {
     Sync(#[from] SyncError),
     #[error(transparent)]
     Hook(#[from] hooks::HookError),
-    #[error(transparent)]
-    Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("container init did not report its pid")]
     NoPid,
 }
@@ -84,7 +82,7 @@ impl SealedExe {
 impl InitProcess {
     /// Spawns stage 1 with our stdio (and the fds the caller keeps open for
     /// --preserve-fds and the console socket), and hands it its config.
-    pub fn spawn(config: InitConfig, cgroup: Option<&crate::cgroups::Cgroup>) -> Result<InitProcess, SpawnError> {
+    pub fn spawn(config: InitConfig) -> Result<InitProcess, SpawnError> {
         let exe = SealedExe::new(&config.spec)?;
         let (ours, theirs) = Channel::pair().map_err(|source| SpawnError::Spawn { source })?;
         let fd = theirs.raw_fd();
@@ -109,14 +107,6 @@ impl InitProcess {
         drop(theirs);
         drop(exe);
         let mut init = InitProcess { child, chan: ours, pid: None };
-        if let Some(cg) = cgroup {
-            // Before the config goes out: stage 1 must be in the cgroup
-            // before it forks or makes a cgroup namespace.
-            if let Err(e) = cg.add_pid(init.child.id() as i32) {
-                init.kill();
-                return Err(e.into());
-            }
-        }
         init.chan.send_config(config)?;
         Ok(init)
     }

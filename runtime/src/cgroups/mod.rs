@@ -144,6 +144,29 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves the calling, single-threaded process into every v1 hierarchy by
+    /// writing "0" to `tasks`. Moving one thread (here: all of them) skips
+    /// the kernel's global threadgroup lock, whose writer waits for an RCU
+    /// grace period: milliseconds per hierarchy through cgroup.procs. The
+    /// cgroup2 part is joined at fork time instead (see [`Cgroup::v2_dir`]).
+    pub fn join_v1_self(&self) -> Result<(), CgroupError> {
+        if let Cgroup::V1 { paths, .. } = self {
+            for dir in paths.values() {
+                fs::append(&dir.join("tasks"), "0")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the calling process into the cgroup2 directory through
+    /// cgroup.procs: the slow path, for kernels without CLONE_INTO_CGROUP.
+    pub fn join_v2_self(&self) -> Result<(), CgroupError> {
+        match self.v2_dir() {
+            Some(dir) => fs::append(&dir.join("cgroup.procs"), "0"),
+            None => Ok(()),
+        }
+    }
+
     /// Every pid in the container's cgroup and its sub-cgroups, from the freezer hierarchy on
     /// v1 (another one when there is none).
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
@@ -291,7 +314,7 @@ impl Cgroup {
     }
 
     /// The cgroup2 directory: v2's one, or the unified one on hybrid hosts.
-    fn v2_dir(&self) -> Option<&Path> {
+    pub fn v2_dir(&self) -> Option<&Path> {
         match self {
             Cgroup::V1 { unified, .. } => unified.as_deref(),
             Cgroup::V2 { path } => Some(path),

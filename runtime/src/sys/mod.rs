@@ -274,6 +274,46 @@ pub fn fork() -> io::Result<i32> {
     check(pid as libc::c_long).map(|p| p as i32)
 }
 
+/// clone3(CLONE_INTO_CGROUP): fork straight into the cgroup2 directory open
+/// at `cgroup_fd`; the kernel takes only the read side of its threadgroup
+/// lock, where writing cgroup.procs would wait for an RCU grace period.
+/// Same rules as [`fork`]: single-threaded callers only.
+pub fn fork_into_cgroup(cgroup_fd: RawFd) -> io::Result<i32> {
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup_fd as u64,
+    };
+    // SAFETY: like fork(2) (no CLONE_VM, no new stack): the child continues
+    // on a copy of our memory; callers are single-threaded.
+    let pid =
+        check(unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) })?;
+    Ok(pid as i32)
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of
 /// /proc/PID/stat): together with the pid it names one process for good.
 pub fn process_start_time(pid: i32) -> io::Result<u64> {
