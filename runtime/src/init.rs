@@ -263,11 +263,7 @@ fn set_names(spec: &Spec) -> Result<(), InitError> {
         nix::unistd::sethostname(h).map_err(|e| InitError::Sys { step: "sethostname", source: e.into() })?;
     }
     if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
-        // SAFETY: the pointer and length describe a live byte slice.
-        let rc = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
-        if rc != 0 {
-            return Err(sys_err("setdomainname")(std::io::Error::last_os_error()));
-        }
+        crate::sys::set_domainname(d).map_err(sys_err("setdomainname"))?;
     }
     Ok(())
 }

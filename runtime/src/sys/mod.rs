@@ -233,6 +233,12 @@ pub fn join_new_session_keyring() -> io::Result<()> {
         .map(|_| ())
 }
 
+/// setdomainname(2) (the NIS domain name of the uts namespace).
+pub fn set_domainname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe a live byte slice.
+    check(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) } as libc::c_long).map(|_| ())
+}
+
 /// personality(2) with a domain value.
 pub fn set_personality(persona: u64) -> io::Result<()> {
     // SAFETY: integer argument only.
