@@ -10,11 +10,11 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must be run as root (containers need it)"
 
-# busybox-static: the test image; runc/crun/containerd/podman/conmon/umoci/
-# skopeo: reference runtime and real clients; uidmap/iproute2/jq: tests and
-# scripts; libseccomp-dev/pkg-config/build-essential: building.
+# busybox-static: the test image; runc/crun/containerd/podman/conmon/docker.io/
+# umoci/skopeo: reference runtime and real clients; uidmap/iproute2/jq: tests
+# and scripts; libseccomp-dev/pkg-config/build-essential: building.
 PACKAGES=(
-	busybox-static runc containerd podman conmon crun umoci skopeo
+	busybox-static runc containerd podman conmon docker.io crun umoci skopeo
 	uidmap iproute2 jq libseccomp-dev pkg-config build-essential
 	ca-certificates procps util-linux
 )
@@ -27,6 +27,13 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	# Packages with a service (containerd, docker.io) must not start a daemon
+	# on the host: the tests run their own private ones.
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 0755 /usr/sbin/policy-rc.d
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 else

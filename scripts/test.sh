@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # test.sh: everything CI checks, in order: setup (packages + release build),
 # fmt, clippy, release build, cargo test (the integration tests drive
-# target/release/warren as root; WARREN_BIN overrides), the shared client
-# smoke tests (containerd/ctr and podman) when ../shared exists, and a final
-# check that nothing was left on the host. Exits non-zero if any step failed.
+# target/release/warren as root; WARREN_BIN overrides), the project's own
+# real-client tests (tests/clients: containerd/ctr, podman, docker), the shared
+# client smoke tests (containerd/ctr and podman) when ../shared exists, and a
+# final check that nothing was left on the host. Exits non-zero if any step
+# failed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -72,6 +74,8 @@ step clippy 900 cargo clippy --workspace --all-targets -- -D warnings
 step build 900 cargo build --release
 # --no-fail-fast: report every failing test, not only the first binary's.
 step cargo-test 900 cargo test --workspace --release --no-fail-fast
+# Real clients drive the built binary: containerd 1.6/ctr, podman 4.3, docker 20.10.
+step clients 900 "$ROOT/tests/clients/run-all.sh" "$WARREN_BIN"
 
 if [ -d "$SHARED" ]; then
 	step ctr-smoke 600 "$SHARED/ctr-smoke.sh" "$WARREN_BIN"

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub enum ConsoleError {
     #[error("terminal: {step}: {source}")]
     Pty { step: &'static str, source: nix::Error },
-    #[error("terminal: send the pty master over --console-socket: {source}")]
+    #[error("terminal: pass the pty master over the console socket: {source}")]
     Send { source: nix::Error },
     #[error("terminal: {path}: {source}")]
     Open { path: PathBuf, source: std::io::Error },
@@ -49,6 +49,26 @@ pub fn send_fd(socket: RawFd, fd: RawFd, name: &str) -> Result<(), ConsoleError>
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::empty(), None).map_err(|source| ConsoleError::Send { source })?;
     Ok(())
+}
+
+/// The runtime's side: receives the pty master the init sent over `socket`.
+pub fn receive_master(socket: RawFd) -> Result<OwnedFd, ConsoleError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::os::fd::FromRawFd;
+    let mut name = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|source| ConsoleError::Send { source })?;
+    for cmsg in msg.cmsgs().map_err(|source| ConsoleError::Send { source })? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(fd) = fds.first() {
+                // SAFETY: SCM_RIGHTS just gave us this descriptor; we are its only owner.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(ConsoleError::Send { source: nix::Error::EBADMSG })
 }
 
 /// The slave becomes stdin/stdout/stderr and the controlling terminal.

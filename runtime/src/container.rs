@@ -84,11 +84,19 @@ pub fn hook_state(state: &State, status: Status, pid: i32) -> String {
     .to_string()
 }
 
+/// Where the pty master of a container with a terminal goes.
+pub enum ConsoleTarget {
+    /// `--console-socket`: a unix socket path the caller listens on.
+    Socket(PathBuf),
+    /// Our own end of a socketpair: the caller relays the terminal itself.
+    Fd(OwnedFd),
+}
+
 pub struct CreateOptions {
     pub id: String,
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
-    pub console_socket: Option<PathBuf>,
+    pub console: Option<ConsoleTarget>,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
@@ -98,7 +106,7 @@ pub struct ExecOptions {
     pub id: String,
     pub process: Process,
     pub pid_file: Option<PathBuf>,
-    pub console_socket: Option<PathBuf>,
+    pub console: Option<ConsoleTarget>,
     pub preserve_fds: u32,
 }
 
@@ -170,7 +178,7 @@ impl Runtime {
         crate::spec::validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-        if terminal && opts.console_socket.is_none() {
+        if terminal && opts.console.is_none() {
             return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
         }
         let cgroup_path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
@@ -235,7 +243,7 @@ impl Runtime {
             .open(&fifo)
             .map_err(io_err(&fifo))?
             .into();
-        let console = connect_console(opts.console_socket.as_deref())?;
+        let console = connect_console(opts.console.as_ref())?;
         let config = InitConfig {
             spec: bundle.spec.clone(),
             namespaces: NamespacePlan::for_spec(&bundle.spec),
@@ -371,12 +379,12 @@ impl Runtime {
         if !status.can_exec() {
             return Err(ContainerError::BadStatus { id: opts.id.clone(), status, action: "exec" });
         }
-        if opts.process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+        if opts.process.terminal().unwrap_or(false) && opts.console.is_none() {
             return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
         }
         let mut spec = c.state.config.clone();
         spec.set_process(Some(opts.process));
-        let console = connect_console(opts.console_socket.as_deref())?;
+        let console = connect_console(opts.console.as_ref())?;
         let config = InitConfig {
             namespaces: NamespacePlan::for_exec(&spec, c.state.pid),
             spec: spec.clone(),
@@ -459,11 +467,17 @@ fn wait_gone(st: &State, timeout: Duration) {
     }
 }
 
-fn connect_console(path: Option<&Path>) -> Result<Option<OwnedFd>, ContainerError> {
-    let Some(path) = path else { return Ok(None) };
-    let sock = std::os::unix::net::UnixStream::connect(path)
-        .map_err(|source| ContainerError::ConsoleSocket { path: path.into(), source })?;
-    Ok(Some(sock.into()))
+fn connect_console(target: Option<&ConsoleTarget>) -> Result<Option<OwnedFd>, ContainerError> {
+    match target {
+        None => Ok(None),
+        Some(ConsoleTarget::Socket(path)) => std::os::unix::net::UnixStream::connect(path)
+            .map(|s| Some(s.into()))
+            .map_err(|source| ContainerError::ConsoleSocket { path: path.clone(), source }),
+        Some(ConsoleTarget::Fd(fd)) => fd
+            .try_clone()
+            .map(Some)
+            .map_err(|source| ContainerError::ConsoleSocket { path: PathBuf::from("(socketpair)"), source }),
+    }
 }
 
 /// Written via a temp file and rename, so readers never see a partial pid.

@@ -5,6 +5,7 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -65,6 +66,105 @@ impl Forwarder {
                 let _ = kill(Pid::from_raw(pid), sig);
             }
         }
+    }
+}
+
+/// Puts our terminal in raw mode while a container's terminal is relayed,
+/// and restores it afterwards.
+struct RawMode {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl RawMode {
+    fn enter() -> RawMode {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else { return RawMode { saved: None } };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        RawMode { saved: Some(saved) }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+/// Copies what `from` has to `to`; false once `from` is at its end.
+fn pump(from: RawFd, to: RawFd) -> bool {
+    let mut buf = [0u8; 8192];
+    match nix::unistd::read(from, &mut buf) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            let mut off = 0;
+            while off < n {
+                // SAFETY: `to` is an open descriptor owned by the caller for the call's duration.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(to) };
+                match nix::unistd::write(fd, &buf[off..n]) {
+                    Ok(w) => off += w,
+                    Err(nix::Error::EINTR) => {}
+                    Err(_) => return false,
+                }
+            }
+            true
+        }
+    }
+}
+
+impl Forwarder {
+    /// Like [`Forwarder::wait`], while relaying our stdin/stdout to the
+    /// container's terminal (`runc run` with a terminal and no console socket).
+    pub fn wait_with_terminal(&self, pid: i32, master: OwnedFd) -> Result<i32, WaitError> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let _raw = RawMode::enter();
+        let resize = || {
+            if let Some((rows, cols)) = crate::sys::window_size(0) {
+                let _ = crate::sys::set_window_size(master.as_raw_fd(), rows, cols);
+            }
+        };
+        resize();
+        let (mut stdin_open, mut master_open, mut code) = (true, true, None);
+        while code.is_none() || master_open {
+            let stdin = std::io::stdin();
+            let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            fds.push(PollFd::new(master.as_fd(), if master_open { PollFlags::POLLIN } else { PollFlags::empty() }));
+            if stdin_open {
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(source) => return Err(WaitError::Signals { source }),
+            }
+            let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+            let (sig_ready, master_ready, stdin_ready) = (ready(0), ready(1), ready(2));
+            drop(fds);
+            if master_ready {
+                master_open = pump(master.as_raw_fd(), 1);
+            }
+            if stdin_ready {
+                stdin_open = pump(0, master.as_raw_fd());
+            }
+            if sig_ready {
+                if let Ok(Some(info)) = self.fd.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGWINCH) => resize(),
+                        Ok(Signal::SIGCHLD) | Err(_) => {}
+                        Ok(sig) => {
+                            let _ = kill(Pid::from_raw(pid), sig);
+                        }
+                    }
+                }
+            }
+            if code.is_none() {
+                code = reap(pid);
+            }
+        }
+        Ok(code.unwrap_or(0))
     }
 }
 

@@ -161,3 +161,28 @@ fn log_json_reports_errors() -> Result<()> {
     ensure!(!errors.is_empty() && errors[0]["msg"].is_string(), "log: {text:?}");
     Ok(())
 }
+
+/// `run` in the foreground with process.terminal and no --console-socket
+/// makes its own pty and relays it, as `runc run` does: the process sees a
+/// terminal on its stdio and the exit code comes back. script(1) gives the
+/// runtime a terminal of its own.
+#[test]
+fn run_with_terminal_relays_a_pty() -> Result<()> {
+    let t = Test::new("tty_relay");
+    let b = t.bundle(&["sh", "-c", "tty; [ -t 0 ] && [ -t 1 ] && echo both-ttys; exit 4"])?;
+    b.edit(|c| c["process"]["terminal"] = Value::Bool(true))?;
+    let id = t.id("c");
+    let inner = format!(
+        "{} --root {} run --bundle {} {id}",
+        warren_bin().display(),
+        t.warren.root().display(),
+        b.path().display()
+    );
+    let mut cmd = command("script");
+    cmd.args(["-qec", &inner, "/dev/null"]);
+    let out = run_with_deadline(cmd, &t.dir().join("tty"), Duration::from_secs(30))?;
+    ensure!(out.status.and_then(|s| s.code()) == Some(4), "{out}");
+    ensure!(out.stdout.contains("/dev/pts/0") && out.stdout.contains("both-ttys"), "{out}");
+    t.assert_no_leftovers();
+    Ok(())
+}

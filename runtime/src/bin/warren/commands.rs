@@ -5,9 +5,10 @@ use crate::cli::{Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputF
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{Capabilities, Capability, Process};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::str::FromStr;
-use warren::container::{CreateOptions, ExecOptions, Runtime};
+use warren::container::{ConsoleTarget, CreateOptions, ExecOptions, Runtime};
 use warren::wait::Forwarder;
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
@@ -36,12 +37,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-fn create_options(a: &CreateArgs) -> CreateOptions {
+fn create_options(a: &CreateArgs, console: Option<ConsoleTarget>) -> CreateOptions {
     CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
-        console_socket: a.console_socket.clone(),
+        console: console.or_else(|| a.console_socket.clone().map(ConsoleTarget::Socket)),
         no_pivot: a.no_pivot,
         no_new_keyring: a.no_new_keyring,
         preserve_fds: a.preserve_fds,
@@ -49,20 +50,47 @@ fn create_options(a: &CreateArgs) -> CreateOptions {
 }
 
 fn create(rt: &Runtime, a: &CreateArgs) -> Result<i32> {
-    Ok(rt.create(&create_options(a))?)
+    Ok(rt.create(&create_options(a, None))?)
+}
+
+/// For a foreground container with a terminal and no --console-socket: a
+/// socketpair whose other end receives the pty master, which we relay.
+fn own_console() -> Result<(ConsoleTarget, OwnedFd)> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().context("console socketpair")?;
+    Ok((ConsoleTarget::Fd(theirs.into()), ours.into()))
+}
+
+fn wants_terminal(bundle: &Path) -> bool {
+    warren::spec::Bundle::load(bundle)
+        .ok()
+        .and_then(|b| b.spec.process().as_ref().and_then(|p| p.terminal()))
+        .unwrap_or(false)
+}
+
+/// Waits for `pid`; relays the terminal whose master arrives on `console`.
+fn wait_for(fw: &Forwarder, pid: i32, console: Option<OwnedFd>) -> Result<i32> {
+    match console {
+        Some(sock) => {
+            let master = warren::console::receive_master(sock.as_raw_fd())?;
+            Ok(fw.wait_with_terminal(pid, master)?)
+        }
+        None => Ok(fw.wait(pid)?),
+    }
 }
 
 /// `run`: create + start; in the foreground also wait, forward signals,
 /// delete, and exit with the container's code.
 fn run(rt: &Runtime, a: &RunArgs) -> Result<i32> {
     let forwarder = if a.detach { None } else { Some(Forwarder::install()?) };
-    let pid = create(rt, &a.create)?;
+    let relay = !a.detach && a.create.console_socket.is_none() && wants_terminal(&a.create.bundle);
+    let (target, ours) = if relay { own_console().map(|(t, o)| (Some(t), Some(o)))? } else { (None, None) };
+    let pid = rt.create(&create_options(&a.create, target))?;
     if let Err(e) = rt.start(&a.create.id) {
         let _ = rt.delete(&a.create.id, true);
         return Err(e.into());
     }
     let Some(fw) = forwarder else { return Ok(0) };
-    let code = fw.wait(pid)?;
+    let code = wait_for(&fw, pid, ours)?;
     if !a.keep {
         rt.delete(&a.create.id, true)?;
     }
@@ -146,15 +174,17 @@ fn ps(rt: &Runtime, a: &PsArgs) -> Result<i32> {
 fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
     let process = exec_process(rt, &a)?;
     let forwarder = if a.detach { None } else { Some(Forwarder::install()?) };
+    let relay = !a.detach && a.console_socket.is_none() && process.terminal().unwrap_or(false);
+    let (target, ours) = if relay { own_console().map(|(t, o)| (Some(t), Some(o)))? } else { (None, None) };
     let pid = rt.exec(ExecOptions {
         id: a.id.clone(),
         process,
         pid_file: a.pid_file.clone(),
-        console_socket: a.console_socket.clone(),
+        console: target.or_else(|| a.console_socket.clone().map(ConsoleTarget::Socket)),
         preserve_fds: a.preserve_fds,
     })?;
     match forwarder {
-        Some(fw) => Ok(fw.wait(pid)?),
+        Some(fw) => wait_for(&fw, pid, ours),
         None => Ok(0),
     }
 }
