@@ -226,13 +226,6 @@ impl Runtime {
     ) -> Result<i32, ContainerError> {
         let dir = guard.dir.clone();
         let cgroup = st.cgroup.clone().expect("set by create");
-        cgroup.create()?;
-        guard.cgroup = Some(cgroup.clone());
-        cgroup.apply_devices(&device_rules(&bundle.spec))?;
-        if let Some(r) = bundle.spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-            cgroup.apply_resources(r)?;
-        }
-        log::debug!("create {}: cgroup made", opts.id);
         let fifo = dir.join(state::EXEC_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .map_err(|e| ContainerError::Io { path: fifo.clone(), source: e.into() })?;
@@ -255,13 +248,23 @@ impl Runtime {
                 no_new_keyring: opts.no_new_keyring,
             }),
             cgroup: Some(cgroup.clone()),
+            cgroup_ready: false,
             console_fd: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
         };
+        // The init starts and makes its namespaces while we build the cgroup.
+        guard.cgroup = Some(cgroup.clone());
         let init = guard.init.insert(InitProcess::spawn(config)?);
-        log::debug!("create {}: init spawned", opts.id);
         drop(console);
         drop(fifo_rd);
+        log::debug!("create {}: init spawned", opts.id);
+        cgroup.create()?;
+        cgroup.apply_devices(&device_rules(&bundle.spec))?;
+        if let Some(r) = bundle.spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            cgroup.apply_resources(r)?;
+        }
+        init.cgroup_ready()?;
+        log::debug!("create {}: cgroup made", opts.id);
         let pid = init.wait_for_child_ready(&bundle.spec, |pid| {
             st.pid = pid;
             st.pid_start_time = crate::sys::process_start_time(pid).unwrap_or(0);
@@ -390,6 +393,7 @@ impl Runtime {
             spec: spec.clone(),
             create: None,
             cgroup: c.state.cgroup.clone(),
+            cgroup_ready: true,
             console_fd: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
         };

@@ -63,6 +63,9 @@ pub struct InitConfig {
     /// None for exec: the process joins a container that is already set up.
     pub create: Option<CreateSetup>,
     pub cgroup: Option<Cgroup>,
+    /// False while the runtime still builds the cgroup: the init then waits
+    /// for CgroupReady before it joins (the two overlap for a faster create).
+    pub cgroup_ready: bool,
     /// Inherited --console-socket connection, when process.terminal is set.
     pub console_fd: Option<RawFd>,
     pub preserve_fds: u32,
@@ -100,14 +103,30 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
     for fd in cfg.inherited_fds() {
         let _ = crate::sys::set_cloexec(fd);
     }
-    let cgroup2 = join_cgroup(&cfg)?;
+    // The cgroup must be joined while we still see and may write the host's
+    // cgroupfs: before joining other namespaces or leaving the host's user
+    // namespace. Otherwise join late, so the runtime's cgroup set-up overlaps
+    // with our start and namespace creation.
+    let new_user = cfg.namespaces.creates(LinuxNamespaceType::User);
+    let join_early = cfg.cgroup_ready || new_user || !cfg.namespaces.join.is_empty();
+    let mut cgroup2 = None;
+    if join_early {
+        if !cfg.cgroup_ready {
+            chan.wait_for_cgroup()?;
+        }
+        cgroup2 = join_cgroup(&cfg)?;
+    }
     cfg.namespaces.join_all()?;
-    if cfg.namespaces.creates(LinuxNamespaceType::User) {
+    if new_user {
         cfg.namespaces.unshare_user()?;
         chan.request_id_maps(std::process::id() as i32)?;
         crate::sys::set_ids(0, 0).map_err(sys_err("become root in the user namespace"))?;
     }
     cfg.namespaces.unshare_rest()?;
+    if !join_early {
+        chan.wait_for_cgroup()?;
+        cgroup2 = join_cgroup(&cfg)?;
+    }
     let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| InitError::Sys { step: "pipe", source: e.into() })?;
     // This process is single-threaded (a fresh exec of ours), so fork is safe.

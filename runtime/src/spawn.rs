@@ -111,6 +111,11 @@ impl InitProcess {
         Ok(init)
     }
 
+    /// Tells the init that the cgroup it waits for is in place.
+    pub fn cgroup_ready(&mut self) -> Result<(), SpawnError> {
+        Ok(self.chan.cgroup_ready()?)
+    }
+
     /// Serves the init's requests until it is ready. `state_for_hooks` is
     /// called with the container pid and returns the state JSON for hooks.
     pub fn wait_for_child_ready(

@@ -28,6 +28,8 @@ pub enum SyncError {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
     Config(Box<InitConfig>),
+    /// The container's cgroup exists with its limits: the init may join it.
+    CgroupReady,
     IdMapsWritten,
     /// The runtime ran prestart and createRuntime hooks; here is the state
     /// JSON the init hands to createContainer and startContainer hooks.
@@ -118,6 +120,10 @@ impl Channel {
         self.send("send config", &ToInit::Config(Box::new(config)))
     }
 
+    pub fn cgroup_ready(&mut self) -> Result<(), SyncError> {
+        self.send("cgroup ready", &ToInit::CgroupReady)
+    }
+
     pub fn id_maps_written(&mut self) -> Result<(), SyncError> {
         self.send("id maps written", &ToInit::IdMapsWritten)
     }
@@ -137,6 +143,13 @@ impl Channel {
         match self.recv("receive config")? {
             ToInit::Config(c) => Ok(*c),
             other => Err(SyncError::Unexpected { expected: "Config", got: format!("{other:?}") }),
+        }
+    }
+
+    pub fn wait_for_cgroup(&mut self) -> Result<(), SyncError> {
+        match self.recv("wait for cgroup")? {
+            ToInit::CgroupReady => Ok(()),
+            other => Err(SyncError::Unexpected { expected: "CgroupReady", got: format!("{other:?}") }),
         }
     }
 
