@@ -1,10 +1,11 @@
 //! A `cgroup` mount in config.json: the container sees its own cgroup
 //! directories (bound from the host) at the usual places, read-only if asked.
 
-use super::{do_mount, fd_path, open_target, options::MountOptions, remount_bind, RootfsError};
+use super::{do_mount, fd_path, open_target, options::MountOptions, RootfsError};
 use crate::cgroups::Cgroup;
 use nix::mount::MsFlags;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Where one host hierarchy appears under the mount point: "cpu,cpuacct" for a
@@ -34,23 +35,22 @@ pub fn mount(root: &File, dest: &Path, opts: &MountOptions, cgroup: Option<&Cgro
     for (host, inside) in &binds {
         let target = open_target(root, inside, false)?;
         do_mount(Some(host), &fd_path(&target), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, inside)?;
-        let target = open_target(root, inside, false)?;
-        remount_bind(&fd_path(&target), keep | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() }, inside)?;
     }
     if let Cgroup::V1 { paths, .. } = cgroup {
         comount_links(root, dest, paths.keys())?;
-        if ro {
-            let target = open_target(root, dest, false)?;
-            let f = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | keep;
-            do_mount(None, &fd_path(&target), None, f, Some("mode=755"), dest)?;
-        }
     }
-    Ok(())
+    // One recursive mount_setattr for the whole tree instead of a remount
+    // per hierarchy: the cgroup mount is the costliest one of a container.
+    const RDONLY: u64 = 0x1;
+    const NOSUID_NODEV_NOEXEC: u64 = 0x2 | 0x4 | 0x8;
+    let target = open_target(root, dest, false)?;
+    let set = NOSUID_NODEV_NOEXEC | if ro { RDONLY } else { 0 };
+    crate::sys::mount_setattr_recursive(target.as_raw_fd(), set, 0)
+        .map_err(|source| RootfsError::Path { path: dest.into(), source })
 }
 
 /// "cpu" and "cpuacct" as symlinks to a co-mounted "cpu,cpuacct".
 fn comount_links<'a>(root: &File, dest: &Path, keys: impl Iterator<Item = &'a String>) -> Result<(), RootfsError> {
-    use std::os::fd::AsRawFd;
     let rel = dest.strip_prefix("/").unwrap_or(dest);
     let dir = crate::sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|source| RootfsError::Path { path: dest.into(), source })?;
