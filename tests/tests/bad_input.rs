@@ -164,3 +164,50 @@ fn unknown_container_verbs() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn systemd_cgroups_path_without_systemd() -> Result<()> {
+    create_fails(
+        "systemd_path",
+        |c| c["linux"]["cgroupsPath"] = Value::String("system.slice:warren:x".into()),
+        &["systemd", "cgroupsPath"],
+    )
+}
+
+#[test]
+fn seccomp_notify_is_refused_naming_the_rule() -> Result<()> {
+    create_fails(
+        "seccomp_notify",
+        |c| {
+            c["linux"]["seccomp"] = serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
+            })
+        },
+        &["syscalls[0]"],
+    )
+}
+
+#[test]
+fn cpu_quota_below_one_millisecond() -> Result<()> {
+    create_fails(
+        "cpu_quota",
+        |c| c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 500, "period": 100000}),
+        &["cpu.quota"],
+    )
+}
+
+/// A bind mount whose source is missing fails inside the init, half-way
+/// through create: namespaces, cgroup and state exist by then and must go.
+#[test]
+fn failure_half_way_through_create_leaves_nothing() -> Result<()> {
+    create_fails(
+        "half_way",
+        |c| {
+            c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+                "destination": "/data", "type": "bind", "source": "/nonexistent/warren-src", "options": ["rbind"]
+            }))
+        },
+        &["/nonexistent/warren-src"],
+    )
+}

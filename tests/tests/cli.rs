@@ -186,3 +186,28 @@ fn run_with_terminal_relays_a_pty() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn features_document() -> Result<()> {
+    let t = Test::new("features");
+    let out = t.cmd(&["features"])?;
+    let v: Value = serde_json::from_str(&out.ok()?.stdout)?;
+    ensure!(v["ociVersionMax"] == "1.2.0", "{v}");
+    let hooks = v["hooks"].as_array().context("hooks")?;
+    ensure!(hooks.len() == 6, "{v}");
+    let ns: Vec<&str> = v["linux"]["namespaces"].as_array().context("ns")?.iter().filter_map(|n| n.as_str()).collect();
+    ensure!(ns.contains(&"time") && ns.contains(&"user") && ns.contains(&"cgroup"), "{v}");
+    ensure!(v["linux"]["seccomp"]["enabled"] == true, "{v}");
+    Ok(())
+}
+
+#[test]
+fn run_no_pivot() -> Result<()> {
+    let t = Test::new("no_pivot");
+    let b = t.bundle(&["sh", "-c", "ls /bin/busybox && cat /proc/1/cmdline | tr '\\0' ' '"])?;
+    let id = t.id("c");
+    let out = t.cmd(&["run", "--no-pivot", "--bundle", b.path().to_str().unwrap(), &id])?;
+    ensure!(out.ok()?.stdout.starts_with("/bin/busybox\nsh -c"), "{out}");
+    t.assert_no_leftovers();
+    Ok(())
+}
