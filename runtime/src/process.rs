@@ -13,8 +13,8 @@ use std::str::FromStr;
 pub enum ProcessError {
     #[error("rlimit {name}: {source}")]
     Rlimit { name: String, source: std::io::Error },
-    #[error("capability {set}: {message}")]
-    Capability { set: &'static str, message: String },
+    #[error("capability set {set}: {source}")]
+    Capability { set: &'static str, source: caps::errors::CapsError },
     #[error("set user {uid}:{gid} (groups {groups:?}): {source}")]
     User { uid: u32, gid: u32, groups: Vec<u32>, source: std::io::Error },
     #[error("oomScoreAdj {value}: {source}")]
@@ -73,7 +73,7 @@ fn to_caps(set: &Option<Capabilities>) -> CapsHashSet {
 }
 
 fn cap_err(set: &'static str) -> impl Fn(caps::errors::CapsError) -> ProcessError {
-    move |e| ProcessError::Capability { set, message: e.to_string() }
+    move |source| ProcessError::Capability { set, source }
 }
 
 /// Drops what the bounding set must not keep; needs CAP_SETPCAP, so it runs
