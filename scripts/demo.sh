@@ -14,7 +14,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 "$ROOT/scripts/setup.sh"
-W=${WARREN_BIN:-$ROOT/target/release/warren}
+W=${WARREN_BIN:-$ROOT/target/bin/warren}
 
 T=$(mktemp -d /tmp/warren-demo.XXXXXX)
 # mktemp makes it 0700; the user namespace's root (host uid 100000) must

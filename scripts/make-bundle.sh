@@ -5,10 +5,10 @@
 #                    mount points (proc, sys, dev, tmp, root)
 #   DIR/config.json  the runtime's own default (`warren spec`), with
 #                    process.args = ARGS when given, and terminal = false
-# WARREN_BIN overrides the warren binary (default target/release/warren).
+# WARREN_BIN overrides the warren binary (default target/bin/warren).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WARREN_BIN=${WARREN_BIN:-$ROOT/target/release/warren}
+WARREN_BIN=${WARREN_BIN:-$ROOT/target/bin/warren}
 
 die() { printf '[make-bundle] ERROR: %s\n' "$*" >&2; exit 1; }
 

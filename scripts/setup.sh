@@ -46,6 +46,6 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup) first"
 
-log "cargo build --release"
-(cd "$ROOT" && cargo build --release)
-log "built $ROOT/target/release/warren"
+log "build (scripts/build.sh)"
+"$ROOT/scripts/build.sh" >/dev/null
+log "built $ROOT/target/bin/warren"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test.sh: everything CI checks, in order: setup (packages + release build),
 # fmt, clippy, release build, cargo test (the integration tests drive
-# target/release/warren as root; WARREN_BIN overrides), the project's own
+# target/bin/warren as root; WARREN_BIN overrides), the project's own
 # real-client tests (tests/clients: containerd/ctr, podman, docker), the shared
 # client smoke tests (containerd/ctr and podman) when ../shared exists, and a
 # final check that nothing was left on the host. Exits non-zero if any step
@@ -9,7 +9,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
-export WARREN_BIN=${WARREN_BIN:-$ROOT/target/release/warren}
+export WARREN_BIN=${WARREN_BIN:-$ROOT/target/bin/warren}
 SHARED=$ROOT/../shared/clients
 
 PASSED=() FAILED=()
@@ -71,7 +71,7 @@ command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:$PATH"
 
 step fmt 120 cargo fmt --all --check
 step clippy 900 cargo clippy --workspace --all-targets -- -D warnings
-step build 900 cargo build --release
+step build 900 "$ROOT/scripts/build.sh"
 # --no-fail-fast: report every failing test, not only the first binary's.
 step cargo-test 900 cargo test --workspace --release --no-fail-fast
 # Real clients drive the built binary: containerd 1.6/ctr, podman 4.3, docker 20.10.

@@ -30,18 +30,18 @@ pub use serde_json::json;
 /// How long one warren invocation may take before it is killed.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The binary under test: $WARREN_BIN, else the workspace's release build,
-/// else its debug build.
+/// The binary under test: $WARREN_BIN, else scripts/build.sh's static
+/// build, else the workspace's release build, else its debug build.
 pub fn warren_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WARREN_BIN") {
         return PathBuf::from(p);
     }
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let release = ws.join("target/release/warren");
-    if release.exists() {
-        return release;
-    }
-    ws.join("target/debug/warren")
+    ["target/bin/warren", "target/release/warren"]
+        .iter()
+        .map(|p| ws.join(p))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| ws.join("target/debug/warren"))
 }
 
 /// Runs warren with a private `--root`; output files go to a private dir.
