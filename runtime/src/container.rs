@@ -174,9 +174,14 @@ impl Runtime {
     }
 
     pub fn create(&self, opts: &CreateOptions) -> Result<i32, ContainerError> {
+        crate::spec::validate_id(&opts.id)?;
+        self.create_from(opts, Bundle::load(&opts.bundle)?)
+    }
+
+    /// `create` for a bundle the caller has loaded already (`opts.bundle` is not read again).
+    pub fn create_from(&self, opts: &CreateOptions, bundle: Bundle) -> Result<i32, ContainerError> {
         let t0 = Instant::now();
         crate::spec::validate_id(&opts.id)?;
-        let bundle = Bundle::load(&opts.bundle)?;
         let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         if terminal && opts.console.is_none() {
             return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });

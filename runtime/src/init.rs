@@ -229,9 +229,13 @@ fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> 
         // SAFETY: the runtime handed us this descriptor; nothing else here owns it.
         exec_fifo = Some(unsafe { OwnedFd::from_raw_fd(create.exec_fifo_fd) });
         rootfs::prepare(&ctx)?;
-        state_json = chan.run_create_runtime_hooks()?;
-        hooks::run_all(HookKind::CreateContainer, &cfg.spec, &state_json)?;
-        state_json = with_status(&state_json, "created");
+        // Most containers have no hooks: then there is nothing to ask for.
+        let kinds = [HookKind::Prestart, HookKind::CreateRuntime, HookKind::CreateContainer, HookKind::StartContainer];
+        if kinds.iter().any(|k| !k.of(&cfg.spec).is_empty()) {
+            state_json = chan.run_create_runtime_hooks()?;
+            hooks::run_all(HookKind::CreateContainer, &cfg.spec, &state_json)?;
+            state_json = with_status(&state_json, "created");
+        }
         rootfs::pivot(&create.rootfs, create.no_pivot)?;
     }
     if process.terminal().unwrap_or(false) {

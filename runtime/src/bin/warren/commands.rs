@@ -60,13 +60,6 @@ fn own_console() -> Result<(ConsoleTarget, OwnedFd)> {
     Ok((ConsoleTarget::Fd(theirs.into()), ours.into()))
 }
 
-fn wants_terminal(bundle: &Path) -> bool {
-    warren::spec::Bundle::load(bundle)
-        .ok()
-        .and_then(|b| b.spec.process().as_ref().and_then(|p| p.terminal()))
-        .unwrap_or(false)
-}
-
 /// Waits for `pid`; relays the terminal whose master arrives on `console`.
 fn wait_for(fw: &Forwarder, pid: i32, console: Option<OwnedFd>) -> Result<i32> {
     match console {
@@ -82,9 +75,12 @@ fn wait_for(fw: &Forwarder, pid: i32, console: Option<OwnedFd>) -> Result<i32> {
 /// delete, and exit with the container's code.
 fn run(rt: &Runtime, a: &RunArgs) -> Result<i32> {
     let forwarder = if a.detach { None } else { Some(Forwarder::install()?) };
-    let relay = !a.detach && a.create.console_socket.is_none() && wants_terminal(&a.create.bundle);
+    warren::spec::validate_id(&a.create.id)?;
+    let bundle = warren::spec::Bundle::load(&a.create.bundle)?;
+    let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let relay = !a.detach && a.create.console_socket.is_none() && terminal;
     let (target, ours) = if relay { own_console().map(|(t, o)| (Some(t), Some(o)))? } else { (None, None) };
-    let pid = rt.create(&create_options(&a.create, target))?;
+    let pid = rt.create_from(&create_options(&a.create, target), bundle)?;
     if let Err(e) = rt.start(&a.create.id) {
         let _ = rt.delete(&a.create.id, true);
         return Err(e.into());
