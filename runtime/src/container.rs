@@ -314,7 +314,7 @@ impl Runtime {
                 return Ok(());
             }
         }
-        if !status.can_kill() {
+        if !status.can_kill() || !c.state.init_alive() {
             return Err(ContainerError::NotRunning { id: id.into() });
         }
         kill(Pid::from_raw(c.state.pid), sig).map_err(|source| ContainerError::Signal { id: id.into(), source })
@@ -327,7 +327,9 @@ impl Runtime {
         if !force && !status.can_delete() {
             return Err(ContainerError::DeleteNotStopped { id: id.into(), status });
         }
-        if status != Status::Stopped {
+        // pid 0 is a create that never got as far as an init (kill(0) would
+        // hit our own process group); a dead or recycled pid is left alone.
+        if c.state.init_alive() {
             let _ = kill(Pid::from_raw(c.state.pid), Signal::SIGKILL);
         }
         if let Some(cg) = &c.state.cgroup {

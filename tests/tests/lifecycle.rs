@@ -174,3 +174,27 @@ fn kill_default_signal_is_term() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// A create that died before its init existed leaves state with pid 0
+/// ("creating"): `delete --force` must clean it up without signalling pid 0
+/// (our own process group).
+#[test]
+fn force_delete_of_a_create_that_never_finished() -> Result<()> {
+    let t = Test::new("half_created");
+    let b = t.bundle(&["true"])?;
+    let id = t.id("c");
+    let dir = t.warren.root().join(&id);
+    std::fs::create_dir_all(&dir)?;
+    let state = serde_json::json!({
+        "id": id, "pid": 0, "pid_start_time": 0,
+        "bundle": b.path(), "rootfs": b.rootfs(), "created": "2026-01-01T00:00:00.000000000Z",
+        "owner": "", "cgroup": null, "config": serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(b.config_path())?)?
+    });
+    std::fs::write(dir.join("state.json"), state.to_string())?;
+    let st = t.cmd(&["state", &id])?;
+    ensure!(st.ok()?.stdout.contains("\"creating\""), "{st}");
+    t.cmd(&["delete", "--force", &id])?.ok()?;
+    ensure!(!dir.exists(), "state dir left");
+    t.assert_no_leftovers();
+    Ok(())
+}
