@@ -209,7 +209,6 @@ impl Runtime {
             owner: String::new(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
             cgroup: Some(cgroup.clone()),
-            started: false,
             config: bundle.spec.clone(),
         };
         state::write_state(&dir, &st)?;
@@ -287,7 +286,7 @@ impl Runtime {
     }
 
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
-        let mut c = self.open(id)?;
+        let c = self.open(id)?;
         match self.status(&c) {
             Status::Created => {}
             Status::Stopped => return Err(ContainerError::StartStopped { id: id.into() }),
@@ -296,8 +295,6 @@ impl Runtime {
         log::debug!("start {id}: begin");
         release_init(&c)?;
         log::debug!("start {id}: released");
-        c.state.started = true;
-        state::write_state(&c.dir, &c.state)?;
         let hook_json = hook_state(&c.state, Status::Running, c.state.pid);
         if let Err(e) = hooks::run_all(HookKind::Poststart, &c.state.config, &hook_json) {
             log::warn!("{e}");
@@ -346,7 +343,8 @@ impl Runtime {
             cg.destroy()?;
         }
         log::debug!("delete {id}: cgroup removed");
-        if c.state.started || status == Status::Created {
+        // Every container that got as far as an init gets its poststop hooks.
+        if c.state.pid > 0 {
             let json = hook_state(&c.state, Status::Stopped, 0);
             if let Err(e) = hooks::run_all(HookKind::Poststop, &c.state.config, &json) {
                 log::warn!("{e}");

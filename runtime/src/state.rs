@@ -90,9 +90,6 @@ pub struct State {
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     pub cgroup: Option<Cgroup>,
-    /// Set by `start` once the init was released; never reset.
-    #[serde(default)]
-    pub started: bool,
     pub config: oci_spec::runtime::Spec,
 }
 
