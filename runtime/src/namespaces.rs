@@ -29,6 +29,11 @@ pub struct NamespacePlan {
     pub new: Vec<String>,
     /// clock name -> (secs, nanosecs) for a new time namespace.
     pub time_offsets: BTreeMap<String, (i64, u32)>,
+    /// The init already starts in a fresh mount namespace of its own (made
+    /// by the runtime for the read-only bind of its binary): the container
+    /// uses that one instead of copying the mount table once more.
+    #[serde(default)]
+    pub mount_ns_made: bool,
 }
 
 pub fn clone_flag(typ: LinuxNamespaceType) -> CloneFlags {
@@ -88,6 +93,13 @@ impl NamespacePlan {
         plan
     }
 
+    /// Whether a mount namespace made before the init runs (owned by the
+    /// host's user namespace) can serve as the container's: not when the
+    /// container gets a user namespace of its own, which must own its mounts.
+    pub fn can_use_early_mount_ns(&self) -> bool {
+        self.creates(LinuxNamespaceType::Mount) && !self.creates(LinuxNamespaceType::User) && self.join.is_empty()
+    }
+
     pub fn creates(&self, typ: LinuxNamespaceType) -> bool {
         self.new.iter().any(|n| parse_kind(n) == typ)
     }
@@ -145,6 +157,7 @@ impl NamespacePlan {
             .iter()
             .map(|n| parse_kind(n))
             .filter(|t| *t != LinuxNamespaceType::User && *t != LinuxNamespaceType::Cgroup)
+            .filter(|t| !(*t == LinuxNamespaceType::Mount && self.mount_ns_made))
             .fold(CloneFlags::empty(), |acc, t| acc | clone_flag(t));
         if !flags.is_empty() {
             unshare(flags).map_err(|source| NamespaceError::Unshare { flags, source })?;

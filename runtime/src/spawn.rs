@@ -82,8 +82,11 @@ impl SealedExe {
 impl InitProcess {
     /// Spawns stage 1 with our stdio (and the fds the caller keeps open for
     /// --preserve-fds and the console socket), and hands it its config.
-    pub fn spawn(config: InitConfig) -> Result<InitProcess, SpawnError> {
+    pub fn spawn(mut config: InitConfig) -> Result<InitProcess, SpawnError> {
         let exe = SealedExe::new(&config.spec)?;
+        if matches!(exe, SealedExe::ReadOnlyBind(_)) && config.namespaces.can_use_early_mount_ns() {
+            config.namespaces.mount_ns_made = true;
+        }
         let (ours, theirs) = Channel::pair().map_err(|source| SpawnError::Spawn { source })?;
         let fd = theirs.raw_fd();
         let inherit: Vec<i32> = config.inherited_fds().into_iter().chain(std::iter::once(fd)).collect();
