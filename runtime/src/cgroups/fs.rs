@@ -88,6 +88,12 @@ pub fn read_procs(dir: &Path) -> Result<Vec<i32>, CgroupError> {
 /// Removes `dir` and the cgroups below it, deepest first. A directory that is already gone is
 /// fine; EBUSY (processes still exiting) is retried a bounded number of times.
 pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    // The common case, a leaf with no sub-cgroups, needs no directory listing.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     let dirs = match subtree(dir) {
         Ok(dirs) => dirs,
         Err(CgroupError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
