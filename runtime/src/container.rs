@@ -329,9 +329,13 @@ impl Runtime {
         if c.state.init_alive() {
             let _ = kill(Pid::from_raw(c.state.pid), Signal::SIGKILL);
         }
-        if let Some(cg) = &c.state.cgroup {
-            // Processes that outlived the init (no pid namespace, or escaped
-            // reaping) go too; a frozen cgroup must thaw for SIGKILL to land.
+        // When the init of its own pid namespace is dead, the kernel has
+        // killed the namespace's other processes already. Otherwise the
+        // processes that outlived the init go too; a frozen cgroup must thaw
+        // for SIGKILL to land.
+        let own_pid_ns = crate::spec::namespace(&c.state.config, oci_spec::runtime::LinuxNamespaceType::Pid)
+            .is_some_and(|ns| ns.path().is_none());
+        if let (Some(cg), false) = (&c.state.cgroup, own_pid_ns && status == Status::Stopped) {
             if !cg.pids().unwrap_or_default().is_empty() {
                 cg.signal_all(libc::SIGKILL)?;
                 let _ = cg.thaw();

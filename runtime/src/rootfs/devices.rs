@@ -6,7 +6,7 @@ use nix::mount::MsFlags;
 use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
 use oci_spec::runtime::LinuxDeviceType;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// A device node to create: path, kind, major, minor, mode, uid, gid.
@@ -65,47 +65,63 @@ fn nodes(ctx: &RootfsContext) -> Vec<Node> {
 }
 
 pub fn create_all(ctx: &RootfsContext, root: &File) -> Result<(), RootfsError> {
+    let mut dirs = Vec::new();
     for node in nodes(ctx) {
         if ctx.in_user_ns {
             bind_host_device(root, &node)?;
         } else {
-            make_node(root, &node)?;
+            make_node(root, &node, &mut dirs)?;
         }
     }
     symlinks(root)
 }
 
-fn make_node(root: &File, node: &Node) -> Result<(), RootfsError> {
+fn make_node(root: &File, node: &Node, dirs: &mut Vec<(PathBuf, OwnedFd)>) -> Result<(), RootfsError> {
     let rel = node.path.strip_prefix("/").unwrap_or(&node.path);
-    if let Some(parent) = rel.parent() {
-        super::mkdir_all(root, parent)?;
-    }
-    let dir = crate::sys::open_in_root(
-        root.as_raw_fd(),
-        &Path::new(".").join(rel.parent().unwrap_or(Path::new(""))),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .map_err(|source| RootfsError::Path { path: node.path.clone(), source })?;
+    let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+    // Devices mostly share /dev: open each parent directory once.
+    let dir = match dirs.iter().position(|(p, _)| *p == parent) {
+        Some(i) => dirs[i].1.as_raw_fd(),
+        None => {
+            super::mkdir_all(root, &parent)?;
+            let fd = crate::sys::open_in_root(
+                root.as_raw_fd(),
+                &Path::new(".").join(&parent),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )
+            .map_err(|source| RootfsError::Path { path: node.path.clone(), source })?;
+            let raw = fd.as_raw_fd();
+            dirs.push((parent, fd));
+            raw
+        }
+    };
     let name = rel.file_name().unwrap_or_default();
     let err = |source| RootfsError::Device { path: node.path.clone(), source };
-    match nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(nix::Error::ENOENT) => {}
+    let mode = Mode::from_bits_truncate(node.mode);
+    let dev = makedev(node.major, node.minor);
+    match mknodat(Some(dir), name, node.kind, mode, dev) {
+        Ok(()) => {}
+        // Something of the image sits there: the device replaces it.
+        Err(nix::Error::EEXIST) => {
+            nix::unistd::unlinkat(Some(dir), name, nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(err)?;
+            mknodat(Some(dir), name, node.kind, mode, dev).map_err(err)?;
+        }
         Err(e) => return Err(err(e)),
     }
-    let mode = Mode::from_bits_truncate(node.mode);
-    mknodat(Some(dir.as_raw_fd()), name, node.kind, mode, makedev(node.major, node.minor)).map_err(err)?;
     // mknod is subject to the umask: set the mode exactly, then the owner.
-    nix::sys::stat::fchmodat(Some(dir.as_raw_fd()), name, mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink)
+    nix::sys::stat::fchmodat(Some(dir), name, mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink).map_err(err)?;
+    if node.uid != 0 || node.gid != 0 {
+        nix::unistd::fchownat(
+            Some(dir),
+            name,
+            Some(node.uid.into()),
+            Some(node.gid.into()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
         .map_err(err)?;
-    nix::unistd::fchownat(
-        Some(dir.as_raw_fd()),
-        name,
-        Some(node.uid.into()),
-        Some(node.gid.into()),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(err)
+    }
+    Ok(())
 }
 
 /// In a user namespace mknod is refused: bind the host's node instead.
