@@ -225,6 +225,7 @@ fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> 
             in_user_ns: cfg.namespaces.creates(LinuxNamespaceType::User)
                 || cfg.namespaces.joins(LinuxNamespaceType::User),
             cgroup: cfg.cgroup.as_ref(),
+            root_is_rslave: cfg.namespaces.mount_ns_made,
         };
         // SAFETY: the runtime handed us this descriptor; nothing else here owns it.
         exec_fifo = Some(unsafe { OwnedFd::from_raw_fd(create.exec_fifo_fd) });

@@ -46,6 +46,9 @@ pub struct RootfsContext<'a> {
     /// In a new user namespace devices cannot be made with mknod, only bound.
     pub in_user_ns: bool,
     pub cgroup: Option<&'a Cgroup>,
+    /// "/" is recursively slave already (the runtime made this mount
+    /// namespace that way before the init ran).
+    pub root_is_rslave: bool,
 }
 
 /// "/proc/self/fd/N": the mount target for an fd opened inside the rootfs.
@@ -185,7 +188,9 @@ pub fn prepare(ctx: &RootfsContext) -> Result<(), RootfsError> {
         _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
     };
     // Nothing we mount may propagate back to the host.
-    do_mount(None, Path::new("/"), None, prop, None, Path::new("/"))?;
+    if !(ctx.root_is_rslave && prop == MsFlags::MS_SLAVE | MsFlags::MS_REC) {
+        do_mount(None, Path::new("/"), None, prop, None, Path::new("/"))?;
+    }
     // pivot_root needs the new root to be a mount point.
     do_mount(Some(ctx.rootfs), ctx.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, ctx.rootfs)?;
     let root = File::open(ctx.rootfs).map_err(path_err(ctx.rootfs))?;
