@@ -10,7 +10,7 @@ use crate::spec::{Bundle, SpecError};
 use crate::state::{self, DirLock, State, StateError, Status};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxDeviceCgroup, Process, Spec};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources, Process, Spec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -49,6 +49,8 @@ pub enum ContainerError {
     ConsoleSocket { path: PathBuf, source: std::io::Error },
     #[error("container {id}: process.terminal is set: --console-socket is required")]
     NoConsoleSocket { id: String },
+    #[error("container {id}: cannot merge the updated resources into its config: {source}")]
+    MergeResources { id: String, source: serde_json::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
@@ -375,6 +377,25 @@ impl Runtime {
         Ok(self.cgroup_of(&c)?.thaw()?)
     }
 
+    /// Changes the resources of a live (created, running or paused) container, as `runc
+    /// update`: `r` is written to its cgroup all-or-nothing (see [`Cgroup::update_resources`]),
+    /// then merged into the stored config so that `state` and later updates see it.
+    pub fn update(&self, id: &str, r: &LinuxResources) -> Result<(), ContainerError> {
+        let mut c = self.open(id)?;
+        let status = self.status(&c);
+        // Same set as kill: every status whose processes (and cgroup) still exist.
+        if !status.can_kill() {
+            return Err(ContainerError::BadStatus { id: id.into(), status, action: "update" });
+        }
+        self.cgroup_of(&c)?.update_resources(r)?;
+        let merged = merge_resources(c.state.config.linux().as_ref().and_then(|l| l.resources().clone()), r)
+            .map_err(|source| ContainerError::MergeResources { id: id.into(), source })?;
+        let mut linux = c.state.config.linux().clone().unwrap_or_default();
+        linux.set_resources(Some(merged));
+        c.state.config.set_linux(Some(linux));
+        Ok(state::write_state(&c.dir, &c.state)?)
+    }
+
     pub fn pids(&self, id: &str) -> Result<Vec<i32>, ContainerError> {
         let c = self.open(id)?;
         Ok(self.cgroup_of(&c)?.pids()?)
@@ -434,6 +455,25 @@ fn view(st: &State, status: Status) -> StateView {
         owner: st.owner.clone(),
         annotations: st.annotations.clone(),
     }
+}
+
+/// `update` over `old`, field by field at any depth (what `update` leaves unset keeps its old
+/// value; lists are replaced whole), through JSON as the OCI types have no merge of their own.
+fn merge_resources(old: Option<LinuxResources>, update: &LinuxResources) -> Result<LinuxResources, serde_json::Error> {
+    fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(into), serde_json::Value::Object(from)) => {
+                for (key, value) in from {
+                    merge(into.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+            (_, serde_json::Value::Null) => {}
+            (into, from) => *into = from,
+        }
+    }
+    let mut merged = serde_json::to_value(old.unwrap_or_default())?;
+    merge(&mut merged, serde_json::to_value(update)?);
+    serde_json::from_value(merged)
 }
 
 /// Derives the status from what is on the host right now.

@@ -81,6 +81,18 @@ pub enum CgroupError {
     ControllerUnavailable { field: &'static str, controller: &'static str, path: PathBuf },
     #[error("{field}: cannot write {value:?} to {path:?}: {source}")]
     Apply { field: &'static str, path: PathBuf, value: String, source: io::Error },
+    /// An update failed part-way; the files written before were restored (`restored` of them),
+    /// except those in `failed`.
+    #[error("{cause} (rolled back: {restored} file(s) restored{})", restore_failures(failed))]
+    RolledBack { cause: Box<CgroupError>, restored: usize, failed: Vec<PathBuf> },
+}
+
+fn restore_failures(failed: &[PathBuf]) -> String {
+    if failed.is_empty() {
+        String::new()
+    } else {
+        format!(", could not restore {failed:?}")
+    }
 }
 
 impl CgroupError {
@@ -93,6 +105,7 @@ impl CgroupError {
             | CgroupError::Apply { source, .. }
             | CgroupError::CreateDir { source, .. }
             | CgroupError::RemoveDir { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            CgroupError::RolledBack { cause, .. } => cause.is_not_found(),
             _ => false,
         }
     }
@@ -291,6 +304,13 @@ impl Cgroup {
     /// the cgroup as it was; errors name the OCI field.
     pub fn apply_resources(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
         resources::apply(self, resources)
+    }
+
+    /// Like [`Cgroup::apply_resources`], for a running container: all-or-nothing. When a write
+    /// fails part-way (values only the kernel refuses), the files already written get their
+    /// old content back and [`CgroupError::RolledBack`] wraps the error of the failed write.
+    pub fn update_resources(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        resources::apply_atomic(self, resources)
     }
 
     /// The directory to read one controller's files from: v1 the hierarchy that has it ("cpu"

@@ -60,6 +60,8 @@ pub enum Command {
     Resume { id: String },
     /// Write a default config.json into the bundle directory
     Spec(SpecArgs),
+    /// Change the cgroup resources of a container (all or nothing)
+    Update(UpdateArgs),
     /// Print the features this runtime implements (runtime-spec features.md)
     Features,
     /// Internal: the container side of create and exec
@@ -200,4 +202,83 @@ pub struct SpecArgs {
     /// A spec for running as an unprivileged user
     #[arg(long)]
     pub rootless: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// JSON file with the resources (an OCI linux.resources object; "-" reads stdin); the
+    /// other flags override its fields
+    #[arg(short, long)]
+    pub resources: Option<PathBuf>,
+    /// CFS period in microseconds
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    /// CFS quota in microseconds per period (-1: none)
+    #[arg(long = "cpu-quota", allow_negative_numbers = true)]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (relative weight); runc spells it --cpu-share
+    #[arg(long = "cpu-shares", alias = "cpu-share")]
+    pub cpu_shares: Option<u64>,
+    /// CPUs to run on (0-3, 0,1)
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes to allocate from (0-3, 0,1)
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// Memory limit in bytes, or with a k/m/g suffix (-1: none)
+    #[arg(long, value_parser = parse_bytes, allow_negative_numbers = true)]
+    pub memory: Option<i64>,
+    /// Memory soft limit, as --memory
+    #[arg(long = "memory-reservation", value_parser = parse_bytes, allow_negative_numbers = true)]
+    pub memory_reservation: Option<i64>,
+    /// Memory plus swap limit, as --memory (-1: unlimited swap)
+    #[arg(long = "memory-swap", value_parser = parse_bytes, allow_negative_numbers = true)]
+    pub memory_swap: Option<i64>,
+    /// Maximum number of tasks (-1 or 0: none)
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    /// Block IO weight (10..=1000)
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    pub id: String,
+}
+
+/// A byte count as runc takes it: plain bytes, or a k/m/g (kb/mb/gb, any case) binary
+/// suffix; -1 passes through as "unlimited".
+pub fn parse_bytes(text: &str) -> Result<i64, String> {
+    if text == "-1" {
+        return Ok(-1);
+    }
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.strip_suffix('b').filter(|d| d.ends_with(['k', 'm', 'g'])).unwrap_or(&lower);
+    let (number, shift) = match digits.char_indices().last() {
+        Some((i, 'k')) => (&digits[..i], 10),
+        Some((i, 'm')) => (&digits[..i], 20),
+        Some((i, 'g')) => (&digits[..i], 30),
+        _ => (digits, 0),
+    };
+    let bad = || format!("{text:?} is not a byte count (bytes, or a number with a k, m or g suffix)");
+    let value: i64 = number.parse().map_err(|_| bad())?;
+    if value < 0 {
+        return Err(bad());
+    }
+    value.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_take_suffixes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64m"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64MB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2k"), Ok(2048));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("-1"), Ok(-1));
+        for bad in ["", "m", "-2", "1x", "1.5m", "99999999999g"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

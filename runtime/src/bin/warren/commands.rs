@@ -1,10 +1,12 @@
 //! One function per verb: turn parsed flags into library calls and print
 //! what runc prints. Returns the process exit code.
 
-use crate::cli::{Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputFormat, PsArgs, RunArgs, SpecArgs};
+use crate::cli::{
+    Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputFormat, PsArgs, RunArgs, SpecArgs, UpdateArgs,
+};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{Capabilities, Capability, Process};
+use oci_spec::runtime::{Capabilities, Capability, LinuxResources, Process};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::str::FromStr;
@@ -29,6 +31,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Pause { id } => rt.pause(&id).map(|_| 0).map_err(Into::into),
         Command::Resume { id } => rt.resume(&id).map(|_| 0).map_err(Into::into),
         Command::Spec(a) => spec(&a),
+        Command::Update(a) => update(&rt, &a),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&warren::features::features())?);
             Ok(0)
@@ -265,4 +268,67 @@ fn spec(a: &SpecArgs) -> Result<i32> {
 
 fn write_new(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+fn update(rt: &Runtime, a: &UpdateArgs) -> Result<i32> {
+    let resources = update_resources(a)?;
+    rt.update(&a.id, &resources)?;
+    Ok(0)
+}
+
+/// The -r object (or none), with the flags' values written over its fields.
+fn update_resources(a: &UpdateArgs) -> Result<LinuxResources> {
+    let mut r: LinuxResources = match a.resources.as_deref() {
+        None => LinuxResources::default(),
+        Some(path) => {
+            let text = if path == Path::new("-") {
+                std::io::read_to_string(std::io::stdin()).context("reading the resources from stdin")?
+            } else {
+                std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?
+            };
+            serde_json::from_str(&text).with_context(|| format!("{path:?}: not an OCI linux.resources object"))?
+        }
+    };
+    let mut cpu = r.cpu().clone().unwrap_or_default();
+    if a.cpu_period.is_some() {
+        cpu.set_period(a.cpu_period);
+    }
+    if a.cpu_quota.is_some() {
+        cpu.set_quota(a.cpu_quota);
+    }
+    if a.cpu_shares.is_some() {
+        cpu.set_shares(a.cpu_shares);
+    }
+    if a.cpuset_cpus.is_some() {
+        cpu.set_cpus(a.cpuset_cpus.clone());
+    }
+    if a.cpuset_mems.is_some() {
+        cpu.set_mems(a.cpuset_mems.clone());
+    }
+    let mut memory = r.memory().unwrap_or_default();
+    if a.memory.is_some() {
+        memory.set_limit(a.memory);
+    }
+    if a.memory_reservation.is_some() {
+        memory.set_reservation(a.memory_reservation);
+    }
+    if a.memory_swap.is_some() {
+        memory.set_swap(a.memory_swap);
+    }
+    // Left unset rather than empty, so that nothing is written for controllers not asked for.
+    if cpu != Default::default() {
+        r.set_cpu(Some(cpu));
+    }
+    if memory != Default::default() {
+        r.set_memory(Some(memory));
+    }
+    if let Some(limit) = a.pids_limit {
+        r.set_pids(Some(oci_spec::runtime::LinuxPidsBuilder::default().limit(limit).build()?));
+    }
+    if let Some(weight) = a.blkio_weight {
+        let mut io = r.block_io().clone().unwrap_or_default();
+        io.set_weight(Some(weight));
+        r.set_block_io(Some(io));
+    }
+    Ok(r)
 }

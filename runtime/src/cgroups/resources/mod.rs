@@ -21,9 +21,10 @@ mod host_tests;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     LinuxBlockIo, LinuxCpu, LinuxHugepageLimit, LinuxInterfacePriority, LinuxMemory, LinuxPids, LinuxRdma,
@@ -81,6 +82,70 @@ pub fn apply(cgroup: &Cgroup, resources: &LinuxResources) -> Result<(), CgroupEr
         step.apply()?;
     }
     Ok(())
+}
+
+/// Like [`apply`], but all-or-nothing for a live cgroup (`update`): the old content of every
+/// file is saved just before its first write, and when a write fails the saved values are
+/// written back, newest first (the reverse order undoes ordering constraints such as
+/// memory.limit_in_bytes <= memory.memsw.limit_in_bytes the way they were met).
+pub fn apply_atomic(cgroup: &Cgroup, resources: &LinuxResources) -> Result<(), CgroupError> {
+    let steps = plan(cgroup, resources)?;
+    for step in &steps {
+        step.validate()?;
+    }
+    JOURNAL.with(|j| *j.borrow_mut() = Some(Vec::new()));
+    let applied = steps.iter().try_for_each(Step::apply);
+    let journal = JOURNAL.with(|j| j.borrow_mut().take()).unwrap_or_default();
+    let Err(error) = applied else {
+        return Ok(());
+    };
+    let failed: Vec<PathBuf> =
+        journal.iter().rev().filter(|(path, old)| restore(path, old).is_err()).map(|(path, _)| path.clone()).collect();
+    Err(CgroupError::RolledBack { cause: Box::new(error), restored: journal.len() - failed.len(), failed })
+}
+
+thread_local! {
+    /// While [`apply_atomic`] runs: each file written so far with its content before the
+    /// first write. Kept here rather than passed down so that the controllers' write paths
+    /// ([`set`], [`add`]) stay the same for create and update.
+    static JOURNAL: RefCell<Option<Vec<(PathBuf, String)>>> = const { RefCell::new(None) };
+}
+
+/// Saves `path`'s content in the journal (if one is kept) before its first write. A missing
+/// file fails as its write would; other read errors leave it out (write-only knobs such as
+/// memory.reclaim have no value to restore).
+fn journal_before(path: &Path, value: &str, field: &'static str) -> Result<(), CgroupError> {
+    let recorded = JOURNAL.with(|j| j.borrow().as_ref().map(|entries| entries.iter().any(|(p, _)| p == path)));
+    if recorded != Some(false) {
+        return Ok(());
+    }
+    match fs::read(path) {
+        Ok(old) => JOURNAL.with(|j| j.borrow_mut().as_mut().map(|entries| entries.push((path.to_path_buf(), old)))),
+        Err(CgroupError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let path = path.to_path_buf();
+            return Err(CgroupError::Apply { field, path, value: value.to_string(), source });
+        }
+        Err(e) => {
+            log::debug!("{field}: not restorable if the update fails: {e}");
+            None
+        }
+    };
+    Ok(())
+}
+
+/// Writes a saved content back. Files read as one value take it back as is; list files
+/// (io.max, blkio throttles, ifpriomap) take one line per write; memory.oom_control reads as
+/// a table of which only oom_kill_disable is writable.
+fn restore(path: &Path, old: &str) -> Result<(), CgroupError> {
+    if path.file_name().is_some_and(|name| name == "memory.oom_control") {
+        let disabled = old.lines().find_map(|l| l.strip_prefix("oom_kill_disable ")).unwrap_or("0");
+        return fs::write(path, disabled.trim());
+    }
+    let result = old.lines().filter(|l| !l.trim().is_empty()).try_for_each(|line| fs::write(path, line.trim()));
+    if let Err(e) = &result {
+        log::warn!("cannot restore {path:?}: {e}");
+    }
+    result
 }
 
 /// The steps for what the resources set, in runc's order (unified last: it overrides the
@@ -193,12 +258,14 @@ impl Step<'_> {
 
 /// Writes one value to `dir/file`; an error names the OCI field it comes from.
 fn set(dir: &Path, file: &str, value: &str, field: &'static str) -> Result<(), CgroupError> {
+    journal_before(&dir.join(file), value, field)?;
     fs::write(&dir.join(file), value).map_err(|e| for_field(e, field))
 }
 
 /// Like [`set`], for files taking one entry per write (per-device limits, ifpriomap): appended,
 /// so that a fake cgroupfs keeps every entry as the kernel does.
 fn add(dir: &Path, file: &str, value: &str, field: &'static str) -> Result<(), CgroupError> {
+    journal_before(&dir.join(file), value, field)?;
     fs::append(&dir.join(file), value).map_err(|e| for_field(e, field))
 }
 

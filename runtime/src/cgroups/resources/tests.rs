@@ -341,3 +341,25 @@ fn v1_memsw_order_follows_the_current_limit() {
     let files: Vec<&str> = memory::v1_writes(&lower, &memory_dir).unwrap().iter().map(|s| s.file).collect();
     assert_eq!(files, ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]);
 }
+
+/// An update failing at its last write (a unified file this kernel lacks) gives every file
+/// written before it its old content back.
+#[test]
+fn update_rolls_back_on_a_failing_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cg = v1(tmp.path(), &[V1_FILES], true);
+    let resources = common().hugepage_limits(vec![]).unified(unified(&[("memory.nothere", "1")])).build().unwrap();
+    let err = cg.update_resources(&resources).unwrap_err();
+    assert!(
+        matches!(&err, CgroupError::RolledBack { cause, failed, .. }
+            if failed.is_empty() && matches!(**cause, CgroupError::Apply { field: unified::FIELD, .. })),
+        "{err}"
+    );
+    assert_eq!(read(&cg, "memory", "memory.limit_in_bytes"), UNLIMITED);
+    assert_eq!(read(&cg, "cpu", "cpu.shares"), "1024");
+    assert_eq!(read(&cg, "cpuset", "cpuset.cpus"), "0-3");
+    assert_eq!(read(&cg, "pids", "pids.max"), "max");
+    // The same update without the bad key goes through.
+    cg.update_resources(&common().hugepage_limits(vec![]).build().unwrap()).unwrap();
+    assert_eq!(read(&cg, "pids", "pids.max"), "32");
+}

@@ -1,0 +1,176 @@
+//! `warren update`: new resources reach the container's cgroup files, and a
+//! refused or failing update leaves them as they were.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use warren_tests::*;
+
+/// The container init's v1 cgroup dir for `controller`, from
+/// /proc/PID/cgroup and the cgroup mounts (this host is hybrid: every knob
+/// read here lives in a v1 hierarchy).
+fn cgroup_dir_of(pid: i32, controller: &str) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+            ctrls.split(',').any(|c| c == controller).then(|| path.to_string())
+        })
+        .with_context(|| format!("no {controller:?} line in {text}"))?;
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = mi
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split(' ');
+            (post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == controller))
+                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
+        })
+        .with_context(|| format!("no v1 mount for {controller}"))?;
+    Ok(mount.join(rel.trim_start_matches('/')))
+}
+
+fn knob(c: &Container, controller: &str, file: &str) -> Result<String> {
+    let path = cgroup_dir_of(c.pid()?, controller)?.join(file);
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("{path:?}"))?.trim().to_string())
+}
+
+fn sleeper(t: &Test) -> Result<(Bundle, Container)> {
+    let b = t.bundle(&["sleep", "100"])?;
+    let c = t.start_new(&t.id("c"), &b)?;
+    Ok((b, c))
+}
+
+/// The resources stored in the container's state (what later reads see).
+fn stored_resources(t: &Test, c: &Container) -> Result<Value> {
+    let text = std::fs::read_to_string(t.warren.root().join(&c.id).join("state.json"))?;
+    let state: Value = serde_json::from_str(&text)?;
+    Ok(state["config"]["linux"]["resources"].clone())
+}
+
+#[test]
+fn update_flags_reach_the_cgroup() -> Result<()> {
+    let t = Test::new("upd_flags");
+    let (_b, c) = sleeper(&t)?;
+    let args = ["--memory", "64m", "--pids-limit", "42", "--cpu-quota", "50000", "--cpu-period", "100000"];
+    t.cmd(&[&["update"], &args[..], &[&c.id]].concat())?.ok()?;
+    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == "67108864");
+    ensure!(knob(&c, "pids", "pids.max")? == "42");
+    ensure!(knob(&c, "cpu", "cpu.cfs_quota_us")? == "50000");
+    ensure!(knob(&c, "cpu", "cpu.cfs_period_us")? == "100000");
+    let stored = stored_resources(&t, &c)?;
+    ensure!(stored["memory"]["limit"] == json!(67108864), "stored {stored}");
+    ensure!(stored["pids"]["limit"] == json!(42), "stored {stored}");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn update_from_a_resources_file_with_flags_over_it() -> Result<()> {
+    let t = Test::new("upd_file");
+    let (_b, c) = sleeper(&t)?;
+    let file = t.dir().join("resources.json");
+    let r = json!({"memory": {"limit": 33554432}, "pids": {"limit": 7}, "cpu": {"shares": 512}});
+    std::fs::write(&file, r.to_string())?;
+    // --cpu-share is runc's spelling; the flag wins over the file's pids limit.
+    let f = file.to_string_lossy();
+    t.cmd(&["update", "-r", &f, "--pids-limit", "9", "--cpu-share", "256", &c.id])?.ok()?;
+    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == "33554432");
+    ensure!(knob(&c, "pids", "pids.max")? == "9");
+    ensure!(knob(&c, "cpu", "cpu.shares")? == "256");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn update_reads_the_resources_from_stdin() -> Result<()> {
+    let t = Test::new("upd_stdin");
+    let (_b, c) = sleeper(&t)?;
+    let file = t.dir().join("resources.json");
+    std::fs::write(&file, json!({"pids": {"limit": 11}}).to_string())?;
+    let mut cmd = command(warren_bin());
+    cmd.arg("--root").arg(t.warren.root()).args(["update", "-r", "-", &c.id]);
+    cmd.stdin(std::fs::File::open(&file)?);
+    run_with_deadline(cmd, &t.dir().join("stdin-update"), DEADLINE)?.ok()?;
+    ensure!(knob(&c, "pids", "pids.max")? == "11");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn refused_value_writes_nothing() -> Result<()> {
+    let t = Test::new("upd_refused");
+    let (_b, c) = sleeper(&t)?;
+    let (pids, quota) = (knob(&c, "pids", "pids.max")?, knob(&c, "cpu", "cpu.cfs_quota_us")?);
+    let out = t.cmd(&["update", "--pids-limit", "5", "--cpu-quota", "500", &c.id])?;
+    ensure!(!out.success(), "accepted: {out}");
+    let err = out.stderr.trim();
+    ensure!(err.lines().count() == 1 && err.contains("linux.resources.cpu.quota"), "error: {out}");
+    ensure!(knob(&c, "pids", "pids.max")? == pids);
+    ensure!(knob(&c, "cpu", "cpu.cfs_quota_us")? == quota);
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// cpuset.cpus is written before the memory limit; a limit below what the
+/// container uses, with no swap to reclaim its anonymous pages into, is
+/// refused by the kernel (EBUSY) only at write time. The written cpuset
+/// must come back.
+#[test]
+fn failing_write_rolls_back_earlier_ones() -> Result<()> {
+    let t = Test::new("upd_rollback");
+    let (_b, c) = sleeper(&t)?;
+    let (cpus, limit) = (knob(&c, "cpuset", "cpuset.cpus")?, knob(&c, "memory", "memory.limit_in_bytes")?);
+    ensure!(cpus != "0", "the container already runs on cpu 0 only");
+    let out = t.cmd(&["update", "--cpuset-cpus", "0", "--memory", "4k", &c.id])?;
+    ensure!(!out.success(), "accepted: {out}");
+    ensure!(out.stderr.contains("linux.resources.memory.limit") && out.stderr.contains("rolled back"), "{out}");
+    ensure!(knob(&c, "cpuset", "cpuset.cpus")? == cpus, "cpuset.cpus not restored");
+    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == limit);
+    ensure!(stored_resources(&t, &c)?["memory"]["limit"] != json!(4096), "failed update stored");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// The same through -r: unified files are written last, and one this kernel
+/// lacks fails after the memory limit was written.
+#[test]
+fn failing_unified_write_rolls_back_the_limit() -> Result<()> {
+    let t = Test::new("upd_rollback_unified");
+    let (_b, c) = sleeper(&t)?;
+    let limit = knob(&c, "memory", "memory.limit_in_bytes")?;
+    let r = json!({"memory": {"limit": 67108864}, "unified": {"hugetlb.3MB.max": "0"}});
+    let file = t.dir().join("resources.json");
+    std::fs::write(&file, r.to_string())?;
+    let out = t.cmd(&["update", "-r", &file.to_string_lossy(), &c.id])?;
+    ensure!(!out.success(), "accepted: {out}");
+    ensure!(out.stderr.contains("linux.resources.unified"), "{out}");
+    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == limit, "memory limit not restored");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn stopped_or_missing_container_is_refused() -> Result<()> {
+    let t = Test::new("upd_stopped");
+    let (_b, c) = sleeper(&t)?;
+    c.kill("KILL")?.ok()?;
+    c.wait_status("stopped", Duration::from_secs(5))?;
+    let out = t.cmd(&["update", "--pids-limit", "5", &c.id])?;
+    ensure!(!out.success() && out.stderr.contains("stopped"), "{out}");
+    let out = t.cmd(&["update", "--pids-limit", "5", &t.id("none")])?;
+    ensure!(!out.success(), "{out}");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
