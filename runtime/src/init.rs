@@ -129,6 +129,9 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
     }
     let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| InitError::Sys { step: "pipe", source: e.into() })?;
+    // Before stage 2 exists: it must never be visible in a (joined) pid
+    // namespace as a dumpable process, whose /proc files others could open.
+    crate::sys::set_non_dumpable().map_err(sys_err("set non-dumpable"))?;
     // This process is single-threaded (a fresh exec of ours), so fork is safe.
     match fork_into_cgroup(cgroup2)? {
         0 => {
@@ -213,7 +216,6 @@ struct Prepared {
 fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> {
     cfg.namespaces.unshare_cgroup()?;
     nix::unistd::setsid().map_err(|e| InitError::Sys { step: "setsid", source: e.into() })?;
-    crate::sys::set_non_dumpable().map_err(sys_err("set non-dumpable"))?;
     let process = cfg.process();
     let mut exec_fifo = None;
     let mut state_json = String::new();
