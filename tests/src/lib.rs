@@ -10,8 +10,10 @@
 //! ```
 
 mod bundle;
+mod cgroupfs;
 mod cmd;
 mod leftovers;
+mod loopdev;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +25,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub use bundle::Bundle;
+pub use cgroupfs::{cgroup_dir, keyed, knob_path, read_knob};
 pub use cmd::{command, run_with_deadline, Out};
 pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under};
+pub use loopdev::{loop_devices_under, LoopDevice};
 pub use serde_json::json;
 
 /// How long one warren invocation may take before it is killed.
@@ -286,7 +290,8 @@ impl Test {
         self.run(&self.id(&format!("r{n}")), &b)
     }
 
-    /// Every leftover found now: state entries, mounts, cgroups, processes.
+    /// Every leftover found now: state entries, mounts, cgroups, processes,
+    /// loop devices backed by files in the test dir.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.warren.root()) {
@@ -306,6 +311,9 @@ impl Test {
         }
         for (_, why) in self.processes() {
             found.push(format!("process {why}"));
+        }
+        for dev in loop_devices_under(self.dir()) {
+            found.push(format!("loop device {}", dev.display()));
         }
         found
     }
@@ -359,6 +367,7 @@ impl Test {
         for p in self.paths() {
             detach_mounts_under(&p);
         }
+        loopdev::detach_loop_devices_under(self.dir());
     }
 }
 
