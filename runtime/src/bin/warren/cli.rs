@@ -62,6 +62,10 @@ pub enum Command {
     Spec(SpecArgs),
     /// Change the cgroup resources of a container (all or nothing)
     Update(UpdateArgs),
+    /// Images in the image store: import, list, rm
+    Image(crate::image_cmd::ImageCmd),
+    /// Bundles made from images: create, rm
+    Bundle(crate::image_cmd::BundleCmd),
     /// Print the features this runtime implements (runtime-spec features.md)
     Features,
     /// Internal: the container side of create and exec

@@ -32,6 +32,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Resume { id } => rt.resume(&id).map(|_| 0).map_err(Into::into),
         Command::Spec(a) => spec(&a),
         Command::Update(a) => update(&rt, &a),
+        Command::Image(a) => crate::image_cmd::image(a),
+        Command::Bundle(a) => crate::image_cmd::bundle(a),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&warren::features::features())?);
             Ok(0)

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod image_cmd;
 mod logging;
 
 use clap::Parser;

@@ -1,0 +1,12 @@
+//! Warren's image side: import OCI image layouts, oci-archive and `docker save`
+//! tars into a content-addressed layer store, and make container rootfs and
+//! bundles from them.
+
+pub mod bundle;
+pub mod digest;
+pub mod rootfs;
+pub mod source;
+pub mod spec;
+pub mod store;
+mod sys;
+pub mod unpack;
