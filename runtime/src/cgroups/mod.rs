@@ -75,6 +75,11 @@ pub enum CgroupError {
     #[error("{field}: {limit} is below the current usage of {usage} bytes (checkBeforeUpdate is set; per {path:?})")]
     BelowUsage { field: &'static str, limit: i64, usage: u64, path: PathBuf },
     #[error(
+        "{field}: {limit} is below the {held} bytes the container holds that the kernel cannot reclaim \
+         (usage {usage} less file cache, per {path:?})"
+    )]
+    BelowHeld { field: &'static str, limit: i64, held: u64, usage: u64, path: PathBuf },
+    #[error(
         "{field}: the {controller} controller is not available for {path:?} \
          (neither mounted as cgroup v1 nor enabled in cgroup v2)"
     )]

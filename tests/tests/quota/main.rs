@@ -3,6 +3,7 @@
 //! from the host through the cgroup's own counters (and, where it shows
 //! there, inside the container).
 
+mod bad_input;
 mod io;
 
 use std::thread::sleep;
@@ -53,13 +54,15 @@ const TWO_HOGS: &str = "while :; do :; done & while :; do :; done";
 #[test]
 fn cpu_quota_holds_a_hog_to_half_a_cpu() -> Result<()> {
     let t = Test::new("quota_cpu");
+    // The highest weight makes sure that other work on this shared host
+    // does not keep the hogs below their quota: it is the cap under test.
     let (_b, c) = start_sh(&t, TWO_HOGS, |cfg| {
-        cfg["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000});
+        cfg["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000, "shares": 262144});
     })?;
     let pid = c.pid()?;
     sleep(Duration::from_millis(300));
-    // Above the band the quota failed; below it, other work on this shared
-    // host may have kept the hogs from their share: measured once more then.
+    // Above the band the quota failed; below it, the host may still have
+    // been too busy for the hogs to get their share: measured once more then.
     let mut measured = Vec::new();
     for _ in 0..2 {
         let (share, throttled) = cpu_share(pid, Duration::from_secs(3))?;

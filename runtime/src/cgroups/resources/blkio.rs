@@ -67,11 +67,19 @@ pub fn first_set(io: &LinuxBlockIo) -> Option<&'static str> {
     weights.into_iter().chain(throttles).find_map(|(is_set, field)| is_set.then_some(field))
 }
 
+/// Where the kernel lists the block devices it has, as "major:minor" directories.
+const SYS_DEV_BLOCK: &str = "/sys/dev/block";
+
 pub fn validate(io: &LinuxBlockIo, dir: Dir) -> Result<(), CgroupError> {
+    validate_with(io, dir, Path::new(SYS_DEV_BLOCK))
+}
+
+/// [`validate`], with the host's block devices listed in `sys_dev_block`.
+fn validate_with(io: &LinuxBlockIo, dir: Dir, sys_dev_block: &Path) -> Result<(), CgroupError> {
     check_weight(WEIGHT, io.weight())?;
     check_weight(LEAF_WEIGHT, io.leaf_weight())?;
     for wd in io.weight_device().as_deref().unwrap_or(&[]) {
-        device(wd.major(), wd.minor(), WEIGHT_DEVICE)?;
+        known_device(wd.major(), wd.minor(), WEIGHT_DEVICE, sys_dev_block)?;
         check_weight(WEIGHT_DEVICE, wd.weight())?;
         check_weight(WEIGHT_DEVICE, wd.leaf_weight())?;
         if let Some(weight) = nonzero(wd.weight()).filter(|_| weight_device_file(dir).is_none()) {
@@ -80,11 +88,25 @@ pub fn validate(io: &LinuxBlockIo, dir: Dir) -> Result<(), CgroupError> {
     }
     for throttle in throttles(io) {
         for d in throttle.devices {
-            device(d.major(), d.minor(), throttle.field)?;
+            known_device(d.major(), d.minor(), throttle.field, sys_dev_block)?;
         }
     }
     if let Some(weight) = nonzero(io.weight()).filter(|_| weight_file(dir).is_none()) {
         return Err(invalid(WEIGHT, weight, "cannot be set: no CFQ or BFQ weight file here"));
+    }
+    Ok(())
+}
+
+/// A device the weights and throttles can name: a whole disk of this host. The kernel
+/// answers others, partitions included (limits apply to a disk's queue), with ENODEV.
+fn known_device(major: i64, minor: i64, field: &'static str, sys_dev_block: &Path) -> Result<(), CgroupError> {
+    let dev = device(major, minor, field)?;
+    let entry = sys_dev_block.join(&dev);
+    if !entry.exists() {
+        return Err(invalid(field, dev, "is not a block device of this host (not in /sys/dev/block)"));
+    }
+    if entry.join("partition").exists() {
+        return Err(invalid(field, dev, "is a partition: limits apply to whole disks"));
     }
     Ok(())
 }
@@ -199,7 +221,7 @@ pub fn io_max_lines(io: &LinuxBlockIo) -> Result<Vec<(String, &'static str)>, Cg
 mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxBlockIoBuilder, LinuxThrottleDeviceBuilder, LinuxWeightDeviceBuilder};
-    use std::fs::{read_to_string, write};
+    use std::fs::{create_dir, read_to_string, write};
 
     fn throttle(major: i64, minor: i64, rate: u64) -> LinuxThrottleDevice {
         LinuxThrottleDeviceBuilder::default().major(major).minor(minor).rate(rate).build().unwrap()
@@ -226,6 +248,16 @@ mod tests {
         tmp
     }
 
+    /// A /sys/dev/block with the disks 8:0 and 8:16 and the partition 8:1.
+    fn fake_sys() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for dev in ["8:0", "8:16", "8:1"] {
+            create_dir(tmp.path().join(dev)).unwrap();
+        }
+        write(tmp.path().join("8:1/partition"), "1\n").unwrap();
+        tmp
+    }
+
     #[test]
     fn io_weight_conversion_matches_runc() {
         assert_eq!(weight_to_io_weight(10), 1);
@@ -240,7 +272,7 @@ mod tests {
         let mut files = vec!["blkio.weight", "blkio.weight_device"];
         files.extend(throttles.iter().map(String::as_str));
         let tmp = fake(&files);
-        validate(&full(), Dir::V1(tmp.path())).unwrap();
+        validate_with(&full(), Dir::V1(tmp.path()), fake_sys().path()).unwrap();
         apply_v1(&full(), tmp.path()).unwrap();
         let read = |file: &str| read_to_string(tmp.path().join(file)).unwrap();
         assert_eq!(read("blkio.weight"), "500\n");
@@ -268,7 +300,7 @@ mod tests {
     #[test]
     fn v2_converts_weight_and_merges_io_max_per_device() {
         let tmp = fake(&["io.weight", "io.max"]);
-        validate(&full(), Dir::V2(tmp.path())).unwrap();
+        validate_with(&full(), Dir::V2(tmp.path()), fake_sys().path()).unwrap();
         apply_v2(&full(), tmp.path()).unwrap();
         let read = |file: &str| read_to_string(tmp.path().join(file)).unwrap();
         assert_eq!(read("io.weight"), "default 4950\n8:0 1920\n");
@@ -306,11 +338,49 @@ mod tests {
                 "linux.resources.blockIO.throttleWriteIOPSDevice: -1:0 is not a device number",
             ),
         ];
+        let sys = fake_sys();
         for (builder, expected) in cases {
-            let err = validate(&builder.build().unwrap(), dir).unwrap_err();
+            let err = validate_with(&builder.build().unwrap(), dir, sys.path()).unwrap_err();
             assert!(err.to_string().starts_with(expected), "{err} / {expected}");
         }
         assert_eq!(first_set(&LinuxBlockIo::default()), None);
         assert_eq!(first_set(&full()), Some(WEIGHT));
+    }
+
+    #[test]
+    fn devices_must_be_disks_of_this_host() {
+        let (tmp, sys) = (fake(&["blkio.weight", "blkio.weight_device"]), fake_sys());
+        let dir = Dir::V1(tmp.path());
+        let wd = |minor: i64| LinuxWeightDeviceBuilder::default().major(8).minor(minor).weight(200u16).build().unwrap();
+        let cases = [
+            (
+                LinuxBlockIoBuilder::default().throttle_read_bps_device(vec![throttle(8, 0, 1), throttle(259, 3, 1)]),
+                "linux.resources.blockIO.throttleReadBpsDevice: 259:3 is not a block device of this host",
+            ),
+            (
+                LinuxBlockIoBuilder::default().throttle_write_bps_device(vec![throttle(8, 32, 1)]),
+                "linux.resources.blockIO.throttleWriteBpsDevice: 8:32 is not",
+            ),
+            (
+                LinuxBlockIoBuilder::default().throttle_read_iops_device(vec![throttle(8, 1, 1)]),
+                "linux.resources.blockIO.throttleReadIOPSDevice: 8:1 is a partition",
+            ),
+            (
+                LinuxBlockIoBuilder::default().throttle_write_iops_device(vec![throttle(9, 0, 1)]),
+                "linux.resources.blockIO.throttleWriteIOPSDevice: 9:0 is not",
+            ),
+            (
+                LinuxBlockIoBuilder::default().weight_device(vec![wd(5)]),
+                "linux.resources.blockIO.weightDevice: 8:5 is not",
+            ),
+        ];
+        for (builder, expected) in cases {
+            let err = validate_with(&builder.build().unwrap(), dir, sys.path()).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{err} / {expected}");
+        }
+        let known = LinuxBlockIoBuilder::default()
+            .weight_device(vec![wd(16)])
+            .throttle_write_bps_device(vec![throttle(8, 0, 1)]);
+        validate_with(&known.build().unwrap(), dir, sys.path()).unwrap();
     }
 }

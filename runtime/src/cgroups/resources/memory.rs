@@ -7,7 +7,7 @@ use std::path::Path;
 
 use oci_spec::runtime::LinuxMemory;
 
-use super::{invalid, nonzero, read_u64, set, CgroupError, Dir, Setting};
+use super::{fs, invalid, nonzero, read_u64, set, CgroupError, Dir, Setting};
 
 pub const LIMIT: &str = "linux.resources.memory.limit";
 pub const RESERVATION: &str = "linux.resources.memory.reservation";
@@ -52,9 +52,10 @@ pub fn validate(mem: &LinuxMemory, dir: Dir) -> Result<(), CgroupError> {
         return Err(invalid(KERNEL_TCP, tcp, "is not supported by this kernel (no memory.kmem.tcp.limit_in_bytes)"));
     }
     if mem.check_before_update() == Some(true) {
-        check_usage(mem, dir)?;
+        check_usage(mem, dir)
+    } else {
+        check_held(mem, dir)
     }
-    Ok(())
 }
 
 /// A swap limit (other than unlimited) needs a memory limit no larger, and a kernel that
@@ -92,6 +93,43 @@ fn check_usage(mem: &LinuxMemory, dir: Dir) -> Result<(), CgroupError> {
         return Err(CgroupError::BelowUsage { field: LIMIT, limit, usage, path });
     }
     Ok(())
+}
+
+/// Without checkBeforeUpdate, a limit may still not go below what the cgroup holds that the
+/// kernel cannot reclaim: its usage less its file cache (anonymous memory, tmpfs and kernel
+/// memory stay). v1 would fail the write after a reclaim pass, v2 would OOM-kill the
+/// container; neither is what an operator lowering a limit means. Swap is not counted on: a
+/// tenant's plan is not met by pushing it into swap. Matters for updates: a new cgroup holds
+/// (next to) nothing, and a cgroup without the usage file (a fake one) has nothing to check.
+fn check_held(mem: &LinuxMemory, dir: Dir) -> Result<(), CgroupError> {
+    let Some(limit) = mem.limit().filter(|l| *l > 0) else {
+        return Ok(());
+    };
+    let (usage_file, cache_keys) = if dir.is_v2() {
+        ("memory.current", ["active_file", "inactive_file"])
+    } else {
+        ("memory.usage_in_bytes", ["total_active_file", "total_inactive_file"])
+    };
+    let path = dir.path().join(usage_file);
+    if !path.exists() {
+        return Ok(());
+    }
+    let usage = read_u64(&path)?;
+    if limit.unsigned_abs() >= usage {
+        return Ok(());
+    }
+    let stat = fs::read(&dir.path().join("memory.stat"))?;
+    let cache: u64 = cache_keys.iter().filter_map(|key| stat_value(&stat, key)).sum();
+    let held = usage.saturating_sub(cache);
+    if limit.unsigned_abs() < held {
+        return Err(CgroupError::BelowHeld { field: LIMIT, limit, held, usage, path });
+    }
+    Ok(())
+}
+
+/// The value of `key` in memory.stat ("key value" lines).
+fn stat_value(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 pub fn apply_v1(mem: &LinuxMemory, dir: &Path) -> Result<(), CgroupError> {
@@ -341,5 +379,43 @@ mod tests {
         validate(&LinuxMemoryBuilder::default().swap(-1).build().unwrap(), dir).unwrap();
         let above = LinuxMemoryBuilder::default().limit(20 * MIB).check_before_update(true).build().unwrap();
         validate(&above, dir).unwrap();
+    }
+
+    /// A v1 fake holding 40 MiB of which 24 MiB are file cache (16 MiB cannot be reclaimed).
+    fn fake_held(v2: bool) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let (usage, prefix) = if v2 { ("memory.current", "") } else { ("memory.usage_in_bytes", "total_") };
+        write(tmp.path().join(usage), format!("{}\n", 40 * MIB)).unwrap();
+        let stat = format!(
+            "{prefix}anon 1\n{prefix}active_file {}\n{prefix}inactive_file {}\n{prefix}unevictable 0\n",
+            16 * MIB,
+            8 * MIB
+        );
+        write(tmp.path().join("memory.stat"), stat).unwrap();
+        tmp
+    }
+
+    #[test]
+    fn limit_below_what_cannot_be_reclaimed_is_refused() {
+        for v2 in [false, true] {
+            let tmp = fake_held(v2);
+            let dir = if v2 { Dir::V2(tmp.path()) } else { Dir::V1(tmp.path()) };
+            let limit = |bytes: i64| LinuxMemoryBuilder::default().limit(bytes).build().unwrap();
+            let err = validate(&limit(16 * MIB - 1), dir).unwrap_err();
+            let expected = format!(
+                "linux.resources.memory.limit: {} is below the {} bytes the container holds that the kernel \
+                 cannot reclaim (usage {} less file cache",
+                16 * MIB - 1,
+                16 * MIB,
+                40 * MIB
+            );
+            assert!(err.to_string().starts_with(&expected), "{err}");
+            // Down to what cannot be reclaimed, the kernel can make room by dropping cache.
+            validate(&limit(16 * MIB), dir).unwrap();
+            validate(&limit(-1), dir).unwrap();
+            // checkBeforeUpdate: not below the usage, cache included.
+            let checked = LinuxMemoryBuilder::default().limit(32 * MIB).check_before_update(true).build().unwrap();
+            assert!(matches!(validate(&checked, dir), Err(CgroupError::BelowUsage { usage, .. }) if usage == 40 << 20));
+        }
     }
 }

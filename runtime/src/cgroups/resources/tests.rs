@@ -126,8 +126,24 @@ fn read(cgroup: &Cgroup, controller: &str, file: &str) -> String {
     read_to_string(dir.join(file)).unwrap().trim_end().to_string()
 }
 
+/// A whole disk of this host ("major:minor"): throttled devices must exist, even with a fake
+/// cgroupfs.
+fn host_disk() -> String {
+    let entries = std::fs::read_dir("/sys/dev/block").expect("/sys/dev/block");
+    let mut disks: Vec<String> = entries
+        .flatten()
+        .filter(|e| !e.path().join("partition").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    disks.sort();
+    disks.into_iter().next().expect("no block device on this host")
+}
+
 fn throttle(rate: u64) -> oci_spec::runtime::LinuxThrottleDevice {
-    LinuxThrottleDeviceBuilder::default().major(8).minor(0).rate(rate).build().unwrap()
+    let disk = host_disk();
+    let (major, minor) = disk.split_once(':').unwrap();
+    let (major, minor) = (major.parse::<i64>().unwrap(), minor.parse::<i64>().unwrap());
+    LinuxThrottleDeviceBuilder::default().major(major).minor(minor).rate(rate).build().unwrap()
 }
 
 /// Resources touching every controller both versions have.
@@ -178,7 +194,7 @@ fn hybrid_maps_every_field_to_v1_files_and_hugetlb_to_unified() {
     assert_eq!(read(&cg, "memory", "memory.soft_limit_in_bytes"), "33554432");
     assert_eq!(read(&cg, "pids", "pids.max"), "32");
     assert_eq!(read(&cg, "blkio", "blkio.bfq.weight"), "300");
-    assert_eq!(read(&cg, "blkio", "blkio.throttle.read_bps_device"), "8:0 1048576");
+    assert_eq!(read(&cg, "blkio", "blkio.throttle.read_bps_device"), format!("{} 1048576", host_disk()));
     // hugetlb is not mounted as v1: the unified dir serves it, with v2 file names.
     assert_eq!(read(&cg, "hugetlb", "hugetlb.2MB.max"), "4194304");
     assert_eq!(read(&cg, "hugetlb", "hugetlb.2MB.rsvd.max"), "4194304");
@@ -230,7 +246,7 @@ fn v2_converts_and_writes_every_controller() {
     assert_eq!(read("memory.high"), "50000000");
     assert_eq!(read("pids.max"), "32");
     assert_eq!(read("io.weight"), "default 2930");
-    assert_eq!(read("io.max"), "8:0 rbps=1048576");
+    assert_eq!(read("io.max"), format!("{} rbps=1048576", host_disk()));
     assert_eq!(read("hugetlb.2MB.max"), "4194304");
 }
 
