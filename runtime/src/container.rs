@@ -1,6 +1,7 @@
 //! The runtime's operations on containers (create, start, state, kill,
 //! delete, pause, resume, ps, exec), each under the container's lock.
 
+use crate::cgroups::stats::Stats;
 use crate::cgroups::{Cgroup, CgroupError};
 use crate::hooks::{self, HookKind};
 use crate::init::{CreateSetup, InitConfig};
@@ -399,6 +400,22 @@ impl Runtime {
     pub fn pids(&self, id: &str) -> Result<Vec<i32>, ContainerError> {
         let c = self.open(id)?;
         Ok(self.cgroup_of(&c)?.pids()?)
+    }
+
+    /// The cgroup of a live (created, running or paused) container. Read under the container's
+    /// lock, which is not kept: for watchers that must not block `kill` or `delete`.
+    pub fn live_cgroup(&self, id: &str) -> Result<Cgroup, ContainerError> {
+        let c = self.open(id)?;
+        let status = self.status(&c);
+        if !status.can_kill() {
+            return Err(ContainerError::NotRunning { id: id.into() });
+        }
+        Ok(self.cgroup_of(&c)?.clone())
+    }
+
+    /// A live container's usage counters (`events --stats`).
+    pub fn stats(&self, id: &str) -> Result<Stats, ContainerError> {
+        Ok(self.live_cgroup(id)?.stats()?)
     }
 
     fn cgroup_of<'a>(&self, c: &'a Locked) -> Result<&'a Cgroup, ContainerError> {

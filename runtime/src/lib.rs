@@ -4,6 +4,7 @@
 pub mod cgroups;
 pub mod console;
 pub mod container;
+pub mod events;
 pub mod features;
 pub mod hooks;
 pub mod init;

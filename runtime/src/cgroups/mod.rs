@@ -9,7 +9,9 @@ pub mod devices;
 mod freezer;
 mod fs;
 pub mod layout;
+pub mod oom;
 mod resources;
+pub mod stats;
 mod v1;
 mod v2;
 

@@ -328,6 +328,13 @@ pub fn fork_into_cgroup(cgroup_fd: RawFd) -> io::Result<i32> {
     Ok(pid as i32)
 }
 
+/// USER_HZ, the unit of tick counters such as cpuacct.stat (100 where sysconf has no answer).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of
 /// /proc/PID/stat): together with the pid it names one process for good.
 pub fn process_start_time(pid: i32) -> io::Result<u64> {

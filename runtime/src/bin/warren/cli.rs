@@ -62,6 +62,10 @@ pub enum Command {
     Spec(SpecArgs),
     /// Change the cgroup resources of a container (all or nothing)
     Update(UpdateArgs),
+    /// Print a container's usage statistics and OOM events as JSON lines
+    Events(EventsArgs),
+    /// Hosting plans: list them, show one, write one into a bundle's config.json
+    Plan(crate::plan_cmd::PlanArgs),
     /// Images in the image store: import, list, rm
     Image(crate::image_cmd::ImageCmd),
     /// Bundles made from images: create, rm
@@ -206,6 +210,11 @@ pub struct SpecArgs {
     /// A spec for running as an unprivileged user
     #[arg(long)]
     pub rootless: bool,
+    /// Give the container this hosting plan's resources (see `warren plan list`)
+    #[arg(long)]
+    pub plan: Option<String>,
+    #[command(flatten)]
+    pub plan_sources: crate::plan_cmd::PlanSources,
 }
 
 #[derive(Args, Debug)]
@@ -285,4 +294,45 @@ mod tests {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Print the statistics once and exit
+    #[arg(long)]
+    pub stats: bool,
+    /// Time between statistics (Go duration: 500ms, 5s, 1m30s)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+    pub id: String,
+}
+
+/// A Go-style duration, as runc takes it: one or more NUMBER UNIT pairs, units ns us ms s m h.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {text:?} (want e.g. 500ms, 5s, 1m30s)");
+    let mut rest = text.trim();
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let number: f64 = rest[..split].parse().map_err(|_| bad())?;
+        let unit_len = rest[split..].find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len() - split);
+        let seconds = match &rest[split..split + unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += number * seconds;
+        rest = &rest[split + unit_len..];
+    }
+    if total <= 0.0 || total > 1e9 {
+        return Err(format!("duration {text:?} must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }

@@ -4,6 +4,7 @@
 use crate::cli::{
     Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputFormat, PsArgs, RunArgs, SpecArgs, UpdateArgs,
 };
+use crate::events_cmd;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{Capabilities, Capability, LinuxResources, Process};
@@ -31,9 +32,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Pause { id } => rt.pause(&id).map(|_| 0).map_err(Into::into),
         Command::Resume { id } => rt.resume(&id).map(|_| 0).map_err(Into::into),
         Command::Spec(a) => spec(&a),
-        Command::Update(a) => update(&rt, &a),
+        Command::Plan(a) => crate::plan_cmd::run(&a),
         Command::Image(a) => crate::image_cmd::image(a),
         Command::Bundle(a) => crate::image_cmd::bundle(a),
+        Command::Update(a) => update(&rt, &a),
+        Command::Events(a) => events_cmd::events(&rt, &a),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&warren::features::features())?);
             Ok(0)
@@ -263,7 +266,11 @@ fn spec(a: &SpecArgs) -> Result<i32> {
     if path.exists() {
         bail!("File {} exists. Remove it first", path.display());
     }
-    let text = serde_json::to_string_pretty(&warren::features::default_spec(a.rootless))?;
+    let mut config = warren::features::default_spec(a.rootless);
+    if let Some(plan) = &a.plan {
+        config = crate::plan_cmd::with_plan(config, plan, &a.plan_sources, &a.bundle)?;
+    }
+    let text = serde_json::to_string_pretty(&config)?;
     write_new(&path, &text)?;
     Ok(0)
 }

@@ -2,8 +2,10 @@
 
 mod cli;
 mod commands;
+mod events_cmd;
 mod image_cmd;
 mod logging;
+mod plan_cmd;
 
 use clap::Parser;
 

@@ -196,30 +196,42 @@ fn plan<'a>(cgroup: &'a Cgroup, r: &'a LinuxResources) -> Result<Vec<Step<'a>>, 
     Ok(steps)
 }
 
-/// The directory serving a controller (`v1_name`; `v2_name` None: a v1-only one): its v1
-/// hierarchy if mounted, else the cgroup2 dir (v2, or unified on hybrid hosts, where the
-/// controllers v1 has not taken live) if its cgroup.controllers lists it. `field` is the OCI
-/// field that needs it, for the error.
+/// The directory serving a controller (`v1_name`; `v2_name` None: a v1-only one), see
+/// [`find_dir`]. `field` is the OCI field that needs it, for the error.
 fn locate<'a>(
     cgroup: &'a Cgroup,
     v1_name: &'static str,
     v2_name: Option<&str>,
     field: &'static str,
 ) -> Result<Dir<'a>, CgroupError> {
-    if let Cgroup::V1 { paths, .. } = cgroup {
-        if let Some(dir) = v1::find(paths, v1_name) {
-            return Ok(Dir::V1(dir));
-        }
+    if let Some(dir) = find_dir(cgroup, v1_name, v2_name)? {
+        return Ok(dir);
     }
     let v2_dir = cgroup.v2_dir();
-    if let (Some(dir), Some(name)) = (v2_dir, v2_name) {
-        let listed = fs::read(&dir.join("cgroup.controllers"))?;
-        if listed.split_whitespace().any(|c| c == name) {
-            return Ok(Dir::V2(dir));
-        }
-    }
     let path = v2_dir.or_else(|| cgroup.dirs().first().copied()).map(Path::to_path_buf).unwrap_or_default();
     Err(CgroupError::ControllerUnavailable { field, controller: v1_name, path })
+}
+
+/// The directory serving a controller: its v1 hierarchy if mounted, else the cgroup2 dir (v2,
+/// or unified on hybrid hosts, where the controllers v1 has not taken live) if its
+/// cgroup.controllers lists `v2_name`. None when neither has it.
+pub(super) fn find_dir<'a>(
+    cgroup: &'a Cgroup,
+    v1_name: &str,
+    v2_name: Option<&str>,
+) -> Result<Option<Dir<'a>>, CgroupError> {
+    if let Cgroup::V1 { paths, .. } = cgroup {
+        if let Some(dir) = v1::find(paths, v1_name) {
+            return Ok(Some(Dir::V1(dir)));
+        }
+    }
+    if let (Some(dir), Some(name)) = (cgroup.v2_dir(), v2_name) {
+        let listed = fs::read(&dir.join("cgroup.controllers"))?;
+        if listed.split_whitespace().any(|c| c == name) {
+            return Ok(Some(Dir::V2(dir)));
+        }
+    }
+    Ok(None)
 }
 
 impl Step<'_> {
