@@ -10,3 +10,6 @@ pub mod spec;
 pub mod store;
 mod sys;
 pub mod unpack;
+
+#[cfg(test)]
+mod testutil;

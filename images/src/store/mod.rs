@@ -325,3 +325,6 @@ fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> Result<usize, StoreErr
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests;

@@ -462,3 +462,6 @@ fn copy_up(src: &Path, fd: RawFd, name: &OsStr) -> io::Result<u64> {
     set_xattrs(fd, name, &read_xattrs(src)?)?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests;

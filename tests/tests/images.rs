@@ -1,0 +1,366 @@
+//! Images: `warren image import|list|rm` and `warren bundle create|rm` with
+//! the built-in busybox image (scripts/make-busybox-image.sh), containers run
+//! from what they make, and broken or malicious images that must be refused
+//! leaving the store as it was.
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use warren_tests::*;
+
+/// The busybox image dir (layout/, busybox-oci.tar, busybox-docker.tar).
+fn busybox() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new(ws.join("scripts/make-busybox-image.sh")).output().unwrap();
+        assert!(out.status.success(), "make-busybox-image.sh: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// A store inside the test's dir, and shorthands for the image verbs.
+struct Images<'a> {
+    t: &'a Test,
+    store: String,
+}
+
+impl<'a> Images<'a> {
+    fn new(t: &'a Test) -> Images<'a> {
+        Images { t, store: t.dir().join("store").to_string_lossy().into_owned() }
+    }
+
+    fn cmd(&self, group: &str, args: &[&str]) -> Result<Out> {
+        let mut v = vec![group, "--store", &self.store];
+        v.extend_from_slice(args);
+        self.t.cmd(&v)
+    }
+
+    fn import(&self, path: &Path, name: &str) -> Result<Out> {
+        self.cmd("image", &["import", "--name", name, &path.to_string_lossy()])
+    }
+
+    fn list(&self) -> Result<Vec<Value>> {
+        let out = self.cmd("image", &["list", "--format", "json"])?;
+        Ok(serde_json::from_str(&out.ok()?.stdout)?)
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        Ok(self.list()?.iter().map(|i| i["name"].as_str().unwrap_or("").to_string()).collect())
+    }
+
+    fn layers(&self) -> usize {
+        std::fs::read_dir(Path::new(&self.store).join("layers")).map(|r| r.count()).unwrap_or(0)
+    }
+
+    /// `bundle create --image IMAGE FLAGS... DIR [-- ARGS...]`.
+    fn bundle(&self, image: &str, dir: &Path, flags: &[&str], args: &[&str]) -> Result<Out> {
+        let d = dir.to_string_lossy();
+        let mut v = vec!["create", "--image", image];
+        v.extend_from_slice(flags);
+        v.push(&d);
+        if !args.is_empty() {
+            v.push("--");
+            v.extend_from_slice(args);
+        }
+        self.cmd("bundle", &v)
+    }
+
+    /// `bundle create ... DIR -- sh -c SCRIPT`, which must succeed.
+    fn bundle_sh(&self, image: &str, dir: &Path, flags: &[&str], script: &str) -> Result<()> {
+        self.bundle(image, dir, flags, &["sh", "-c", script])?.ok()?;
+        Ok(())
+    }
+
+    fn run(&self, id: &str, dir: &Path) -> Result<Out> {
+        self.t.cmd(&["run", "--bundle", &dir.to_string_lossy(), &self.t.id(id)])
+    }
+
+    fn rm_bundle(&self, dir: &Path) -> Result<Out> {
+        self.cmd("bundle", &["rm", &dir.to_string_lossy()])
+    }
+}
+
+#[test]
+fn import_all_three_forms_and_share_the_layer() -> Result<()> {
+    let t = Test::new("img_forms");
+    let im = Images::new(&t);
+    let bb = busybox();
+    im.import(&bb.join("layout"), "bb:layout")?.ok()?;
+    im.import(&bb.join("busybox-oci.tar"), "bb:oci")?.ok()?;
+    let out = im.cmd("image", &["import", &bb.join("busybox-docker.tar").to_string_lossy()])?;
+    ensure!(out.ok()?.stdout.starts_with("warren/busybox:latest sha256:"), "{out}");
+    let list = im.list()?;
+    ensure!(list.len() == 3, "{list:?}");
+    for i in &list {
+        ensure!(i["layers"] == 1 && i["shared"] == 1 && i["size"].as_u64() > Some(1_000_000), "{i}");
+    }
+    ensure!(im.layers() == 1, "one unpacked copy of the shared layer");
+    let table = im.cmd("image", &["list"])?;
+    ensure!(table.ok()?.stdout.lines().next().unwrap_or("").starts_with("NAME"), "{table}");
+    ensure!(table.stdout.contains("bb:oci"), "{table}");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn overlay_bundle_runs_and_writes_only_its_upper_dir() -> Result<()> {
+    let t = Test::new("img_overlay");
+    let im = Images::new(&t);
+    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    im.bundle_sh("bb:1", &dir, &[], "echo hi from $(cat /etc/passwd | head -1); echo data > /root/f; pwd")?;
+    let cfg: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    ensure!(cfg["annotations"]["org.opencontainers.image.ref.name"] == "bb:1", "{cfg}");
+    ensure!(cfg["process"]["env"].to_string().contains("PATH=/usr/local/sbin"), "{cfg}");
+    ensure!(!mounts_under(&dir.join("rootfs")).is_empty(), "rootfs is not a mount");
+    let out = im.run("c", &dir)?;
+    ensure!(out.ok()?.stdout == "hi from root:x:0:0:root:/root:/bin/sh\n/\n", "{out}");
+    ensure!(std::fs::read(dir.join("upper/root/f"))? == b"data\n", "the write went to the upper dir");
+    let layer_root = std::fs::read_dir(t.dir().join("store/layers"))?.next().context("a layer")??.path();
+    ensure!(!layer_root.join("fs/root/f").exists(), "the shared layer was written to");
+    im.rm_bundle(&dir)?.ok()?;
+    ensure!(!dir.exists(), "bundle dir remains");
+    ensure!(im.layers() == 1, "the image still holds its layer");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn copied_rootfs_runs_without_overlay() -> Result<()> {
+    let t = Test::new("img_copy");
+    let im = Images::new(&t);
+    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    im.bundle_sh("bb:1", &dir, &["--copy"], "ls -ld /tmp | cut -c1-10; readlink /bin/sh; id -u")?;
+    ensure!(mounts_under(&dir).is_empty(), "a copy needs no mount");
+    ensure!(std::fs::symlink_metadata(dir.join("rootfs/bin/busybox"))?.len() > 1_000_000, "no busybox copied");
+    let out = im.run("c", &dir)?;
+    ensure!(out.ok()?.stdout == "drwxrwxrwt\n/bin/busybox\n0\n", "{out}");
+    im.rm_bundle(&dir)?.ok()?;
+    ensure!(!dir.exists(), "bundle dir remains");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn image_rm_keeps_layers_a_bundle_uses() -> Result<()> {
+    let t = Test::new("img_refs");
+    let im = Images::new(&t);
+    im.import(&busybox().join("busybox-oci.tar"), "a:1")?.ok()?;
+    im.import(&busybox().join("layout"), "b:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    im.bundle_sh("a:1", &dir, &[], "echo still-here")?;
+    im.cmd("image", &["rm", "a:1", "b:1"])?.ok()?;
+    ensure!(im.names()?.is_empty(), "images remain");
+    ensure!(im.layers() == 1, "the bundle's layer was deleted under it");
+    let out = im.run("c", &dir)?;
+    ensure!(out.ok()?.stdout == "still-here\n", "{out}");
+    im.rm_bundle(&dir)?.ok()?;
+    ensure!(im.layers() == 0, "unused layer kept after the last bundle went");
+    let again = im.cmd("image", &["rm", "a:1"])?;
+    ensure!(again.failed()?.error_line() == "warren: no image named \"a:1\"", "{again}");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// Python that writes an OCI layout from layer descriptions:
+/// `[[name, kind, data_or_link_or_size], ...]` per layer; kinds: file, filler
+/// (that many bytes), dir, symlink, hardlink.
+const MAKE_LAYOUT: &str = r#"
+import gzip, hashlib, io, json, os, sys, tarfile
+out, layers, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+os.makedirs(out + "/blobs/sha256", exist_ok=True)
+def blob(b):
+    d = hashlib.sha256(b).hexdigest()
+    open(out + "/blobs/sha256/" + d, "wb").write(b)
+    return "sha256:" + d
+descs, diffs = [], []
+for entries in layers:
+    buf = io.BytesIO()
+    t = tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT)
+    for name, kind, arg in entries:
+        ti = tarfile.TarInfo(name)
+        data = None
+        if kind == "file":
+            data = arg.encode(); ti.size = len(data)
+        elif kind == "filler":
+            data = b"x" * int(arg); ti.size = len(data)
+        elif kind == "dir":
+            ti.type = tarfile.DIRTYPE
+        elif kind == "symlink":
+            ti.type = tarfile.SYMTYPE; ti.linkname = arg
+        elif kind == "hardlink":
+            ti.type = tarfile.LNKTYPE; ti.linkname = arg
+        t.addfile(ti, io.BytesIO(data) if data is not None else None)
+    t.close()
+    b = buf.getvalue()
+    diffs.append("sha256:" + hashlib.sha256(b).hexdigest())
+    media = "application/vnd.oci.image.layer.v1.tar"
+    if mode != "tar":
+        b, media = gzip.compress(b), media + "+gzip"
+    if mode == "gzip-truncated":
+        b = b[:len(b) // 2]
+    descs.append({"mediaType": media, "digest": blob(b), "size": len(b)})
+cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                  "rootfs": {"type": "layers", "diff_ids": diffs}}).encode()
+man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                  "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(cfg), "size": len(cfg)},
+                  "layers": descs}).encode()
+idx = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                          "digest": blob(man), "size": len(man)}]}
+json.dump(idx, open(out + "/index.json", "w"))
+open(out + "/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+"#;
+
+fn make_layout(t: &Test, name: &str, layers: Value) -> Result<PathBuf> {
+    make_layout_as(t, name, layers, "tar")
+}
+
+/// `mode`: tar, gzip, or gzip-truncated (the blob cut in half, its
+/// descriptor matching the cut blob).
+fn make_layout_as(t: &Test, name: &str, layers: Value, mode: &str) -> Result<PathBuf> {
+    let dir = t.dir().join(name);
+    host(t, "python3", &["-c", MAKE_LAYOUT, &dir.to_string_lossy(), &layers.to_string(), mode])?.ok()?;
+    Ok(dir)
+}
+
+/// The sha256 of `bytes` in hex, by sha256sum(1).
+fn sha256_hex(bytes: &[u8]) -> Result<String> {
+    use std::io::Write;
+    let mut child =
+        command("sha256sum").stdout(std::process::Stdio::piped()).stdin(std::process::Stdio::piped()).spawn()?;
+    child.stdin.take().context("stdin")?.write_all(bytes)?;
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8(out.stdout)?.split(' ').next().unwrap_or("").to_string())
+}
+
+/// The import must fail with one line that contains `needle`, and leave the
+/// store without images, layers or temp files.
+fn refused(im: &Images, path: &Path, needle: &str) -> Result<()> {
+    let out = im.import(path, "bad:1")?;
+    let line = out.failed()?.error_line();
+    ensure!(out.stderr.trim().lines().count() == 1, "not one line: {out}");
+    ensure!(line.starts_with("warren: ") && line.contains(needle), "wanted {needle:?}: {out}");
+    ensure!(im.names()?.is_empty() && im.layers() == 0, "something registered after: {out}");
+    let tmp = Path::new(&im.store).join("tmp");
+    ensure!(std::fs::read_dir(&tmp)?.next().is_none(), "tmp not empty after: {out}");
+    Ok(())
+}
+
+#[test]
+fn malicious_and_broken_images_are_refused_whole() -> Result<()> {
+    let t = Test::new("img_bad");
+    let im = Images::new(&t);
+    let outside = t.dir().join("outside");
+    std::fs::create_dir(&outside)?;
+    let o = outside.to_string_lossy();
+    let cases = [
+        ("dotdot", json!([[["../outside/x", "file", "x"]]]), "entry \"../outside/x\": '..' in the path"),
+        ("abs", json!([[["/etc/warren-evil", "file", "x"]]]), "entry \"/etc/warren-evil\": absolute path"),
+        (
+            "symlink",
+            json!([[["ok", "file", "1"]], [["evil", "symlink", o], ["evil/x", "file", "x"]]]),
+            "entry \"evil/x\": goes through symlink \"evil\"",
+        ),
+        (
+            "lower-symlink",
+            json!([[["evil", "symlink", "../../.."]], [["evil/x", "file", "x"]]]),
+            "entry \"evil/x\": goes through symlink \"evil\"",
+        ),
+        ("hardlink", json!([[["h", "hardlink", "/etc/passwd"]]]), "entry \"h\": hard link to \"/etc/passwd\""),
+        ("whiteout", json!([[["a", "file", "1"]], [[".wh.ghost", "file", ""]]]), "whiteout for \"ghost\""),
+    ];
+    for (name, layers, needle) in cases {
+        let dir = make_layout(&t, name, layers)?;
+        refused(&im, &dir, needle).with_context(|| name.to_string())?;
+    }
+    ensure!(std::fs::read_dir(&outside)?.next().is_none(), "something was written outside");
+    ensure!(!Path::new("/etc/warren-evil").exists(), "absolute path written");
+
+    // A good image, then broken copies of it.
+    let good = make_layout(&t, "good", json!([[["etc", "dir", ""], ["etc/hostname", "file", "x\n"]]]))?;
+    let index: Value = serde_json::from_slice(&std::fs::read(good.join("index.json"))?)?;
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let mpath = good.join("blobs/sha256").join(&manifest_digest[7..]);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(&mpath)?)?;
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let lpath = good.join("blobs/sha256").join(&layer[7..]);
+    let bytes = std::fs::read(&lpath)?;
+    let mut tampered = bytes.clone();
+    tampered[600] ^= 1;
+    std::fs::write(&lpath, &tampered)?;
+    refused(&im, &good, &format!("blob {layer}: content has digest"))?;
+    std::fs::write(&lpath, [&bytes[..], b"x"].concat())?;
+    refused(&im, &good, &format!("blob {layer}: size {}, its descriptor says {}", bytes.len() + 1, bytes.len()))?;
+    std::fs::remove_file(&lpath)?;
+    refused(&im, &good, &format!("blob {layer}: missing from the image"))?;
+    std::fs::write(&lpath, &bytes)?;
+    // Another media type: a new manifest blob, and index.json pointing at it.
+    let mut odd = manifest.clone();
+    odd["layers"][0]["mediaType"] = json!("application/vnd.example.layer+lz4");
+    let odd = serde_json::to_vec(&odd)?;
+    let odd_digest = sha256_hex(&odd)?;
+    std::fs::write(good.join("blobs/sha256").join(&odd_digest), &odd)?;
+    let mut index = index.clone();
+    index["manifests"][0]["digest"] = json!(format!("sha256:{odd_digest}"));
+    index["manifests"][0]["size"] = json!(odd.len());
+    std::fs::write(good.join("index.json"), serde_json::to_vec(&index)?)?;
+    refused(&im, &good, &format!("blob {layer}: unsupported media type \"application/vnd.example.layer+lz4\""))?;
+    let layers = json!([[["big", "file", "y".repeat(100_000)]]]);
+    let trunc = make_layout_as(&t, "trunc", layers, "gzip-truncated")?;
+    refused(&im, &trunc, ": gzip: ")?;
+    let empty = t.dir().join("empty");
+    std::fs::create_dir(&empty)?;
+    refused(&im, &empty, "neither an OCI image layout nor an image archive")?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn bundle_verbs_refuse_bad_input() -> Result<()> {
+    let t = Test::new("img_bundle_bad");
+    let im = Images::new(&t);
+    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    let out = im.bundle("nope:1", &dir, &[], &[])?;
+    ensure!(out.failed()?.error_line() == "warren: no image named \"nope:1\"", "{out}");
+    ensure!(!dir.exists(), "bundle dir made for a failure");
+    std::fs::create_dir(&dir)?;
+    std::fs::write(dir.join("keep"), b"mine")?;
+    let out = im.bundle("bb:1", &dir, &[], &[])?;
+    ensure!(out.failed()?.error_line().contains("already exists and is not empty"), "{out}");
+    let out = im.rm_bundle(&dir)?;
+    ensure!(out.failed()?.error_line().contains("not made by `bundle create`"), "{out}");
+    ensure!(dir.join("keep").exists(), "bundle rm touched a directory it did not make");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn killed_import_leaves_nothing_to_trip_over() -> Result<()> {
+    let t = Test::new("img_kill");
+    let im = Images::new(&t);
+    // A layer big enough to kill the import in the middle of it.
+    let big: Vec<Value> = (0..400).map(|i| json!([format!("f{i}"), "filler", (256 << 10).to_string()])).collect();
+    let dir = make_layout(&t, "big", json!([big]))?;
+    let mut child =
+        command(warren_bin()).args(["image", "--store", &im.store, "import", "--name", "big:1"]).arg(&dir).spawn()?;
+    let tmp = Path::new(&im.store).join("tmp");
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).map(|mut r| r.next().is_none()).unwrap_or(true) {
+        ensure!(start.elapsed().as_secs() < 20, "the import never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    child.kill()?;
+    child.wait()?;
+    ensure!(im.names()?.is_empty(), "a killed import registered an image");
+    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    ensure!(im.names()? == ["bb:1"], "list after the kill");
+    ensure!(std::fs::read_dir(&tmp)?.next().is_none(), "the killed import's files remain");
+    ensure!(im.layers() == 1, "the killed import's layers remain");
+    t.assert_no_leftovers();
+    Ok(())
+}
