@@ -120,22 +120,30 @@ fn refused_value_writes_nothing() -> Result<()> {
     Ok(())
 }
 
-/// cpuset.cpus is written before the memory limit; a limit below what the
-/// container uses, with no swap to reclaim its anonymous pages into, is
-/// refused by the kernel (EBUSY) only at write time. The written cpuset
-/// must come back.
+/// cpuset.cpus and the memory limit are written before the cpu controller's
+/// files; a real-time runtime above what the parent cgroup has is refused
+/// by the kernel (EINVAL) only at write time. Both written files must come
+/// back. (A memory limit below what the container holds no longer serves
+/// here: it is refused before anything is written.)
 #[test]
 fn failing_write_rolls_back_earlier_ones() -> Result<()> {
     let t = Test::new("upd_rollback");
     let (_b, c) = sleeper(&t)?;
     let (cpus, limit) = (knob(&c, "cpuset", "cpuset.cpus")?, knob(&c, "memory", "memory.limit_in_bytes")?);
     ensure!(cpus != "0", "the container already runs on cpu 0 only");
-    let out = t.cmd(&["update", "--cpuset-cpus", "0", "--memory", "4k", &c.id])?;
+    let cpu_dir = cgroup_dir_of(c.pid()?, "cpu")?;
+    let parent_rt = std::fs::read_to_string(cpu_dir.parent().unwrap().join("cpu.rt_runtime_us"))
+        .context("this test needs a kernel with RT_GROUP_SCHED")?;
+    let runtime = parent_rt.trim().parse::<i64>()? + 1000;
+    let r = json!({"cpu": {"cpus": "0", "realtimeRuntime": runtime}, "memory": {"limit": 67108864}});
+    let file = t.dir().join("resources.json");
+    std::fs::write(&file, r.to_string())?;
+    let out = t.cmd(&["update", "-r", &file.to_string_lossy(), &c.id])?;
     ensure!(!out.success(), "accepted: {out}");
-    ensure!(out.stderr.contains("linux.resources.memory.limit") && out.stderr.contains("rolled back"), "{out}");
+    ensure!(out.stderr.contains("linux.resources.cpu.realtimeRuntime") && out.stderr.contains("rolled back"), "{out}");
     ensure!(knob(&c, "cpuset", "cpuset.cpus")? == cpus, "cpuset.cpus not restored");
-    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == limit);
-    ensure!(stored_resources(&t, &c)?["memory"]["limit"] != json!(4096), "failed update stored");
+    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == limit, "memory limit not restored");
+    ensure!(stored_resources(&t, &c)?["memory"]["limit"] != json!(67108864), "failed update stored");
     drop(c);
     t.assert_no_leftovers();
     Ok(())
