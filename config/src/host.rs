@@ -1,0 +1,166 @@
+//! Host defaults (host.toml): what a plan needs to know about the machine it lands on.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::device::{self, BlockDevice};
+use crate::{toml_file, ConfigError};
+
+/// Where an operator's host defaults live when neither a path nor [`HOST_FILE_ENV`] is given.
+pub const DEFAULT_HOST_FILE: &str = "/etc/warren/host.toml";
+/// The environment variable that names the host defaults file.
+pub const HOST_FILE_ENV: &str = "WARREN_HOST_CONFIG";
+
+const BUILTIN: &str = include_str!("../host.toml");
+const BUILTIN_NAME: &str = "built-in host.toml";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    io: Option<IoFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IoFile {
+    devices: Option<Vec<String>>,
+}
+
+/// One entry of io.devices.
+#[derive(Clone, Debug, PartialEq)]
+enum DeviceEntry {
+    /// The disk that holds the bundle's rootfs.
+    Auto,
+    /// A device node such as /dev/vda.
+    Node(PathBuf),
+    /// A device number.
+    Number(BlockDevice),
+}
+
+/// The host defaults, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostConfig {
+    source: String,
+    io_devices: Vec<(String, DeviceEntry)>,
+}
+
+impl HostConfig {
+    /// The defaults shipped in the binary (config/host.toml).
+    pub fn builtin() -> Result<HostConfig, ConfigError> {
+        HostConfig::parse(BUILTIN, BUILTIN_NAME)
+    }
+
+    pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
+        HostConfig::parse(&toml_file::read(path)?, &path.display().to_string())
+    }
+
+    /// `explicit` if given, else $WARREN_HOST_CONFIG if set (both must exist), else
+    /// /etc/warren/host.toml if it exists, else the built-in defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<HostConfig, ConfigError> {
+        let from_env = std::env::var_os(HOST_FILE_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+        match explicit.map(Path::to_path_buf).or(from_env) {
+            Some(path) => HostConfig::load(&path),
+            None if Path::new(DEFAULT_HOST_FILE).exists() => HostConfig::load(Path::new(DEFAULT_HOST_FILE)),
+            None => HostConfig::builtin(),
+        }
+    }
+
+    pub fn parse(text: &str, source: &str) -> Result<HostConfig, ConfigError> {
+        let file: HostFile = toml_file::parse(text, source)?;
+        let entries = file.io.and_then(|io| io.devices).unwrap_or_else(|| vec!["auto".to_string()]);
+        let io_devices = entries
+            .into_iter()
+            .map(|text| {
+                let entry = parse_entry(&text).map_err(|reason| ConfigError::Device {
+                    file: source.to_string(),
+                    device: text.clone(),
+                    reason: reason.to_string(),
+                })?;
+                Ok((text, entry))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(HostConfig { source: source.to_string(), io_devices })
+    }
+
+    /// The disks that a plan's I/O limits apply to, for a container whose rootfs is at
+    /// `rootfs`: each io.devices entry resolved ("auto": the disk under `rootfs`), mapped to
+    /// its whole disk, without repeats.
+    pub fn io_devices(&self, rootfs: &Path) -> Result<Vec<BlockDevice>, ConfigError> {
+        let mut disks = Vec::new();
+        for (text, entry) in &self.io_devices {
+            let found = match entry {
+                DeviceEntry::Auto => device::backing(rootfs).map_err(|e| format!("has no disk: {e}")),
+                DeviceEntry::Node(path) => device::of_node(path),
+                DeviceEntry::Number(dev) => Ok(*dev),
+            };
+            let disk = found.and_then(device::whole_disk).map_err(|reason| ConfigError::Device {
+                file: self.source.clone(),
+                device: text.clone(),
+                reason,
+            })?;
+            if !disks.contains(&disk) {
+                disks.push(disk);
+            }
+        }
+        Ok(disks)
+    }
+}
+
+fn parse_entry(text: &str) -> Result<DeviceEntry, &'static str> {
+    if text == "auto" {
+        return Ok(DeviceEntry::Auto);
+    }
+    if text.starts_with('/') {
+        return Ok(DeviceEntry::Node(PathBuf::from(text)));
+    }
+    BlockDevice::parse(text)
+        .map(DeviceEntry::Number)
+        .ok_or("is not \"auto\", a device path (/dev/vda) or a device number (254:0)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_is_auto() {
+        let host = HostConfig::builtin().unwrap();
+        assert_eq!(host.io_devices, vec![("auto".to_string(), DeviceEntry::Auto)]);
+    }
+
+    #[test]
+    fn entries_parse() {
+        let host = HostConfig::parse("[io]\ndevices = [\"auto\", \"/dev/vda\", \"8:16\"]\n", "h.toml").unwrap();
+        let entries: Vec<_> = host.io_devices.into_iter().map(|(_, e)| e).collect();
+        assert_eq!(
+            entries,
+            [DeviceEntry::Auto, DeviceEntry::Node("/dev/vda".into()), DeviceEntry::Number(BlockDevice::new(8, 16))]
+        );
+        assert_eq!(HostConfig::parse("", "h.toml").unwrap().io_devices.len(), 1, "no [io]: auto");
+    }
+
+    #[test]
+    fn bad_entries_name_the_field() {
+        let cases = [
+            ("[io]\ndevices = [\"sda\"]\n", "h.toml: io.devices: \"sda\" is not \"auto\", a device path"),
+            ("[io]\ndevice = [\"auto\"]\n", "h.toml: io.device: unknown field `device`"),
+            ("[io]\ndevices = \"auto\"\n", "h.toml: io.devices: invalid type: string \"auto\", expected a sequence"),
+            ("[cpu]\nperiod = 1\n", "h.toml: cpu: unknown field `cpu`"),
+        ];
+        for (text, want) in cases {
+            let err = HostConfig::parse(text, "h.toml").unwrap_err().to_string();
+            assert!(err.starts_with(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_device_numbers_and_non_devices_are_refused() {
+        let host = HostConfig::parse("[io]\ndevices = [\"9999:0\"]\n", "h.toml").unwrap();
+        let err = host.io_devices(Path::new("/")).unwrap_err().to_string();
+        assert_eq!(err, "h.toml: io.devices: \"9999:0\" is no block device of this host (9999:0)");
+        let host = HostConfig::parse("[io]\ndevices = [\"/etc/passwd\"]\n", "h.toml").unwrap();
+        let err = host.io_devices(Path::new("/")).unwrap_err().to_string();
+        assert_eq!(err, "h.toml: io.devices: \"/etc/passwd\" is not a block device");
+    }
+}

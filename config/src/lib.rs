@@ -1,0 +1,31 @@
+//! Hosting plans and host defaults for Warren: TOML files (format: config/README.md) that
+//! become a container's OCI `linux.resources`, so that an operator never writes cgroup
+//! numbers by hand.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), warren_config::ConfigError> {
+//! # let mut spec = oci_spec::runtime::Spec::default();
+//! use warren_config::{apply_plan, Catalog, HostConfig};
+//! let catalog = Catalog::discover(None)?; // built-ins + /etc/warren/plans
+//! let host = HostConfig::discover(None)?; // /etc/warren/host.toml or built-in
+//! let plan = catalog.get("small")?;
+//! apply_plan(&mut spec, plan, &host, std::path::Path::new("bundle/rootfs"))?;
+//! # Ok(()) }
+//! ```
+
+mod catalog;
+mod device;
+mod error;
+mod host;
+mod plan;
+mod resources;
+mod toml_file;
+mod units;
+
+pub use catalog::{Catalog, DEFAULT_PLANS_DIR, PLANS_DIR_ENV};
+pub use device::BlockDevice;
+pub use error::ConfigError;
+pub use host::{HostConfig, DEFAULT_HOST_FILE, HOST_FILE_ENV};
+pub use plan::{IoLimits, Plan, CPU_PERIOD_US, MIN_MEMORY};
+pub use resources::{apply_plan, apply_plan_to_resources};
+pub use units::{Rate, Size};
