@@ -82,9 +82,9 @@ pub fn run(a: &PlanArgs) -> Result<i32> {
 /// `warren spec --plan NAME`: the new config (a JSON value) with the plan's resources; the
 /// "auto" disk is the one under the bundle directory, the rootfs being usually not there yet.
 pub fn with_plan(mut config: Value, name: &str, sources: &PlanSources, bundle: &Path) -> Result<Value> {
-    let plan = Catalog::discover(sources.plans_dir.as_deref())?.get(name)?.clone();
+    let catalog = Catalog::discover(sources.plans_dir.as_deref())?;
     let host = HostConfig::discover(sources.host_config.as_deref())?;
-    set_resources(&mut config, &plan, &host, bundle, Path::new("config.json"))?;
+    set_resources(&mut config, catalog.get(name)?, &host, bundle, Path::new("config.json"))?;
     Ok(config)
 }
 
