@@ -1,0 +1,318 @@
+//! Create, Start, Exec and Delete: the RPCs that run `warren` and move processes through
+//! their phases. Each takes the task table's lock only around its own bookkeeping, never
+//! while a `warren` command runs.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskStart,
+};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::shim::shim::{CreateTaskRequest, DeleteResponse, ExecProcessRequest};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use warren::cgroups::oom::OomWatcher;
+
+use crate::error::{Result, ShimError};
+use crate::events::Event;
+use crate::runner::{read_pid, Runner, Spawn};
+use crate::service::Service;
+use crate::stdio::{ConsoleSocket, IoConfig, Stdio, Terminal};
+use crate::tasks::{Container, Exit, Launch, Phase, Process, RuntimeConfig};
+use crate::{config, mounts};
+
+/// How long Delete waits for a created (never started) init to die after `warren delete`.
+const KILLED_INIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Service {
+    pub(crate) fn do_create(&self, req: &CreateTaskRequest) -> Result<u32> {
+        if self.tasks.lock().containers.contains_key(&req.id) {
+            return Err(ShimError::ContainerExists { id: req.id.clone() });
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::CheckpointUnsupported { id: req.id.clone() });
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let runtime = config::from_options(req.options.as_ref(), &self.namespace)?;
+        config::save(&bundle, &runtime)?;
+        let rootfs = bundle.join("rootfs");
+        let mounted = !req.rootfs.is_empty();
+        if mounted {
+            mounts::mount_rootfs(&req.rootfs, &rootfs)?;
+        }
+        let io = IoConfig {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let created = self.create_container(req, &bundle, runtime, io, mounted.then_some(rootfs.clone()));
+        if created.is_err() && mounted {
+            let _ = mounts::unmount_all(&rootfs);
+        }
+        created
+    }
+
+    fn create_container(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        runtime: RuntimeConfig,
+        io: IoConfig,
+        rootfs_mount: Option<PathBuf>,
+    ) -> Result<u32> {
+        let id = req.id.as_str();
+        let spec = Spec::load(bundle.join("config.json"))
+            .map_err(|e| ShimError::BadRequest { field: "bundle config.json", reason: e.to_string() })?;
+        let own_pid_ns = warren::spec::namespace(&spec, LinuxNamespaceType::Pid).is_some_and(|ns| ns.path().is_none());
+        let runner = Runner::new(&runtime, id, bundle);
+        let launch = self.tasks.launch();
+        let (pid, terminal) = self.spawn(&launch, &runner, &io, bundle, None)?;
+        let mut table = self.tasks.lock();
+        let mut init = Process::new("", io.clone(), Vec::new());
+        init.pid = pid;
+        init.terminal = terminal;
+        let early_exit = launch.claim(&mut table, pid);
+        let mut c = Container {
+            id: id.into(),
+            bundle: bundle.into(),
+            runtime: runtime.clone(),
+            init,
+            execs: Default::default(),
+            paused: false,
+            rootfs_mount,
+            kill_all_on_exit: !own_pid_ns,
+        };
+        self.tasks.events.send(Event::Create(TaskCreate {
+            container_id: id.into(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(TaskIO {
+                stdin: io.stdin,
+                stdout: io.stdout,
+                stderr: io.stderr,
+                terminal: io.terminal,
+                ..Default::default()
+            }),
+            pid: pid as u32,
+            ..Default::default()
+        }));
+        if let Some(exit) = early_exit {
+            self.tasks.finish(&mut c, "", exit);
+        }
+        table.containers.insert(id.into(), c);
+        drop(table);
+        drop(launch);
+        self.watch_oom(id, &runtime);
+        Ok(pid as u32)
+    }
+
+    /// Runs `warren create` (exec_json None) or `warren exec`, and takes over the terminal.
+    fn spawn(
+        &self,
+        launch: &Launch,
+        runner: &Runner,
+        io: &IoConfig,
+        bundle: &Path,
+        exec: Option<(&Path, &Path)>,
+    ) -> Result<(i32, Option<Terminal>)> {
+        let console = if io.terminal { Some(ConsoleSocket::new()?) } else { None };
+        let stdio = if io.terminal { Stdio::null()? } else { Stdio::open(io, runner.id, &self.namespace)? };
+        let console_path = console.as_ref().map(|c| c.path());
+        let init_pid_file = bundle.join("init.pid");
+        let pid_file = exec.map_or(init_pid_file.as_path(), |(_, pid_file)| pid_file);
+        let spawn = Spawn { pid_file, console_socket: console_path.as_deref(), stdio: Some(stdio) };
+        match exec {
+            None => runner.create(launch, bundle, spawn)?,
+            Some((process_json, _)) => runner.exec(launch, process_json, spawn)?,
+        }
+        let taken = read_pid(pid_file).and_then(|pid| {
+            let terminal = match &console {
+                Some(c) => Some(Terminal::start(c.receive()?, io)?),
+                None => None,
+            };
+            Ok((pid, terminal))
+        });
+        if taken.is_err() && exec.is_none() {
+            // Nothing of a half-made container stays behind.
+            let _ = runner.delete(launch, true);
+        }
+        taken
+    }
+
+    fn watch_oom(&self, id: &str, runtime: &RuntimeConfig) {
+        let rt = warren::container::Runtime::new(&runtime.root);
+        match rt.live_cgroup(id).map(|cg| OomWatcher::new(&cg)) {
+            Ok(Ok(Some(w))) => self.supervisor.watch_oom(id, w),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => log::warn!("container {id}: no OOM events: {e}"),
+            Err(e) => log::warn!("container {id}: no OOM events: {e}"),
+        }
+    }
+
+    pub(crate) fn do_start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let (runtime, bundle, io, spec) = {
+            let mut table = self.tasks.lock();
+            let c = table.container_mut(id)?;
+            if !matches!(c.process(exec_id)?.phase, Phase::Created) {
+                return Err(c.bad_state(exec_id, "start"));
+            }
+            let (runtime, bundle) = (c.runtime.clone(), c.bundle.clone());
+            let p = c.process_mut(exec_id)?;
+            p.phase = Phase::Starting;
+            (runtime, bundle, p.io.clone(), p.spec.clone())
+        };
+        let runner = Runner::new(&runtime, id, &bundle);
+        let launch = self.tasks.launch();
+        let result = if exec_id.is_empty() {
+            runner.start(&launch).map(|()| None)
+        } else {
+            self.start_exec(&launch, &runner, &bundle, exec_id, &io, &spec).map(Some)
+        };
+        let mut table = self.tasks.lock();
+        let claimed = match &result {
+            Ok(Some((pid, _))) => launch.claim(&mut table, *pid),
+            _ => None,
+        };
+        let c = table.container_mut(id)?;
+        let (pid, terminal) = match result {
+            Err(e) => {
+                self.tasks.start_failed(c, exec_id);
+                return Err(e);
+            }
+            Ok(None) => (c.init.pid, None),
+            Ok(Some(started)) => started,
+        };
+        let p = c.process_mut(exec_id)?;
+        if !exec_id.is_empty() {
+            p.pid = pid;
+            p.terminal = terminal;
+        }
+        if let Some(exit) = claimed {
+            p.hold_exit(exit);
+        }
+        let event = if exec_id.is_empty() {
+            Event::Start(TaskStart { container_id: id.into(), pid: pid as u32, ..Default::default() })
+        } else {
+            let e = TaskExecStarted {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                pid: pid as u32,
+                ..Default::default()
+            };
+            Event::ExecStarted(e)
+        };
+        self.tasks.events.send(event);
+        self.tasks.started(c, exec_id);
+        Ok(pid as u32)
+    }
+
+    fn start_exec(
+        &self,
+        launch: &Launch,
+        runner: &Runner,
+        bundle: &Path,
+        exec_id: &str,
+        io: &IoConfig,
+        spec: &[u8],
+    ) -> Result<(i32, Option<Terminal>)> {
+        let process_json = bundle.join(format!(".exec-{exec_id}.json"));
+        let pid_file = bundle.join(format!(".exec-{exec_id}.pid"));
+        std::fs::write(&process_json, spec).map_err(ShimError::io(&process_json))?;
+        let started = self.spawn(launch, runner, io, bundle, Some((&process_json, &pid_file)));
+        let _ = std::fs::remove_file(&process_json);
+        let _ = std::fs::remove_file(&pid_file);
+        started
+    }
+
+    pub(crate) fn do_exec(&self, req: &ExecProcessRequest) -> Result<()> {
+        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        if let Err(e) = serde_json::from_slice::<oci_spec::runtime::Process>(&spec) {
+            return Err(ShimError::BadRequest { field: "spec", reason: format!("not a runtime-spec process: {e}") });
+        }
+        let io = IoConfig {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut table = self.tasks.lock();
+        let c = table.container_mut(&req.id)?;
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(ShimError::ExecExists { id: req.id.clone(), exec_id: req.exec_id.clone() });
+        }
+        if !matches!(c.init.phase, Phase::Created | Phase::Running) {
+            return Err(c.bad_state("", "exec in"));
+        }
+        c.execs.insert(req.exec_id.clone(), Process::new(&req.exec_id, io, spec));
+        let event = TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
+        self.tasks.events.send(Event::ExecAdded(event));
+        Ok(())
+    }
+
+    pub(crate) fn do_delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse> {
+        if !exec_id.is_empty() {
+            return self.delete_exec(id, exec_id);
+        }
+        let (runtime, bundle, was_started) = {
+            let table = self.tasks.lock();
+            let c = table.container(id)?;
+            if matches!(c.init.phase, Phase::Starting | Phase::Running) {
+                return Err(c.bad_state("", "delete"));
+            }
+            (c.runtime.clone(), c.bundle.clone(), !matches!(c.init.phase, Phase::Created))
+        };
+        let runner = Runner::new(&runtime, id, &bundle);
+        let deleted = runner.delete(&self.tasks.launch(), false);
+        if let Err(e) = deleted {
+            if runtime.root.join(id).exists() {
+                return Err(e);
+            }
+            log::warn!("{e} (its state is gone already)");
+        }
+        // A created init dies by `warren delete`; its exit is the task's.
+        let exit = match was_started {
+            true => None,
+            false => self.tasks.wait_exit(id, "", Some(KILLED_INIT_GRACE)).ok(),
+        };
+        self.supervisor.unwatch_oom(id);
+        let mut table = self.tasks.lock();
+        let c = table.containers.remove(id).ok_or_else(|| ShimError::NoContainer { id: id.into() })?;
+        drop(table);
+        if let Some(target) = &c.rootfs_mount {
+            mounts::unmount_all(target)?;
+        }
+        let exit = c.init.exit().or(exit).unwrap_or_else(|| Exit::now(128 + libc::SIGKILL as u32));
+        let response = DeleteResponse {
+            pid: c.init.pid as u32,
+            exit_status: exit.status,
+            exited_at: exit.timestamp(),
+            ..Default::default()
+        };
+        self.tasks.events.send(Event::Delete(TaskDelete {
+            container_id: id.into(),
+            pid: c.init.pid as u32,
+            exit_status: exit.status,
+            exited_at: exit.timestamp(),
+            id: id.into(),
+            ..Default::default()
+        }));
+        Ok(response)
+    }
+
+    fn delete_exec(&self, id: &str, exec_id: &str) -> Result<DeleteResponse> {
+        let mut table = self.tasks.lock();
+        let c = table.container_mut(id)?;
+        let p = c.process(exec_id)?;
+        if matches!(p.phase, Phase::Starting | Phase::Running) {
+            return Err(c.bad_state(exec_id, "delete"));
+        }
+        let p = c.execs.remove(exec_id).expect("looked up above");
+        let exit = p.exit();
+        Ok(DeleteResponse {
+            pid: p.pid as u32,
+            exit_status: exit.map_or(0, |e| e.status),
+            exited_at: exit.map_or_else(MessageField::none, |e| e.timestamp()),
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,313 @@
+//! The table of containers and their processes, and the exit bookkeeping around it.
+//!
+//! One mutex guards the table, the count of launches in flight and the exits nobody has
+//! claimed yet, so that "is this pid one of ours?" and "record this pid as ours" can never
+//! interleave badly: an exit that lands before the process that made it is in the table (a
+//! `warren exec` whose process dies at once, an init killed during create) is held as
+//! unclaimed while any launch is in flight, and the launch claims it when it learns its pid.
+//! The exits of the `warren` commands themselves reach their callers the same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+
+use crate::error::{Result, ShimError};
+use crate::events::{Event, Events};
+use crate::stdio::{IoConfig, Terminal};
+
+/// How a process ended: its exit code, or 128 + the signal that killed it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub status: u32,
+    pub at: SystemTime,
+}
+
+impl Exit {
+    pub fn now(status: u32) -> Exit {
+        Exit { status, at: SystemTime::now() }
+    }
+
+    pub fn timestamp(&self) -> MessageField<Timestamp> {
+        timestamp(self.at)
+    }
+}
+
+pub fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
+    let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    MessageField::some(Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+        ..Default::default()
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Phase {
+    Created,
+    /// `Start` is running: an exit now is held back until the start event has been queued.
+    Starting,
+    Running,
+    Exited(Exit),
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Created => "created",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Exited(_) => "stopped",
+        }
+    }
+}
+
+/// The init (exec id "") or an exec of a container.
+pub struct Process {
+    pub exec_id: String,
+    /// Host pid; 0 for an exec that has not started.
+    pub pid: i32,
+    pub io: IoConfig,
+    pub phase: Phase,
+    held_exit: Option<Exit>,
+    pub terminal: Option<Terminal>,
+    /// An exec's process as runtime-spec JSON.
+    pub spec: Vec<u8>,
+}
+
+impl Process {
+    pub fn new(exec_id: &str, io: IoConfig, spec: Vec<u8>) -> Process {
+        Process { exec_id: exec_id.into(), pid: 0, io, phase: Phase::Created, held_exit: None, terminal: None, spec }
+    }
+
+    pub fn exit(&self) -> Option<Exit> {
+        match self.phase {
+            Phase::Exited(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// An exit found while starting: reported once the start event is out.
+    pub fn hold_exit(&mut self, exit: Exit) {
+        self.held_exit = Some(exit);
+    }
+
+    fn alive_with_pid(&self, pid: i32) -> bool {
+        self.pid == pid && matches!(self.phase, Phase::Created | Phase::Starting | Phase::Running)
+    }
+}
+
+/// Where a container's `warren` binary and state live.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeConfig {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+}
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub init: Process,
+    pub execs: BTreeMap<String, Process>,
+    pub paused: bool,
+    /// Where the shim mounted the rootfs containerd handed over (unmounted at delete).
+    pub rootfs_mount: Option<PathBuf>,
+    /// No pid namespace of its own: the init's exit does not end the other processes.
+    pub kill_all_on_exit: bool,
+}
+
+impl Container {
+    pub fn process(&self, exec_id: &str) -> Result<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs.get(exec_id).ok_or_else(|| ShimError::NoExec { id: self.id.clone(), exec_id: exec_id.into() })
+    }
+
+    pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        let id = &self.id;
+        self.execs.get_mut(exec_id).ok_or_else(|| ShimError::NoExec { id: id.clone(), exec_id: exec_id.into() })
+    }
+
+    pub fn bad_state(&self, exec_id: &str, action: &'static str) -> ShimError {
+        let state = self.process(exec_id).map(|p| p.phase.name()).unwrap_or("gone");
+        ShimError::BadState { id: self.id.clone(), exec_id: exec_id.into(), action, state }
+    }
+}
+
+pub struct Table {
+    pub containers: HashMap<String, Container>,
+    launches: usize,
+    unclaimed: HashMap<i32, Exit>,
+}
+
+impl Table {
+    pub fn container(&self, id: &str) -> Result<&Container> {
+        self.containers.get(id).ok_or_else(|| ShimError::NoContainer { id: id.into() })
+    }
+
+    pub fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
+        self.containers.get_mut(id).ok_or_else(|| ShimError::NoContainer { id: id.into() })
+    }
+}
+
+pub struct Tasks {
+    table: Mutex<Table>,
+    /// Signalled at every exit, claimed or not.
+    changed: Condvar,
+    pub events: Events,
+}
+
+impl Tasks {
+    pub fn new(events: Events) -> Tasks {
+        let table = Table { containers: HashMap::new(), launches: 0, unclaimed: HashMap::new() };
+        Tasks { table: Mutex::new(table), changed: Condvar::new(), events }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic aborts the process (panic = "abort"): the lock is never poisoned.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Announces a child about to be spawned whose exit the caller will claim.
+    pub fn launch(&self) -> Launch<'_> {
+        self.lock().launches += 1;
+        Launch { tasks: self }
+    }
+
+    /// The reaper's report of one exit.
+    pub fn on_exit(&self, pid: i32, exit: Exit) {
+        let mut table = self.lock();
+        let found = table.containers.values_mut().find_map(|c| {
+            let exec = c.execs.values().find(|p| p.alive_with_pid(pid)).map(|p| p.exec_id.clone());
+            match exec {
+                Some(exec_id) => Some((c.id.clone(), exec_id)),
+                None if c.init.alive_with_pid(pid) => Some((c.id.clone(), String::new())),
+                None => None,
+            }
+        });
+        match found {
+            Some((id, exec_id)) => {
+                if let Ok(c) = table.container_mut(&id) {
+                    let held = c.process_mut(&exec_id).map(|p| matches!(p.phase, Phase::Starting)).unwrap_or(false);
+                    if held {
+                        let _ = c.process_mut(&exec_id).map(|p| p.held_exit = Some(exit));
+                    } else {
+                        self.finish(c, &exec_id, exit);
+                    }
+                }
+            }
+            None if table.launches > 0 => {
+                table.unclaimed.insert(pid, exit);
+            }
+            None => log::debug!("reaped pid {pid} (not a container process), status {}", exit.status),
+        }
+        drop(table);
+        self.changed.notify_all();
+    }
+
+    /// Marks the process exited and queues its TaskExit.
+    pub fn finish(&self, c: &mut Container, exec_id: &str, exit: Exit) {
+        let Ok(p) = c.process_mut(exec_id) else { return };
+        p.phase = Phase::Exited(exit);
+        let pid = p.pid;
+        self.events.send(Event::Exit(TaskExit {
+            container_id: c.id.clone(),
+            id: if exec_id.is_empty() { c.id.clone() } else { exec_id.into() },
+            pid: pid as u32,
+            exit_status: exit.status,
+            exited_at: exit.timestamp(),
+            ..Default::default()
+        }));
+        if exec_id.is_empty() && c.kill_all_on_exit {
+            // Without a pid namespace of its own nothing ends the rest of the container.
+            let rt = warren::container::Runtime::new(&c.runtime.root);
+            if let Err(e) = rt.kill(&c.id, nix::sys::signal::Signal::SIGKILL, true) {
+                log::debug!("kill the rest of {}: {e}", c.id);
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Ends `Starting`: the start event is queued by the caller first, then a held exit is
+    /// reported.
+    pub fn started(&self, c: &mut Container, exec_id: &str) {
+        let Ok(p) = c.process_mut(exec_id) else { return };
+        p.phase = Phase::Running;
+        if let Some(exit) = p.held_exit.take() {
+            self.finish(c, exec_id, exit);
+        }
+    }
+
+    /// Undoes `Starting` after a failed start.
+    pub fn start_failed(&self, c: &mut Container, exec_id: &str) {
+        let Ok(p) = c.process_mut(exec_id) else { return };
+        p.phase = Phase::Created;
+        if let Some(exit) = p.held_exit.take() {
+            self.finish(c, exec_id, exit);
+        }
+    }
+
+    /// Blocks until the process has exited (`timeout` None = for ever).
+    pub fn wait_exit(&self, id: &str, exec_id: &str, timeout: Option<Duration>) -> Result<Exit> {
+        let until = timeout.map(|t| Instant::now() + t);
+        let mut table = self.lock();
+        loop {
+            let p = table.container(id)?.process(exec_id)?;
+            if let Some(exit) = p.exit() {
+                return Ok(exit);
+            }
+            table = match until {
+                None => self.changed.wait(table).unwrap_or_else(|e| e.into_inner()),
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(table.container(id)?.bad_state(exec_id, "wait for"));
+                    }
+                    self.changed.wait_timeout(table, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+    }
+}
+
+/// A spawn in flight: while one exists, exits of unknown pids are kept for it.
+pub struct Launch<'a> {
+    tasks: &'a Tasks,
+}
+
+impl Launch<'_> {
+    /// Blocks until the child `pid` has exited.
+    pub fn wait(&self, pid: i32) -> Exit {
+        let mut table = self.tasks.lock();
+        loop {
+            if let Some(exit) = table.unclaimed.remove(&pid) {
+                return exit;
+            }
+            table = self.tasks.changed.wait(table).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// An exit of `pid` that already happened, if any.
+    pub fn claim(&self, table: &mut Table, pid: i32) -> Option<Exit> {
+        table.unclaimed.remove(&pid)
+    }
+}
+
+impl Drop for Launch<'_> {
+    fn drop(&mut self) {
+        let mut table = self.tasks.lock();
+        table.launches -= 1;
+        if table.launches == 0 {
+            table.unclaimed.clear();
+        }
+    }
+}
