@@ -3,15 +3,17 @@
 //! so that a slow containerd never holds up an RPC or the reaper.
 
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::protos::shim::events::{Envelope, ForwardRequest};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::context::Context;
-use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::protos::{Client, EventsClient};
 
 /// One event, as containerd's task event types.
 pub enum Event {
@@ -27,18 +29,21 @@ pub enum Event {
 }
 
 impl Event {
-    fn into_topic_and_message(self) -> (&'static str, Box<dyn MessageDyn>) {
-        match self {
-            Event::Create(e) => (topics::TASK_CREATE_EVENT_TOPIC, Box::new(e)),
-            Event::Start(e) => (topics::TASK_START_EVENT_TOPIC, Box::new(e)),
-            Event::Exit(e) => (topics::TASK_EXIT_EVENT_TOPIC, Box::new(e)),
-            Event::Delete(e) => (topics::TASK_DELETE_EVENT_TOPIC, Box::new(e)),
-            Event::ExecAdded(e) => (topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(e)),
-            Event::ExecStarted(e) => (topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(e)),
-            Event::Paused(e) => (topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e)),
-            Event::Resumed(e) => (topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e)),
-            Event::Oom(e) => (topics::TASK_OOM_EVENT_TOPIC, Box::new(e)),
-        }
+    /// Topic, type name and encoded message. The names are written out rather than looked up
+    /// through protobuf reflection, whose descriptor tables would stay resident in every shim.
+    fn encode(&self) -> (&'static str, &'static str, Vec<u8>) {
+        let (topic, name, bytes) = match self {
+            Event::Create(e) => (topics::TASK_CREATE_EVENT_TOPIC, "TaskCreate", e.write_to_bytes()),
+            Event::Start(e) => (topics::TASK_START_EVENT_TOPIC, "TaskStart", e.write_to_bytes()),
+            Event::Exit(e) => (topics::TASK_EXIT_EVENT_TOPIC, "TaskExit", e.write_to_bytes()),
+            Event::Delete(e) => (topics::TASK_DELETE_EVENT_TOPIC, "TaskDelete", e.write_to_bytes()),
+            Event::ExecAdded(e) => (topics::TASK_EXEC_ADDED_EVENT_TOPIC, "TaskExecAdded", e.write_to_bytes()),
+            Event::ExecStarted(e) => (topics::TASK_EXEC_STARTED_EVENT_TOPIC, "TaskExecStarted", e.write_to_bytes()),
+            Event::Paused(e) => (topics::TASK_PAUSED_EVENT_TOPIC, "TaskPaused", e.write_to_bytes()),
+            Event::Resumed(e) => (topics::TASK_RESUMED_EVENT_TOPIC, "TaskResumed", e.write_to_bytes()),
+            Event::Oom(e) => (topics::TASK_OOM_EVENT_TOPIC, "TaskOOM", e.write_to_bytes()),
+        };
+        (topic, name, bytes.unwrap_or_default())
     }
 }
 
@@ -55,13 +60,15 @@ pub struct Events {
 }
 
 impl Events {
-    /// Starts the sender thread.
-    pub fn start(publisher: RemotePublisher, namespace: String) -> std::io::Result<Events> {
+    /// Connects to containerd's ttrpc `address` and starts the sender thread.
+    pub fn start(address: &str, namespace: String) -> std::io::Result<Events> {
+        let fd = containerd_shim::util::connect(address).map_err(std::io::Error::other)?;
+        let client = EventsClient::new(Client::new(fd).map_err(std::io::Error::other)?);
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("events".into())
             .stack_size(crate::SMALL_STACK)
-            .spawn(move || send_all(rx, publisher, &namespace))?;
+            .spawn(move || send_all(rx, client, &namespace))?;
         Ok(Events { tx })
     }
 
@@ -79,12 +86,24 @@ impl Events {
     }
 }
 
-fn send_all(rx: Receiver<Queued>, publisher: RemotePublisher, namespace: &str) {
+fn send_all(rx: Receiver<Queued>, client: EventsClient, namespace: &str) {
     for queued in rx {
         match queued {
             Queued::Event(event) => {
-                let (topic, message) = event.into_topic_and_message();
-                if let Err(e) = publisher.publish(Context::default(), topic, namespace, message) {
+                let (topic, name, value) = event.encode();
+                let envelope = Envelope {
+                    timestamp: crate::tasks::timestamp(SystemTime::now()),
+                    namespace: namespace.into(),
+                    topic: topic.into(),
+                    event: MessageField::some(Any {
+                        type_url: format!("containerd.events.{name}"),
+                        value,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let req = ForwardRequest { envelope: MessageField::some(envelope), ..Default::default() };
+                if let Err(e) = client.forward(Context::default(), &req) {
                     log::warn!("publish {topic}: {e}");
                 }
             }

@@ -80,7 +80,10 @@ impl containerd_shim::Shim for WarrenShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        let events = Events::start(publisher, self.namespace.clone()).expect("start the event thread");
+        // Events go through a connection of our own (see [`Events`]); the library's is let go.
+        drop(publisher);
+        let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+        let events = Events::start(&address, self.namespace.clone()).expect("connect to containerd for events");
         *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events.clone());
         let tasks = Arc::new(Tasks::new(events));
         let supervisor = Supervisor::start(tasks.clone()).expect("start the reaper thread");
@@ -151,5 +154,12 @@ fn cleanup_lost(bundle: &Path, id: &str) {
     }
     if let Err(e) = mounts::unmount_all(&bundle.join("rootfs")) {
         log::warn!("{e}");
+    }
+    // A killed shim leaves its socket behind; one that still serves (a group's) keeps it.
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let address = address.trim();
+        if !serving(address) {
+            let _ = std::fs::remove_file(address.strip_prefix("unix://").unwrap_or(address));
+        }
     }
 }

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# shim.sh WARREN_BIN: containerd 1.6 + ctr drive Warren through its own shim,
+# containerd-shim-warren-v2 (the file beside WARREN_BIN, as built by
+# scripts/build.sh), named by absolute path as ctr's --runtime.
+#
+# A private containerd (as containerd.sh), `ctr events` recording in the
+# background; then: run --rm (output, exit code, pid 1), stdin, -t, run -d
+# with a file:// log, exec (output, exit code, -t), ps, pause/resume, task
+# metrics, SIGTERM -> STOPPED, delete (state, cgroup, rootfs mount, shim gone),
+# an OOM kill reported as /tasks/oom, the events of a task in containerd's
+# order, 20 containers of one org.warren.group served by one shim process, and
+# kill -9 of that shim: containerd reports the tasks gone, and no cgroup,
+# mount, process or state of them is left. Prints "clients-shim: N passed, M failed".
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/lib.sh"
+wcl_init shim "${1:-}"
+need ctr containerd timeout script jq
+SHIM=$(dirname "$WCL_BIN")/containerd-shim-warren-v2
+[ -x "$SHIM" ] || { bad "no shim beside $WCL_BIN (scripts/build.sh builds it)"; exit 1; }
+
+wcl_image
+D=$WCL_TMP/containerd
+start_containerd "$D"
+NS=warren-shim-$WCL_ID # namespace = first cgroup path component
+track_cgroup "$NS"
+SROOT=/run/containerd/warren
+track_host_path "$SROOT"
+FIFO=$D/fifo
+IMG=$WCL_IMAGE_REF
+ERR=$WCL_TMP/stderr
+EVENTS=$WCL_TMP/events
+BG='echo started; trap "echo got-TERM; exit 0" TERM; while :; do sleep 1 & wait $!; done'
+mkdir -p "$FIFO"
+C() { tmo ctr --address "$CTRD_SOCK" --namespace "$NS" "$@"; }
+RT=(--runtime "$SHIM" --fifo-dir "$FIFO")
+status() { task_status "$CTRD_SOCK" "$NS" "$1"; }
+status_is() { [ "$(status "$1")" = "$2" ]; }
+wstate() { "$WCL_BIN" --root "$SROOT/$NS" state "$1" 2>/dev/null | jq -r .status 2>/dev/null; }
+task_pid() { C task ls 2>/dev/null | awk -v id="$1" '$1 == id {print $2}'; }
+# Shim processes of this containerd.
+shims() { pgrep -f -- "-address $CTRD_SOCK" | while read -r p; do [ "$(readlink "/proc/$p/exe")" = "$SHIM" ] && echo "$p"; done; }
+ppid_of() { awk '/^PPid:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+topics_of() { grep -F "\"container_id\":\"$1\"" "$EVENTS" | awk '{print $6}' | tr '\n' ' '; }
+# in_order "a b c" "x a y b c": every word of $1 appears in $2, in that order.
+in_order() {
+	local want=($1) have=($2) i=0 w
+	for w in "${have[@]}"; do
+		[ "$i" -lt "${#want[@]}" ] && [ "$w" = "${want[i]}" ] && i=$((i + 1))
+	done
+	[ "$i" = "${#want[@]}" ]
+}
+leftovers_of() { # ID: cgroups, mounts and state the container left
+	find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path "*/$NS/$1" 2>/dev/null
+	awk -v d="/$NS/$1/rootfs" '$5 ~ d"$" {print $5}' /proc/self/mountinfo
+	[ -e "$SROOT/$NS/$1" ] && echo "$SROOT/$NS/$1"
+	return 0
+}
+
+EVPID=""
+purge() {
+	containerd_purge "$CTRD_SOCK" "$NS"
+	C namespaces remove "$NS" >/dev/null 2>&1
+	[ -n "$EVPID" ] && kill "$EVPID" 2>/dev/null
+	rmdir "$SROOT/$NS" 2>/dev/null
+}
+on_cleanup purge
+
+# 1. image, event recorder
+out=$(C images import --base-name "${IMG%:*}" "$WCL_CACHE/busybox-oci.tar" 2>&1)
+if C images ls -q 2>/dev/null | grep -qxF "$IMG"; then
+	ok "ctr images import -> $IMG"
+else
+	bad "ctr images import: $(short "$out")"
+	exit 1
+fi
+ctr --address "$CTRD_SOCK" events >"$EVENTS" 2>&1 &
+EVPID=$!
+
+# 2. foreground run: output, exit code, pid 1
+out=$(C run --rm "${RT[@]}" "$IMG" fg1 sh -c 'echo hi-from-warren-shim; echo "pid=$$"; exit 3' </dev/null 2>"$ERR")
+rc=$?
+same "ctr run --rm: output (the command runs as pid 1)" $'hi-from-warren-shim\npid=1' "$out" "$ERR"
+check "ctr run --rm: exit code 3 (got $rc)" [ "$rc" = 3 ]
+# pid 1 of a pid namespace dies by SIGKILL only
+(C run --rm "${RT[@]}" "$IMG" fg2 sleep 1000 </dev/null >/dev/null 2>&1; echo $? >"$WCL_TMP/fg2.rc") &
+wait_for 10 status_is fg2 RUNNING && C task kill -s SIGKILL fg2 >/dev/null 2>&1
+wait $!
+rc=$(cat "$WCL_TMP/fg2.rc")
+check "ctr run --rm: init killed by SIGKILL -> exit code 137 (got $rc)" [ "$rc" = 137 ]
+
+# 3. stdin reaches the container, EOF ends it
+out=$(printf 'line1\nline2\n' | C run --rm "${RT[@]}" "$IMG" in1 sh -c 'wc -l; cat' 2>"$ERR")
+same "ctr run --rm: stdin (2 lines, then EOF)" "2" "$(tr -d ' ' <<<"$out")" "$ERR"
+
+# 4. terminal: script(1) gives ctr a real pty
+out=$(tmo script -qec "ctr --address '$CTRD_SOCK' --namespace '$NS' run --rm -t ${RT[*]} $IMG tty1 sh -c 'tty; echo tty-ok; exit 4'" /dev/null </dev/null 2>&1)
+rc=$?
+if grep -q tty-ok <<<"$out" && grep -q '/dev/pts/' <<<"$out"; then
+	ok "ctr run --rm -t: process has a terminal"
+else
+	bad "ctr run --rm -t (rc $rc): $(short "$out")"
+fi
+check "ctr run --rm -t: exit code 4 (got $rc)" [ "$rc" = 4 ]
+
+# 5. detached run with a file:// log
+LOGF=$D/bg.log
+out=$(C run -d --log-uri "file://$LOGF" "${RT[@]}" "$IMG" bg sh -c "$BG" 2>&1)
+if [ "$?" = 0 ] && wait_for 10 status_is bg RUNNING; then
+	ok "ctr run -d: task RUNNING"
+else
+	bad "ctr run -d: status '$(status bg)': $(short "$out")"
+	exit 1
+fi
+st=$(wstate bg)
+check "warren --root $SROOT/$NS state bg = running (got '$st')" [ "$st" = running ]
+pid=$(task_pid bg)
+sp=$(ppid_of "$pid")
+check "the init's parent is a warren shim (pid $sp)" [ "$(readlink "/proc/$sp/exe")" = "$SHIM" ]
+
+# 6. exec
+out=$(C task exec --fifo-dir "$FIFO" --exec-id e1 bg sh -c 'echo exec-ok; tr "\0" " " </proc/1/cmdline' </dev/null 2>"$ERR")
+same "ctr task exec: output (sees the container's pid 1)" "exec-ok"$'\n'"sh -c $BG " "$out" "$ERR"
+C task exec --fifo-dir "$FIFO" --exec-id e2 bg sh -c 'exit 5' </dev/null >/dev/null 2>&1
+rc=$?
+check "ctr task exec: exit code 5 (got $rc)" [ "$rc" = 5 ]
+C task exec --fifo-dir "$FIFO" --exec-id e2s bg sh -c 'kill -SEGV $$' </dev/null >/dev/null 2>&1
+rc=$?
+check "ctr task exec: a process killed by SIGSEGV -> exit code 139 (got $rc)" [ "$rc" = 139 ]
+out=$(echo via-stdin | C task exec --fifo-dir "$FIFO" --exec-id e3 bg cat 2>"$ERR")
+same "ctr task exec: stdin" "via-stdin" "$out" "$ERR"
+out=$(tmo script -qec "ctr --address '$CTRD_SOCK' --namespace '$NS' task exec -t --fifo-dir '$FIFO' --exec-id e4 bg sh -c 'tty; echo exec-tty-ok'" /dev/null </dev/null 2>&1)
+rc=$?
+if [ "$rc" = 0 ] && grep -q exec-tty-ok <<<"$out" && grep -q '/dev/pts/' <<<"$out"; then
+	ok "ctr task exec -t: process has a terminal"
+else
+	bad "ctr task exec -t (rc $rc): $(short "$out")"
+fi
+
+# 7. ps, pause/resume, metrics
+n=$(C task ps bg 2>/dev/null | tail -n +2 | grep -c '[0-9]')
+check "ctr task ps lists $n processes (>= 2)" [ "$n" -ge 2 ]
+C task pause bg >/dev/null 2>&1
+check "ctr task pause: PAUSED (got '$(status bg)')" status_is bg PAUSED
+st=$(wstate bg)
+check "warren state while paused = paused (got '$st')" [ "$st" = paused ]
+C task resume bg >/dev/null 2>&1
+check "ctr task resume: RUNNING (got '$(status bg)')" status_is bg RUNNING
+out=$(C task metrics bg 2>&1)
+if grep -qE '^(memory.usage_in_bytes|memory.usage) +[1-9]' <<<"$out" && grep -qE '^pids.current +[1-9]' <<<"$out"; then
+	ok "ctr task metrics: memory usage and pids of the container"
+else
+	bad "ctr task metrics: $(short "$out")"
+fi
+
+# 8. SIGTERM: the container's trap runs, the task stops
+C task kill -s SIGTERM bg >/dev/null 2>&1
+if wait_for 10 status_is bg STOPPED; then ok "ctr task kill SIGTERM: STOPPED"; else bad "ctr task kill SIGTERM: status '$(status bg)'"; fi
+same "container log (--log-uri file): the SIGTERM trap ran" $'started\ngot-TERM' "$(cat "$LOGF" 2>/dev/null)"
+
+# 9. delete: task, state, cgroup, rootfs mount, and the shim process
+C task delete bg >/dev/null 2>&1
+check "ctr task delete: task gone" [ -z "$(status bg)" ]
+C container delete bg >/dev/null 2>&1
+left=$(leftovers_of bg | tr '\n' ' ')
+check "nothing of bg left (cgroup, rootfs mount, warren state)${left:+: $left}" [ -z "$left" ]
+wait_for 5 sh -c "! kill -0 $sp 2>/dev/null"
+check "its shim (pid $sp) exited" sh -c "! kill -0 $sp 2>/dev/null"
+
+# 10. OOM: a process over the memory limit is killed and /tasks/oom reported
+out=$(C run --rm --memory-limit 16777216 "${RT[@]}" "$IMG" oom1 sh -c 'dd if=/dev/zero of=/dev/null bs=64M count=1; echo "dd=$?"' </dev/null 2>"$ERR")
+same "OOM: dd of a 64 MiB block under a 16 MiB limit is killed" "dd=137" "$out" "$ERR"
+if wait_for 5 grep -q "/tasks/oom {\"container_id\":\"oom1\"}" "$EVENTS"; then
+	ok "OOM: ctr events reports /tasks/oom for oom1"
+else
+	bad "OOM: no /tasks/oom event for oom1: $(short "$(topics_of oom1)")"
+fi
+
+# 11. events in containerd's order
+t=$(topics_of bg)
+check "events of bg in order (create start exec-added exec-started paused resumed exit delete): $t" \
+	in_order "/tasks/create /tasks/start /tasks/exec-added /tasks/exec-started /tasks/paused /tasks/resumed /tasks/exit /tasks/delete" "$t"
+t=$(grep -F '"container_id":"bg"' "$EVENTS" | grep -E '/tasks/(exec-added|exec-started|exit) .*"(exec_id|id)":"e1"' | awk '{print $6}' | tr '\n' ' ')
+check "events of exec e1 in order (exec-added exec-started exit): $t" in_order "/tasks/exec-added /tasks/exec-started /tasks/exit" "$t"
+
+# 12. grouping: 20 containers, one shim process
+ids=()
+for i in $(seq 1 20); do
+	C run -d --annotation org.warren.group=grp1 "${RT[@]}" "$IMG" "grp$i" sleep 1000 </dev/null >/dev/null 2>"$ERR" ||
+		bad "ctr run -d grp$i: $(short "$(cat "$ERR")")"
+	ids+=("grp$i")
+done
+parents=$(for id in "${ids[@]}"; do ppid_of "$(task_pid "$id")"; done | sort -u)
+running=$(for id in "${ids[@]}"; do status "$id"; done | grep -c RUNNING)
+check "20 grouped containers RUNNING (got $running)" [ "$running" = 20 ]
+check "their inits share one parent shim (parents: $(echo $parents))" [ "$(wc -w <<<"$parents")" = 1 ]
+check "one shim process for the group (shims: $(shims | tr '\n' ' '))" [ "$(shims | wc -l)" = 1 ]
+
+# 13. kill -9 of the group's shim: containerd cleans up through `shim delete`
+gs=$(shims | head -n 1)
+kill -KILL "$gs" 2>/dev/null
+gone() { for id in "${ids[@]}"; do case $(status "$id") in RUNNING | PAUSED | CREATED) return 1 ;; esac; done; }
+if wait_for 20 gone; then ok "kill -9 of the shim: containerd reports the 20 tasks ended"; else bad "kill -9 of the shim: tasks still $(for id in "${ids[@]}"; do status "$id"; done | sort | uniq -c | tr '\n' ' ')"; fi
+for id in "${ids[@]}"; do C task delete "$id" >/dev/null 2>&1; C container delete "$id" >/dev/null 2>&1; done
+left=$(for id in "${ids[@]}"; do leftovers_of "$id"; done | tr '\n' ' ')
+check "kill -9 of the shim: no cgroup, rootfs mount or state left${left:+: $(short "$left")}" [ -z "$left" ]
+p=$(procs_in_cgroups "$WCL_TMP" | tr '\n' ' ')
+check "kill -9 of the shim: no container process left${p:+: $p}" [ -z "$p" ]
+check "kill -9 of the shim: no shim process left ($(shims | tr '\n' ' '))" [ -z "$(shims)" ]
+
+exit 0
