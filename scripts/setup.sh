@@ -49,3 +49,6 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolcha
 log "build (scripts/build.sh)"
 "$ROOT/scripts/build.sh" >/dev/null
 log "built $ROOT/target/bin/warren"
+
+# The built-in image (busybox-static, no registry) for the demo and the tests.
+log "busybox image ($("$ROOT/scripts/make-busybox-image.sh"))"

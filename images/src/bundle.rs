@@ -42,8 +42,6 @@ pub struct BundleOptions {
     pub terminal: bool,
     pub read_only: bool,
     pub volumes: Volumes,
-    /// linux.resources from a plan.
-    pub resources: Option<Value>,
 }
 
 /// The bundle path as recorded: absolute, its parent's symlinks resolved.
@@ -57,7 +55,7 @@ fn absolute(dir: &Path) -> Result<PathBuf, BundleError> {
 }
 
 /// Makes the bundle at `dir` from image `opts.image`, with `base` (the
-/// runtime's default spec) under the image config.
+/// runtime's default spec, a plan's resources in it) under the image config.
 pub fn create(store: &Store, dir: &Path, base: Value, opts: &BundleOptions) -> Result<PathBuf, BundleError> {
     let dir = absolute(dir)?;
     let _lock = store.lock(true)?;
@@ -101,7 +99,6 @@ fn populate(dir: &Path, image: &crate::store::Image, base: Value, opts: &BundleO
         terminal: opts.terminal,
         read_only: opts.read_only,
         volumes: opts.volumes,
-        resources: opts.resources.clone(),
     };
     let (spec, volume_dirs) = spec::generate(&inputs)?;
     for v in volume_dirs {

@@ -1,6 +1,6 @@
 //! config.json for a container from an image: the runtime's secure default
 //! spec, with the image config's Entrypoint, Cmd, Env, WorkingDir, User,
-//! StopSignal, Labels and Volumes applied, then a plan's resources.
+//! StopSignal, Labels and Volumes applied.
 
 use crate::rootfs::read_in_root;
 use oci_spec::image::ImageConfiguration;
@@ -47,8 +47,6 @@ pub struct SpecInputs<'a> {
     pub terminal: bool,
     pub read_only: bool,
     pub volumes: Volumes,
-    /// linux.resources from a plan.
-    pub resources: Option<Value>,
 }
 
 /// Builds the spec; for `Volumes::Bind` also returns the bundle-relative
@@ -88,9 +86,6 @@ pub fn generate(inp: &SpecInputs) -> Result<(Value, Vec<String>), SpecError> {
     annotations.insert(REF_NAME_ANNOTATION.into(), json!(inp.image_name));
     annotations.insert(DIGEST_ANNOTATION.into(), json!(inp.image_digest));
     let dirs = add_volumes(&mut spec, cfg.volumes().as_deref().unwrap_or_default(), inp.volumes, &image)?;
-    if let Some(r) = &inp.resources {
-        apply_resources(&mut spec, r);
-    }
     Ok((spec, dirs))
 }
 
@@ -110,17 +105,6 @@ fn merge_env(base: Option<&Vec<Value>>, image: &[String]) -> Vec<String> {
         out.push(e.clone());
     }
     out
-}
-
-/// A plan's resources replace the defaults, but the device rule stays
-/// unless the plan has its own.
-fn apply_resources(spec: &mut Value, resources: &Value) {
-    let mut r = resources.clone();
-    let devices = spec["linux"]["resources"]["devices"].clone();
-    if r.get("devices").is_none() && !devices.is_null() {
-        r["devices"] = devices;
-    }
-    spec["linux"]["resources"] = r;
 }
 
 fn add_volumes(spec: &mut Value, volumes: &[String], how: Volumes, image: &str) -> Result<Vec<String>, SpecError> {

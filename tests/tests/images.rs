@@ -364,3 +364,77 @@ fn killed_import_leaves_nothing_to_trip_over() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn bundle_with_a_plan_gets_its_resources() -> Result<()> {
+    let t = Test::new("img_plan");
+    let im = Images::new(&t);
+    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max";
+    im.bundle_sh("bb:1", &dir, &["--plan", "small"], script)?;
+    let cfg: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    let r = &cfg["linux"]["resources"];
+    ensure!(r["memory"]["limit"] == 512 << 20 && r["pids"]["limit"] == 256, "{r}");
+    ensure!(r["devices"][0]["allow"] == false, "the default device rule was lost: {r}");
+    let out = im.run("c", &dir)?;
+    ensure!(out.ok()?.stdout.trim() == (512u64 << 20).to_string(), "{out}");
+    let bad = im.bundle("bb:1", &t.dir().join("b2"), &["--plan", "no-such-plan"], &[])?;
+    ensure!(bad.failed()?.error_line().contains("no-such-plan"), "{bad}");
+    ensure!(!t.dir().join("b2").exists(), "bundle made for a bad plan");
+    im.rm_bundle(&dir)?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn image_config_becomes_the_process() -> Result<()> {
+    let t = Test::new("img_config");
+    let im = Images::new(&t);
+    // The busybox layer under a config with Entrypoint, Cmd, Env, WorkingDir,
+    // User, StopSignal, Labels and Volumes.
+    let src = busybox().join("layout");
+    let dir = t.dir().join("img");
+    host(&t, "cp", &["-a", &src.to_string_lossy(), &dir.to_string_lossy()])?.ok()?;
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
+    let blob = |d: &str| dir.join("blobs/sha256").join(&d[7..]);
+    let mdigest = index["manifests"][0]["digest"].as_str().context("manifest")?.to_string();
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(blob(&mdigest))?)?;
+    let cdigest = manifest["config"]["digest"].as_str().context("config")?.to_string();
+    let mut config: Value = serde_json::from_slice(&std::fs::read(blob(&cdigest))?)?;
+    config["config"] = json!({
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo $GREETING; pwd; id -u; id -g; cat /proc/self/mountinfo | grep -c ' /data '"],
+        "Env": ["GREETING=hello-from-env", "PATH=/bin"],
+        "WorkingDir": "/tmp",
+        "User": "daemon",
+        "StopSignal": "SIGQUIT",
+        "Labels": {"org.example.tier": "web"},
+        "Volumes": {"/data": {}}
+    });
+    let put = |v: &Value| -> Result<(String, usize)> {
+        let bytes = serde_json::to_vec(v)?;
+        let hex = sha256_hex(&bytes)?;
+        std::fs::write(dir.join("blobs/sha256").join(&hex), &bytes)?;
+        Ok((format!("sha256:{hex}"), bytes.len()))
+    };
+    let (cd, cs) = put(&config)?;
+    manifest["config"]["digest"] = json!(cd);
+    manifest["config"]["size"] = json!(cs);
+    let (md, ms) = put(&manifest)?;
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": ms}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    im.import(&dir, "cfg:1")?.ok()?;
+    let b = t.dir().join("b1");
+    im.bundle("cfg:1", &b, &[], &[])?.ok()?;
+    let cfg: Value = serde_json::from_slice(&std::fs::read(b.join("config.json"))?)?;
+    ensure!(cfg["annotations"]["org.opencontainers.image.stopSignal"] == "SIGQUIT", "{cfg}");
+    ensure!(cfg["annotations"]["org.example.tier"] == "web", "{cfg}");
+    ensure!(cfg["process"]["noNewPrivileges"] == true, "secure defaults lost: {cfg}");
+    let out = im.run("c", &b)?;
+    ensure!(out.ok()?.stdout == "hello-from-env\n/tmp\n1\n1\n1\n", "{out}");
+    im.rm_bundle(&b)?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}

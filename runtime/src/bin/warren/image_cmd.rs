@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use warren_images::bundle::{self, BundleOptions};
 use warren_images::spec::Volumes;
@@ -99,6 +99,11 @@ pub struct BundleCreateArgs {
     /// How the image's Volumes are provided
     #[arg(long, value_enum, default_value = "tmpfs")]
     pub volumes: VolumeMode,
+    /// Hosting plan whose resources the container gets (`warren plan list`)
+    #[arg(long)]
+    pub plan: Option<String>,
+    #[command(flatten)]
+    pub plan_sources: crate::plan_cmd::PlanSources,
     /// Bundle directory to create (must not exist, or be empty)
     pub dir: PathBuf,
     /// Command and arguments replacing the image's Cmd
@@ -191,9 +196,14 @@ pub fn bundle(cmd: BundleCmd) -> Result<i32> {
                     VolumeMode::Tmpfs => Volumes::Tmpfs,
                     VolumeMode::Bind => Volumes::Bind,
                 },
-                resources: None,
             };
-            let dir = bundle::create(&store, &a.dir, warren::features::default_spec(false), &opts)?;
+            let mut base = warren::features::default_spec(false);
+            if let Some(plan) = &a.plan {
+                // The plan's "auto" disk is the one the bundle will be on.
+                let parent = a.dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                base = crate::plan_cmd::with_plan(base, plan, &a.plan_sources, parent)?;
+            }
+            let dir = bundle::create(&store, &a.dir, base, &opts)?;
             println!("{}", dir.display());
         }
         BundleCommand::Rm { dir } => bundle::remove(&store, &dir)?,
