@@ -46,6 +46,10 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup) first"
 
+# CRIU for checkpoint/restore: Debian 12's 3.17 fails on this kernel, so a
+# working one is built once into /usr/local/sbin (see install-criu.sh).
+"$ROOT/scripts/install-criu.sh"
+
 log "build (scripts/build.sh)"
 "$ROOT/scripts/build.sh" >/dev/null
 log "built $ROOT/target/bin/warren"

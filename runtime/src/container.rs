@@ -32,6 +32,10 @@ pub enum ContainerError {
     Spawn(#[from] SpawnError),
     #[error(transparent)]
     Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     #[error("container not running")]
     NotRunning { id: String },
     #[error("cannot start a container that has stopped")]
@@ -130,7 +134,7 @@ impl Runtime {
         Runtime { root: root.into() }
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }
 
@@ -189,21 +193,33 @@ impl Runtime {
         if terminal && opts.console.is_none() {
             return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
         }
+        let (lock, mut guard, st) = self.register(&opts.id, &bundle)?;
+        log::debug!("create {}: config and state in {:?}", opts.id, t0.elapsed());
+        let pid = self.build(opts, &bundle, st, &mut guard)?;
+        log::debug!("create {}: ready in {:?}", opts.id, t0.elapsed());
+        guard.armed = false;
+        drop(lock);
+        Ok(pid)
+    }
+
+    /// The first step of create and restore: the container's state directory, locked, with its
+    /// initial state (pid 0: creating) and a guard that removes everything made on error.
+    pub(crate) fn register(&self, id: &str, bundle: &Bundle) -> Result<(DirLock, CreateGuard, State), ContainerError> {
         let cgroup_path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-        let cgroup = Cgroup::resolve(cgroup_path.as_deref(), &opts.id)?;
+        let cgroup = Cgroup::resolve(cgroup_path.as_deref(), id)?;
         std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        let dir = self.dir(&opts.id);
+        let dir = self.dir(id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StateError::Exists { id: opts.id.clone() }.into())
+                return Err(StateError::Exists { id: id.to_string() }.into())
             }
             Err(e) => return Err(ContainerError::Io { path: dir, source: e }),
         }
         let lock = DirLock::acquire(&dir)?;
-        let mut guard = CreateGuard { dir: dir.clone(), cgroup: None, init: None, armed: true };
+        let guard = CreateGuard { dir: dir.clone(), cgroup: None, init: None, armed: true };
         let st = State {
-            id: opts.id.clone(),
+            id: id.to_string(),
             pid: 0,
             pid_start_time: 0,
             bundle: bundle.dir.clone(),
@@ -211,16 +227,11 @@ impl Runtime {
             created: state::rfc3339_now(),
             owner: String::new(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
-            cgroup: Some(cgroup.clone()),
+            cgroup: Some(cgroup),
             config: bundle.spec.clone(),
         };
         state::write_state(&dir, &st)?;
-        log::debug!("create {}: config and state in {:?}", opts.id, t0.elapsed());
-        let pid = self.build(opts, &bundle, st, &mut guard)?;
-        log::debug!("create {}: ready in {:?}", opts.id, t0.elapsed());
-        guard.armed = false;
-        drop(lock);
-        Ok(pid)
+        Ok((lock, guard, st))
     }
 
     /// The part of create that can leave things behind: the guard undoes it on error.
@@ -265,11 +276,7 @@ impl Runtime {
         drop(console);
         drop(fifo_rd);
         log::debug!("create {}: init spawned", opts.id);
-        cgroup.create()?;
-        cgroup.apply_devices(&device_rules(&bundle.spec))?;
-        if let Some(r) = bundle.spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-            cgroup.apply_resources(r)?;
-        }
+        prepare_cgroup(&cgroup, &bundle.spec)?;
         init.cgroup_ready()?;
         log::debug!("create {}: cgroup made", opts.id);
         let pid = init.wait_for_child_ready(&bundle.spec, |pid| {
@@ -537,7 +544,7 @@ fn wait_gone(st: &State, timeout: Duration) {
     }
 }
 
-fn connect_console(target: Option<&ConsoleTarget>) -> Result<Option<OwnedFd>, ContainerError> {
+pub(crate) fn connect_console(target: Option<&ConsoleTarget>) -> Result<Option<OwnedFd>, ContainerError> {
     match target {
         None => Ok(None),
         Some(ConsoleTarget::Socket(path)) => std::os::unix::net::UnixStream::connect(path)
@@ -551,11 +558,21 @@ fn connect_console(target: Option<&ConsoleTarget>) -> Result<Option<OwnedFd>, Co
 }
 
 /// Written via a temp file and rename, so readers never see a partial pid.
-fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
     let path = std::path::absolute(path).map_err(io_err(path))?;
     let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
     std::fs::write(&tmp, pid.to_string()).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))
+}
+
+/// Makes the container's cgroup with its device rules and resources.
+pub(crate) fn prepare_cgroup(cgroup: &Cgroup, spec: &Spec) -> Result<(), ContainerError> {
+    cgroup.create()?;
+    cgroup.apply_devices(&device_rules(spec))?;
+    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        cgroup.apply_resources(r)?;
+    }
+    Ok(())
 }
 
 /// The device cgroup rules: config.json's own (deny-all if it has none),
@@ -586,12 +603,12 @@ fn device_rules(spec: &Spec) -> Vec<LinuxDeviceCgroup> {
     rules
 }
 
-/// Undoes a half-made container when create fails at any step.
-struct CreateGuard {
+/// Undoes a half-made container when create or restore fails at any step.
+pub(crate) struct CreateGuard {
     dir: PathBuf,
-    cgroup: Option<Cgroup>,
+    pub(crate) cgroup: Option<Cgroup>,
     init: Option<InitProcess>,
-    armed: bool,
+    pub(crate) armed: bool,
 }
 
 impl Drop for CreateGuard {

@@ -2,6 +2,7 @@
 //! as a library. The binary only parses arguments and dispatches here.
 
 pub mod cgroups;
+pub mod checkpoint;
 pub mod console;
 pub mod container;
 pub mod events;

@@ -89,6 +89,14 @@ impl NamespacePlan {
             let name = proc_name(ns.typ());
             plan.join.push((name.to_string(), PathBuf::from(format!("/proc/{init_pid}/ns/{name}"))));
         }
+        // CRIU restores a container into a time namespace of its own (clocks go on from
+        // their values at the dump) even when its config asked for none.
+        let time = PathBuf::from(format!("/proc/{init_pid}/ns/time"));
+        let differs =
+            |ours: &str| std::fs::read_link(&time).ok().is_some_and(|t| std::fs::read_link(ours).ok() != Some(t));
+        if !plan.joins(LinuxNamespaceType::Time) && differs("/proc/self/ns/time") {
+            plan.join.push(("time".to_string(), time));
+        }
         plan.join.sort_by_key(|(name, _)| name != "user");
         plan
     }

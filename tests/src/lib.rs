@@ -120,6 +120,11 @@ impl Warren {
         Ok(c)
     }
 
+    /// A guard for a container another verb made (restore): force-deleted on drop.
+    pub fn adopt(&self, id: &str) -> Container {
+        Container { warren: self.clone(), id: id.to_string(), out_base: self.out_base("adopt") }
+    }
+
     /// create + start.
     pub fn start_new(&self, id: &str, bundle: &Bundle) -> Result<Container> {
         let c = self.create(id, bundle)?;

@@ -332,6 +332,31 @@ impl Cgroup {
         }
     }
 
+    /// The directory whose freezer stops the container (v1 freezer hierarchy, else cgroup2).
+    pub fn freezer_dir(&self) -> Option<&Path> {
+        match self.freezer().ok()? {
+            Freezer::V1(dir) | Freezer::V2(dir) => Some(dir),
+        }
+    }
+
+    /// Each hierarchy's controller list (as /proc/PID/cgroup shows it; empty for cgroup2) with
+    /// the container's cgroup as a path in that hierarchy (what /proc/PID/cgroup would show).
+    pub fn hierarchy_paths(&self) -> Result<Vec<(String, PathBuf)>, CgroupError> {
+        let layout = Layout::detect()?;
+        let in_hierarchy = |h: &layout::Hierarchy, dir: &Path| {
+            let below = dir.strip_prefix(&h.mount_point).unwrap_or(dir);
+            (h.controllers.clone(), h.mount_root.join(below))
+        };
+        let mut out = Vec::new();
+        for dir in self.dirs() {
+            let hierarchy = layout.v1.iter().chain(&layout.unified).find(|h| dir.starts_with(&h.mount_point));
+            if let Some(h) = hierarchy {
+                out.push(in_hierarchy(h, dir));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every directory of the container, one per hierarchy.
     pub fn dirs(&self) -> Vec<&Path> {
         match self {

@@ -156,6 +156,22 @@ pub fn readonly_self_in_new_mount_ns(path: &std::ffi::CStr) -> io::Result<()> {
     Ok(())
 }
 
+/// In a new mount namespace of the calling (just forked) process, with every mount private,
+/// bind `path` over itself so that it is a mount point (what criu restore wants as its root).
+/// Async-signal-safe: it runs between fork and exec.
+pub fn bind_self_in_new_mount_ns(path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: plain syscalls with valid NUL-terminated strings or nulls.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS) as libc::c_long)?;
+        let rec_private = libc::MS_REC | libc::MS_PRIVATE;
+        check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), rec_private, std::ptr::null())
+            as libc::c_long)?;
+        let rec_bind = libc::MS_BIND | libc::MS_REC;
+        check(libc::mount(path.as_ptr(), path.as_ptr(), std::ptr::null(), rec_bind, std::ptr::null()) as libc::c_long)?;
+    }
+    Ok(())
+}
+
 /// True if the memfd behind `fd` carries the write seal.
 pub fn is_sealed(fd: RawFd) -> bool {
     // SAFETY: F_GET_SEALS reads the seals of an open descriptor.

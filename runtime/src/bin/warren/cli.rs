@@ -64,6 +64,10 @@ pub enum Command {
     Update(UpdateArgs),
     /// Print a container's usage statistics and OOM events as JSON lines
     Events(EventsArgs),
+    /// Checkpoint a running container with CRIU
+    Checkpoint(CheckpointArgs),
+    /// Restore a container from a CRIU checkpoint
+    Restore(RestoreArgs),
     /// Hosting plans: list them, show one, write one into a bundle's config.json
     Plan(crate::plan_cmd::PlanArgs),
     /// Images in the image store: import, list, rm
@@ -335,4 +339,77 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("duration {text:?} must be positive"));
     }
     Ok(std::time::Duration::from_secs_f64(total))
+}
+
+/// Flags checkpoint and restore share (runc's names).
+#[derive(Args, Debug, Clone)]
+pub struct CriuArgs {
+    /// Directory of the CRIU images
+    #[arg(long = "image-path", default_value = "checkpoint")]
+    pub image_path: PathBuf,
+    /// Directory for CRIU's logs and work files (default: the image path)
+    #[arg(long = "work-path")]
+    pub work_path: Option<PathBuf>,
+    /// Allow open TCP connections
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Allow external unix sockets
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs
+    #[arg(long = "shell-job")]
+    pub shell_job: bool,
+    /// Handle file locks
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    /// Cgroups mode: soft (default), full, strict or ignore
+    #[arg(long = "manage-cgroups-mode")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Create a namespace empty instead of restoring its properties (network)
+    #[arg(long = "empty-ns")]
+    pub empty_ns: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Images of a previous pre-dump, relative to the image path
+    #[arg(long = "parent-path")]
+    pub parent_path: Option<PathBuf>,
+    /// Leave the container running after the checkpoint
+    #[arg(long = "leave-running")]
+    pub leave_running: bool,
+    /// Dump the memory only, leaving the container running (for a later --parent-path)
+    #[arg(long = "pre-dump")]
+    pub pre_dump: bool,
+    /// Deduplicate the images against the parent's
+    #[arg(long = "auto-dedup")]
+    pub auto_dedup: bool,
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Path to the bundle directory
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Detach from the container's process
+    #[arg(short, long)]
+    pub detach: bool,
+    /// File to write the container process's pid to
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket path that receives the pty master of a checkpointed terminal
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Do not use pivot_root for the restored root
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility (the restorer is always a subreaper in the foreground)
+    #[arg(long = "no-subreaper", hide = true)]
+    pub no_subreaper: bool,
+    pub id: String,
 }

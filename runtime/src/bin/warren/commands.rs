@@ -4,7 +4,7 @@
 use crate::cli::{
     Cli, Command, CreateArgs, ExecArgs, KillArgs, ListArgs, OutputFormat, PsArgs, RunArgs, SpecArgs, UpdateArgs,
 };
-use crate::events_cmd;
+use crate::{checkpoint_cmd, events_cmd};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{Capabilities, Capability, LinuxResources, Process};
@@ -37,6 +37,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bundle(a) => crate::image_cmd::bundle(a),
         Command::Update(a) => update(&rt, &a),
         Command::Events(a) => events_cmd::events(&rt, &a),
+        Command::Checkpoint(a) => checkpoint_cmd::checkpoint(&rt, &a),
+        Command::Restore(a) => checkpoint_cmd::restore(&rt, &a),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&warren::features::features())?);
             Ok(0)
@@ -63,13 +65,13 @@ fn create(rt: &Runtime, a: &CreateArgs) -> Result<i32> {
 
 /// For a foreground container with a terminal and no --console-socket: a
 /// socketpair whose other end receives the pty master, which we relay.
-fn own_console() -> Result<(ConsoleTarget, OwnedFd)> {
+pub(crate) fn own_console() -> Result<(ConsoleTarget, OwnedFd)> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().context("console socketpair")?;
     Ok((ConsoleTarget::Fd(theirs.into()), ours.into()))
 }
 
 /// Waits for `pid`; relays the terminal whose master arrives on `console`.
-fn wait_for(fw: &Forwarder, pid: i32, console: Option<OwnedFd>) -> Result<i32> {
+pub(crate) fn wait_for(fw: &Forwarder, pid: i32, console: Option<OwnedFd>) -> Result<i32> {
     match console {
         Some(sock) => {
             let master = warren::console::receive_master(sock.as_raw_fd())?;

@@ -1,5 +1,6 @@
 //! `warren`: parse the command line, set up logging, dispatch to the library.
 
+mod checkpoint_cmd;
 mod cli;
 mod commands;
 mod events_cmd;
@@ -31,7 +32,7 @@ fn main() {
     match commands::dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = one_line(&e);
             // containerd and podman read the reason from the log file; the
             // caller's terminal gets it once, as one line.
             if log_to_file {
@@ -41,4 +42,20 @@ fn main() {
             std::process::exit(1)
         }
     }
+}
+
+/// The error and its causes on one line. The library's errors name their cause in their own
+/// message already: a cause whose text is there is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg.replace('\n', " ")
 }

@@ -1,0 +1,165 @@
+//! The `criu` command lines for dump, pre-dump and restore, built as plain data from the
+//! options (so that they are unit-tested), and running criu with its log read back on error.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{CheckpointError, CheckpointOptions, CriuCommon, Stdio};
+
+/// The criu binary: `WARREN_CRIU` if set, else the first `criu` on PATH.
+pub fn binary() -> Result<PathBuf, CheckpointError> {
+    if let Some(path) = std::env::var_os("WARREN_CRIU") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("criu"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(CheckpointError::CriuNotFound)
+}
+
+/// Flags shared by dump and restore.
+fn common_args(args: &mut Vec<OsString>, common: &CriuCommon) {
+    let flags = [
+        (common.tcp_established, "--tcp-established"),
+        (common.ext_unix_sk, "--ext-unix-sk"),
+        (common.shell_job, "--shell-job"),
+        (common.file_locks, "--file-locks"),
+    ];
+    args.extend(flags.iter().filter(|(on, _)| *on).map(|(_, flag)| OsString::from(flag)));
+    args.push(format!("--manage-cgroups={}", common.manage_cgroups_mode.as_deref().unwrap_or("soft")).into());
+    for ns in &common.empty_ns {
+        args.push("--empty-ns".into());
+        args.push(ns.into());
+    }
+}
+
+fn dir_args(args: &mut Vec<OsString>, images: &Path, work: &Path, log: &str) {
+    for (flag, value) in [("--images-dir", images.as_os_str()), ("--work-dir", work.as_os_str())] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    args.extend(["--log-file".into(), log.into(), "-v4".into()]);
+}
+
+/// `criu dump` (or `pre-dump`) of the tree rooted at `pid`. `externals` are the mounts whose
+/// sources lie outside the container (bind mounts, by destination), `freezer` the cgroup to
+/// freeze the tree with.
+pub fn dump_args(
+    pid: i32,
+    opts: &CheckpointOptions,
+    stdio: &[Stdio],
+    externals: &[PathBuf],
+    freezer: Option<&Path>,
+) -> Vec<OsString> {
+    let action = if opts.pre_dump { "pre-dump" } else { "dump" };
+    let mut args: Vec<OsString> = vec![action.into(), "--tree".into(), pid.to_string().into()];
+    dir_args(
+        &mut args,
+        &opts.image_path,
+        opts.work_path.as_deref().unwrap_or(&opts.image_path),
+        &format!("{action}.log"),
+    );
+    common_args(&mut args, &opts.common);
+    if let Some(parent) = &opts.parent_path {
+        args.extend(["--prev-images-dir".into(), parent.into()]);
+    }
+    if opts.pre_dump || opts.parent_path.is_some() {
+        args.push("--track-mem".into());
+    }
+    if opts.leave_running && !opts.pre_dump {
+        args.push("--leave-running".into());
+    }
+    if opts.auto_dedup {
+        args.push("--auto-dedup".into());
+    }
+    if let Some(dir) = freezer {
+        args.extend(["--freeze-cgroup".into(), dir.into()]);
+    }
+    for dest in externals {
+        args.extend(["--external".into(), format!("mnt[{}]:{}", dest.display(), dest.display()).into()]);
+    }
+    for external in stdio.iter().filter_map(Stdio::dump_external) {
+        args.extend(["--external".into(), external.into()]);
+    }
+    args
+}
+
+/// What `criu restore` needs beyond the shared flags.
+pub struct RestorePlan<'a> {
+    pub images: &'a Path,
+    pub work: &'a Path,
+    pub root: &'a Path,
+    pub pid_file: &'a Path,
+    /// (destination in the container, source on this host) of each bind mount.
+    pub binds: Vec<(PathBuf, PathBuf)>,
+    /// (our fd, the criu key of what it replaces).
+    pub inherit: Vec<(i32, String)>,
+    /// (controller list as in /proc/PID/cgroup, path there) of each hierarchy.
+    pub cgroup_roots: Vec<(String, PathBuf)>,
+    pub no_pivot: bool,
+}
+
+pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["restore".into()];
+    dir_args(&mut args, plan.images, plan.work, "restore.log");
+    common_args(&mut args, common);
+    args.extend(["--root".into(), plan.root.into(), "--restore-detached".into()]);
+    args.extend(["--pidfile".into(), plan.pid_file.into()]);
+    if plan.no_pivot {
+        args.push("--no-pivot".into());
+    }
+    for (dest, source) in &plan.binds {
+        args.extend(["--external".into(), format!("mnt[{}]:{}", dest.display(), source.display()).into()]);
+    }
+    for (fd, key) in &plan.inherit {
+        args.extend(["--inherit-fd".into(), format!("fd[{fd}]:{key}").into()]);
+    }
+    for (controllers, path) in &plan.cgroup_roots {
+        // CRIU calls the cgroup2 hierarchy "unified"; v1 ones by any of their controllers.
+        let name = if controllers.is_empty() { "unified" } else { controllers.split(',').next().unwrap_or_default() };
+        args.extend(["--cgroup-root".into(), format!("{name}:{}", path.display()).into()]);
+    }
+    args
+}
+
+/// Work done in criu's process before it starts (between fork and exec).
+pub type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
+/// Runs criu; on failure the error carries the log's last error line. `before_exec` runs in
+/// the child between fork and exec (it must be async-signal-safe).
+pub fn run(
+    criu: &Path,
+    args: &[OsString],
+    log: PathBuf,
+    action: &'static str,
+    before_exec: Option<PreExec>,
+) -> Result<(), CheckpointError> {
+    let mut cmd = Command::new(criu);
+    cmd.args(args);
+    if let Some(f) = before_exec {
+        // SAFETY: `f` is async-signal-safe (plain syscalls on data made before the fork).
+        unsafe { cmd.pre_exec(f) };
+    }
+    // criu keeps our stdio: the restored process may inherit it (--inherit-fd); what criu
+    // has to say goes to its log.
+    let status = cmd.status().map_err(|source| CheckpointError::Spawn { path: criu.to_path_buf(), source })?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    Err(CheckpointError::Criu { action, status: status.to_string(), reason: first_error(&text), log })
+}
+
+/// The first error criu logged (the later ones follow from it). Its RLIMIT_NOFILE complaint
+/// is harmless: without CAP_SYS_RESOURCE it cannot raise its own limit.
+fn first_error(log: &str) -> String {
+    log.lines()
+        .find(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE"))
+        .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("no log")
+        .trim()
+        .to_string()
+}

@@ -1,0 +1,212 @@
+//! Checkpoint and restore of a running container with CRIU (its command line), as runc's
+//! `checkpoint` and `restore` verbs do it.
+//!
+//! What the container got from outside is declared to CRIU as external and supplied again at
+//! restore: bind mounts (by destination; the restore maps each to the bundle's source) and the
+//! init's stdio (pipes and sockets are inherited from the restoring process, a terminal is a
+//! new pty, a file outside the container is the restorer's fd). `warren-checkpoint.json` in
+//! the image directory records those stdio keys and the container's config.
+
+mod criu;
+mod restore;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::container::{ContainerError, Runtime};
+use crate::state::Status;
+
+pub use restore::RestoreOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("criu not found on PATH (set WARREN_CRIU or install it: scripts/install-criu.sh)")]
+    CriuNotFound,
+    #[error("cannot run {path:?}: {source}")]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("criu {action} failed ({status}): {reason} (log: {log:?})")]
+    Criu { action: &'static str, status: String, reason: String, log: PathBuf },
+    #[error("{path:?}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path:?} is not a Warren checkpoint: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+    #[error("--manage-cgroups-mode {mode:?}: must be soft, full, strict or ignore")]
+    CgroupMode { mode: String },
+    #[error("--empty-ns {ns:?}: only network is supported")]
+    EmptyNs { ns: String },
+    #[error("criu restore reported pid {value:?} in {path:?}")]
+    BadPid { path: PathBuf, value: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+}
+
+/// Options both directions share, as runc names them.
+#[derive(Debug, Clone, Default)]
+pub struct CriuCommon {
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub manage_cgroups_mode: Option<String>,
+    /// Namespaces created empty at restore ("net").
+    pub empty_ns: Vec<String>,
+}
+
+impl CriuCommon {
+    fn validate(&self) -> Result<(), CheckpointError> {
+        if let Some(mode) = &self.manage_cgroups_mode {
+            if !["soft", "full", "strict", "ignore"].contains(&mode.as_str()) {
+                return Err(CheckpointError::CgroupMode { mode: mode.clone() });
+            }
+        }
+        if let Some(ns) = self.empty_ns.iter().find(|ns| !matches!(ns.as_str(), "network" | "net")) {
+            return Err(CheckpointError::EmptyNs { ns: ns.clone() });
+        }
+        Ok(())
+    }
+
+    /// runc says "network", criu "net".
+    fn criu_empty_ns(&self) -> CriuCommon {
+        CriuCommon { empty_ns: self.empty_ns.iter().map(|_| "net".to_string()).collect(), ..self.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    /// Images of a previous pre-dump, relative to `image_path` as criu wants it.
+    pub parent_path: Option<PathBuf>,
+    pub leave_running: bool,
+    pub pre_dump: bool,
+    pub auto_dedup: bool,
+    pub common: CriuCommon,
+}
+
+/// One stdio descriptor of the init, as CRIU names what it points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stdio {
+    /// "pipe[INODE]", "socket[INODE]": inherited from the restoring process.
+    Inherit(String),
+    /// "tty[RDEV:DEV]" (hex): the container's terminal; a new pty at restore.
+    Tty(String),
+    /// "file[MNT_ID:INODE]" (hex): a file outside the container; the restorer's fd at restore.
+    File(String),
+}
+
+impl Stdio {
+    /// What /proc/PID/fd/FD of a container process points at; None for what CRIU dumps itself.
+    fn of(pid: i32, fd: i32) -> Option<Stdio> {
+        use std::os::unix::fs::MetadataExt;
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let link = link.to_string_lossy();
+        for (prefix, kind) in [("pipe:[", "pipe"), ("socket:[", "socket")] {
+            if let Some(inode) = link.strip_prefix(prefix).and_then(|r| r.strip_suffix(']')) {
+                return Some(Stdio::Inherit(format!("{kind}[{inode}]")));
+            }
+        }
+        if link.starts_with("anon_inode:") || !link.starts_with('/') {
+            return None;
+        }
+        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        if link.starts_with("/dev/pts/") {
+            return Some(Stdio::Tty(format!("tty[{:x}:{:x}]", meta.rdev(), meta.dev())));
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+        let mnt_id: u64 = info.lines().find_map(|l| l.strip_prefix("mnt_id:"))?.trim().parse().ok()?;
+        Some(Stdio::File(format!("file[{mnt_id:x}:{:x}]", meta.ino())))
+    }
+
+    fn dump_external(&self) -> Option<String> {
+        match self {
+            Stdio::Tty(key) | Stdio::File(key) => Some(key.clone()),
+            Stdio::Inherit(_) => None,
+        }
+    }
+}
+
+/// Written next to the images: what the restore must supply again.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// The init's fds 0, 1, 2 (None: dumped by CRIU itself).
+    pub stdio: Vec<Option<Stdio>>,
+    pub config: oci_spec::runtime::Spec,
+}
+
+pub const INFO_FILE: &str = "warren-checkpoint.json";
+
+impl CheckpointInfo {
+    pub fn has_terminal(&self) -> bool {
+        self.stdio.iter().flatten().any(|s| matches!(s, Stdio::Tty(_)))
+    }
+
+    pub fn read(images: &Path) -> Result<CheckpointInfo, CheckpointError> {
+        let path = images.join(INFO_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| CheckpointError::BadImage {
+            path: images.to_path_buf(),
+            reason: format!("{INFO_FILE}: {e}"),
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| CheckpointError::BadImage { path: images.to_path_buf(), reason: format!("{INFO_FILE}: {e}") })
+    }
+}
+
+/// Mount destinations whose source CRIU cannot dump: bind mounts of host paths.
+fn external_mounts(spec: &oci_spec::runtime::Spec) -> Vec<(PathBuf, PathBuf)> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
+        })
+        .filter_map(|m| Some((m.destination().clone(), m.source().clone()?)))
+        .collect()
+}
+
+impl Runtime {
+    /// `checkpoint`: dumps a running (or paused) container into `opts.image_path`. Unless
+    /// `leave_running` (or `pre_dump`), the container is then stopped and deleted, as runc does.
+    pub fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<(), ContainerError> {
+        opts.common.validate()?;
+        let c = self.open(id)?;
+        let status = self.status(&c);
+        if !matches!(status, Status::Running | Status::Paused) {
+            return Err(ContainerError::BadStatus { id: id.into(), status, action: "checkpoint" });
+        }
+        let pid = c.state.pid;
+        std::fs::create_dir_all(&opts.image_path).map_err(io_err(&opts.image_path)).map_err(ContainerError::from)?;
+        if let Some(work) = &opts.work_path {
+            std::fs::create_dir_all(work).map_err(io_err(work)).map_err(ContainerError::from)?;
+        }
+        let stdio: Vec<Option<Stdio>> = (0..3).map(|fd| Stdio::of(pid, fd)).collect();
+        let info = CheckpointInfo { stdio: stdio.clone(), config: c.state.config.clone() };
+        let info_path = opts.image_path.join(INFO_FILE);
+        let text = serde_json::to_vec_pretty(&info).expect("plain data serializes");
+        std::fs::write(&info_path, text).map_err(io_err(&info_path)).map_err(ContainerError::from)?;
+        let externals: Vec<PathBuf> = external_mounts(&c.state.config).into_iter().map(|(dest, _)| dest).collect();
+        let freezer = c.state.cgroup.as_ref().and_then(|cg| cg.freezer_dir());
+        let stdio: Vec<Stdio> = stdio.into_iter().flatten().collect();
+        let args = criu::dump_args(pid, &opts.with_common(opts.common.criu_empty_ns()), &stdio, &externals, freezer);
+        let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
+        let action = if opts.pre_dump { "pre-dump" } else { "dump" };
+        criu::run(&criu::binary()?, &args, work.join(format!("{action}.log")), action, None)?;
+        drop(c);
+        if !opts.leave_running && !opts.pre_dump {
+            // CRIU killed the tree after the dump; what is left is a stopped container.
+            self.delete(id, true)?;
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointOptions {
+    fn with_common(&self, common: CriuCommon) -> CheckpointOptions {
+        CheckpointOptions { common, ..self.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! `restore`: a new container (state, cgroup with the config's limits) whose processes CRIU
+//! brings back from a checkpoint.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::criu::{self, RestorePlan};
+use super::{external_mounts, CheckpointError, CheckpointInfo, CriuCommon, Stdio};
+use crate::container::{connect_console, prepare_cgroup, write_pid_file, ConsoleTarget, ContainerError, Runtime};
+use crate::spec::Bundle;
+use crate::state;
+
+pub struct RestoreOptions {
+    pub id: String,
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub console: Option<ConsoleTarget>,
+    pub no_pivot: bool,
+    pub common: CriuCommon,
+}
+
+/// The file criu writes the restored init's pid to, in the container's state dir.
+const CRIU_PID_FILE: &str = "criu-restore.pid";
+
+impl Runtime {
+    /// Restores the checkpoint in `opts.image_path` as container `opts.id` of `bundle`, which
+    /// must hold the same rootfs. Returns the init's pid; the container is running.
+    pub fn restore(&self, opts: &RestoreOptions, bundle: Bundle) -> Result<i32, ContainerError> {
+        crate::spec::validate_id(&opts.id)?;
+        opts.common.validate()?;
+        let info = CheckpointInfo::read(&opts.image_path)?;
+        if info.has_terminal() && opts.console.is_none() {
+            return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
+        }
+        let (lock, mut guard, mut st) = self.register(&opts.id, &bundle)?;
+        let cgroup = st.cgroup.clone().expect("set by register");
+        guard.cgroup = Some(cgroup.clone());
+        prepare_cgroup(&cgroup, &bundle.spec)?;
+        // Kept open until criu has run: the fds it inherits.
+        let (inherit, _fds) = inherit_fds(&info, opts.console.as_ref())?;
+        let dir = self.dir(&opts.id);
+        let pid_path = dir.join(CRIU_PID_FILE);
+        let plan = RestorePlan {
+            images: &opts.image_path,
+            work: opts.work_path.as_deref().unwrap_or(&opts.image_path),
+            root: &bundle.rootfs,
+            pid_file: &pid_path,
+            binds: external_mounts(&bundle.spec),
+            inherit,
+            cgroup_roots: cgroup.hierarchy_paths()?,
+            no_pivot: opts.no_pivot,
+        };
+        let args = criu::restore_args(&plan, &opts.common.criu_empty_ns());
+        let root = CString::new(bundle.rootfs.as_os_str().as_bytes())
+            .map_err(|_| CheckpointError::BadImage { path: bundle.rootfs.clone(), reason: "NUL in path".into() })?;
+        // criu needs the root to be a mount point: a bind in a mount namespace of its own,
+        // which goes away with it (the container keeps its own reference).
+        let pre: criu::PreExec = Box::new(move || crate::sys::bind_self_in_new_mount_ns(&root));
+        criu::run(&criu::binary()?, &args, plan.work.join("restore.log"), "restore", Some(pre))?;
+        let pid = read_pid(&pid_path)?;
+        let _ = std::fs::remove_file(&pid_path);
+        st.pid = pid;
+        st.pid_start_time = crate::sys::process_start_time(pid)
+            .map_err(|source| ContainerError::Io { path: format!("/proc/{pid}").into(), source })?;
+        state::write_state(&dir, &st)?;
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        guard.armed = false;
+        drop(lock);
+        Ok(pid)
+    }
+}
+
+/// Fds that must stay open until criu has run.
+type KeptFds = Vec<OwnedFd>;
+
+/// `--inherit-fd` pairs for the checkpoint's stdio, and the fds they name. Pipes, sockets and
+/// outside files become our own fd of the same number; a terminal becomes the slave of a new
+/// pty whose master goes to the console socket.
+fn inherit_fds(
+    info: &CheckpointInfo,
+    console: Option<&ConsoleTarget>,
+) -> Result<(Vec<(i32, String)>, KeptFds), ContainerError> {
+    let mut inherit = Vec::new();
+    let mut keep = Vec::new();
+    for (fd, stdio) in (0..).zip(&info.stdio) {
+        match stdio {
+            Some(Stdio::Inherit(key) | Stdio::File(key)) => inherit.push((fd, key.clone())),
+            Some(Stdio::Tty(key)) if !inherit.iter().any(|(_, k)| k == key) => {
+                let socket = connect_console(console)?.ok_or(ContainerError::NoConsoleSocket { id: String::new() })?;
+                let (slave, _) = crate::console::create(socket.as_raw_fd(), None)?;
+                crate::sys::clear_cloexec(slave.as_raw_fd())
+                    .map_err(|source| ContainerError::Io { path: "console".into(), source })?;
+                inherit.push((slave.as_raw_fd(), key.clone()));
+                keep.push(slave);
+            }
+            _ => {}
+        }
+    }
+    Ok((inherit, keep))
+}
+
+fn read_pid(path: &Path) -> Result<i32, CheckpointError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io { path: path.into(), source })?;
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| CheckpointError::BadPid { path: path.into(), value: text.trim().to_string() })
+}

@@ -1,0 +1,237 @@
+//! `warren checkpoint` / `warren restore` with the real CRIU: the restored container goes on
+//! from its memory (a counter kept in a shell variable), keeps its limits, hostname and bind
+//! mounts, and `exec` works in it. Skipped (with a note) where no criu is installed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use warren_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+fn have_criu() -> bool {
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file())).unwrap_or(false);
+    if !found {
+        eprintln!("criu not on PATH: skipped (scripts/install-criu.sh installs it)");
+    }
+    found
+}
+
+/// Counts in a shell variable, writing each value to /tmp/count; nothing on stdout.
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done";
+
+fn counter_bundle(t: &Test, edit: impl FnOnce(&mut Value)) -> Result<Bundle> {
+    let b = t.bundle(&["sh", "-c", COUNTER])?;
+    b.edit(|cfg| {
+        writable_root(cfg);
+        cfg["hostname"] = json!("moved-box");
+        edit(cfg);
+    })?;
+    Ok(b)
+}
+
+fn count(b: &Bundle) -> Result<u64> {
+    let text = std::fs::read_to_string(b.rootfs().join("tmp/count"))?;
+    text.trim().parse().with_context(|| format!("count {text:?}"))
+}
+
+/// Waits until the counter passes `above`.
+fn wait_count_above(b: &Bundle, above: u64, timeout: Duration) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        if let Ok(n) = count(b) {
+            if n > above {
+                return Ok(n);
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!("counter stayed at or below {above}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn images(t: &Test, name: &str) -> PathBuf {
+    t.dir().join(name)
+}
+
+fn checkpoint(t: &Test, id: &str, dir: &Path, extra: &[&str]) -> Result<()> {
+    let d = dir.to_string_lossy();
+    let args = [&["checkpoint", "--image-path", &d], extra, &[id]].concat();
+    t.cmd(&args)?.ok().context("checkpoint")?;
+    Ok(())
+}
+
+fn restore(t: &Test, id: &str, b: &Bundle, dir: &Path) -> Result<Container> {
+    let (bundle, d) = (b.path().to_string_lossy(), dir.to_string_lossy());
+    t.cmd(&["restore", "--detach", "--bundle", &bundle, "--image-path", &d, id])?.ok().context("restore")?;
+    Ok(t.warren.adopt(id))
+}
+
+#[test]
+fn a_restored_container_goes_on_from_its_memory_with_its_limits() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("cr_counter");
+    let b = counter_bundle(&t, |cfg| {
+        cfg["linux"]["resources"] = json!({"memory": {"limit": 64 * MIB}, "pids": {"limit": 20}});
+    })?;
+    let id = t.id("c");
+    let c = t.start_new(&id, &b)?;
+    wait_count_above(&b, 5, Duration::from_secs(5))?;
+    let dir = images(&t, "img");
+    checkpoint(&t, &id, &dir, &[])?;
+    // Without --leave-running the container is gone, as with runc.
+    ensure!(t.cmd(&["state", &id])?.failed().is_ok(), "state after checkpoint");
+    ensure!(cgroup_dirs(&id).is_empty(), "cgroup left after checkpoint: {:?}", cgroup_dirs(&id));
+    std::mem::forget(c); // its guard would delete the restored container under the same id
+    let at_dump = count(&b)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(count(&b)? == at_dump, "nothing runs between dump and restore");
+
+    let c = restore(&t, &id, &b, &dir)?;
+    ensure!(c.status()? == "running", "status after restore");
+    let next = wait_count_above(&b, at_dump, Duration::from_secs(5))?;
+    ensure!(next <= at_dump + 40, "the counter went on from {at_dump} (got {next}), not from 0");
+    let pid = c.pid()?;
+    let limit = read_knob(&knob_path(pid, "memory", "memory.limit_in_bytes", "memory.max")?)?;
+    ensure!(limit == (64 * MIB).to_string(), "memory limit after restore: {limit}");
+    let pids = read_knob(&knob_path(pid, "pids", "pids.max", "pids.max")?)?;
+    ensure!(pids == "20", "pids limit after restore: {pids}");
+    let out = c.exec(&[], &["sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"])?;
+    out.ok()?;
+    ensure!(out.stdout.starts_with("moved-box\nsh -c i=0"), "exec in the restored container: {out}");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// Whether this kernel tracks dirty memory (soft-dirty bits), which pre-dump needs.
+fn dirty_tracking() -> bool {
+    std::process::Command::new("criu")
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn leave_running_then_restore_after_delete() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("cr_leave");
+    let b = counter_bundle(&t, |_| {})?;
+    let id = t.id("c");
+    let c = t.start_new(&id, &b)?;
+    wait_count_above(&b, 3, Duration::from_secs(5))?;
+    let full = images(&t, "full");
+    checkpoint(&t, &id, &full, &["--leave-running"])?;
+    ensure!(c.status()? == "running", "--leave-running");
+    let after = wait_count_above(&b, count(&b)?, Duration::from_secs(5))?;
+    t.cmd(&["delete", "--force", &id])?.ok()?;
+    std::mem::forget(c);
+    let c = restore(&t, &id, &b, &full)?;
+    // Back at the dump's value, then on from there.
+    wait_count_above(&b, 0, Duration::from_secs(5))?;
+    ensure!(count(&b)? < after + 40, "restored from the dump, not a fresh start");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn pre_dump_then_dump_against_it() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("cr_pre");
+    let b = counter_bundle(&t, |_| {})?;
+    let id = t.id("c");
+    let c = t.start_new(&id, &b)?;
+    wait_count_above(&b, 3, Duration::from_secs(5))?;
+    let (pre, full) = (images(&t, "pre"), images(&t, "full"));
+    let p = pre.to_string_lossy();
+    let out = t.cmd(&["checkpoint", "--pre-dump", "--image-path", &p, &id])?;
+    ensure!(c.status()? == "running", "pre-dump leaves it running, whatever its outcome");
+    if !dirty_tracking() {
+        // This kernel has no soft-dirty bits: CRIU cannot pre-dump, and says so in one line.
+        out.failed()?;
+        ensure!(out.error_line().contains("Tracking memory is not available"), "{out}");
+        drop(c);
+        t.assert_no_leftovers();
+        return Ok(());
+    }
+    out.ok()?;
+    checkpoint(&t, &id, &full, &["--parent-path", "../pre"])?;
+    std::mem::forget(c);
+    let at_dump = count(&b)?;
+    let c = restore(&t, &id, &b, &full)?;
+    wait_count_above(&b, at_dump, Duration::from_secs(5))?;
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn a_bind_mount_is_there_again_after_restore() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("cr_bind");
+    let shared = t.dir().join("shared");
+    std::fs::create_dir_all(&shared)?;
+    let src = shared.to_string_lossy().to_string();
+    let b = counter_bundle(&t, |cfg| {
+        let mounts = cfg["mounts"].as_array_mut().expect("mounts");
+        mounts.push(json!({"destination": "/shared", "type": "bind", "source": src, "options": ["rbind", "rw"]}));
+    })?;
+    let id = t.id("c");
+    let c = t.start_new(&id, &b)?;
+    wait_count_above(&b, 2, Duration::from_secs(5))?;
+    let dir = images(&t, "img");
+    checkpoint(&t, &id, &dir, &[])?;
+    std::mem::forget(c);
+    let c = restore(&t, &id, &b, &dir)?;
+    std::fs::write(shared.join("from-host"), "after restore\n")?;
+    let out = c.exec(&[], &["sh", "-c", "cat /shared/from-host; echo inside > /shared/from-box"])?;
+    out.ok()?;
+    ensure!(out.stdout == "after restore\n", "bind mount in the restored container: {out}");
+    ensure!(std::fs::read_to_string(shared.join("from-box"))? == "inside\n", "writes reach the host dir");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn bad_checkpoint_and_restore_input_is_refused_cleanly() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("cr_bad");
+    let b = counter_bundle(&t, |_| {})?;
+    let id = t.id("c");
+    // Not a checkpoint: nothing of the container is made.
+    let empty = images(&t, "empty");
+    std::fs::create_dir_all(&empty)?;
+    let (bundle, e) = (b.path().to_string_lossy(), empty.to_string_lossy());
+    let out = t.cmd(&["restore", "-d", "--bundle", &bundle, "--image-path", &e, &id])?;
+    out.failed()?;
+    ensure!(out.error_line().contains("not a Warren checkpoint"), "{out}");
+    ensure!(t.cmd(&["state", &id])?.failed().is_ok(), "no state after a refused restore");
+    // A created (not started) container, and a bad cgroup mode.
+    let c = t.create(&id, &b)?;
+    let out = t.cmd(&["checkpoint", "--image-path", &e, &id])?;
+    out.failed()?;
+    ensure!(out.error_line().contains("created"), "{out}");
+    let out = t.cmd(&["checkpoint", "--image-path", &e, "--manage-cgroups-mode", "loose", &id])?;
+    out.failed()?;
+    ensure!(out.error_line().contains("--manage-cgroups-mode"), "{out}");
+    ensure!(c.status()? == "created", "left as it was");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
