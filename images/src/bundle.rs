@@ -63,7 +63,8 @@ pub fn create(store: &Store, dir: &Path, base: Value, opts: &BundleOptions) -> R
     match std::fs::read_dir(&dir).map(|mut rd| rd.next().is_none()) {
         Ok(false) => return Err(BundleError::Exists { dir }),
         Ok(true) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&dir).map_err(io_err(&dir))?,
+        // 0700: the rootfs holds the image's set-id files, which no host user may run.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => mkdir(&dir, 0o700)?,
         Err(e) => return Err(io_err(&dir)(e)),
     }
     let layers = if opts.copy { Vec::new() } else { image.record().layers().to_vec() };

@@ -47,10 +47,19 @@ pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<
 }
 
 /// Mounts overlayfs at `target`: `layers` (bottom first) under `upper`.
+/// mount(2) where its one page of options holds the layers, else the new
+/// mount API with one parameter per layer.
 pub fn mount_overlay(layers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), RootfsError> {
-    let data = overlay_options(layers, upper, work)?;
-    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
-        .map_err(|e| RootfsError::Mount { target: target.to_path_buf(), source: e.into() })
+    let mount_err = |source| RootfsError::Mount { target: target.to_path_buf(), source };
+    match overlay_options(layers, upper, work) {
+        Ok(data) => mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
+            .map_err(|e| mount_err(e.into())),
+        Err(RootfsError::TooManyLayers { .. } | RootfsError::BadPath { .. }) => {
+            let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
+            crate::sys::mount_overlay_fsconfig(&lowers, upper, work, target).map_err(mount_err)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Detaches the mount at `target`; Ok if nothing is mounted there.

@@ -1,8 +1,9 @@
-//! The raw syscalls nix does not wrap: extended attributes, not following
-//! symlinks.
+//! The raw syscalls nix does not wrap: extended attributes (not following
+//! symlinks) and the new mount API.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -64,4 +65,69 @@ pub fn llistxattr(path: &Path) -> io::Result<Vec<OsString>> {
         }
     }
     Ok(buf.split(|b| *b == 0).filter(|n| !n.is_empty()).map(|n| OsString::from_vec(n.to_vec())).collect())
+}
+
+// The new mount API's constants (linux/mount.h).
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+fn fd_result(rc: libc::c_long) -> io::Result<OwnedFd> {
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+fn rc_result(rc: libc::c_long) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn fsconfig(fs: &OwnedFd, cmd: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>) -> io::Result<()> {
+    let key = key.map_or(std::ptr::null(), |k| k.as_ptr());
+    let value = value.map_or(std::ptr::null(), |v| v.as_ptr());
+    // SAFETY: fsconfig(2) on our fs context fd; key and value are NUL-terminated
+    // strings (or null where the command takes none) that outlive the call.
+    rc_result(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, key, value, 0) })
+}
+
+/// Mounts overlayfs at `target` with the new mount API: each lower dir
+/// (`lowers`, top first) is its own "lowerdir+" parameter (Linux 6.8), so the
+/// layer count is not bounded by mount(2)'s one page of options.
+pub fn mount_overlay_fsconfig(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+    let name = cstring(b"overlay")?;
+    // SAFETY: fsopen(2) with a NUL-terminated file system name.
+    let fs = fd_result(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let set = |key: &[u8], path: &Path| {
+        fsconfig(&fs, FSCONFIG_SET_STRING, Some(&cstring(key)?), Some(&cstring(path.as_os_str().as_bytes())?))
+    };
+    for l in lowers {
+        set(b"lowerdir+", l)?;
+    }
+    set(b"upperdir", upper)?;
+    set(b"workdir", work)?;
+    fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
+    // SAFETY: fsmount(2) on the configured context; no attribute flags.
+    let mnt = fd_result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    let to = cstring(target.as_os_str().as_bytes())?;
+    let empty = cstring(b"")?;
+    // SAFETY: move_mount(2) of the detached mount fd onto `to`, both strings
+    // NUL-terminated and alive across the call.
+    rc_result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
 }

@@ -115,6 +115,12 @@ fn overlay_bundle_runs_and_writes_only_its_upper_dir() -> Result<()> {
     ensure!(cfg["annotations"]["org.opencontainers.image.ref.name"] == "bb:1", "{cfg}");
     ensure!(cfg["process"]["env"].to_string().contains("PATH=/usr/local/sbin"), "{cfg}");
     ensure!(!mounts_under(&dir.join("rootfs")).is_empty(), "rootfs is not a mount");
+    // The image's set-id files must be out of host users' reach.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.clone(), t.dir().join("store")] {
+        let mode = std::fs::metadata(&p)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o700, "{} has mode {mode:o}", p.display());
+    }
     let out = im.run("c", &dir)?;
     ensure!(out.ok()?.stdout == "hi from root:x:0:0:root:/root:/bin/sh\n/\n", "{out}");
     ensure!(std::fs::read(dir.join("upper/root/f"))? == b"data\n", "the write went to the upper dir");
@@ -435,6 +441,40 @@ fn image_config_becomes_the_process() -> Result<()> {
     let out = im.run("c", &b)?;
     ensure!(out.ok()?.stdout == "hello-from-env\n/tmp\n1\n1\n1\n", "{out}");
     im.rm_bundle(&b)?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn concurrent_imports_and_bundles_take_turns() -> Result<()> {
+    let t = Test::new("img_concurrent");
+    let im = Images::new(&t);
+    let bb = busybox();
+    let outs: Vec<Result<Out>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let (im, src) = (&im, bb.join(if i % 2 == 0 { "layout" } else { "busybox-oci.tar" }));
+                s.spawn(move || im.import(&src, &format!("c:{i}")))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for out in outs {
+        out?.ok()?;
+    }
+    ensure!(im.names()? == ["c:0", "c:1", "c:2", "c:3"], "{:?}", im.names()?);
+    ensure!(im.layers() == 1, "one unpacked copy");
+    let dirs: Vec<PathBuf> = (0..6).map(|i| t.dir().join(format!("b{i}"))).collect();
+    let outs: Vec<Result<Out>> = std::thread::scope(|s| {
+        let handles: Vec<_> = dirs.iter().map(|d| s.spawn(|| im.bundle("c:0", d, &[], &["true"]))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for out in outs {
+        out?.ok()?;
+    }
+    for d in &dirs {
+        im.rm_bundle(d)?.ok()?;
+    }
     t.assert_no_leftovers();
     Ok(())
 }

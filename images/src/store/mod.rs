@@ -138,8 +138,13 @@ fn file_name(name: &str) -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`. A new store is 0700:
+    /// its layers hold the images' set-id files, which no host user may run.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        if !root.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io_err(root))?;
+        }
         for sub in ["tmp", "layers", "blobs/sha256", "images", "bundles"] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
