@@ -1,13 +1,16 @@
 //! Which `warren` binary and state root a container uses: runc's runtime options
-//! (`BinaryName`, `Root`) when containerd sends them, else the `warren` beside the shim's own
-//! executable (or on PATH) and /run/containerd/warren. The state root gets the namespace
+//! (`BinaryName`, `Root`) when containerd sends them, or the same two keys in the file named by
+//! generic runtime options (`ConfigPath`: what CRI sends for a runtime that is not runc, and
+//! ctr's `--runtime-config-path`), lines of `Key = "value"`; else the `warren` beside the shim's
+//! own executable (or on PATH) and /run/containerd/warren. The state root gets the namespace
 //! appended, as the runc shim does. The choice is saved in the bundle so that a later
 //! `shim delete` (after the shim was lost) finds the same binary and state.
 
 use std::path::{Path, PathBuf};
 
+use containerd_shim::protos::protobuf::rt::WireType;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::protobuf::{CodedInputStream, Message};
 use containerd_shim::protos::shim::oci::Options as RuncOptions;
 
 use crate::error::{Result, ShimError};
@@ -19,11 +22,21 @@ const SAVED: &str = "warren-shim.json";
 pub fn from_options(options: Option<&Any>, namespace: &str) -> Result<RuntimeConfig> {
     let mut binary = None;
     let mut root = None;
-    if let Some(any) = options.filter(|a| a.type_url.ends_with("containerd.runc.v1.Options")) {
-        let opts = RuncOptions::parse_from_bytes(&any.value)
-            .map_err(|e| ShimError::BadRequest { field: "options", reason: format!("runc options: {e}") })?;
-        binary = (!opts.binary_name.is_empty()).then(|| PathBuf::from(&opts.binary_name));
-        root = (!opts.root.is_empty()).then(|| PathBuf::from(&opts.root));
+    let bad = |e: &dyn std::fmt::Display| ShimError::BadRequest { field: "options", reason: e.to_string() };
+    match options {
+        Some(any) if any.type_url.ends_with("containerd.runc.v1.Options") => {
+            let opts = RuncOptions::parse_from_bytes(&any.value).map_err(|e| bad(&e))?;
+            binary = (!opts.binary_name.is_empty()).then(|| PathBuf::from(&opts.binary_name));
+            root = (!opts.root.is_empty()).then(|| PathBuf::from(&opts.root));
+        }
+        Some(any) if any.type_url.ends_with("runtimeoptions.v1.Options") => {
+            if let Some(path) = config_path(&any.value).map_err(|e| bad(&e))? {
+                let text = std::fs::read_to_string(&path).map_err(ShimError::io(&path))?;
+                binary = config_value(&text, "BinaryName").map(PathBuf::from);
+                root = config_value(&text, "Root").map(PathBuf::from);
+            }
+        }
+        _ => {}
     }
     let binary = match binary {
         Some(b) if b.is_absolute() => b,
@@ -35,6 +48,33 @@ pub fn from_options(options: Option<&Any>, namespace: &str) -> Result<RuntimeCon
     }
     let root = root.unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)).join(namespace);
     Ok(RuntimeConfig { binary, root })
+}
+
+/// Field 2 (`config_path`) of containerd's runtimeoptions.v1.Options, which the protos crate
+/// does not carry.
+fn config_path(value: &[u8]) -> containerd_shim::protos::protobuf::Result<Option<PathBuf>> {
+    let mut input = CodedInputStream::from_bytes(value);
+    while let Some(tag) = input.read_raw_tag_or_eof()? {
+        let (field, wire_type) = (tag >> 3, WireType::new(tag & 7));
+        match (field, wire_type) {
+            (2, Some(WireType::LengthDelimited)) => {
+                let path = input.read_string()?;
+                return Ok((!path.is_empty()).then(|| PathBuf::from(path)));
+            }
+            (_, Some(w)) => input.skip_field(w)?,
+            (_, None) => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// `key = "value"` in the config file (a TOML subset: one string per line).
+fn config_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        let v = v.trim().strip_prefix('"')?.strip_suffix('"')?;
+        (k.trim() == key && !v.is_empty()).then(|| v.to_string())
+    })
 }
 
 /// `warren` beside this executable, else the first on PATH.

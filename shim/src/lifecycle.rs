@@ -9,15 +9,13 @@ use containerd_shim::protos::events::task::{
 };
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::shim::shim::{CreateTaskRequest, DeleteResponse, ExecProcessRequest};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use warren::cgroups::oom::OomWatcher;
 
 use crate::error::{Result, ShimError};
 use crate::events::Event;
 use crate::runner::{read_pid, Runner, Spawn};
 use crate::service::Service;
 use crate::stdio::{ConsoleSocket, IoConfig, Stdio, Terminal};
-use crate::tasks::{Container, Exit, Launch, Phase, Process, RuntimeConfig};
+use crate::tasks::{Container, Exit, Hooks, Launch, Phase, Process, RuntimeConfig};
 use crate::{config, mounts};
 
 /// How long Delete waits for a created (never started) init to die after `warren delete`.
@@ -61,9 +59,7 @@ impl Service {
         rootfs_mount: Option<PathBuf>,
     ) -> Result<u32> {
         let id = req.id.as_str();
-        let spec = Spec::load(bundle.join("config.json"))
-            .map_err(|e| ShimError::BadRequest { field: "bundle config.json", reason: e.to_string() })?;
-        let own_pid_ns = warren::spec::namespace(&spec, LinuxNamespaceType::Pid).is_some_and(|ns| ns.path().is_none());
+        let bundle_config = BundleConfig::load(bundle)?;
         let runner = Runner::new(&runtime, id, bundle);
         let launch = self.tasks.launch();
         let (pid, terminal) = self.spawn(&launch, &runner, &io, bundle, None)?;
@@ -80,7 +76,8 @@ impl Service {
             execs: Default::default(),
             paused: false,
             rootfs_mount,
-            kill_all_on_exit: !own_pid_ns,
+            kill_all_on_exit: !bundle_config.own_pid_namespace(),
+            hooks: bundle_config.hooks(),
         };
         self.tasks.events.send(Event::Create(TaskCreate {
             container_id: id.into(),
@@ -102,7 +99,7 @@ impl Service {
         table.containers.insert(id.into(), c);
         drop(table);
         drop(launch);
-        self.watch_oom(id, &runtime);
+        self.supervisor.watch_oom(id, &runtime.root);
         Ok(pid as u32)
     }
 
@@ -139,31 +136,24 @@ impl Service {
         taken
     }
 
-    fn watch_oom(&self, id: &str, runtime: &RuntimeConfig) {
-        let rt = warren::container::Runtime::new(&runtime.root);
-        match rt.live_cgroup(id).map(|cg| OomWatcher::new(&cg)) {
-            Ok(Ok(Some(w))) => self.supervisor.watch_oom(id, w),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => log::warn!("container {id}: no OOM events: {e}"),
-            Err(e) => log::warn!("container {id}: no OOM events: {e}"),
-        }
-    }
-
     pub(crate) fn do_start(&self, id: &str, exec_id: &str) -> Result<u32> {
-        let (runtime, bundle, io, spec) = {
+        let (runtime, bundle, hooks, io, spec) = {
             let mut table = self.tasks.lock();
             let c = table.container_mut(id)?;
             if !matches!(c.process(exec_id)?.phase, Phase::Created) {
                 return Err(c.bad_state(exec_id, "start"));
             }
-            let (runtime, bundle) = (c.runtime.clone(), c.bundle.clone());
+            let (runtime, bundle, hooks) = (c.runtime.clone(), c.bundle.clone(), c.hooks);
             let p = c.process_mut(exec_id)?;
             p.phase = Phase::Starting;
-            (runtime, bundle, p.io.clone(), p.spec.clone())
+            (runtime, bundle, hooks, p.io.clone(), p.spec.clone())
         };
         let runner = Runner::new(&runtime, id, &bundle);
         let launch = self.tasks.launch();
-        let result = if exec_id.is_empty() {
+        let result = if exec_id.is_empty() && !hooks.poststart {
+            // Nothing to run: release the init in-process, one exec of `warren` fewer.
+            warren::container::Runtime::new(&runtime.root).start(id).map(|()| None).map_err(ShimError::from)
+        } else if exec_id.is_empty() {
             runner.start(&launch).map(|()| None)
         } else {
             self.start_exec(&launch, &runner, &bundle, exec_id, &io, &spec).map(Some)
@@ -253,16 +243,19 @@ impl Service {
         if !exec_id.is_empty() {
             return self.delete_exec(id, exec_id);
         }
-        let (runtime, bundle, was_started) = {
+        let (runtime, bundle, hooks, was_started) = {
             let table = self.tasks.lock();
             let c = table.container(id)?;
             if matches!(c.init.phase, Phase::Starting | Phase::Running) {
                 return Err(c.bad_state("", "delete"));
             }
-            (c.runtime.clone(), c.bundle.clone(), !matches!(c.init.phase, Phase::Created))
+            (c.runtime.clone(), c.bundle.clone(), c.hooks, !matches!(c.init.phase, Phase::Created))
         };
-        let runner = Runner::new(&runtime, id, &bundle);
-        let deleted = runner.delete(&self.tasks.launch(), false);
+        let deleted = match hooks.poststop {
+            true => Runner::new(&runtime, id, &bundle).delete(&self.tasks.launch(), false),
+            // No hook to run: delete in-process.
+            false => warren::container::Runtime::new(&runtime.root).delete(id, false).map_err(ShimError::from),
+        };
         if let Err(e) = deleted {
             if runtime.root.join(id).exists() {
                 return Err(e);
@@ -314,5 +307,53 @@ impl Service {
             exited_at: exit.map_or_else(MessageField::none, |e| e.timestamp()),
             ..Default::default()
         })
+    }
+}
+
+/// What the shim needs from the bundle's config.json, without parsing all of it.
+#[derive(serde::Deserialize)]
+struct BundleConfig {
+    linux: Option<LinuxPart>,
+    hooks: Option<HooksPart>,
+}
+
+#[derive(serde::Deserialize)]
+struct LinuxPart {
+    namespaces: Option<Vec<NamespacePart>>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamespacePart {
+    #[serde(rename = "type")]
+    kind: String,
+    path: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct HooksPart {
+    poststart: Option<Vec<serde::de::IgnoredAny>>,
+    poststop: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+impl BundleConfig {
+    fn load(bundle: &Path) -> Result<BundleConfig> {
+        let path = bundle.join("config.json");
+        let text = std::fs::read(&path).map_err(ShimError::io(&path))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| ShimError::BadRequest { field: "bundle config.json", reason: e.to_string() })
+    }
+
+    /// A pid namespace made for the container (not joined by path).
+    fn own_pid_namespace(&self) -> bool {
+        let namespaces = self.linux.as_ref().and_then(|l| l.namespaces.as_deref()).unwrap_or_default();
+        namespaces.iter().any(|ns| ns.kind == "pid" && ns.path.as_deref().unwrap_or_default().is_empty())
+    }
+
+    fn hooks(&self) -> Hooks {
+        let has = |list: &Option<Vec<serde::de::IgnoredAny>>| list.as_ref().is_some_and(|l| !l.is_empty());
+        Hooks {
+            poststart: self.hooks.as_ref().is_some_and(|h| has(&h.poststart)),
+            poststop: self.hooks.as_ref().is_some_and(|h| has(&h.poststop)),
+        }
     }
 }

@@ -50,9 +50,6 @@ impl containerd_shim::Shim for WarrenShim {
         let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
         if !serving(&address) {
             spawn_server(&opts, &address)?;
-            if !serving(&address) {
-                return Err(Error::Other(format!("shim server for {} did not come up on {address}", opts.id)));
-            }
         }
         write_address(&address)?;
         Ok(address)
@@ -128,7 +125,12 @@ fn spawn_server(opts: &StartOpts, address: &str) -> containerd_shim::Result<()> 
     if let Some(mut out) = child.stdout.take() {
         let _ = out.read_to_end(&mut Vec::new());
     }
-    Ok(())
+    // Still running: it serves. Gone: another server of the group may have won the race.
+    match child.try_wait() {
+        Ok(None) => Ok(()),
+        _ if serving(address) => Ok(()),
+        _ => Err(Error::Other(format!("shim server for {} did not come up on {address}", opts.id))),
+    }
 }
 
 /// `shim delete` after the shim is gone: force-delete the container (its processes, cgroup

@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +21,8 @@ use crate::events::Event;
 use crate::tasks::{Exit, Tasks};
 
 enum Control {
-    Watch(String, OomWatcher),
+    /// Watch a container (id, state root) for OOM kills.
+    Watch(String, PathBuf),
     Unwatch(String),
 }
 
@@ -50,8 +52,10 @@ impl Supervisor {
         Ok(Supervisor { control: Mutex::new(tx), wake })
     }
 
-    pub fn watch_oom(&self, id: &str, watcher: OomWatcher) {
-        self.send(Control::Watch(id.into(), watcher));
+    /// Starts watching; the cgroup is looked up on the thread, off the caller's path (the
+    /// container cannot run out of memory before it starts).
+    pub fn watch_oom(&self, id: &str, root: &Path) {
+        self.send(Control::Watch(id.into(), root.into()));
     }
 
     pub fn unwatch_oom(&self, id: &str) {
@@ -130,7 +134,11 @@ impl Watch {
     fn apply_control(&mut self) {
         while let Ok(c) = self.control.try_recv() {
             match c {
-                Control::Watch(id, w) => self.oom.push((id, w)),
+                Control::Watch(id, root) => {
+                    if let Some(w) = oom_watcher(&id, &root) {
+                        self.oom.push((id, w));
+                    }
+                }
                 Control::Unwatch(id) => self.oom.retain(|(i, _)| *i != id),
             }
         }
@@ -151,6 +159,21 @@ impl Watch {
                 }
                 self.oom.swap_remove(index);
             }
+        }
+    }
+}
+
+fn oom_watcher(id: &str, root: &Path) -> Option<OomWatcher> {
+    let cgroup = warren::container::Runtime::new(root).live_cgroup(id);
+    match cgroup.map(|cg| OomWatcher::new(&cg)) {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            log::warn!("container {id}: no OOM events: {e}");
+            None
+        }
+        Err(e) => {
+            log::warn!("container {id}: no OOM events: {e}");
+            None
         }
     }
 }

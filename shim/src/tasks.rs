@@ -119,6 +119,15 @@ pub struct Container {
     pub rootfs_mount: Option<PathBuf>,
     /// No pid namespace of its own: the init's exit does not end the other processes.
     pub kill_all_on_exit: bool,
+    pub hooks: Hooks,
+}
+
+/// Which hooks of its config run at start and delete: those verbs then go through the
+/// `warren` binary, whose children the hooks are; otherwise the shim does them in-process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hooks {
+    pub poststart: bool,
+    pub poststop: bool,
 }
 
 impl Container {
