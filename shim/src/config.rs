@@ -103,3 +103,30 @@ pub fn load(bundle: &Path) -> Result<RuntimeConfig> {
     serde_json::from_slice(&text)
         .map_err(|e| ShimError::BadRequest { field: "warren-shim.json", reason: e.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim::protos::protobuf::CodedOutputStream;
+
+    #[test]
+    fn config_file_keys() {
+        let text = "# shim\n[options]\nBinaryName = \"/opt/warren\"\n Root=\"/run/w\"\nOther = 3\n";
+        assert_eq!(config_value(text, "BinaryName").as_deref(), Some("/opt/warren"));
+        assert_eq!(config_value(text, "Root").as_deref(), Some("/run/w"));
+        assert_eq!(config_value(text, "Other"), None);
+        assert_eq!(config_value(text, "Missing"), None);
+    }
+
+    #[test]
+    fn runtimeoptions_config_path() {
+        let mut value = Vec::new();
+        let mut out = CodedOutputStream::vec(&mut value);
+        out.write_string(1, "runtimeoptions.v1.Options").unwrap();
+        out.write_string(2, "/etc/warren/shim.toml").unwrap();
+        out.flush().unwrap();
+        drop(out);
+        assert_eq!(config_path(&value).unwrap(), Some(PathBuf::from("/etc/warren/shim.toml")));
+        assert_eq!(config_path(&[]).unwrap(), None);
+    }
+}

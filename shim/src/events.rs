@@ -113,3 +113,29 @@ fn send_all(rx: Receiver<Queued>, client: EventsClient, namespace: &str) {
         }
     }
 }
+
+/// What a test queued, by topic.
+#[cfg(test)]
+pub(crate) struct Recorder(Receiver<Queued>);
+
+#[cfg(test)]
+impl Recorder {
+    pub(crate) fn topics(&self) -> Vec<&'static str> {
+        self.0
+            .try_iter()
+            .filter_map(|q| match q {
+                Queued::Event(e) => Some(e.encode().0),
+                Queued::Flush(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl Events {
+    /// Events that are kept for the test instead of sent.
+    pub(crate) fn recorder() -> (Events, Recorder) {
+        let (tx, rx) = channel();
+        (Events { tx }, Recorder(rx))
+    }
+}

@@ -243,3 +243,69 @@ fn io_v2(s: &Stats) -> Fields {
     }
     io
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim::protos::protobuf::CodedInputStream;
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Value {
+        Int(u64),
+        Bytes(Vec<u8>),
+    }
+    use Value::Int;
+
+    /// (field, value) pairs of one message.
+    fn fields(bytes: &[u8]) -> Vec<(u32, Value)> {
+        let mut input = CodedInputStream::from_bytes(bytes);
+        let mut out = Vec::new();
+        while let Some(tag) = input.read_raw_tag_or_eof().unwrap() {
+            let value = match tag & 7 {
+                0 => Int(input.read_uint64().unwrap()),
+                _ => Value::Bytes(input.read_bytes().unwrap()),
+            };
+            out.push((tag >> 3, value));
+        }
+        out
+    }
+
+    fn sub(msg: &[(u32, Value)], field: u32) -> Vec<(u32, Value)> {
+        match &msg.iter().find(|(f, _)| *f == field).unwrap().1 {
+            Value::Bytes(b) => fields(b),
+            Int(_) => panic!("field {field} is no message"),
+        }
+    }
+
+    #[test]
+    fn v2_field_numbers() {
+        let mut s = Stats::default();
+        s.pids.current = 3;
+        s.pids.limit = 10;
+        s.cpu.usage.total = 5_000_000;
+        s.cpu.usage.user = 3_000_000;
+        s.memory.usage.usage = 4096;
+        s.memory.usage.limit = 8192;
+        s.memory.raw.insert("anon".into(), 1024);
+        s.memory.raw.insert("pgfault".into(), 7);
+        let m = fields(&encode_v2(&s));
+        assert_eq!(sub(&m, 1), vec![(1, Int(3)), (2, Int(10))]);
+        assert_eq!(sub(&m, 2), vec![(1, Int(5000)), (2, Int(3000))]);
+        let memory = sub(&m, 4);
+        for (field, want) in [(1, 1024), (18, 7), (32, 4096), (33, 8192)] {
+            assert!(memory.contains(&(field, Int(want))), "memory field {field}: {memory:?}");
+        }
+    }
+
+    #[test]
+    fn v1_type_and_values() {
+        let mut s = Stats::default();
+        s.pids.current = 2;
+        s.memory.usage.usage = 4096;
+        let any = to_any(&s, false).unwrap();
+        assert_eq!(any.type_url, V1_TYPE);
+        let m = v1::Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(m.pids.current, 2);
+        assert_eq!(m.memory.usage.usage, 4096);
+    }
+}

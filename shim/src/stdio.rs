@@ -360,3 +360,26 @@ struct Ready {
     control: bool,
     stdin: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_uris() {
+        assert!(matches!(sink("").unwrap(), Sink::Null));
+        assert!(matches!(sink("/run/fifo/x-stdout").unwrap(), Sink::Fifo(p) if p == Path::new("/run/fifo/x-stdout")));
+        assert!(matches!(sink("file:///var/log/c.log").unwrap(), Sink::File(p) if p == Path::new("/var/log/c.log")));
+        match sink("binary:///usr/bin/logger?tag=web&debug").unwrap() {
+            Sink::Binary { program, args } => {
+                assert_eq!(program, Path::new("/usr/bin/logger"));
+                assert_eq!(args, ["tag", "web", "debug"]);
+            }
+            _ => panic!("not a binary sink"),
+        }
+        let e = sink("file://relative/c.log").err().unwrap().to_string();
+        assert!(e.contains("file://relative/c.log") && e.contains("absolute"), "{e}");
+        let e = sink("http:///x").err().unwrap().to_string();
+        assert!(e.contains("unknown scheme"), "{e}");
+    }
+}

@@ -320,3 +320,80 @@ impl Drop for Launch<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim::protos::events::task::TaskStart;
+    use containerd_shim::protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC};
+
+    fn container(id: &str, init_pid: i32, phase: Phase) -> Container {
+        let mut init = Process::new("", IoConfig::default(), Vec::new());
+        init.pid = init_pid;
+        init.phase = phase;
+        Container {
+            id: id.into(),
+            bundle: "/nonexistent".into(),
+            runtime: RuntimeConfig { binary: "/nonexistent/warren".into(), root: "/nonexistent".into() },
+            init,
+            execs: BTreeMap::new(),
+            paused: false,
+            rootfs_mount: None,
+            kill_all_on_exit: false,
+            hooks: Hooks::default(),
+        }
+    }
+
+    #[test]
+    fn an_exit_before_its_pid_is_known_is_kept_for_the_launch() {
+        let (events, _) = Events::recorder();
+        let tasks = Tasks::new(events);
+        let launch = tasks.launch();
+        tasks.on_exit(4242, Exit::now(3));
+        assert_eq!(launch.wait(4242).status, 3);
+        tasks.on_exit(4343, Exit::now(4));
+        let mut table = tasks.lock();
+        assert_eq!(launch.claim(&mut table, 4343).map(|e| e.status), Some(4));
+        assert!(launch.claim(&mut table, 4343).is_none());
+    }
+
+    #[test]
+    fn unknown_exits_are_not_kept_without_a_launch() {
+        let (events, recorder) = Events::recorder();
+        let tasks = Tasks::new(events);
+        tasks.on_exit(4242, Exit::now(3));
+        let launch = tasks.launch();
+        assert!(launch.claim(&mut tasks.lock(), 4242).is_none());
+        assert!(recorder.topics().is_empty());
+    }
+
+    #[test]
+    fn an_exit_during_start_is_reported_after_the_start_event() {
+        let (events, recorder) = Events::recorder();
+        let tasks = Tasks::new(events);
+        tasks.lock().containers.insert("c1".into(), container("c1", 77, Phase::Starting));
+        tasks.on_exit(77, Exit::now(9));
+        assert!(recorder.topics().is_empty(), "no exit before the start event");
+        assert!(matches!(tasks.lock().container("c1").unwrap().init.phase, Phase::Starting));
+        {
+            let mut table = tasks.lock();
+            let c = table.container_mut("c1").unwrap();
+            tasks.events.send(Event::Start(TaskStart { container_id: "c1".into(), pid: 77, ..Default::default() }));
+            tasks.started(c, "");
+        }
+        assert_eq!(recorder.topics(), [TASK_START_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC]);
+        assert_eq!(tasks.wait_exit("c1", "", Some(Duration::from_secs(1))).unwrap().status, 9);
+    }
+
+    #[test]
+    fn a_running_process_exit_is_reported_at_once() {
+        let (events, recorder) = Events::recorder();
+        let tasks = Tasks::new(events);
+        tasks.lock().containers.insert("c1".into(), container("c1", 78, Phase::Running));
+        tasks.on_exit(78, Exit::now(137));
+        assert_eq!(recorder.topics(), [TASK_EXIT_EVENT_TOPIC]);
+        assert_eq!(tasks.wait_exit("c1", "", None).unwrap().status, 137);
+        let e = tasks.wait_exit("c2", "", None).err().unwrap().to_string();
+        assert_eq!(e, "container c2: not found");
+    }
+}
