@@ -79,7 +79,7 @@ step clients 900 "$ROOT/tests/clients/run-all.sh" "$WARREN_BIN"
 
 if [ -d "$SHARED" ]; then
 	step ctr-smoke 600 "$SHARED/ctr-smoke.sh" "$WARREN_BIN"
-	step podman-smoke 600 "$SHARED/podman-smoke.sh" --no-checkpoint "$WARREN_BIN"
+	step podman-smoke 600 "$SHARED/podman-smoke.sh" "$WARREN_BIN"
 	step docker-smoke 600 "$SHARED/docker-smoke.sh" "$WARREN_BIN"
 else
 	log "no $SHARED: client smoke tests skipped"

@@ -36,6 +36,8 @@ pub enum ContainerError {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("container not running")]
     NotRunning { id: String },
     #[error("cannot start a container that has stopped")]

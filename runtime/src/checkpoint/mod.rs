@@ -133,7 +133,48 @@ impl Stdio {
 pub struct CheckpointInfo {
     /// The init's fds 0, 1, 2 (None: dumped by CRIU itself).
     pub stdio: Vec<Option<Stdio>>,
+    /// Cgroup mounts CRIU cannot dump (no cgroup namespace: they show a host subtree).
+    #[serde(default)]
+    pub cgroup_mounts: Vec<CgroupMount>,
     pub config: oci_spec::runtime::Spec,
+}
+
+/// A cgroup hierarchy mounted in the container, by destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupMount {
+    pub destination: PathBuf,
+    /// The v1 hierarchy's controller list as the container's cgroup names it; empty: cgroup2.
+    pub controllers: String,
+}
+
+/// The container's cgroup mounts when it shares the host's cgroup namespace: they show a
+/// subtree of a host hierarchy, whose root CRIU cannot find, so they are declared external
+/// and bound again from the restored container's own cgroup.
+fn cgroup_mounts(pid: i32, cgroup: Option<&crate::cgroups::Cgroup>) -> Vec<CgroupMount> {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/cgroup")).ok();
+    let (Some(cgroup), true) = (cgroup, ns(&pid.to_string()) == ns("self")) else {
+        return Vec::new();
+    };
+    let keys: Vec<String> = match cgroup {
+        crate::cgroups::Cgroup::V1 { paths, .. } => paths.keys().cloned().collect(),
+        crate::cgroups::Cgroup::V2 { .. } => Vec::new(),
+    };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let destination = PathBuf::from(pre.split(' ').nth(4)?);
+            let mut post = post.split(' ');
+            let (fstype, options) = (post.next()?, post.nth(1)?);
+            let options: Vec<&str> = options.split(',').collect();
+            let controllers = match fstype {
+                "cgroup2" => String::new(),
+                "cgroup" => keys.iter().find(|k| k.split(',').all(|c| options.contains(&c)))?.clone(),
+                _ => return None,
+            };
+            Some(CgroupMount { destination, controllers })
+        })
+        .collect()
 }
 
 pub const INFO_FILE: &str = "warren-checkpoint.json";
@@ -182,11 +223,17 @@ impl Runtime {
             std::fs::create_dir_all(work).map_err(io_err(work)).map_err(ContainerError::from)?;
         }
         let stdio: Vec<Option<Stdio>> = (0..3).map(|fd| Stdio::of(pid, fd)).collect();
-        let info = CheckpointInfo { stdio: stdio.clone(), config: c.state.config.clone() };
+        let cgroup_mounts = cgroup_mounts(pid, c.state.cgroup.as_ref());
+        let info = CheckpointInfo {
+            stdio: stdio.clone(),
+            cgroup_mounts: cgroup_mounts.clone(),
+            config: c.state.config.clone(),
+        };
         let info_path = opts.image_path.join(INFO_FILE);
         let text = serde_json::to_vec_pretty(&info).expect("plain data serializes");
         std::fs::write(&info_path, text).map_err(io_err(&info_path)).map_err(ContainerError::from)?;
-        let externals: Vec<PathBuf> = external_mounts(&c.state.config).into_iter().map(|(dest, _)| dest).collect();
+        let binds = external_mounts(&c.state.config).into_iter().map(|(dest, _)| dest);
+        let externals: Vec<PathBuf> = binds.chain(cgroup_mounts.into_iter().map(|m| m.destination)).collect();
         let freezer = c.state.cgroup.as_ref().and_then(|cg| cg.freezer_dir());
         let stdio: Vec<Stdio> = stdio.into_iter().flatten().collect();
         let args = criu::dump_args(pid, &opts.with_common(opts.common.criu_empty_ns()), &stdio, &externals, freezer);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::criu::{self, RestorePlan};
 use super::{external_mounts, CheckpointError, CheckpointInfo, CriuCommon, Stdio};
+use crate::cgroups::Cgroup;
 use crate::container::{connect_console, prepare_cgroup, write_pid_file, ConsoleTarget, ContainerError, Runtime};
 use crate::spec::Bundle;
 use crate::state;
@@ -39,6 +40,7 @@ impl Runtime {
         let cgroup = st.cgroup.clone().expect("set by register");
         guard.cgroup = Some(cgroup.clone());
         prepare_cgroup(&cgroup, &bundle.spec)?;
+        crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
         let (inherit, _fds) = inherit_fds(&info, opts.console.as_ref())?;
         let dir = self.dir(&opts.id);
@@ -48,7 +50,7 @@ impl Runtime {
             work: opts.work_path.as_deref().unwrap_or(&opts.image_path),
             root: &bundle.rootfs,
             pid_file: &pid_path,
-            binds: external_mounts(&bundle.spec),
+            binds: external_mounts(&bundle.spec).into_iter().chain(cgroup_binds(&info, &cgroup)).collect(),
             inherit,
             cgroup_roots: cgroup.hierarchy_paths()?,
             no_pivot: opts.no_pivot,
@@ -102,6 +104,21 @@ fn inherit_fds(
         }
     }
     Ok((inherit, keep))
+}
+
+/// Each cgroup mount declared external at the dump, from the new cgroup's directory.
+fn cgroup_binds(info: &CheckpointInfo, cgroup: &Cgroup) -> Vec<(PathBuf, PathBuf)> {
+    info.cgroup_mounts
+        .iter()
+        .filter_map(|m| {
+            let source = match (cgroup, m.controllers.is_empty()) {
+                (_, true) => cgroup.v2_dir()?.to_path_buf(),
+                (Cgroup::V1 { paths, .. }, false) => paths.get(&m.controllers)?.clone(),
+                (Cgroup::V2 { .. }, false) => return None,
+            };
+            Some((m.destination.clone(), source))
+        })
+        .collect()
 }
 
 fn read_pid(path: &Path) -> Result<i32, CheckpointError> {

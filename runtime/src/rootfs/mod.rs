@@ -259,6 +259,28 @@ fn bind_mount(ctx: &RootfsContext, root: &File, m: &Mount, opts: &options::Mount
     finish_mount(&target, dest, opts)
 }
 
+/// Makes sure every mount point of `spec` exists in the rootfs, as create would make it (a
+/// file for a bind of a file), without mounting anything: a restore into a fresh copy of the
+/// rootfs needs them before CRIU mounts there. Points under /proc, /sys and /dev lie in file
+/// systems CRIU brings back itself.
+pub fn create_mount_targets(rootfs: &Path, bundle: &Path, spec: &Spec) -> Result<(), RootfsError> {
+    let root = File::open(rootfs).map_err(path_err(rootfs))?;
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination();
+        if ["/proc", "/sys", "/dev"].iter().any(|special| dest.starts_with(special)) {
+            continue;
+        }
+        let as_file = m.source().as_ref().is_some_and(|source| {
+            let source = if source.is_absolute() { source.clone() } else { bundle.join(source) };
+            let is_bind =
+                m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+            is_bind && std::fs::metadata(source).is_ok_and(|meta| !meta.is_dir())
+        });
+        open_target(&root, dest, as_file)?;
+    }
+    Ok(())
+}
+
 /// Remounts a bind mount with `flags`, keeping the flags the kernel locked
 /// on it (a user namespace may not clear nosuid/nodev/noexec it inherited).
 pub(crate) fn remount_bind(target: &Path, flags: MsFlags, dest: &Path) -> Result<(), RootfsError> {
