@@ -95,7 +95,7 @@ fn populate(dir: &Path, image: &crate::store::Image, base: Value, opts: &BundleO
         image_name: image.record().name(),
         image_digest: image.record().digest().as_str(),
         config: image.config(),
-        rootfs: &root,
+        bundle: dir,
         args: &opts.args,
         terminal: opts.terminal,
         read_only: opts.read_only,

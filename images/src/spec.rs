@@ -40,8 +40,9 @@ pub struct SpecInputs<'a> {
     pub image_name: &'a str,
     pub image_digest: &'a str,
     pub config: &'a ImageConfiguration,
-    /// The container's rootfs, for /etc/passwd and /etc/group.
-    pub rootfs: &'a Path,
+    /// The bundle directory: its rootfs has /etc/passwd and /etc/group, and
+    /// bind volumes go in it.
+    pub bundle: &'a Path,
     /// Replaces the image's Cmd when not empty.
     pub args: &'a [String],
     pub terminal: bool,
@@ -50,7 +51,7 @@ pub struct SpecInputs<'a> {
 }
 
 /// Builds the spec; for `Volumes::Bind` also returns the bundle-relative
-/// directories the volumes need.
+/// directories the volumes need (the caller makes them).
 pub fn generate(inp: &SpecInputs) -> Result<(Value, Vec<String>), SpecError> {
     let mut spec = inp.base.clone();
     let image = inp.image_name.to_string();
@@ -71,7 +72,7 @@ pub fn generate(inp: &SpecInputs) -> Result<(Value, Vec<String>), SpecError> {
     let cwd = cfg.working_dir().clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
     process["cwd"] = json!(if cwd.starts_with('/') { cwd } else { format!("/{cwd}") });
     let user = cfg.user().clone().unwrap_or_default();
-    process["user"] = resolve_user(&user, inp.rootfs).map_err(|why| match why {
+    process["user"] = resolve_user(&user, &inp.bundle.join("rootfs")).map_err(|why| match why {
         UserError::Read(file, source) => SpecError::Read { image: image.clone(), file, source },
         UserError::Invalid(why) => SpecError::User { image: image.clone(), user: user.clone(), why },
     })?;
@@ -85,7 +86,8 @@ pub fn generate(inp: &SpecInputs) -> Result<(Value, Vec<String>), SpecError> {
     }
     annotations.insert(REF_NAME_ANNOTATION.into(), json!(inp.image_name));
     annotations.insert(DIGEST_ANNOTATION.into(), json!(inp.image_digest));
-    let dirs = add_volumes(&mut spec, cfg.volumes().as_deref().unwrap_or_default(), inp.volumes, &image)?;
+    let volumes = cfg.volumes().as_deref().unwrap_or_default();
+    let dirs = add_volumes(&mut spec, volumes, inp.volumes, inp.bundle, &image)?;
     Ok((spec, dirs))
 }
 
@@ -107,7 +109,15 @@ fn merge_env(base: Option<&Vec<Value>>, image: &[String]) -> Vec<String> {
     out
 }
 
-fn add_volumes(spec: &mut Value, volumes: &[String], how: Volumes, image: &str) -> Result<Vec<String>, SpecError> {
+/// Mounts for the image's Volumes; returns the bundle-relative directories
+/// that bind volumes need.
+fn add_volumes(
+    spec: &mut Value,
+    volumes: &[String],
+    how: Volumes,
+    bundle: &Path,
+    image: &str,
+) -> Result<Vec<String>, SpecError> {
     let mut dirs = Vec::new();
     let mut vols: Vec<&String> = volumes.iter().collect();
     vols.sort();
@@ -125,8 +135,8 @@ fn add_volumes(spec: &mut Value, volumes: &[String], how: Volumes, image: &str) 
             }
             Volumes::Bind => {
                 let dir = format!("volumes/{i}");
-                let m =
-                    json!({"destination": v, "type": "bind", "source": dir, "options": ["rbind", "nosuid", "nodev"]});
+                let source = bundle.join(&dir);
+                let m = json!({"destination": v, "type": "bind", "source": source, "options": ["rbind", "nosuid", "nodev"]});
                 dirs.push(dir);
                 m
             }

@@ -441,6 +441,13 @@ fn image_config_becomes_the_process() -> Result<()> {
     let out = im.run("c", &b)?;
     ensure!(out.ok()?.stdout == "hello-from-env\n/tmp\n1\n1\n1\n", "{out}");
     im.rm_bundle(&b)?.ok()?;
+    // Volumes as bind mounts of bundle directories.
+    im.bundle("cfg:1", &b, &["--volumes", "bind"], &[])?.ok()?;
+    ensure!(b.join("volumes/0").is_dir(), "no volume dir in the bundle");
+    let out = im.run("c2", &b)?;
+    ensure!(out.ok()?.stdout.ends_with("/tmp\n1\n1\n1\n"), "{out}");
+    im.rm_bundle(&b)?.ok()?;
+    ensure!(!b.exists(), "bind volume dirs kept the bundle dir");
     t.assert_no_leftovers();
     Ok(())
 }
