@@ -28,6 +28,7 @@ pub struct WarrenShim {
     namespace: String,
     id: String,
     bundle: String,
+    socket: String,
     exit: Arc<ExitSignal>,
     events: Mutex<Option<Events>>,
 }
@@ -40,6 +41,7 @@ impl containerd_shim::Shim for WarrenShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle: args.bundle.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
             events: Mutex::new(None),
         }
@@ -70,6 +72,9 @@ impl containerd_shim::Shim for WarrenShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The library removes the socket named in the bundle's address file, which containerd
+        // may have deleted by now: remove it here, from our own flags.
+        let _ = std::fs::remove_file(self.socket.strip_prefix("unix://").unwrap_or(&self.socket));
         // The last Delete's event must reach containerd before the process goes.
         if let Some(events) = self.events.lock().ok().and_then(|e| e.clone()) {
             events.flush(Duration::from_secs(5));

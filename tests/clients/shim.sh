@@ -57,11 +57,21 @@ leftovers_of() { # ID: cgroups, mounts and state the container left
 }
 
 EVPID=""
+SOCKS_BEFORE=$(ls /run/containerd/s 2>/dev/null)
 purge() {
+	local s
 	containerd_purge "$CTRD_SOCK" "$NS"
 	C namespaces remove "$NS" >/dev/null 2>&1
 	[ -n "$EVPID" ] && kill "$EVPID" 2>/dev/null
 	rmdir "$SROOT/$NS" 2>/dev/null
+	wait_for 5 sh -c "[ -z \"\$(pgrep -f -- '-address $CTRD_SOCK')\" ]"
+	# Shims remove their sockets as they exit (a killed one's goes at `shim delete`).
+	for s in $(ls /run/containerd/s 2>/dev/null); do
+		grep -qxF "$s" <<<"$SOCKS_BEFORE" && continue
+		ss -xlH | grep -qF "/run/containerd/s/$s" && continue
+		bad "shim socket left: /run/containerd/s/$s"
+		rm -f "/run/containerd/s/$s"
+	done
 }
 on_cleanup purge
 
