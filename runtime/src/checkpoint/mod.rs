@@ -112,7 +112,10 @@ impl Stdio {
             return None;
         }
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
-        if link.starts_with("/dev/pts/") {
+        // A pty slave (Unix98 majors 136..=143), wherever its devpts is mounted: the link of
+        // one in the container's own devpts reads as "/N" from outside.
+        let pty_slave = (136..=143).contains(&nix::sys::stat::major(meta.rdev()));
+        if std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) && pty_slave {
             return Some(Stdio::Tty(format!("tty[{:x}:{:x}]", meta.rdev(), meta.dev())));
         }
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
@@ -179,6 +182,9 @@ fn cgroup_mounts(pid: i32, cgroup: Option<&crate::cgroups::Cgroup>) -> Vec<Cgrou
 
 pub const INFO_FILE: &str = "warren-checkpoint.json";
 
+/// Where a container with a terminal has its pty slave bound.
+const CONSOLE: &str = "/dev/console";
+
 impl CheckpointInfo {
     pub fn has_terminal(&self) -> bool {
         self.stdio.iter().flatten().any(|s| matches!(s, Stdio::Tty(_)))
@@ -233,7 +239,11 @@ impl Runtime {
         let text = serde_json::to_vec_pretty(&info).expect("plain data serializes");
         std::fs::write(&info_path, text).map_err(io_err(&info_path)).map_err(ContainerError::from)?;
         let binds = external_mounts(&c.state.config).into_iter().map(|(dest, _)| dest);
-        let externals: Vec<PathBuf> = binds.chain(cgroup_mounts.into_iter().map(|m| m.destination)).collect();
+        let mut externals: Vec<PathBuf> = binds.chain(cgroup_mounts.into_iter().map(|m| m.destination)).collect();
+        if info.has_terminal() {
+            // The pty slave bound on /dev/console: its master is outside the container.
+            externals.push(PathBuf::from(CONSOLE));
+        }
         let freezer = c.state.cgroup.as_ref().and_then(|cg| cg.freezer_dir());
         let stdio: Vec<Stdio> = stdio.into_iter().flatten().collect();
         let args = criu::dump_args(pid, &opts.with_common(opts.common.criu_empty_ns()), &stdio, &externals, freezer);

@@ -42,7 +42,7 @@ impl Runtime {
         prepare_cgroup(&cgroup, &bundle.spec)?;
         crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
-        let (inherit, _fds) = inherit_fds(&info, opts.console.as_ref())?;
+        let (inherit, _fds, console) = inherit_fds(&info, opts.console.as_ref())?;
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);
         let plan = RestorePlan {
@@ -50,7 +50,11 @@ impl Runtime {
             work: opts.work_path.as_deref().unwrap_or(&opts.image_path),
             root: &bundle.rootfs,
             pid_file: &pid_path,
-            binds: external_mounts(&bundle.spec).into_iter().chain(cgroup_binds(&info, &cgroup)).collect(),
+            binds: external_mounts(&bundle.spec)
+                .into_iter()
+                .chain(cgroup_binds(&info, &cgroup))
+                .chain(console.map(|slave| (PathBuf::from(super::CONSOLE), slave)))
+                .collect(),
             inherit,
             cgroup_roots: cgroup.hierarchy_paths()?,
             no_pivot: opts.no_pivot,
@@ -80,21 +84,24 @@ impl Runtime {
 /// Fds that must stay open until criu has run.
 type KeptFds = Vec<OwnedFd>;
 
-/// `--inherit-fd` pairs for the checkpoint's stdio, and the fds they name. Pipes, sockets and
+/// `--inherit-fd` pairs for the checkpoint's stdio, the fds they name, and the new pty
+/// slave's path (to bind on /dev/console). Pipes, sockets and
 /// outside files become our own fd of the same number; a terminal becomes the slave of a new
 /// pty whose master goes to the console socket.
 fn inherit_fds(
     info: &CheckpointInfo,
     console: Option<&ConsoleTarget>,
-) -> Result<(Vec<(i32, String)>, KeptFds), ContainerError> {
+) -> Result<(Vec<(i32, String)>, KeptFds, Option<PathBuf>), ContainerError> {
     let mut inherit = Vec::new();
     let mut keep = Vec::new();
+    let mut console_path = None;
     for (fd, stdio) in (0..).zip(&info.stdio) {
         match stdio {
             Some(Stdio::Inherit(key) | Stdio::File(key)) => inherit.push((fd, key.clone())),
             Some(Stdio::Tty(key)) if !inherit.iter().any(|(_, k)| k == key) => {
                 let socket = connect_console(console)?.ok_or(ContainerError::NoConsoleSocket { id: String::new() })?;
-                let (slave, _) = crate::console::create(socket.as_raw_fd(), None)?;
+                let (slave, path) = crate::console::create(socket.as_raw_fd(), None)?;
+                console_path = Some(path);
                 crate::sys::clear_cloexec(slave.as_raw_fd())
                     .map_err(|source| ContainerError::Io { path: "console".into(), source })?;
                 inherit.push((slave.as_raw_fd(), key.clone()));
@@ -103,7 +110,7 @@ fn inherit_fds(
             _ => {}
         }
     }
-    Ok((inherit, keep))
+    Ok((inherit, keep, console_path))
 }
 
 /// Each cgroup mount declared external at the dump, from the new cgroup's directory.
