@@ -42,7 +42,7 @@ impl Runtime {
         prepare_cgroup(&cgroup, &bundle.spec)?;
         crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
-        let (inherit, _fds, console) = inherit_fds(&info, opts.console.as_ref())?;
+        let inherited = inherit_fds(&info, opts.console.as_ref())?;
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);
         let plan = RestorePlan {
@@ -53,9 +53,9 @@ impl Runtime {
             binds: external_mounts(&bundle.spec)
                 .into_iter()
                 .chain(cgroup_binds(&info, &cgroup))
-                .chain(console.map(|slave| (PathBuf::from(super::CONSOLE), slave)))
+                .chain(inherited.console.clone().map(|slave| (PathBuf::from(super::CONSOLE), slave)))
                 .collect(),
-            inherit,
+            inherit: inherited.pairs.clone(),
             cgroup_roots: cgroup.hierarchy_paths()?,
             no_pivot: opts.no_pivot,
         };
@@ -81,17 +81,20 @@ impl Runtime {
     }
 }
 
-/// Fds that must stay open until criu has run.
-type KeptFds = Vec<OwnedFd>;
+/// What the restored process gets in place of the checkpoint's stdio.
+struct Inherited {
+    /// `--inherit-fd` pairs: our fd, the criu key of what it replaces.
+    pairs: Vec<(i32, String)>,
+    /// The fds the pairs name that must stay open until criu has run.
+    _fds: Vec<OwnedFd>,
+    /// The new pty slave, to bind on /dev/console.
+    console: Option<PathBuf>,
+}
 
-/// `--inherit-fd` pairs for the checkpoint's stdio, the fds they name, and the new pty
-/// slave's path (to bind on /dev/console). Pipes, sockets and
+/// What replaces the checkpoint's stdio. Pipes, sockets and
 /// outside files become our own fd of the same number; a terminal becomes the slave of a new
 /// pty whose master goes to the console socket.
-fn inherit_fds(
-    info: &CheckpointInfo,
-    console: Option<&ConsoleTarget>,
-) -> Result<(Vec<(i32, String)>, KeptFds, Option<PathBuf>), ContainerError> {
+fn inherit_fds(info: &CheckpointInfo, console: Option<&ConsoleTarget>) -> Result<Inherited, ContainerError> {
     let mut inherit = Vec::new();
     let mut keep = Vec::new();
     let mut console_path = None;
@@ -110,7 +113,7 @@ fn inherit_fds(
             _ => {}
         }
     }
-    Ok((inherit, keep, console_path))
+    Ok(Inherited { pairs: inherit, _fds: keep, console: console_path })
 }
 
 /// Each cgroup mount declared external at the dump, from the new cgroup's directory.
