@@ -7,23 +7,6 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
-/// The container init's cgroup dir for `controller` (v1 name, or "" for the
-/// unified hierarchy), from /proc/PID/cgroup and the cgroup mounts.
-fn cgroup_dir_of(pid: i32, controller: &str) -> Result<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let rel = text
-        .lines()
-        .find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
-            let hit = if controller.is_empty() { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == controller) };
-            hit.then(|| path.to_string())
-        })
-        .with_context(|| format!("no {controller:?} line in {text}"))?;
-    let base = if controller.is_empty() { cgroup2_mount()? } else { v1_mount(controller)? };
-    Ok(base.join(rel.trim_start_matches('/')))
-}
-
 fn v1_mount(controller: &str) -> Result<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
     mi.lines()
@@ -36,21 +19,11 @@ fn v1_mount(controller: &str) -> Result<PathBuf> {
         .with_context(|| format!("no v1 mount for {controller}"))
 }
 
-fn cgroup2_mount() -> Result<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            post.starts_with("cgroup2 ").then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
-        })
-        .context("no cgroup2 mount")
-}
-
 /// Reads the first existing of `files` in the container's `controller` dir;
 /// v1 and v2 name the same knob differently.
 fn knob(pid: i32, controller: &str, files: &[&str]) -> Result<String> {
     for ctrl in [controller, ""] {
-        let Ok(dir) = cgroup_dir_of(pid, ctrl) else {
+        let Ok(dir) = cgroup_dir(pid, ctrl) else {
             continue;
         };
         for f in files {
@@ -80,7 +53,7 @@ fn container_gets_its_own_cgroup() -> Result<()> {
     let id = t.id("c");
     let c = t.create(&id, &b)?;
     // Already in the created state: the init is placed before the user process.
-    let dir = cgroup_dir_of(c.pid()?, "pids")?;
+    let dir = cgroup_dir(c.pid()?, "pids")?;
     ensure!(dir.ends_with(&id), "pids cgroup {}", dir.display());
     ensure!(!cgroup_dirs(&id).is_empty(), "no cgroup dir for {id}");
     drop(c);
@@ -140,7 +113,7 @@ fn absolute_cgroups_path() -> Result<()> {
     let b = t.bundle(&["sleep", "100"])?;
     b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("/{id}")))?;
     let c = t.start_new(&id, &b)?;
-    let dir = cgroup_dir_of(c.pid()?, "pids")?;
+    let dir = cgroup_dir(c.pid()?, "pids")?;
     ensure!(dir == v1_mount("pids")?.join(&id), "pids cgroup {}", dir.display());
     drop(c);
     ensure!(!dir.exists(), "{} not removed", dir.display());

@@ -16,20 +16,6 @@ fn with_resources(b: &Bundle, resources: Value) -> Result<()> {
     b.edit(|cfg| cfg["linux"]["resources"] = resources)
 }
 
-/// The container's v1 cgroup dir for `controller` (this host is hybrid).
-fn v1_dir(pid: i32, controller: &str) -> Result<std::path::PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let rel = text
-        .lines()
-        .find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
-            ctrls.split(',').any(|c| c == controller).then(|| path.to_string())
-        })
-        .with_context(|| format!("no {controller} line in {text}"))?;
-    Ok(std::path::Path::new("/sys/fs/cgroup").join(controller).join(rel.trim_start_matches('/')))
-}
-
 fn read_u64(path: std::path::PathBuf) -> Result<u64> {
     Ok(std::fs::read_to_string(&path).with_context(|| format!("{path:?}"))?.trim().parse()?)
 }
@@ -46,7 +32,7 @@ fn stats_carry_the_limits_and_the_live_counters() -> Result<()> {
     with_resources(&b, resources)?;
     let c = t.start_new(&t.id("c"), &b)?;
     std::thread::sleep(Duration::from_millis(700));
-    let acct = v1_dir(c.pid()?, "cpuacct")?.join("cpuacct.usage");
+    let acct = cgroup_dir(c.pid()?, "cpuacct")?.join("cpuacct.usage");
     let before = read_u64(acct.clone())?;
     let out = t.cmd(&["events", "--stats", &c.id])?;
     let after = read_u64(acct)?;

@@ -10,33 +10,8 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
-/// The container init's v1 cgroup dir for `controller` (this host is hybrid: every knob read
-/// here lives in a v1 hierarchy).
-fn cgroup_dir_of(pid: i32, controller: &str) -> Result<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let rel = text
-        .lines()
-        .find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
-            ctrls.split(',').any(|c| c == controller).then(|| path.to_string())
-        })
-        .with_context(|| format!("no {controller:?} line in {text}"))?;
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = mi
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mut post = post.split(' ');
-            (post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == controller))
-                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
-        })
-        .with_context(|| format!("no v1 mount for {controller}"))?;
-    Ok(mount.join(rel.trim_start_matches('/')))
-}
-
 fn knob(c: &Container, controller: &str, file: &str) -> Result<String> {
-    let path = cgroup_dir_of(c.pid()?, controller)?.join(file);
+    let path = cgroup_dir(c.pid()?, controller)?.join(file);
     Ok(std::fs::read_to_string(&path).with_context(|| format!("{path:?}"))?.trim().to_string())
 }
 

@@ -1,41 +1,14 @@
 //! `warren update`: new resources reach the container's cgroup files, and a
 //! refused or failing update leaves them as they were.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
-/// The container init's v1 cgroup dir for `controller`, from
-/// /proc/PID/cgroup and the cgroup mounts (this host is hybrid: every knob
-/// read here lives in a v1 hierarchy).
-fn cgroup_dir_of(pid: i32, controller: &str) -> Result<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let rel = text
-        .lines()
-        .find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
-            ctrls.split(',').any(|c| c == controller).then(|| path.to_string())
-        })
-        .with_context(|| format!("no {controller:?} line in {text}"))?;
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = mi
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mut post = post.split(' ');
-            (post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == controller))
-                .then(|| PathBuf::from(pre.split(' ').nth(4).unwrap()))
-        })
-        .with_context(|| format!("no v1 mount for {controller}"))?;
-    Ok(mount.join(rel.trim_start_matches('/')))
-}
-
 fn knob(c: &Container, controller: &str, file: &str) -> Result<String> {
-    let path = cgroup_dir_of(c.pid()?, controller)?.join(file);
+    let path = cgroup_dir(c.pid()?, controller)?.join(file);
     Ok(std::fs::read_to_string(&path).with_context(|| format!("{path:?}"))?.trim().to_string())
 }
 
@@ -131,7 +104,7 @@ fn failing_write_rolls_back_earlier_ones() -> Result<()> {
     let (_b, c) = sleeper(&t)?;
     let (cpus, limit) = (knob(&c, "cpuset", "cpuset.cpus")?, knob(&c, "memory", "memory.limit_in_bytes")?);
     ensure!(cpus != "0", "the container already runs on cpu 0 only");
-    let cpu_dir = cgroup_dir_of(c.pid()?, "cpu")?;
+    let cpu_dir = cgroup_dir(c.pid()?, "cpu")?;
     let parent_rt = std::fs::read_to_string(cpu_dir.parent().unwrap().join("cpu.rt_runtime_us"))
         .context("this test needs a kernel with RT_GROUP_SCHED")?;
     let runtime = parent_rt.trim().parse::<i64>()? + 1000;
