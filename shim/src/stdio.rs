@@ -224,7 +224,6 @@ pub struct Terminal {
 }
 
 const STOP_STDIN: u8 = b'i';
-const QUIT: u8 = b'q';
 
 impl Terminal {
     pub fn start(master: OwnedFd, io: &IoConfig) -> Result<Terminal> {
@@ -239,7 +238,7 @@ impl Terminal {
         let (control_r, control_w) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| ShimError::io("pipe")(e.into()))?;
         let master = Arc::new(master);
-        let relay = Relay { master: master.clone(), stdin, stdout, control: File::from(control_r) };
+        let relay = Relay { master: master.clone(), stdin, stdout, control: Some(File::from(control_r)) };
         std::thread::Builder::new()
             .name("tty".into())
             .stack_size(crate::SMALL_STACK)
@@ -259,12 +258,6 @@ impl Terminal {
     }
 }
 
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = (&self.control).write(&[QUIT]);
-    }
-}
-
 fn open_fifo_nonblocking(path: &Path) -> Result<OwnedFd> {
     let f = OpenOptions::new()
         .read(true)
@@ -274,16 +267,18 @@ fn open_fifo_nonblocking(path: &Path) -> Result<OwnedFd> {
     Ok(f.into())
 }
 
+/// The relay's side. Dropping the [`Terminal`] (the process has exited) leaves it running until
+/// every process has let go of the terminal, so that the last output still reaches the client.
 struct Relay {
     master: Arc<OwnedFd>,
     stdin: Option<File>,
     stdout: Option<File>,
-    control: File,
+    control: Option<File>,
 }
 
 impl Relay {
     /// Copies until the process side of the terminal is closed by every process (EIO on the
-    /// master) or the shim lets go of the process; dropping stdout then gives the client EOF.
+    /// master); dropping stdout then gives the client EOF.
     fn run(mut self) {
         let mut buf = vec![0u8; 16 * 1024];
         let master = File::from(self.master.try_clone().expect("dup of the pty master"));
@@ -292,8 +287,8 @@ impl Relay {
                 Some(r) => r,
                 None => return,
             };
-            if ready.control && !self.read_control() {
-                return;
+            if ready.control {
+                self.read_control();
             }
             if ready.master {
                 match (&master).read(&mut buf) {
@@ -324,10 +319,15 @@ impl Relay {
 
     fn wait(&self) -> Option<Ready> {
         let any = PollFlags::POLLIN;
-        let mut fds = vec![PollFd::new(self.master.as_fd(), any), PollFd::new(self.control.as_fd(), any)];
-        if let Some(stdin) = &self.stdin {
-            fds.push(PollFd::new(stdin.as_fd(), any));
-        }
+        let mut fds = vec![PollFd::new(self.master.as_fd(), any)];
+        let control = self.control.as_ref().map(|c| {
+            fds.push(PollFd::new(c.as_fd(), any));
+            fds.len() - 1
+        });
+        let stdin = self.stdin.as_ref().map(|s| {
+            fds.push(PollFd::new(s.as_fd(), any));
+            fds.len() - 1
+        });
         loop {
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => break,
@@ -335,22 +335,21 @@ impl Relay {
                 Err(_) => return None,
             }
         }
-        let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        Some(Ready { master: hit(&fds[0]), control: hit(&fds[1]), stdin: fds.get(2).is_some_and(hit) })
+        let hit = |i: Option<usize>| i.is_some_and(|i| fds[i].revents().is_some_and(|r| !r.is_empty()));
+        Some(Ready { master: hit(Some(0)), control: hit(control), stdin: hit(stdin) })
     }
 
-    /// False when the relay must end.
-    fn read_control(&mut self) -> bool {
+    fn read_control(&mut self) {
         let mut cmd = [0u8; 16];
-        match (&self.control).read(&mut cmd) {
-            Ok(0) => false,
-            Ok(n) => {
+        match self.control.as_ref().map(|mut c| c.read(&mut cmd)) {
+            Some(Ok(n)) if n > 0 => {
                 if cmd[..n].contains(&STOP_STDIN) {
                     self.stdin = None;
                 }
-                !cmd[..n].contains(&QUIT)
             }
-            Err(_) => true,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // The shim let go of the process.
+            _ => self.control = None,
         }
     }
 }

@@ -227,6 +227,8 @@ impl Tasks {
     pub fn finish(&self, c: &mut Container, exec_id: &str, exit: Exit) {
         let Ok(p) = c.process_mut(exec_id) else { return };
         p.phase = Phase::Exited(exit);
+        // Its relay finishes on its own; the shim keeps none of the terminal's descriptors.
+        p.terminal = None;
         let pid = p.pid;
         self.events.send(Event::Exit(TaskExit {
             container_id: c.id.clone(),

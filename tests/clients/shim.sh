@@ -146,6 +146,26 @@ else
 	bad "ctr task exec -t (rc $rc): $(short "$out")"
 fi
 
+# 6b. clients that go away mid-exec (with and without a terminal): once their
+# processes are gone the shim holds no descriptor of theirs and no zombie
+fds0=$(ls "/proc/$sp/fd" | wc -l)
+C task exec --fifo-dir "$FIFO" --exec-id gone1 bg sleep 1000 </dev/null >/dev/null 2>&1 &
+g1=$!
+tmo script -qec "ctr --address '$CTRD_SOCK' --namespace '$NS' task exec -t --fifo-dir '$FIFO' --exec-id gone2 bg sleep 1000" /dev/null </dev/null >/dev/null 2>&1 &
+g2=$!
+wait_for 10 sh -c "[ \$(pgrep -P $sp -x sleep | wc -l) -ge 2 ]"
+pkill -KILL -f -- '--exec-id gone[12] '
+for e in gone1 gone2; do C task kill --exec-id "$e" -s SIGKILL bg >/dev/null 2>&1; done
+wait "$g1" "$g2"
+wait_for 10 sh -c "[ \$(pgrep -P $sp -x sleep | wc -l) = 0 ]"
+zombies=$(for f in /proc/[0-9]*/stat; do awk -v p="$sp" '$4 == p && $3 == "Z" {print $1}' "$f" 2>/dev/null; done | tr '\n' ' ')
+check "vanished exec clients: no zombie under the shim${zombies:+ ($zombies)}" [ -z "${zombies// /}" ]
+wait_for 5 sh -c "[ \$(ls /proc/$sp/fd | wc -l) -le $fds0 ]"
+n=$(ls "/proc/$sp/fd" | wc -l)
+check "vanished exec clients: the shim's descriptors back to $fds0 (got $n)" [ "$n" -le "$fds0" ]
+n=$(find "/proc/$sp/fd" -lname "$FIFO/*" 2>/dev/null | wc -l)
+check "the shim holds no FIFO of its clients (got $n)" [ "$n" = 0 ]
+
 # 7. ps, pause/resume, metrics
 n=$(C task ps bg 2>/dev/null | tail -n +2 | grep -c '[0-9]')
 check "ctr task ps lists $n processes (>= 2)" [ "$n" -ge 2 ]
