@@ -8,9 +8,11 @@ use std::process::Command;
 
 use super::{CheckpointError, CheckpointOptions, CriuCommon, Stdio};
 
-/// The criu binary: `WARREN_CRIU` if set, else the first `criu` on PATH.
-pub fn binary() -> Result<PathBuf, CheckpointError> {
-    if let Some(path) = std::env::var_os("WARREN_CRIU") {
+/// The criu binary: `explicit` (runc's global `--criu`), else `WARREN_CRIU` if set, else the
+/// first `criu` on PATH.
+pub fn binary(explicit: Option<&Path>) -> Result<PathBuf, CheckpointError> {
+    if let Some(path) = explicit.map(Path::as_os_str).map(ToOwned::to_owned).or_else(|| std::env::var_os("WARREN_CRIU"))
+    {
         return Ok(PathBuf::from(path));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin".into());

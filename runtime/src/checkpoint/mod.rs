@@ -53,6 +53,8 @@ pub struct CriuCommon {
     pub manage_cgroups_mode: Option<String>,
     /// Namespaces created empty at restore ("net").
     pub empty_ns: Vec<String>,
+    /// The criu binary (default: `WARREN_CRIU`, else PATH).
+    pub criu: Option<PathBuf>,
 }
 
 impl CriuCommon {
@@ -249,7 +251,13 @@ impl Runtime {
         let args = criu::dump_args(pid, &opts.with_common(opts.common.criu_empty_ns()), &stdio, &externals, freezer);
         let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
         let action = if opts.pre_dump { "pre-dump" } else { "dump" };
-        criu::run(&criu::binary()?, &args, work.join(format!("{action}.log")), action, None)?;
+        criu::run(
+            &criu::binary(opts.common.criu.as_deref())?,
+            &args,
+            work.join(format!("{action}.log")),
+            action,
+            None,
+        )?;
         drop(c);
         if !opts.leave_running && !opts.pre_dump {
             // CRIU killed the tree after the dump; what is left is a stopped container.

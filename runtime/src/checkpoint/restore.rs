@@ -65,7 +65,13 @@ impl Runtime {
         // criu needs the root to be a mount point: a bind in a mount namespace of its own,
         // which goes away with it (the container keeps its own reference).
         let pre: criu::PreExec = Box::new(move || crate::sys::bind_self_in_new_mount_ns(&root));
-        criu::run(&criu::binary()?, &args, plan.work.join("restore.log"), "restore", Some(pre))?;
+        criu::run(
+            &criu::binary(opts.common.criu.as_deref())?,
+            &args,
+            plan.work.join("restore.log"),
+            "restore",
+            Some(pre),
+        )?;
         let pid = read_pid(&pid_path)?;
         let _ = std::fs::remove_file(&pid_path);
         st.pid = pid;

@@ -1,5 +1,7 @@
 //! `warren checkpoint` and `warren restore`, with runc's flags.
 
+use std::path::Path;
+
 use anyhow::Result;
 use warren::checkpoint::{CheckpointOptions, CriuCommon, RestoreOptions};
 use warren::container::{ConsoleTarget, Runtime};
@@ -8,8 +10,9 @@ use warren::wait::Forwarder;
 use crate::cli::{CheckpointArgs, CriuArgs, RestoreArgs};
 use crate::commands::{own_console, wait_for};
 
-fn common(a: &CriuArgs) -> CriuCommon {
+fn common(a: &CriuArgs, criu: Option<&Path>) -> CriuCommon {
     CriuCommon {
+        criu: criu.map(Path::to_path_buf),
         tcp_established: a.tcp_established,
         ext_unix_sk: a.ext_unix_sk,
         shell_job: a.shell_job,
@@ -19,7 +22,7 @@ fn common(a: &CriuArgs) -> CriuCommon {
     }
 }
 
-pub fn checkpoint(rt: &Runtime, a: &CheckpointArgs) -> Result<i32> {
+pub fn checkpoint(rt: &Runtime, a: &CheckpointArgs, criu: Option<&Path>) -> Result<i32> {
     let opts = CheckpointOptions {
         image_path: std::path::absolute(&a.criu.image_path)?,
         work_path: a.criu.work_path.as_ref().map(std::path::absolute).transpose()?,
@@ -27,7 +30,7 @@ pub fn checkpoint(rt: &Runtime, a: &CheckpointArgs) -> Result<i32> {
         leave_running: a.leave_running,
         pre_dump: a.pre_dump,
         auto_dedup: a.auto_dedup,
-        common: common(&a.criu),
+        common: common(&a.criu, criu),
     };
     rt.checkpoint(&a.id, &opts)?;
     Ok(0)
@@ -35,7 +38,7 @@ pub fn checkpoint(rt: &Runtime, a: &CheckpointArgs) -> Result<i32> {
 
 /// Detached: returns once the container runs. In the foreground: waits for it (relaying a
 /// checkpointed terminal when no console socket is given), deletes it and exits with its code.
-pub fn restore(rt: &Runtime, a: &RestoreArgs) -> Result<i32> {
+pub fn restore(rt: &Runtime, a: &RestoreArgs, criu: Option<&Path>) -> Result<i32> {
     let forwarder = if a.detach { None } else { Some(Forwarder::install()?) };
     let bundle = warren::spec::Bundle::load(&a.bundle)?;
     let relay = !a.detach && a.console_socket.is_none();
@@ -47,7 +50,7 @@ pub fn restore(rt: &Runtime, a: &RestoreArgs) -> Result<i32> {
         pid_file: a.pid_file.clone(),
         console: target.or_else(|| a.console_socket.clone().map(ConsoleTarget::Socket)),
         no_pivot: a.no_pivot,
-        common: common(&a.criu),
+        common: common(&a.criu, criu),
     };
     let pid = rt.restore(&opts, bundle)?;
     let Some(fw) = forwarder else { return Ok(0) };

@@ -16,6 +16,7 @@ use warren::wait::Forwarder;
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let rt = Runtime::new(&cli.root);
+    let criu = cli.criu.clone();
     match cli.command {
         Command::Create(a) => create(&rt, &a).map(|_| 0),
         Command::Start { id } => rt.start(&id).map(|_| 0).map_err(Into::into),
@@ -37,8 +38,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bundle(a) => crate::image_cmd::bundle(a),
         Command::Update(a) => update(&rt, &a),
         Command::Events(a) => events_cmd::events(&rt, &a),
-        Command::Checkpoint(a) => checkpoint_cmd::checkpoint(&rt, &a),
-        Command::Restore(a) => checkpoint_cmd::restore(&rt, &a),
+        Command::Checkpoint(a) => checkpoint_cmd::checkpoint(&rt, &a, criu.as_deref()),
+        Command::Restore(a) => checkpoint_cmd::restore(&rt, &a, criu.as_deref()),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&warren::features::features())?);
             Ok(0)
