@@ -5,6 +5,11 @@
 #      capabilities, no_new_privs).
 #   2. the detached life cycle: create, state, start, state, list, kill,
 #      state, delete.
+#   3. a tenant as a hosting operator makes one: the busybox image imported
+#      into a private store, a bundle on its shared layers with the "nano"
+#      plan, its live usage (`events --stats`), a live limit change
+#      (`update`), and (when criu works here) a checkpoint and a restore that
+#      goes on counting from where it was.
 # Everything (bundles, warren's state via --root) lives in one temp dir that
 # is removed on exit, also on failure.
 set -euo pipefail
@@ -29,6 +34,7 @@ cleanup() {
 	for c in $("$W" --root "$STATE" list -q 2>/dev/null); do
 		"$W" --root "$STATE" delete --force "$c" >/dev/null 2>&1
 	done
+	"$W" bundle --store "$T/store" rm "$T/tenant" >/dev/null 2>&1
 	rm -rf -- "$T"
 	[ "$rc" -eq 0 ] && say "demo done" || say "demo FAILED (exit $rc)"
 	exit "$rc"
@@ -80,3 +86,30 @@ done
 run "$W" --root "$STATE" state "$ID-d"
 run "$W" --root "$STATE" delete "$ID-d"
 run "$W" --root "$STATE" list
+
+say "a tenant from the image, with a plan"
+run "$W" image --store "$T/store" import "$ROOT/target/images/busybox/busybox-oci.tar"
+run "$W" image --store "$T/store" list
+run "$W" plan show nano
+COUNTER='i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done'
+run "$W" bundle --store "$T/store" create --image warren/busybox:latest --plan nano "$T/tenant" -- sh -c "$COUNTER"
+run "$W" --root "$STATE" run -d --bundle "$T/tenant" "$ID-t" </dev/null >/dev/null 2>&1
+sleep 1
+printf '$ warren events --stats %s | jq (memory, pids, cpu)\n' "$ID-t"
+"$W" --root "$STATE" events --stats "$ID-t" |
+	jq -c '{memory_limit: .data.memory.usage.limit, memory_usage: .data.memory.usage.usage, pids: .data.pids, cpu_ns: .data.cpu.usage.total}'
+run "$W" --root "$STATE" update --memory 96m --pids-limit 32 "$ID-t"
+"$W" --root "$STATE" events --stats "$ID-t" | jq -c '{memory_limit: .data.memory.usage.limit, pids: .data.pids}'
+if command -v criu >/dev/null && criu check >/dev/null 2>&1; then
+	tenant_count() { "$W" --root "$STATE" exec "$ID-t" cat /tmp/count; }
+	echo "counter before the checkpoint: $(tenant_count)"
+	run "$W" --root "$STATE" checkpoint --image-path "$T/checkpoint" "$ID-t"
+	run "$W" --root "$STATE" list
+	run "$W" --root "$STATE" restore -d --bundle "$T/tenant" --image-path "$T/checkpoint" "$ID-t" </dev/null >/dev/null
+	sleep 0.5
+	echo "counter after the restore: $(tenant_count) (it went on from its value in memory)"
+else
+	echo "(no working criu here: checkpoint/restore skipped; scripts/install-criu.sh builds one)"
+fi
+run "$W" --root "$STATE" delete --force "$ID-t"
+run "$W" bundle --store "$T/store" rm "$T/tenant"
