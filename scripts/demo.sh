@@ -91,7 +91,8 @@ say "a tenant from the image, with a plan"
 run "$W" image --store "$T/store" import "$ROOT/target/images/busybox/busybox-oci.tar"
 run "$W" image --store "$T/store" list
 run "$W" plan show nano
-COUNTER='i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done'
+# Written to a new file and renamed: a reader never sees it half-written.
+COUNTER='i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done'
 run "$W" bundle --store "$T/store" create --image warren/busybox:latest --plan nano "$T/tenant" -- sh -c "$COUNTER"
 run "$W" --root "$STATE" run -d --bundle "$T/tenant" "$ID-t" </dev/null >/dev/null 2>&1
 sleep 1

@@ -20,8 +20,9 @@ fn have_criu() -> bool {
     found
 }
 
-/// Counts in a shell variable, writing each value to /tmp/count; nothing on stdout.
-const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done";
+/// Counts in a shell variable, writing each value to /tmp/count (through a rename, so that
+/// a reader, or a dump between two writes, never sees it half-written); nothing on stdout.
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; sleep 0.05; done";
 
 fn counter_bundle(t: &Test, edit: impl FnOnce(&mut Value)) -> Result<Bundle> {
     let b = t.bundle(&["sh", "-c", COUNTER])?;
