@@ -315,3 +315,26 @@ fn a_container_with_a_terminal_gets_a_new_pty_at_restore() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn a_restore_under_another_id_lands_in_that_ids_cgroup_only() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("cr_newid");
+    let b = counter_bundle(&t, |_| {})?;
+    let (old, new) = (t.id("old"), t.id("new"));
+    let c = t.start_new(&old, &b)?;
+    wait_count_above(&b, 2, Duration::from_secs(5))?;
+    let dir = images(&t, "img");
+    checkpoint(&t, &old, &dir, &[])?;
+    std::mem::forget(c);
+    let c = restore(&t, &new, &b, &dir)?;
+    // Every hierarchy, cgroup2 included, names the new id; none of the old id's is made again.
+    let lines = std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid()?))?;
+    ensure!(lines.lines().all(|l| l.ends_with(&new)), "cgroups of the restored init: {lines}");
+    ensure!(cgroup_dirs(&old).is_empty(), "old id's cgroups made again: {:?}", cgroup_dirs(&old));
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}

@@ -120,9 +120,13 @@ pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
         args.extend(["--inherit-fd".into(), format!("fd[{fd}]:{key}").into()]);
     }
     for (controllers, path) in &plan.cgroup_roots {
-        // CRIU calls the cgroup2 hierarchy "unified"; v1 ones by any of their controllers.
-        let name = if controllers.is_empty() { "unified" } else { controllers.split(',').next().unwrap_or_default() };
-        args.extend(["--cgroup-root".into(), format!("{name}:{}", path.display()).into()]);
+        // v1 hierarchies by any of their controllers. The cgroup2 one has no controller name
+        // to give: it takes the default root, which applies to every hierarchy not named.
+        let root = match controllers.split(',').next().filter(|c| !c.is_empty()) {
+            Some(name) => format!("{name}:{}", path.display()),
+            None => path.display().to_string(),
+        };
+        args.extend(["--cgroup-root".into(), root.into()]);
     }
     args
 }

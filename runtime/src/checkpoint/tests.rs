@@ -66,7 +66,7 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
         &["--inherit-fd", "fd[0]:pipe[7]"],
         &["--inherit-fd", "fd[9]:tty[8800:16]"],
         &["--cgroup-root", "cpu:/c"],
-        &["--cgroup-root", "unified:/u/c"],
+        &["--cgroup-root", "/u/c"],
         &["--empty-ns", "net"],
     ] {
         assert!(has(&args, seq), "{seq:?} in {args:?}");
