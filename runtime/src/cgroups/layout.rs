@@ -42,11 +42,12 @@ enum Target {
     FromOwn(PathBuf),
 }
 
-struct Mount {
-    root: PathBuf,
-    mount_point: PathBuf,
-    fs_type: String,
-    super_options: Vec<String>,
+/// One line of a mountinfo file, the fields cgroup code needs.
+pub struct Mount {
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub super_options: Vec<String>,
 }
 
 impl Layout {
@@ -178,7 +179,8 @@ fn pick_mount<'a>(mounts: &'a [Mount], controllers: &str, own: &Path) -> Option<
     Some(candidates.find(|m| own.starts_with(&m.root)).unwrap_or(first))
 }
 
-fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, CgroupError> {
+/// The lines of a mountinfo file (/proc/PID/mountinfo), unescaped.
+pub fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, CgroupError> {
     let mut mounts = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let malformed = || CgroupError::Parse { path: PathBuf::from(MOUNTINFO), line: line.to_string() };

@@ -32,9 +32,9 @@ fn common_args(args: &mut Vec<OsString>, common: &CriuCommon) {
     ];
     args.extend(flags.iter().filter(|(on, _)| *on).map(|(_, flag)| OsString::from(flag)));
     args.push(format!("--manage-cgroups={}", common.manage_cgroups_mode.as_deref().unwrap_or("soft")).into());
-    for ns in &common.empty_ns {
-        args.push("--empty-ns".into());
-        args.push(ns.into());
+    // Validated to name the network namespace, which runc calls "network" and criu "net".
+    for _ in &common.empty_ns {
+        args.extend(["--empty-ns".into(), "net".into()]);
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::container::{ContainerError, Runtime};
 use crate::state::Status;
 
-pub use restore::RestoreOptions;
+pub use restore::{RestoreOptions, Restored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -68,11 +68,6 @@ impl CriuCommon {
             return Err(CheckpointError::EmptyNs { ns: ns.clone() });
         }
         Ok(())
-    }
-
-    /// runc says "network", criu "net".
-    fn criu_empty_ns(&self) -> CriuCommon {
-        CriuCommon { empty_ns: self.empty_ns.iter().map(|_| "net".to_string()).collect(), ..self.clone() }
     }
 }
 
@@ -165,19 +160,16 @@ fn cgroup_mounts(pid: i32, cgroup: Option<&crate::cgroups::Cgroup>) -> Vec<Cgrou
         crate::cgroups::Cgroup::V2 { .. } => Vec::new(),
     };
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let destination = PathBuf::from(pre.split(' ').nth(4)?);
-            let mut post = post.split(' ');
-            let (fstype, options) = (post.next()?, post.nth(1)?);
-            let options: Vec<&str> = options.split(',').collect();
-            let controllers = match fstype {
+    let mounts = crate::cgroups::layout::parse_mountinfo(&text).unwrap_or_default();
+    mounts
+        .into_iter()
+        .filter_map(|m| {
+            let controllers = match m.fs_type.as_str() {
                 "cgroup2" => String::new(),
-                "cgroup" => keys.iter().find(|k| k.split(',').all(|c| options.contains(&c)))?.clone(),
+                "cgroup" => keys.iter().find(|k| k.split(',').all(|c| m.super_options.iter().any(|o| o == c)))?.clone(),
                 _ => return None,
             };
-            Some(CgroupMount { destination, controllers })
+            Some(CgroupMount { destination: m.mount_point, controllers })
         })
         .collect()
 }
@@ -208,9 +200,7 @@ fn external_mounts(spec: &oci_spec::runtime::Spec) -> Vec<(PathBuf, PathBuf)> {
     spec.mounts()
         .iter()
         .flatten()
-        .filter(|m| {
-            m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
-        })
+        .filter(|m| crate::rootfs::is_bind(m))
         .filter_map(|m| Some((m.destination().clone(), m.source().clone()?)))
         .collect()
 }
@@ -248,7 +238,7 @@ impl Runtime {
         }
         let freezer = c.state.cgroup.as_ref().and_then(|cg| cg.freezer_dir());
         let stdio: Vec<Stdio> = stdio.into_iter().flatten().collect();
-        let args = criu::dump_args(pid, &opts.with_common(opts.common.criu_empty_ns()), &stdio, &externals, freezer);
+        let args = criu::dump_args(pid, opts, &stdio, &externals, freezer);
         let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
         let action = if opts.pre_dump { "pre-dump" } else { "dump" };
         criu::run(
@@ -264,12 +254,6 @@ impl Runtime {
             self.delete(id, true)?;
         }
         Ok(())
-    }
-}
-
-impl CheckpointOptions {
-    fn with_common(&self, common: CriuCommon) -> CheckpointOptions {
-        CheckpointOptions { common, ..self.clone() }
     }
 }
 

@@ -23,13 +23,20 @@ pub struct RestoreOptions {
     pub common: CriuCommon,
 }
 
+/// A restored container's init.
+pub struct Restored {
+    pub pid: i32,
+    /// Whether it has a terminal, whose new master went to the console socket.
+    pub terminal: bool,
+}
+
 /// The file criu writes the restored init's pid to, in the container's state dir.
 const CRIU_PID_FILE: &str = "criu-restore.pid";
 
 impl Runtime {
     /// Restores the checkpoint in `opts.image_path` as container `opts.id` of `bundle`, which
-    /// must hold the same rootfs. Returns the init's pid; the container is running.
-    pub fn restore(&self, opts: &RestoreOptions, bundle: Bundle) -> Result<i32, ContainerError> {
+    /// must hold the same rootfs. The container is running when this returns.
+    pub fn restore(&self, opts: &RestoreOptions, bundle: Bundle) -> Result<Restored, ContainerError> {
         crate::spec::validate_id(&opts.id)?;
         opts.common.validate()?;
         let info = CheckpointInfo::read(&opts.image_path)?;
@@ -59,7 +66,7 @@ impl Runtime {
             cgroup_roots: cgroup.hierarchy_paths()?,
             no_pivot: opts.no_pivot,
         };
-        let args = criu::restore_args(&plan, &opts.common.criu_empty_ns());
+        let args = criu::restore_args(&plan, &opts.common);
         let root = CString::new(bundle.rootfs.as_os_str().as_bytes())
             .map_err(|_| CheckpointError::BadImage { path: bundle.rootfs.clone(), reason: "NUL in path".into() })?;
         // criu needs the root to be a mount point: a bind in a mount namespace of its own,
@@ -83,7 +90,7 @@ impl Runtime {
         }
         guard.armed = false;
         drop(lock);
-        Ok(pid)
+        Ok(Restored { pid, terminal: info.has_terminal() })
     }
 }
 

@@ -57,7 +57,7 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
         cgroup_roots: vec![("cpu,cpuacct".into(), "/c".into()), ("".into(), "/u/c".into())],
         no_pivot: false,
     };
-    let args = restore_args(&plan, &CriuCommon { empty_ns: vec!["net".into()], ..Default::default() });
+    let args = restore_args(&plan, &CriuCommon { empty_ns: vec!["network".into()], ..Default::default() });
     for seq in [
         &["restore", "--images-dir", "/img", "--work-dir", "/work"][..],
         &["--root", "/b/rootfs", "--restore-detached"],
@@ -81,7 +81,8 @@ fn bad_modes_and_namespaces_are_refused() {
     assert!(bad.validate().unwrap_err().to_string().contains("--empty-ns \"pid\""));
     let good = CriuCommon { empty_ns: vec!["network".into()], ..Default::default() };
     assert!(good.validate().is_ok());
-    assert_eq!(good.criu_empty_ns().empty_ns, ["net"]);
+    let opts = CheckpointOptions { common: good, ..Default::default() };
+    assert!(has(&dump_args(1, &opts, &[], &[], None), &["--empty-ns", "net"]), "runc's name becomes criu's");
 }
 
 #[test]

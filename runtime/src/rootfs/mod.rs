@@ -259,6 +259,11 @@ fn bind_mount(ctx: &RootfsContext, root: &File, m: &Mount, opts: &options::Mount
     finish_mount(&target, dest, opts)
 }
 
+/// Whether `m` is a bind mount, as the runtime mounts it (its options say bind or rbind).
+pub fn is_bind(m: &Mount) -> bool {
+    options::parse(m.options().as_deref().unwrap_or(&[])).is_bind()
+}
+
 /// Makes sure every mount point of `spec` exists in the rootfs, as create would make it (a
 /// file for a bind of a file), without mounting anything: a restore into a fresh copy of the
 /// rootfs needs them before CRIU mounts there. Points under /proc, /sys and /dev lie in file
@@ -270,12 +275,11 @@ pub fn create_mount_targets(rootfs: &Path, bundle: &Path, spec: &Spec) -> Result
         if ["/proc", "/sys", "/dev"].iter().any(|special| dest.starts_with(special)) {
             continue;
         }
-        let as_file = m.source().as_ref().is_some_and(|source| {
-            let source = if source.is_absolute() { source.clone() } else { bundle.join(source) };
-            let is_bind =
-                m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
-            is_bind && std::fs::metadata(source).is_ok_and(|meta| !meta.is_dir())
-        });
+        let as_file = is_bind(m)
+            && m.source().as_ref().is_some_and(|source| {
+                let source = if source.is_absolute() { source.clone() } else { bundle.join(source) };
+                std::fs::metadata(source).is_ok_and(|meta| !meta.is_dir())
+            });
         open_target(&root, dest, as_file)?;
     }
     Ok(())

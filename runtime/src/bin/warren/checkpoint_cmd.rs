@@ -52,11 +52,10 @@ pub fn restore(rt: &Runtime, a: &RestoreArgs, criu: Option<&Path>) -> Result<i32
         no_pivot: a.no_pivot,
         common: common(&a.criu, criu),
     };
-    let pid = rt.restore(&opts, bundle)?;
+    let restored = rt.restore(&opts, bundle)?;
     let Some(fw) = forwarder else { return Ok(0) };
     // Only a checkpointed terminal sends a master over our socket.
-    let terminal = warren::checkpoint::CheckpointInfo::read(&opts.image_path)?.has_terminal();
-    let code = wait_for(&fw, pid, ours.filter(|_| terminal))?;
+    let code = wait_for(&fw, restored.pid, ours.filter(|_| restored.terminal))?;
     rt.delete(&a.id, true)?;
     Ok(code)
 }
