@@ -159,13 +159,61 @@ pub fn run(
     Err(CheckpointError::Criu { action, status: status.to_string(), reason: first_error(&text), log })
 }
 
-/// The first error criu logged (the later ones follow from it). Its RLIMIT_NOFILE complaint
-/// is harmless: without CAP_SYS_RESOURCE it cannot raise its own limit.
+/// The first error criu logged (the later ones follow from it), without its timestamp, pid
+/// and source location. criu's own errors read "(00.012345)  7: Error (criu/x.c:12): what";
+/// they come before other "Error" lines, which are tools criu ran (`ip addr restore` says
+/// "Error: ipv4: Address already assigned." on every restore of a netns with lo up). Its
+/// RLIMIT_NOFILE complaint is harmless: without CAP_SYS_RESOURCE it cannot raise its own limit.
 fn first_error(log: &str) -> String {
-    log.lines()
-        .find(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE"))
+    let errors = || log.lines().filter(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE"));
+    let line = errors()
+        .find(|l| l.contains("Error ("))
+        .or_else(|| errors().next())
         .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
-        .unwrap_or("no log")
-        .trim()
-        .to_string()
+        .unwrap_or("no log");
+    let what = match line.split_once("Error (").and_then(|(_, rest)| rest.split_once("): ")) {
+        Some((_, what)) => what,
+        None => line,
+    };
+    let what = what.trim();
+    match HINTS.iter().find(|(needle, _)| what.contains(needle)) {
+        Some((_, hint)) => format!("{what} ({hint})"),
+        None => what.to_string(),
+    }
+}
+
+/// What to do about criu errors whose text does not say it.
+const HINTS: [(&str, &str); 1] =
+    [("Connected TCP socket in image", "checkpointed with --tcp-established: restore with it too")];
+
+#[cfg(test)]
+mod tests {
+    use super::first_error;
+
+    #[test]
+    fn the_first_criu_error_without_its_prefix() {
+        let log = "(00.016047) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+                   Error: ipv4: Address already assigned.\n\
+                   (00.165315) Error (criu/sk-inet.c:200): inet: Connected TCP socket, consider using --tcp-established option.\n\
+                   (00.165400) Error (criu/cr-dump.c:2111): Dumping FAILED.\n";
+        assert_eq!(first_error(log), "inet: Connected TCP socket, consider using --tcp-established option.");
+    }
+
+    #[test]
+    fn a_restore_without_tcp_established_says_what_to_do() {
+        let log = "Error: ipv4: Address already assigned.\n\
+                   (00.199671)      4: Error (criu/sk-inet.c:912): inet: Connected TCP socket in image\n";
+        let got = first_error(log);
+        assert!(got.starts_with("inet: Connected TCP socket in image (") && got.contains("--tcp-established"), "{got}");
+    }
+
+    #[test]
+    fn other_tools_errors_and_then_the_last_line_when_criu_logged_none() {
+        assert_eq!(
+            first_error("Error (criu/util.c:1): rlimit: RLIMIT_NOFILE\nError: ipv4: Address already assigned.\nb\n"),
+            "Error: ipv4: Address already assigned."
+        );
+        assert_eq!(first_error("a\nlast words\n\n"), "last words");
+        assert_eq!(first_error(""), "no log");
+    }
 }
