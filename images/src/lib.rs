@@ -9,6 +9,7 @@ pub mod source;
 pub mod spec;
 pub mod store;
 mod sys;
+pub mod transfer;
 pub mod unpack;
 
 #[cfg(test)]
