@@ -12,10 +12,10 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # busybox-static: the test image; runc/crun/containerd/podman/conmon/docker.io/
 # umoci/skopeo: reference runtime and real clients; uidmap/iproute2/jq: tests
-# and scripts; libseccomp-dev/pkg-config/build-essential: building.
+# and scripts; iptables: CRIU locks the network with it; libseccomp-dev/pkg-config/build-essential: building.
 PACKAGES=(
 	busybox-static runc containerd podman conmon docker.io crun umoci skopeo
-	uidmap iproute2 jq libseccomp-dev pkg-config build-essential
+	uidmap iproute2 iptables jq libseccomp-dev pkg-config build-essential
 	ca-certificates procps util-linux
 )
 
