@@ -1,13 +1,16 @@
 //! Bundles from images: `DIR/config.json` and `DIR/rootfs`, the rootfs an
 //! overlay of the image's shared layers with `DIR/upper` and `DIR/work`, or
 //! a copy. Removing one removes only what it made; the layers stay in the
-//! store while an image or another bundle uses them.
+//! store while an image or another bundle uses them. A bundle moved from
+//! another host is made again here by `receive` (on this store's copy of its
+//! image) or `receive_plain` (a rootfs sent whole).
 
 use crate::rootfs::{self, RootfsError};
 use crate::spec::{self, SpecError, SpecInputs, Volumes};
-use crate::store::{BundleRecord, Store, StoreError};
+use crate::store::{BundleRecord, Image, Store, StoreError};
+use crate::unpack::{self, Tree, UnpackError};
 use serde_json::Value;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,10 @@ pub enum BundleError {
     NotOurs { dir: PathBuf },
     #[error("bundle {dir}: rootfs is still mounted")]
     StillMounted { dir: PathBuf },
+    #[error("bundle {dir}: config.json: {source}")]
+    Config { dir: PathBuf, source: serde_json::Error },
+    #[error("{dir}: {source}")]
+    Unpack { dir: PathBuf, source: UnpackError },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -60,13 +67,7 @@ pub fn create(store: &Store, dir: &Path, base: Value, opts: &BundleOptions) -> R
     let dir = absolute(dir)?;
     let _lock = store.lock(true)?;
     let image = store.image(&opts.image)?;
-    match std::fs::read_dir(&dir).map(|mut rd| rd.next().is_none()) {
-        Ok(false) => return Err(BundleError::Exists { dir }),
-        Ok(true) => {}
-        // 0700: the rootfs holds the image's set-id files, which no host user may run.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => mkdir(&dir, 0o700)?,
-        Err(e) => return Err(io_err(&dir)(e)),
-    }
+    claim_dir(&dir)?;
     let layers = if opts.copy { Vec::new() } else { image.record().layers().to_vec() };
     // The record first: layers in use are never collected, even after a crash here.
     store.add_bundle(&BundleRecord::new(dir.clone(), opts.image.clone(), layers, !opts.copy))?;
@@ -79,7 +80,7 @@ pub fn create(store: &Store, dir: &Path, base: Value, opts: &BundleOptions) -> R
     made.map(|_| dir)
 }
 
-fn populate(dir: &Path, image: &crate::store::Image, base: Value, opts: &BundleOptions) -> Result<(), BundleError> {
+fn populate(dir: &Path, image: &Image, base: Value, opts: &BundleOptions) -> Result<(), BundleError> {
     let root = dir.join("rootfs");
     mkdir(&root, 0o755)?;
     if opts.copy {
@@ -109,6 +110,17 @@ fn populate(dir: &Path, image: &crate::store::Image, base: Value, opts: &BundleO
     let path = dir.join("config.json");
     let text = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     std::fs::write(&path, text).map_err(io_err(&path))
+}
+
+/// Makes `dir` (0700: the rootfs holds set-id files no host user may run)
+/// or takes it empty. Returns whether it made it.
+fn claim_dir(dir: &Path) -> Result<bool, BundleError> {
+    match std::fs::read_dir(dir).map(|mut rd| rd.next().is_none()) {
+        Ok(false) => Err(BundleError::Exists { dir: dir.to_path_buf() }),
+        Ok(true) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => mkdir(dir, 0o700).map(|_| true),
+        Err(e) => Err(io_err(dir)(e)),
+    }
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), BundleError> {
@@ -149,5 +161,139 @@ pub fn remove(store: &Store, dir: &Path) -> Result<(), BundleError> {
     // Anything else the user put there stays.
     let _ = std::fs::remove_dir(&dir);
     store.forget_bundle(&dir)?;
+    Ok(())
+}
+
+/// Makes the bundle at `dir` from a bundle of another host: `config_json`
+/// verbatim as `DIR/config.json`, `DIR/upper` unpacked from `upper_tar`
+/// (`transfer::write_layer_tar` of the sender's upper dir, read to its end)
+/// over the layers of image `image_name` (so its `.wh.` entries white out
+/// the image's paths), and the overlay mounted on `DIR/rootfs`; recorded as
+/// `create` records, so that [`remove`] removes it. `dir` must be missing or
+/// empty. The store's lock is held only to record and to undo: not while
+/// the tar comes in. On error, what it made is gone (mount, dirs, record).
+pub fn receive(
+    store: &Store,
+    dir: &Path,
+    image_name: &str,
+    config_json: &[u8],
+    upper_tar: impl Read,
+) -> Result<PathBuf, BundleError> {
+    let dir = absolute(dir)?;
+    check_config(&dir, config_json)?;
+    let (image, made) = {
+        let _lock = store.lock(true)?;
+        let image = store.image(image_name)?;
+        let made = claim_dir(&dir)?;
+        let layers = image.record().layers().to_vec();
+        if let Err(e) = store.add_bundle(&BundleRecord::new(dir.clone(), image_name.into(), layers, true)) {
+            undo_dir(&dir, made);
+            return Err(e.into());
+        }
+        (image, made)
+    };
+    let result = receive_overlay(&dir, &image, config_json, upper_tar);
+    if result.is_err() {
+        let _lock = store.lock(true);
+        let undone = remove_contents(&dir).map_err(|e| e.to_string()).and_then(|_| {
+            undo_dir(&dir, made);
+            store.forget_bundle(&dir).map_err(|e| e.to_string())
+        });
+        if let Err(e) = undone {
+            log::warn!("undoing bundle {}: {e}", dir.display());
+        }
+    }
+    result.map(|_| dir)
+}
+
+fn receive_overlay(dir: &Path, image: &Image, config_json: &[u8], upper_tar: impl Read) -> Result<(), BundleError> {
+    let (root, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
+    mkdir(&root, 0o755)?;
+    mkdir(&upper, 0o755)?;
+    mkdir(&work, 0o700)?;
+    unpack_tar(&upper, image.layer_dirs(), upper_tar)?;
+    rootfs::mount_overlay(image.layer_dirs(), &upper, &work, &root)?;
+    let path = dir.join("config.json");
+    std::fs::write(&path, config_json).map_err(io_err(&path))
+}
+
+/// Makes a plain bundle at `dir` (missing or empty) from another host's:
+/// `config_json` verbatim as `DIR/config.json` and `DIR/rootfs` unpacked
+/// from `rootfs_tar` (read to its end; no whiteouts: there is nothing below).
+/// No store record: [`remove_plain`] removes it. On error, what it made is gone.
+pub fn receive_plain(dir: &Path, config_json: &[u8], rootfs_tar: impl Read) -> Result<PathBuf, BundleError> {
+    let dir = absolute(dir)?;
+    check_config(&dir, config_json)?;
+    let made = claim_dir(&dir)?;
+    let result = receive_rootfs(&dir, config_json, rootfs_tar);
+    if result.is_err() {
+        if let Err(e) = remove_plain_contents(&dir) {
+            log::warn!("undoing bundle {}: {e}", dir.display());
+        }
+        undo_dir(&dir, made);
+    }
+    result.map(|_| dir)
+}
+
+fn receive_rootfs(dir: &Path, config_json: &[u8], rootfs_tar: impl Read) -> Result<(), BundleError> {
+    let root = dir.join("rootfs");
+    mkdir(&root, 0o755)?;
+    unpack_tar(&root, &[], rootfs_tar)?;
+    let path = dir.join("config.json");
+    std::fs::write(&path, config_json).map_err(io_err(&path))
+}
+
+/// Removes a bundle [`receive_plain`] made: `DIR/rootfs`, `DIR/config.json`,
+/// and `DIR` if nothing else is in it. (A store's bundles go with [`remove`].)
+pub fn remove_plain(dir: &Path) -> Result<(), BundleError> {
+    let root = dir.join("rootfs");
+    if rootfs::is_mount_point(&root).map_err(io_err(&root))? {
+        return Err(BundleError::StillMounted { dir: dir.to_path_buf() });
+    }
+    remove_plain_contents(dir)?;
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+fn remove_plain_contents(dir: &Path) -> Result<(), BundleError> {
+    let root = dir.join("rootfs");
+    match std::fs::remove_dir_all(&root) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&root)(e)),
+        _ => {}
+    }
+    let path = dir.join("config.json");
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes `dir` if this receive made it (it is empty by now).
+fn undo_dir(dir: &Path, made: bool) {
+    if made {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            log::warn!("{}: {e}", dir.display());
+        }
+    }
+}
+
+/// A config.json must at least be a JSON object.
+fn check_config(dir: &Path, config_json: &[u8]) -> Result<(), BundleError> {
+    serde_json::from_slice::<serde_json::Map<String, Value>>(config_json)
+        .map(drop)
+        .map_err(|source| BundleError::Config { dir: dir.to_path_buf(), source })
+}
+
+/// Unpacks a layer tar into the empty directory `out` over `lowers` (bottom
+/// first), then reads the stream to its end.
+fn unpack_tar(out: &Path, lowers: &[PathBuf], tar: impl Read) -> Result<(), BundleError> {
+    let mut tree = Tree::new();
+    for (i, fs) in lowers.iter().enumerate() {
+        tree.load_layer(i, fs).map_err(io_err(fs))?;
+    }
+    tree.begin_layer(lowers.len());
+    let unpack_err = |source| BundleError::Unpack { dir: out.to_path_buf(), source };
+    let (mut rest, _) = unpack::unpack_layer(tar, out, &mut tree, lowers).map_err(unpack_err)?;
+    io::copy(&mut rest, &mut io::sink()).map_err(|source| unpack_err(UnpackError::Tar { source }))?;
     Ok(())
 }

@@ -10,15 +10,18 @@
 //! STORE/blobs/sha256/HEX         image configs
 //! STORE/images/NAME.json         image records
 //! STORE/bundles/HASH.json        bundles made from images (their layers stay)
+//! STORE/receiving/ID/            receives in progress: leases on layers (see receive)
 //! ```
 //! Layers are referenced from the records, never counted in place: a crash
 //! cannot leave a wrong count, and unreferenced layers are collected after
 //! every change.
 
 mod import;
+mod receive;
 mod records;
 
 pub use import::{ImportOptions, Progress};
+pub use receive::Receiving;
 pub use records::{BundleRecord, ImageRecord, LayerRecord};
 
 use crate::digest::Digest;
@@ -54,6 +57,22 @@ pub enum StoreError {
     NoImage { name: String },
     #[error("store {path}: a record names layer {layer}, which is missing")]
     MissingLayer { path: PathBuf, layer: Digest },
+    #[error("image {image}: config blob has digest {actual}, not {expected}")]
+    ConfigDigest { image: String, expected: Digest, actual: Digest },
+    #[error("image {image}: config blob: {source}")]
+    BadConfig { image: String, source: serde_json::Error },
+    #[error("image {image}: the layers' diff ids are not the ones its config lists")]
+    ConfigLayers { image: String },
+    #[error("image {image}: layer {layer}: its parent's chain id and its diff id make chain id {expected}")]
+    ChainId { image: String, layer: Digest, expected: Digest },
+    #[error("image {image}: layer {layer} is not in this store yet (layers go bottom first, the image last)")]
+    LayerAbsent { image: String, layer: Digest },
+    #[error("image {image}: layer {layer} is not one of its layers")]
+    NotInImage { image: String, layer: Digest },
+    #[error("image {name}: this store has another image of that name ({have})")]
+    ImageConflict { name: String, have: Digest },
+    #[error("bundle {dir}: image {image:?}, which it was made from, has been removed or replaced since")]
+    BundleImageGone { dir: PathBuf, image: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -291,8 +310,8 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes layers and configs no record references, and what a killed
-    /// import left in tmp/. Call with the exclusive lock held.
+    /// Deletes layers and configs no record (nor live receive) references,
+    /// and what a killed import left in tmp/. Call with the exclusive lock held.
     fn collect_garbage(&self) -> Result<usize, StoreError> {
         let images = self.images()?;
         let mut layers: HashSet<String> = HashSet::new();
@@ -304,6 +323,7 @@ impl Store {
         for b in self.bundles()? {
             layers.extend(b.layers().iter().map(|l| l.hex().to_string()));
         }
+        layers.extend(self.leased_layers()?.iter().map(|l| l.hex().to_string()));
         let removed = remove_unlisted(&self.root.join("layers"), &layers)?;
         remove_unlisted(&self.root.join("blobs/sha256"), &configs)?;
         remove_unlisted(&self.root.join("tmp"), &HashSet::new())?;

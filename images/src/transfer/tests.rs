@@ -156,7 +156,7 @@ fn unpack(tar: &[u8], out: &Path, lowers: &[PathBuf]) {
     unpack_layer(tar, out, &mut tree, lowers).unwrap();
 }
 
-fn names(tar: &[u8]) -> Vec<String> {
+pub fn names(tar: &[u8]) -> Vec<String> {
     let mut a = tar::Archive::new(tar);
     a.entries().unwrap().map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned()).collect()
 }
