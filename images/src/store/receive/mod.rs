@@ -1,11 +1,11 @@
 //! Both ends of moving an image between stores: describing a bundle's image
 //! for the receiver, and taking layers and the image record in.
 //!
-//! What the receiver checks: the config blob's digest ([`ImageRef::config`]);
-//! that the layers' diff ids are the config's `rootfs.diff_ids`; that every
-//! chain id follows from its parent's and its diff id. The config is thus
-//! the root of trust and each layer is stored under the chain id the config
-//! implies. What it cannot check: that a layer's content is what its diff id
+//! What the receiver checks: that every chain id follows from its parent's
+//! and its diff id (before any layer comes in); the config blob's digest
+//! ([`ImageRef::config`]) and that its `rootfs.diff_ids` are the layers'
+//! diff ids (before the image is recorded). The config is thus the root of
+//! trust and each layer is stored under the chain id the config implies. What it cannot check: that a layer's content is what its diff id
 //! names, since a tar written again from an unpacked layer is not the
 //! original blob byte for byte. A received layer is as trustworthy as the
 //! sending host; the unpacker still keeps a hostile tar inside its root.
@@ -108,21 +108,21 @@ impl Store {
         Err(StoreError::ImageConflict { name: image.name.clone(), have: record.digest().clone() })
     }
 
-    /// Starts receiving `image`, whose config blob is `config_blob`: checks
-    /// both (see the module doc) and that no other image has its name, then
-    /// takes a lease that keeps the image's layers from garbage collection
-    /// until it is dropped. Then: [`Receiving::missing_layers`], one
-    /// [`Receiving::receive_layer`] each, [`Receiving::receive_image`],
-    /// `bundle::receive`, and drop it.
-    pub fn begin_receive(&self, image: &ImageRef, config_blob: &[u8]) -> Result<Receiving<'_>, StoreError> {
-        check_image(image, config_blob)?;
+    /// Starts receiving `image`: checks its name and chain ids (see the
+    /// module doc) and that no other image has its name, then takes a lease
+    /// that keeps the image's layers from garbage collection until it is
+    /// dropped. Then: [`Receiving::missing_layers`] (to ask the sender for),
+    /// one [`Receiving::receive_layer`] each, bottom first,
+    /// [`Receiving::receive_image`] with the config blob, `bundle::receive`,
+    /// and drop it.
+    pub fn begin_receive(&self, image: &ImageRef) -> Result<Receiving<'_>, StoreError> {
+        check_chain(image)?;
         let _lock = self.lock(true)?;
         self.same_image(image)?;
         let (dir, lease) = self.new_lease(&image.chain_ids())?;
         Ok(Receiving {
             store: self,
             image: image.clone(),
-            config: config_blob.to_vec(),
             dir,
             lease: Some(lease),
             tree: None,
@@ -131,10 +131,12 @@ impl Store {
         })
     }
 
-    /// Records `image` (its layers must all be here), after the checks of
-    /// [`Store::begin_receive`]. Returns false if this store had it already.
+    /// Records `image` (its layers must all be here) with its config blob
+    /// `config_blob`, after the checks of the module doc. Returns false if
+    /// this store had it already.
     pub fn receive_image(&self, image: &ImageRef, config_blob: &[u8]) -> Result<bool, StoreError> {
-        check_image(image, config_blob)?;
+        check_chain(image)?;
+        check_config(image, config_blob)?;
         let _lock = self.lock(true)?;
         if self.same_image(image)? {
             return Ok(false);
@@ -220,13 +222,25 @@ fn remove_any(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// The checks that need nothing from the store: name, config digest, the
-/// config's diff ids, the chain ids.
-fn check_image(image: &ImageRef, config_blob: &[u8]) -> Result<(), StoreError> {
+/// The image's name, and that each chain id follows from its parent's and
+/// its diff id.
+fn check_chain(image: &ImageRef) -> Result<(), StoreError> {
     let name = &image.name;
     if !valid_name(name) {
         return Err(StoreError::BadName { name: name.clone() });
     }
+    let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+    for (layer, expected) in image.layers.iter().zip(chain_ids(&diff_ids)) {
+        if layer.chain_id != expected {
+            return Err(StoreError::ChainId { image: name.clone(), layer: layer.chain_id.clone(), expected });
+        }
+    }
+    Ok(())
+}
+
+/// The config blob's digest, and that it lists the layers' diff ids.
+fn check_config(image: &ImageRef, config_blob: &[u8]) -> Result<(), StoreError> {
+    let name = &image.name;
     let actual = Digest::of(config_blob);
     if actual != image.config {
         return Err(StoreError::ConfigDigest { image: name.clone(), expected: image.config.clone(), actual });
@@ -238,12 +252,6 @@ fn check_image(image: &ImageRef, config_blob: &[u8]) -> Result<(), StoreError> {
     if listed.len() != image.layers.len() || !sent.eq(listed.iter().map(String::as_str)) {
         return Err(StoreError::ConfigLayers { image: name.clone() });
     }
-    let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
-    for (layer, expected) in image.layers.iter().zip(chain_ids(&diff_ids)) {
-        if layer.chain_id != expected {
-            return Err(StoreError::ChainId { image: name.clone(), layer: layer.chain_id.clone(), expected });
-        }
-    }
     Ok(())
 }
 
@@ -254,7 +262,6 @@ fn check_image(image: &ImageRef, config_blob: &[u8]) -> Result<(), StoreError> {
 pub struct Receiving<'a> {
     store: &'a Store,
     image: ImageRef,
-    config: Vec<u8>,
     dir: PathBuf,
     lease: Option<Flock<File>>,
     /// The merged view of the image's first N layers, kept from the last
@@ -348,10 +355,11 @@ impl Receiving<'_> {
         Ok(true)
     }
 
-    /// Records the image ([`Store::receive_image`]); keep the lease until
-    /// its bundle is made. Returns false if the store had it already.
-    pub fn receive_image(&mut self) -> Result<bool, StoreError> {
-        let added = self.store.receive_image(&self.image, &self.config)?;
+    /// Records the image with its config blob ([`Store::receive_image`]);
+    /// keep the lease until its bundle is made. Returns false if the store
+    /// had it already.
+    pub fn receive_image(&mut self, config_blob: &[u8]) -> Result<bool, StoreError> {
+        let added = self.store.receive_image(&self.image, config_blob)?;
         self.added = true;
         Ok(added)
     }

@@ -97,13 +97,13 @@ impl World {
 
     /// Receives the image into B: every layer B lacks, then the record.
     fn receive(&self, image: &ImageRef, config: &[u8]) -> Receiving<'_> {
-        let mut r = self.b.begin_receive(image, config).unwrap();
+        let mut r = self.b.begin_receive(image).unwrap();
         for chain in r.missing_layers().unwrap() {
             let layer = image.layers.iter().find(|l| l.chain_id == chain).unwrap().clone();
             let tar = tar_of(&self.a.layer_fs(&chain).unwrap());
             assert!(r.receive_layer(&layer, &tar[..]).unwrap());
         }
-        r.receive_image().unwrap();
+        r.receive_image(config).unwrap();
         r
     }
 
@@ -152,9 +152,9 @@ fn a_bundle_moves_to_another_store_with_its_changes() {
     assert_eq!(std::fs::read(dir_b.join("config.json")).unwrap(), config_json);
 
     // Again: B has it all, nothing to send.
-    let mut again = w.b.begin_receive(&image, &config).unwrap();
+    let mut again = w.b.begin_receive(&image).unwrap();
     assert_eq!(again.missing_layers().unwrap(), Vec::<Digest>::new());
-    assert!(!again.receive_image().unwrap());
+    assert!(!again.receive_image(&config).unwrap());
     drop(again);
 
     bundle::remove(&w.b, &dir_b).unwrap();
@@ -165,23 +165,34 @@ fn a_bundle_moves_to_another_store_with_its_changes() {
 }
 
 #[test]
-fn bad_configs_names_and_chain_ids_are_refused_before_anything_is_made() {
+fn bad_configs_names_and_chain_ids_are_refused_and_nothing_is_left() {
     let w = world();
     let (dir_a, image, config) = w.sender();
-    let mut longer = config.clone();
-    longer.push(b' ');
-    let e = w.b.begin_receive(&image, &longer).err().unwrap().to_string();
-    assert_eq!(e, format!("image {NAME}: config blob has digest {}, not {}", Digest::of(&longer), image.config));
-    let mut other = image.clone();
-    other.layers[0].diff_id = Digest::of(b"other");
-    assert!(matches!(w.b.begin_receive(&other, &config).err().unwrap(), StoreError::ConfigLayers { .. }));
     let mut forged = image.clone();
     forged.layers[1].chain_id = Digest::of(b"forged");
-    let e = w.b.begin_receive(&forged, &config).err().unwrap();
+    let e = w.b.begin_receive(&forged).err().unwrap();
     assert!(matches!(&e, StoreError::ChainId { expected, .. } if expected == &image.layers[1].chain_id), "{e}");
     let bad_name = ImageRef { name: "../x".into(), ..image.clone() };
-    assert!(matches!(w.b.begin_receive(&bad_name, &config).err().unwrap(), StoreError::BadName { .. }));
-    assert!(matches!(w.b.receive_image(&image, &config).unwrap_err(), StoreError::LayerAbsent { .. }));
+    assert!(matches!(w.b.begin_receive(&bad_name).err().unwrap(), StoreError::BadName { .. }));
+    World::assert_empty(&w.b);
+    // The config is checked when the image is recorded, its layers all in.
+    let mut r = w.b.begin_receive(&image).unwrap();
+    assert!(matches!(r.receive_image(&config).unwrap_err(), StoreError::LayerAbsent { .. }));
+    for l in &image.layers {
+        assert!(r.receive_layer(l, &tar_of(&w.a.layer_fs(&l.chain_id).unwrap())[..]).unwrap());
+    }
+    let mut longer = config.clone();
+    longer.push(b' ');
+    let e = r.receive_image(&longer).unwrap_err().to_string();
+    assert_eq!(e, format!("image {NAME}: config blob has digest {}, not {}", Digest::of(&longer), image.config));
+    // A config that lists other layers, under its true digest.
+    let mut other: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    other["rootfs"]["diff_ids"].as_array_mut().unwrap().reverse();
+    let other_blob = serde_json::to_vec(&other).unwrap();
+    let lying = ImageRef { config: Digest::of(&other_blob), ..image.clone() };
+    let e = w.b.receive_image(&lying, &other_blob).unwrap_err();
+    assert!(matches!(e, StoreError::ConfigLayers { .. }), "{e}");
+    drop(r);
     World::assert_empty(&w.b);
     bundle::remove(&w.a, &dir_a).unwrap();
 }
@@ -189,10 +200,10 @@ fn bad_configs_names_and_chain_ids_are_refused_before_anything_is_made() {
 #[test]
 fn a_hostile_layer_tar_is_refused_and_leaves_nothing() {
     let w = world();
-    let (dir_a, image, config) = w.sender();
+    let (dir_a, image, _) = w.sender();
     let outside = w.path("outside");
     std::fs::create_dir(&outside).unwrap();
-    let mut r = w.b.begin_receive(&image, &config).unwrap();
+    let mut r = w.b.begin_receive(&image).unwrap();
     let target = outside.to_str().unwrap();
     let evil = [
         Layer::new().file("../outside/x", b"x").finish(),
@@ -218,8 +229,8 @@ fn a_hostile_layer_tar_is_refused_and_leaves_nothing() {
 #[test]
 fn received_layers_outlive_collection_until_the_lease_ends() {
     let w = world();
-    let (dir_a, image, config) = w.sender();
-    let mut r = w.b.begin_receive(&image, &config).unwrap();
+    let (dir_a, image, _) = w.sender();
+    let mut r = w.b.begin_receive(&image).unwrap();
     let bottom = &image.layers[0];
     assert!(r.receive_layer(bottom, &tar_of(&w.a.layer_fs(&bottom.chain_id).unwrap())[..]).unwrap());
     // What a receiver killed mid-way leaves: an unlocked lease.
@@ -246,13 +257,13 @@ fn received_layers_outlive_collection_until_the_lease_ends() {
 #[test]
 fn an_image_of_the_same_name_with_other_content_is_a_conflict() {
     let w = world();
-    let (dir_a, image, config) = w.sender();
+    let (dir_a, image, _) = w.sender();
     let other = w.path("other");
     std::fs::create_dir(&other).unwrap();
     let cmd = json!({"config": {"Cmd": ["/bin/sh"]}});
     layout(&other, NAME, &[Blob::gz(Layer::new().file("o", b"o").finish())], cmd);
     let have = w.b.import(&other, &Default::default(), &mut |_| {}).unwrap().digest().clone();
-    let e = w.b.begin_receive(&image, &config).err().unwrap().to_string();
+    let e = w.b.begin_receive(&image).err().unwrap().to_string();
     assert_eq!(e, format!("image {NAME}: this store has another image of that name ({have})"));
     assert!(matches!(w.b.has_image(&image), Err(StoreError::ImageConflict { .. })));
     w.b.remove(NAME).unwrap();
