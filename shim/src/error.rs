@@ -35,8 +35,8 @@ pub enum ShimError {
     Unmount { target: PathBuf, source: nix::Error },
     #[error("log uri {uri}: {reason}")]
     LogUri { uri: String, reason: String },
-    #[error("checkpoint of container {id}: not supported yet (checkpoint/restore is a later Warren issue)")]
-    CheckpointUnsupported { id: String },
+    #[error("warren checkpoint {id}: {message} (criu's log: {log})")]
+    CheckpointFailed { id: String, message: String, log: PathBuf },
     #[error(transparent)]
     Container(#[from] warren::container::ContainerError),
     #[error(transparent)]
@@ -70,7 +70,6 @@ impl ShimError {
             ShimError::ContainerExists { .. } | ShimError::ExecExists { .. } => Code::ALREADY_EXISTS,
             ShimError::BadState { .. } => Code::FAILED_PRECONDITION,
             ShimError::BadRequest { .. } | ShimError::LogUri { .. } => Code::INVALID_ARGUMENT,
-            ShimError::CheckpointUnsupported { .. } => Code::UNIMPLEMENTED,
             ShimError::Container(C::NotRunning { .. }) => Code::NOT_FOUND,
             ShimError::Container(C::BadStatus { .. } | C::DeleteNotStopped { .. }) => Code::FAILED_PRECONDITION,
             _ => Code::UNKNOWN,

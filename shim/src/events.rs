@@ -6,7 +6,8 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
@@ -26,6 +27,7 @@ pub enum Event {
     Paused(TaskPaused),
     Resumed(TaskResumed),
     Oom(TaskOOM),
+    Checkpointed(TaskCheckpointed),
 }
 
 impl Event {
@@ -42,6 +44,7 @@ impl Event {
             Event::Paused(e) => (topics::TASK_PAUSED_EVENT_TOPIC, "TaskPaused", e.write_to_bytes()),
             Event::Resumed(e) => (topics::TASK_RESUMED_EVENT_TOPIC, "TaskResumed", e.write_to_bytes()),
             Event::Oom(e) => (topics::TASK_OOM_EVENT_TOPIC, "TaskOOM", e.write_to_bytes()),
+            Event::Checkpointed(e) => (topics::TASK_CHECKPOINTED_EVENT_TOPIC, "TaskCheckpointed", e.write_to_bytes()),
         };
         (topic, name, bytes.unwrap_or_default())
     }

@@ -13,6 +13,9 @@
 //! * Everything that only reads or signals goes through the `warren` library in-process:
 //!   state, kill, pause/resume, update, pids, stats ([`metrics`]) and OOM notices
 //!   ([`supervisor`]).
+//! * Checkpoint and restore run `warren checkpoint` and `warren restore --detach` (criu takes
+//!   long, and is the runtime's child); a task created from a checkpoint is restored at Start,
+//!   as runc's shim does it ([`checkpoint`]).
 //! * The binary is BinaryName from runc's runtime options, else `warren` beside the shim
 //!   binary, else `warren` on PATH ([`config`]).
 //!
@@ -32,6 +35,7 @@
 //! `start` puts containers whose bundle annotations name the same group into one shim process
 //! ([`shim::GROUP_ANNOTATIONS`]); the shim exits at Shutdown once it holds no container.
 
+mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod events;

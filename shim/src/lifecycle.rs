@@ -27,7 +27,7 @@ impl Service {
             return Err(ShimError::ContainerExists { id: req.id.clone() });
         }
         if !req.checkpoint.is_empty() {
-            return Err(ShimError::CheckpointUnsupported { id: req.id.clone() });
+            crate::checkpoint::check_restore(req)?;
         }
         let bundle = PathBuf::from(&req.bundle);
         let runtime = config::from_options(req.options.as_ref(), &self.namespace)?;
@@ -62,7 +62,12 @@ impl Service {
         let bundle_config = BundleConfig::load(bundle)?;
         let runner = Runner::new(&runtime, id, bundle);
         let launch = self.tasks.launch();
-        let (pid, terminal) = self.spawn(&launch, &runner, &io, bundle, None)?;
+        // With a checkpoint nothing runs before Start, which restores it (as runc's shim does).
+        let restore_from = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
+        let (pid, terminal) = match restore_from {
+            Some(_) => (0, None),
+            None => self.spawn(&launch, &runner, &io, bundle, Verb::Create)?,
+        };
         let mut table = self.tasks.lock();
         let mut init = Process::new("", io.clone(), Vec::new());
         init.pid = pid;
@@ -78,6 +83,7 @@ impl Service {
             rootfs_mount,
             kill_all_on_exit: !bundle_config.own_pid_namespace(),
             hooks: bundle_config.hooks(),
+            restore_from,
         };
         self.tasks.events.send(Event::Create(TaskCreate {
             container_id: id.into(),
@@ -90,37 +96,47 @@ impl Service {
                 terminal: io.terminal,
                 ..Default::default()
             }),
+            checkpoint: req.checkpoint.clone(),
             pid: pid as u32,
             ..Default::default()
         }));
         if let Some(exit) = early_exit {
             self.tasks.finish(&mut c, "", exit);
         }
+        let restoring = c.restore_from.is_some();
         table.containers.insert(id.into(), c);
         drop(table);
         drop(launch);
-        self.supervisor.watch_oom(id, &runtime.root);
+        if !restoring {
+            self.supervisor.watch_oom(id, &runtime.root);
+        }
         Ok(pid as u32)
     }
 
-    /// Runs `warren create` (exec_json None) or `warren exec`, and takes over the terminal.
+    /// Runs `warren create`, `exec` or `restore`, and takes over the terminal.
     fn spawn(
         &self,
         launch: &Launch,
         runner: &Runner,
         io: &IoConfig,
         bundle: &Path,
-        exec: Option<(&Path, &Path)>,
+        verb: Verb,
     ) -> Result<(i32, Option<Terminal>)> {
         let console = if io.terminal { Some(ConsoleSocket::new()?) } else { None };
         let stdio = if io.terminal { Stdio::null()? } else { Stdio::open(io, runner.id, &self.namespace)? };
         let console_path = console.as_ref().map(|c| c.path());
         let init_pid_file = bundle.join("init.pid");
-        let pid_file = exec.map_or(init_pid_file.as_path(), |(_, pid_file)| pid_file);
+        let pid_file = match verb {
+            Verb::Exec { pid_file, .. } => pid_file,
+            _ => init_pid_file.as_path(),
+        };
         let spawn = Spawn { pid_file, console_socket: console_path.as_deref(), stdio: Some(stdio) };
-        match exec {
-            None => runner.create(launch, bundle, spawn)?,
-            Some((process_json, _)) => runner.exec(launch, process_json, spawn)?,
+        match verb {
+            Verb::Create => runner.create(launch, bundle, spawn)?,
+            Verb::Exec { process_json, .. } => runner.exec(launch, process_json, spawn)?,
+            Verb::Restore { images } => {
+                runner.restore(launch, bundle, images, &crate::checkpoint::work_dir(bundle), spawn)?
+            }
         }
         let taken = read_pid(pid_file).and_then(|pid| {
             let terminal = match &console {
@@ -129,7 +145,7 @@ impl Service {
             };
             Ok((pid, terminal))
         });
-        if taken.is_err() && exec.is_none() {
+        if taken.is_err() && !matches!(verb, Verb::Exec { .. }) {
             // Nothing of a half-made container stays behind.
             let _ = runner.delete(launch, true);
         }
@@ -137,20 +153,23 @@ impl Service {
     }
 
     pub(crate) fn do_start(&self, id: &str, exec_id: &str) -> Result<u32> {
-        let (runtime, bundle, hooks, io, spec) = {
+        let (runtime, bundle, hooks, io, spec, restore_from) = {
             let mut table = self.tasks.lock();
             let c = table.container_mut(id)?;
             if !matches!(c.process(exec_id)?.phase, Phase::Created) {
                 return Err(c.bad_state(exec_id, "start"));
             }
             let (runtime, bundle, hooks) = (c.runtime.clone(), c.bundle.clone(), c.hooks);
+            let restore_from = c.restore_from.clone().filter(|_| exec_id.is_empty());
             let p = c.process_mut(exec_id)?;
             p.phase = Phase::Starting;
-            (runtime, bundle, hooks, p.io.clone(), p.spec.clone())
+            (runtime, bundle, hooks, p.io.clone(), p.spec.clone(), restore_from)
         };
         let runner = Runner::new(&runtime, id, &bundle);
         let launch = self.tasks.launch();
-        let result = if exec_id.is_empty() && !hooks.poststart {
+        let result = if let Some(images) = &restore_from {
+            self.spawn(&launch, &runner, &io, &bundle, Verb::Restore { images }).map(Some)
+        } else if exec_id.is_empty() && !hooks.poststart {
             // Nothing to run: release the init in-process, one exec of `warren` fewer.
             warren::container::Runtime::new(&runtime.root).start(id).map(|()| None).map_err(ShimError::from)
         } else if exec_id.is_empty() {
@@ -172,8 +191,11 @@ impl Service {
             Ok(None) => (c.init.pid, None),
             Ok(Some(started)) => started,
         };
+        if restore_from.is_some() {
+            c.restore_from = None;
+        }
         let p = c.process_mut(exec_id)?;
-        if !exec_id.is_empty() {
+        if !exec_id.is_empty() || restore_from.is_some() {
             p.pid = pid;
             p.terminal = terminal;
         }
@@ -193,6 +215,10 @@ impl Service {
         };
         self.tasks.events.send(event);
         self.tasks.started(c, exec_id);
+        drop(table);
+        if restore_from.is_some() {
+            self.supervisor.watch_oom(id, &runtime.root);
+        }
         Ok(pid as u32)
     }
 
@@ -208,7 +234,8 @@ impl Service {
         let process_json = bundle.join(format!(".exec-{exec_id}.json"));
         let pid_file = bundle.join(format!(".exec-{exec_id}.pid"));
         std::fs::write(&process_json, spec).map_err(ShimError::io(&process_json))?;
-        let started = self.spawn(launch, runner, io, bundle, Some((&process_json, &pid_file)));
+        let started =
+            self.spawn(launch, runner, io, bundle, Verb::Exec { process_json: &process_json, pid_file: &pid_file });
         let _ = std::fs::remove_file(&process_json);
         let _ = std::fs::remove_file(&pid_file);
         started
@@ -230,7 +257,8 @@ impl Service {
         if c.execs.contains_key(&req.exec_id) {
             return Err(ShimError::ExecExists { id: req.id.clone(), exec_id: req.exec_id.clone() });
         }
-        if !matches!(c.init.phase, Phase::Created | Phase::Running) {
+        // A task created from a checkpoint has no process to join before Start.
+        if !matches!(c.init.phase, Phase::Created | Phase::Running) || c.restore_from.is_some() {
             return Err(c.bad_state("", "exec in"));
         }
         c.execs.insert(req.exec_id.clone(), Process::new(&req.exec_id, io, spec));
@@ -243,18 +271,21 @@ impl Service {
         if !exec_id.is_empty() {
             return self.delete_exec(id, exec_id);
         }
-        let (runtime, bundle, hooks, was_started) = {
+        let (runtime, bundle, hooks, was_started, never_restored) = {
             let table = self.tasks.lock();
             let c = table.container(id)?;
             if matches!(c.init.phase, Phase::Starting | Phase::Running) {
                 return Err(c.bad_state("", "delete"));
             }
-            (c.runtime.clone(), c.bundle.clone(), c.hooks, !matches!(c.init.phase, Phase::Created))
+            let was_started = !matches!(c.init.phase, Phase::Created);
+            (c.runtime.clone(), c.bundle.clone(), c.hooks, was_started, c.restore_from.is_some())
         };
-        let deleted = match hooks.poststop {
-            true => Runner::new(&runtime, id, &bundle).delete(&self.tasks.launch(), false),
+        let deleted = match (never_restored, hooks.poststop) {
+            // Warren never knew it: there is nothing to delete, and no process to wait for.
+            (true, _) => Ok(()),
+            (false, true) => Runner::new(&runtime, id, &bundle).delete(&self.tasks.launch(), false),
             // No hook to run: delete in-process.
-            false => warren::container::Runtime::new(&runtime.root).delete(id, false).map_err(ShimError::from),
+            (false, false) => warren::container::Runtime::new(&runtime.root).delete(id, false).map_err(ShimError::from),
         };
         if let Err(e) = deleted {
             if runtime.root.join(id).exists() {
@@ -263,9 +294,10 @@ impl Service {
             log::warn!("{e} (its state is gone already)");
         }
         // A created init dies by `warren delete`; its exit is the task's.
-        let exit = match was_started {
-            true => None,
-            false => self.tasks.wait_exit(id, "", Some(KILLED_INIT_GRACE)).ok(),
+        let exit = match (was_started, never_restored) {
+            (_, true) => Some(Exit::now(0)),
+            (true, false) => None,
+            (false, false) => self.tasks.wait_exit(id, "", Some(KILLED_INIT_GRACE)).ok(),
         };
         self.supervisor.unwatch_oom(id);
         let mut table = self.tasks.lock();
@@ -308,6 +340,19 @@ impl Service {
             ..Default::default()
         })
     }
+}
+
+/// What [`Service::spawn`] runs.
+enum Verb<'a> {
+    Create,
+    Exec {
+        process_json: &'a Path,
+        pid_file: &'a Path,
+    },
+    /// `warren restore` of these checkpoint images.
+    Restore {
+        images: &'a Path,
+    },
 }
 
 /// What the shim needs from the bundle's config.json, without parsing all of it.

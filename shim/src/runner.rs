@@ -11,6 +11,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as StdStdio};
 
+use containerd_shim::protos::shim::oci::CheckpointOptions;
+
 use crate::error::{Result, ShimError};
 use crate::stdio::Stdio;
 use crate::tasks::{Launch, RuntimeConfig};
@@ -47,6 +49,23 @@ impl<'a> Runner<'a> {
         args.extend(spawn_args(&spawn));
         args.push(self.id.into());
         self.run(launch, "exec", args, spawn.stdio)
+    }
+
+    /// `warren restore --detach`: the checkpoint in `images` comes back as this container,
+    /// running when the command returns.
+    pub fn restore(&self, launch: &Launch, bundle: &Path, images: &Path, work: &Path, spawn: Spawn) -> Result<()> {
+        let mut args: Vec<OsString> = vec!["--bundle".into(), bundle.into(), "--detach".into()];
+        args.extend(["--image-path".into(), images.into(), "--work-path".into(), work.into()]);
+        args.extend(spawn_args(&spawn));
+        args.push(self.id.into());
+        self.run(launch, "restore", args, spawn.stdio)
+    }
+
+    /// `warren checkpoint` with the flags runc's shim derives from containerd's options.
+    pub fn checkpoint(&self, launch: &Launch, images: &Path, work: &Path, opts: &CheckpointOptions) -> Result<()> {
+        let mut args = checkpoint_args(images, work, opts);
+        args.push(self.id.into());
+        self.run(launch, "checkpoint", args, None)
     }
 
     pub fn start(&self, launch: &Launch) -> Result<()> {
@@ -90,6 +109,27 @@ fn spawn_args(spawn: &Spawn) -> Vec<OsString> {
     args
 }
 
+/// Flags of `warren checkpoint` for containerd's (runc's) checkpoint options. Not `exit`
+/// means the container keeps running.
+fn checkpoint_args(images: &Path, work: &Path, opts: &CheckpointOptions) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--image-path".into(), images.into(), "--work-path".into(), work.into()];
+    let flags = [
+        (!opts.exit, "--leave-running"),
+        (opts.open_tcp, "--tcp-established"),
+        (opts.external_unix_sockets, "--ext-unix-sk"),
+        (opts.terminal, "--shell-job"),
+        (opts.file_locks, "--file-locks"),
+    ];
+    args.extend(flags.iter().filter(|(on, _)| *on).map(|(_, flag)| OsString::from(flag)));
+    if !opts.cgroups_mode.is_empty() {
+        args.extend(["--manage-cgroups-mode".into(), opts.cgroups_mode.as_str().into()]);
+    }
+    for ns in &opts.empty_namespaces {
+        args.extend(["--empty-ns".into(), ns.as_str().into()]);
+    }
+    args
+}
+
 /// The message of the last error line written to the log after `from`.
 fn last_error(log: &Path, from: u64) -> Option<String> {
     let mut f = std::fs::File::open(log).ok()?;
@@ -110,4 +150,43 @@ pub fn read_pid(path: &Path) -> Result<i32> {
         path: path.into(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a pid: {:?}", text.trim())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_flags_follow_containerd_options() {
+        let words = |opts: &CheckpointOptions| -> Vec<String> {
+            checkpoint_args(Path::new("/img"), Path::new("/work"), opts)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        // What `ctr c checkpoint --task` sends: file locks, and the task stays.
+        let ctr = CheckpointOptions { file_locks: true, ..Default::default() };
+        assert_eq!(words(&ctr), ["--image-path", "/img", "--work-path", "/work", "--leave-running", "--file-locks"]);
+        let all = CheckpointOptions {
+            exit: true,
+            open_tcp: true,
+            external_unix_sockets: true,
+            terminal: true,
+            empty_namespaces: vec!["network".into()],
+            cgroups_mode: "strict".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            words(&all)[4..],
+            [
+                "--tcp-established",
+                "--ext-unix-sk",
+                "--shell-job",
+                "--manage-cgroups-mode",
+                "strict",
+                "--empty-ns",
+                "network"
+            ]
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The task service (containerd.task.v2.Task) over the task table: each RPC validates, does
 //! its work and maps errors to ttrpc statuses. Create, Start, Exec and Delete live in
-//! [`crate::lifecycle`].
+//! [`crate::lifecycle`], Checkpoint in [`crate::checkpoint`].
 
 use std::sync::Arc;
 
@@ -78,7 +78,8 @@ impl Service {
             return nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), signal)
                 .map_err(|source| ShimError::Signal { signal: req.signal, pid: p.pid, source });
         }
-        if p.exit().is_some() && !req.all {
+        // Not yet restored from its checkpoint, there is no process (runc says the same).
+        if (p.exit().is_some() && !req.all) || c.restore_from.is_some() {
             return Err(ShimError::Finished { id: req.id.clone(), exec_id: String::new() });
         }
         let rt = Runtime::new(&c.runtime.root);
@@ -181,7 +182,8 @@ impl Task for Service {
     }
 
     fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        Err(ShimError::CheckpointUnsupported { id: req.id }.into())
+        self.do_checkpoint(&req)?;
+        Ok(Empty::new())
     }
 
     fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {

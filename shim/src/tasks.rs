@@ -120,6 +120,9 @@ pub struct Container {
     /// No pid namespace of its own: the init's exit does not end the other processes.
     pub kill_all_on_exit: bool,
     pub hooks: Hooks,
+    /// Checkpoint images the init is restored from at Start (created with a checkpoint, as
+    /// runc's shim does it: no process exists until then).
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Which hooks of its config run at start and delete: those verbs then go through the
@@ -343,6 +346,7 @@ mod tests {
             rootfs_mount: None,
             kill_all_on_exit: false,
             hooks: Hooks::default(),
+            restore_from: None,
         }
     }
 
