@@ -44,13 +44,15 @@ impl Service {
         };
         let runner = Runner::new(&runtime, &req.id, &bundle);
         let done = match runner.checkpoint(&self.tasks.launch(), Path::new(&req.path), &work, &opts) {
-            Err(ShimError::Runtime { message, .. }) if own_work => {
-                // criu's log outlives its work directory, in the bundle (as runc's shim keeps it).
-                let log = bundle.join("criu-dump.log");
-                if let Err(e) = std::fs::copy(work.join("dump.log"), &log) {
-                    log::warn!("keep {}: {e}", work.join("dump.log").display());
-                }
-                Err(ShimError::CheckpointFailed { id: req.id.clone(), message, log })
+            Err(ShimError::Runtime { verb, id, message }) if own_work => {
+                // criu's log outlives its work directory, in the bundle (as runc's shim keeps
+                // it), and the error names it there.
+                let (dump_log, kept) = (work.join("dump.log"), bundle.join("criu-dump.log"));
+                let message = match std::fs::copy(&dump_log, &kept) {
+                    Ok(_) => message.replace(&*dump_log.to_string_lossy(), &kept.to_string_lossy()),
+                    Err(_) => message,
+                };
+                Err(ShimError::Runtime { verb, id, message })
             }
             other => other,
         };

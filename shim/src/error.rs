@@ -35,8 +35,6 @@ pub enum ShimError {
     Unmount { target: PathBuf, source: nix::Error },
     #[error("log uri {uri}: {reason}")]
     LogUri { uri: String, reason: String },
-    #[error("warren checkpoint {id}: {message} (criu's log: {log})")]
-    CheckpointFailed { id: String, message: String, log: PathBuf },
     #[error(transparent)]
     Container(#[from] warren::container::ContainerError),
     #[error(transparent)]
