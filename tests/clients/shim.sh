@@ -10,7 +10,8 @@
 # an OOM kill reported as /tasks/oom, the events of a task in containerd's
 # order, checkpoint and restore of a counting container (ctr c checkpoint
 # --task --rw, kill and remove, ctr c restore --live --rw: it counts on from
-# where it was), 20 containers of one org.warren.group served by one shim process, and
+# where it was), a checkpoint criu refuses (the task runs on), 20 containers
+# of one org.warren.group served by one shim process, and
 # kill -9 of that shim: containerd reports the tasks gone, and no cgroup,
 # mount, process or state of them is left. Prints "clients-shim: N passed, M failed".
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -282,6 +283,40 @@ else
 	wait_for 5 sh -c "! kill -0 $sp 2>/dev/null"
 	check "its shim (pid $sp) exited" sh -c "! kill -0 $sp 2>/dev/null"
 fi
+
+# 11c. a checkpoint criu refuses (an established TCP connection, without
+# open_tcp): ctr gets criu's reason in one line, the task runs on unharmed,
+# criu's log is kept in the bundle, and nothing else is left. The host's
+# network (--net-host): Warren leaves a new namespace's lo down.
+PORT=$((20000 + RANDOM % 20000))
+TCP="sleep 100000 | nc -l -p $PORT >/dev/null & sleep 0.3; sleep 100000 | nc 127.0.0.1 $PORT & $CNT"
+C run -d --net-host "${RT[@]}" "$IMG" ck2 sh -c "$TCP" </dev/null >/dev/null 2>&1
+if wait_for 10 status_is ck2 RUNNING && wait_for 10 at_least ck2 5; then
+	before=$(count_of ck2 c0)
+	out=$(C container checkpoint --task ck2 localhost/warren-checkpoint/ck2:1 2>&1)
+	rc=$?
+	if [ "$rc" != 0 ] && [ "$(wc -l <<<"$out")" = 1 ] && grep -q 'Connected TCP socket.*--tcp-established.*/ck2/criu-dump.log' <<<"$out"; then
+		ok "checkpoint of an established TCP connection: refused in one line with criu's reason and kept log"
+	else
+		bad "checkpoint of an established TCP connection (rc $rc): $(short "$out")"
+	fi
+	check "... ck2 still RUNNING (got '$(status ck2)')" status_is ck2 RUNNING
+	check "... and counting (past $before)" wait_for 5 at_least ck2 $((before + 2))
+	B=$D/state/io.containerd.runtime.v2.task/$NS/ck2
+	check "... criu's log kept as \$BUNDLE/criu-dump.log, its work dir gone" \
+		sh -c "grep -q 'Connected TCP socket' '$B/criu-dump.log' && [ ! -e '$B/work/criu-work' ]"
+	no_image() { ! C images ls -q 2>/dev/null | grep -q warren-checkpoint/ck2; }
+	check "... no checkpoint image" no_image
+	check "... no /tasks/checkpointed for ck2" [ -z "$(grep -F '/tasks/checkpointed {"container_id":"ck2"' "$EVENTS")" ]
+else
+	bad "checkpoint failure: ck2 not counting (status '$(status ck2)')"
+fi
+C task kill -s SIGKILL ck2 >/dev/null 2>&1
+wait_for 10 status_is ck2 STOPPED
+C task delete ck2 >/dev/null 2>&1
+C container delete ck2 >/dev/null 2>&1
+left=$(leftovers_of ck2 | tr '\n' ' ')
+check "nothing of ck2 left${left:+: $left}" [ -z "$left" ]
 
 # 12. grouping: 20 containers, one shim process
 ids=()
