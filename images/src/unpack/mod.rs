@@ -93,6 +93,7 @@ pub fn unpack_layer<R: Read>(
         whiteouts: HashSet::new(),
         dir_times: Vec::new(),
         stats: Default::default(),
+        buf: vec![0; COPY_BUF],
     };
     let mut archive = tar::Archive::new(input);
     for entry in archive.entries().map_err(|source| UnpackError::Tar { source })? {
@@ -112,7 +113,12 @@ struct Unpacker<'a> {
     /// Directory mtimes, set last: adding entries changes them.
     dir_times: Vec<(PathBuf, i64)>,
     stats: LayerStats,
+    /// File content passes through here (one buffer for the whole layer).
+    buf: Vec<u8>,
 }
+
+/// The copy buffer's size: large writes, allocated once per layer.
+const COPY_BUF: usize = 256 << 10;
 
 /// An entry's name for messages.
 fn show(raw: &[u8]) -> String {
@@ -175,7 +181,7 @@ impl Unpacker<'_> {
         let node = match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut f = LayerDir::create_file(fd, &file).map_err(io_err)?;
-                self.stats.bytes += copy_content(e, &mut f).map_err(io_err)?;
+                self.stats.bytes += copy_content(e, &mut f, &mut self.buf).map_err(io_err)?;
                 Kind::Other
             }
             EntryType::Directory => {
@@ -257,6 +263,11 @@ impl Unpacker<'_> {
     /// Creates the directories of canonical path `dir` that this layer does
     /// not have yet, with the attributes of the lower layer's directory.
     fn make_parents(&mut self, dir: &Path) -> io::Result<()> {
+        // A directory this layer has implies its ancestors (the common case:
+        // the next entry in the same directory).
+        if self.tree.get(dir).is_some_and(|n| n.layer == self.tree.layer()) {
+            return Ok(());
+        }
         let mut cur = PathBuf::new();
         for c in dir.iter() {
             let parent = cur.clone();
@@ -356,7 +367,7 @@ impl Unpacker<'_> {
             // The file is in a lower layer's directory: this layer gets a copy.
             Some((kind, layer)) => {
                 let src = self.lowers[layer].join(&old);
-                self.stats.bytes += copy_up(&src, fd, file).map_err(io_err)?;
+                self.stats.bytes += copy_up(&src, fd, file, &mut self.buf).map_err(io_err)?;
                 self.tree.insert(target, kind);
             }
         }
@@ -414,12 +425,11 @@ fn set_xattrs(fd: RawFd, name: &OsStr, xattrs: &Xattrs) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies a file's content in large blocks; returns the byte count.
-fn copy_content(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; 128 << 10];
+/// Copies a file's content in blocks of `buf`'s size; returns the byte count.
+fn copy_content(from: &mut impl Read, to: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        let n = match from.read(&mut buf) {
+        let n = match from.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -443,7 +453,7 @@ fn copy_dir_attrs(src: &Path, fd: RawFd, name: &OsStr, times: &mut Vec<(PathBuf,
 
 /// Copies the lower layer's file `src` (content, owner, mode, xattrs, mtime)
 /// to `name`, for a hard link whose target lives in a lower layer.
-fn copy_up(src: &Path, fd: RawFd, name: &OsStr) -> io::Result<u64> {
+fn copy_up(src: &Path, fd: RawFd, name: &OsStr, buf: &mut [u8]) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(src)?;
     let a = Attrs { mode: m.mode(), uid: m.uid(), gid: m.gid(), mtime: m.mtime() };
@@ -453,7 +463,7 @@ fn copy_up(src: &Path, fd: RawFd, name: &OsStr) -> io::Result<u64> {
         LayerDir::symlink(fd, name, &std::fs::read_link(src)?)?;
     } else if ft.is_file() {
         let mut to = LayerDir::create_file(fd, name)?;
-        n = copy_content(&mut std::fs::File::open(src)?, &mut to)?;
+        n = copy_content(&mut std::fs::File::open(src)?, &mut to, buf)?;
     } else {
         let kind = SFlag::from_bits_truncate(m.mode() & libc::S_IFMT);
         LayerDir::mknod(fd, name, kind, m.rdev())?;

@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io;
+use std::ops::Bound;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -53,10 +55,22 @@ enum Step {
     Up,
 }
 
+/// Canonical paths are keyed by their bytes: they are made of plain
+/// components joined by single slashes, so byte equality is path equality,
+/// and a byte compare is much cheaper than `Path`'s component-wise one
+/// (tens of thousands of lookups per layer).
 #[derive(Default)]
 pub struct Tree {
-    nodes: BTreeMap<PathBuf, Node>,
+    nodes: BTreeMap<Vec<u8>, Node>,
     layer: usize,
+}
+
+fn key(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+fn to_path(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(OsString::from_vec(bytes))
 }
 
 impl Tree {
@@ -74,12 +88,12 @@ impl Tree {
     }
 
     pub fn get(&self, path: &Path) -> Option<&Node> {
-        self.nodes.get(path)
+        self.nodes.get(key(path))
     }
 
     /// Whether a layer below the current one has something at `path`.
     pub fn exists_below(&self, path: &Path) -> bool {
-        self.nodes.get(path).is_some_and(|n| n.layer < self.layer || n.over_lower)
+        self.get(path).is_some_and(|n| n.layer < self.layer || n.over_lower)
     }
 
     /// An entry name as plain components: `./a/b/` is `a/b`; absolute names and
@@ -102,31 +116,42 @@ impl Tree {
     /// do not exist yet are kept as they are (they will be created).
     pub fn resolve_dir(&self, dir: &Path) -> Result<PathBuf, Refusal> {
         let mut pending: VecDeque<Step> = dir.iter().map(|c| Step::Name(c.to_owned())).collect();
-        let mut cur = PathBuf::new();
+        let mut cur: Vec<u8> = Vec::with_capacity(dir.as_os_str().len());
         let mut hops = 0;
         while let Some(step) = pending.pop_front() {
             let name = match step {
-                Step::Up if cur.pop() => continue,
-                Step::Up => return Err(Refusal::DotDot),
+                Step::Up if cur.is_empty() => return Err(Refusal::DotDot),
+                Step::Up => {
+                    cur.truncate(cur.iter().rposition(|b| *b == b'/').unwrap_or(0));
+                    continue;
+                }
                 Step::Name(n) => n,
             };
-            let next = cur.join(&name);
-            match self.nodes.get(&next).map(|n| &n.kind) {
-                None | Some(Kind::Dir) => cur = next,
-                Some(Kind::Other) => return Err(Refusal::NotADirectory { at: next }),
+            let len = cur.len();
+            if len > 0 {
+                cur.push(b'/');
+            }
+            cur.extend_from_slice(name.as_bytes());
+            match self.nodes.get(&cur).map(|n| &n.kind) {
+                None | Some(Kind::Dir) => {}
+                Some(Kind::Other) => return Err(Refusal::NotADirectory { at: to_path(cur) }),
                 Some(Kind::Symlink(target)) => {
                     hops += 1;
                     if hops > MAX_HOPS {
-                        return Err(Refusal::SymlinkLoop { link: next });
+                        return Err(Refusal::SymlinkLoop { link: to_path(cur) });
                     }
-                    let steps = symlink_steps(target, &cur).ok_or(Refusal::SymlinkEscape { link: next })?;
+                    let depth = if len == 0 { 0 } else { cur[..len].iter().filter(|b| **b == b'/').count() + 1 };
+                    let Some(steps) = symlink_steps(target, depth) else {
+                        return Err(Refusal::SymlinkEscape { link: to_path(cur) });
+                    };
+                    cur.truncate(len);
                     for s in steps.into_iter().rev() {
                         pending.push_front(s);
                     }
                 }
             }
         }
-        Ok(cur)
+        Ok(to_path(cur))
     }
 
     /// A clean entry path as (canonical parent dir, file name).
@@ -143,12 +168,13 @@ impl Tree {
         if kind != Kind::Dir {
             self.remove_below(&path, |_| true);
         }
-        self.nodes.insert(path, Node { kind, layer: self.layer, over_lower });
+        let node = Node { kind, layer: self.layer, over_lower };
+        self.nodes.insert(path.into_os_string().into_vec(), node);
     }
 
     /// Removes `path` and everything below it (a whiteout).
     pub fn remove(&mut self, path: &Path) {
-        self.nodes.remove(path);
+        self.nodes.remove(key(path));
         self.remove_below(path, |_| true);
     }
 
@@ -158,16 +184,24 @@ impl Tree {
         self.remove_below(dir, |n| n.layer < layer);
     }
 
+    /// Removes the nodes strictly below `dir` that `pred` picks: in byte
+    /// order, the paths that start with `dir/` are one contiguous range.
     fn remove_below(&mut self, dir: &Path, pred: impl Fn(&Node) -> bool) {
-        let doomed: Vec<PathBuf> = self
+        if dir.as_os_str().is_empty() {
+            self.nodes.retain(|k, n| k.is_empty() || !pred(n));
+            return;
+        }
+        let mut prefix = key(dir).to_vec();
+        prefix.push(b'/');
+        let doomed: Vec<Vec<u8>> = self
             .nodes
-            .range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded))
-            .take_while(|(p, _)| p.starts_with(dir))
-            .filter(|(p, n)| p.as_path() != dir && pred(n))
-            .map(|(p, _)| p.clone())
+            .range::<[u8], _>((Bound::Included(&prefix[..]), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, n)| pred(n))
+            .map(|(k, _)| k.clone())
             .collect();
-        for p in doomed {
-            self.nodes.remove(&p);
+        for k in doomed {
+            self.nodes.remove(&k);
         }
     }
 
@@ -203,10 +237,10 @@ impl Tree {
     }
 }
 
-/// A relative symlink target as steps taken from its directory; None for an
-/// absolute target, or one that climbs above the root from `dir`.
-fn symlink_steps(target: &Path, dir: &Path) -> Option<Vec<Step>> {
-    let mut depth = dir.components().count();
+/// A relative symlink target as steps taken from its directory, which is
+/// `depth` components below the root; None for an absolute target, or one
+/// that climbs above the root.
+fn symlink_steps(target: &Path, mut depth: usize) -> Option<Vec<Step>> {
     let mut steps = Vec::new();
     for c in target.components() {
         match c {
