@@ -216,9 +216,11 @@ t=$(grep -F '"container_id":"bg"' "$EVENTS" | grep -E '/tasks/(exec-added|exec-s
 check "events of exec e1 in order (exec-added exec-started exit): $t" in_order "/tasks/exec-added /tasks/exec-started /tasks/exit" "$t"
 
 # 11b. checkpoint and restore: a container that counts in memory (and writes
-# its count to a file) is checkpointed while it runs, killed and removed, and
-# restored under its own id from containerd's checkpoint image.
-CNT='i=0; while :; do i=$((i+1)); echo $i >/tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.2; done'
+# its count to a file, and holds one open) is checkpointed while it runs,
+# killed and removed, and restored under its own id from containerd's
+# checkpoint image: first without its rw layer (criu cannot find the open
+# file: the task stays created, and goes), then with it.
+CNT='exec 3>/tmp/held; i=0; while :; do i=$((i+1)); echo $i >/tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.2; done'
 CKREF=localhost/warren-checkpoint/ck1:1
 count_of() { C task exec --fifo-dir "$FIFO" --exec-id "$2" "$1" cat /tmp/n </dev/null 2>/dev/null; }
 at_least() { local n; n=$(count_of "$1" "w$RANDOM"); [ "${n:-0}" -ge "$2" ]; }
@@ -248,6 +250,23 @@ else
 	left=$(leftovers_of ck1 | tr '\n' ' ')
 	check "ck1 killed and removed before the restore${left:+ (left: $left)}" [ -z "$left$(status ck1)" ]
 
+	out=$(C container restore --live ck1 "$CKREF" </dev/null 2>&1)
+	rc=$?
+	if [ "$rc" != 0 ] && grep -q "^ctr: warren restore ck1: criu restore failed.*tmp/held" <<<"$out"; then
+		ok "ctr container restore --live without the rw layer: refused with criu's reason"
+	else
+		bad "ctr container restore --live without the rw layer (rc $rc): $(short "$out")"
+	fi
+	check "... the task stays CREATED (got '$(status ck1)')" status_is ck1 CREATED
+	t0=$SECONDS
+	C task delete ck1 >/dev/null 2>&1
+	dt=$((SECONDS - t0)) st=$(status ck1)
+	deleted_at_once() { [ -z "$st" ] && [ "$dt" -le 2 ]; }
+	check "... and is deleted at once (${dt} s; no process to wait for)${st:+, still $st}" deleted_at_once
+	C container delete ck1 >/dev/null 2>&1
+	left=$(leftovers_of ck1 | tr '\n' ' ')
+	check "... nothing of it left${left:+: $left}" [ -z "$left" ]
+
 	out=$(C container restore --live --rw ck1 "$CKREF" </dev/null 2>&1)
 	rc=$?
 	if [ "$rc" = 0 ] && wait_for 10 status_is ck1 RUNNING; then
@@ -269,8 +288,8 @@ else
 	check "the restored init's parent is a warren shim (pid $sp)" [ "$(readlink "/proc/$sp/exe")" = "$SHIM" ]
 	# The init's events (its execs' are left out).
 	t=$(grep -F '"container_id":"ck1"' "$EVENTS" | awk '$6 !~ /exec-/ && ($6 != "/tasks/exit" || /"id":"ck1"/) {print $6}' | xargs)
-	same "events of ck1: checkpointed between paused and resumed, the restore's create and start" \
-		"/tasks/create /tasks/start /tasks/paused /tasks/checkpointed /tasks/resumed /tasks/exit /tasks/delete /tasks/create /tasks/start" "$t"
+	same "events of ck1: checkpointed between paused and resumed; the failed restore's create and delete (no exit: no process); the restore's create and start" \
+		"/tasks/create /tasks/start /tasks/paused /tasks/checkpointed /tasks/resumed /tasks/exit /tasks/delete /tasks/create /tasks/delete /tasks/create /tasks/start" "$t"
 	C task kill -s SIGKILL ck1 >/dev/null 2>&1
 	check "the restored ck1 stops on SIGKILL (got '$(status ck1)')" wait_for 10 status_is ck1 STOPPED
 	C task delete ck1 >/dev/null 2>&1
