@@ -372,6 +372,28 @@ fn killed_import_leaves_nothing_to_trip_over() -> Result<()> {
 }
 
 #[test]
+fn import_progress_shows_only_on_a_terminal() -> Result<()> {
+    let t = Test::new("img_progress");
+    let im = Images::new(&t);
+    let layout = busybox().join("layout");
+    let out = im.import(&layout, "p:pipe")?;
+    ensure!(out.ok()?.stderr.is_empty(), "progress written to a pipe: {out}");
+    // script(1) runs the import on a pty and copies what it prints to stdout.
+    let cmd =
+        format!("'{}' image --store '{}' import --name p:tty '{}'", warren_bin().display(), im.store, layout.display());
+    let out = command("script").args(["-qec", &cmd, "/dev/null"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "script -c import: {text}");
+    let bar = text.split('\r').rfind(|l| l.starts_with("importing [")).unwrap_or("");
+    ensure!(bar.starts_with("importing [########################] 100%  "), "{text:?}");
+    ensure!(bar.contains(" MiB  ") && bar.ends_with(" MiB/s\x1b[K"), "{text:?}");
+    ensure!(text.contains("\np:tty sha256:"), "the result on its own line: {text:?}");
+    ensure!(im.names()? == ["p:pipe", "p:tty"], "{:?}", im.names()?);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
 fn bundle_with_a_plan_gets_its_resources() -> Result<()> {
     let t = Test::new("img_plan");
     let im = Images::new(&t);

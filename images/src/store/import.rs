@@ -162,6 +162,9 @@ impl Meter<'_> {
 
     /// `done` bytes read in all: reported when it crosses a step or ends.
     fn to(&mut self, done: u64) {
+        if done == self.done {
+            return;
+        }
         let before = self.done / PROGRESS_STEP;
         self.done = done;
         if self.done / PROGRESS_STEP != before || self.done == self.total {

@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use warren_images::bundle::{self, BundleOptions};
 use warren_images::spec::Volumes;
 use warren_images::store::{ImportOptions, Progress, Store, DEFAULT_STORE};
@@ -129,23 +129,63 @@ pub fn image(cmd: ImageCmd) -> Result<i32> {
 fn import(store: &Store, a: &ImportArgs) -> Result<i32> {
     let mut opts = ImportOptions { name: a.name.clone(), ..Default::default() };
     opts.select.refname = a.refname.clone();
-    let tty = std::io::stderr().is_terminal();
-    let start = Instant::now();
-    let mut show = |p: Progress| {
-        if tty {
-            let rate = p.done as f64 / start.elapsed().as_secs_f64().max(1e-3) / 1048576.0;
-            let (done, total) = (p.done as f64 / 1048576.0, p.total as f64 / 1048576.0);
-            eprint!("\rimporting {:.1}/{:.1} MiB, {rate:.1} MiB/s   ", done, total);
-            let _ = std::io::stderr().flush();
-        }
-    };
-    let record = store.import(&a.path, &opts, &mut show);
-    if tty {
-        eprintln!();
-    }
+    let mut bar = ProgressBar::new(std::io::stderr().is_terminal());
+    let record = store.import(&a.path, &opts, &mut |p| bar.update(p));
+    bar.finish();
     let record = record?;
     println!("{} {}", record.name(), record.digest());
     Ok(0)
+}
+
+/// Import progress on stderr when it is a terminal (nothing otherwise):
+/// redrawn at most every REDRAW, and always at the end.
+struct ProgressBar {
+    tty: bool,
+    start: Instant,
+    drawn: Option<Instant>,
+}
+
+const REDRAW: Duration = Duration::from_millis(100);
+
+impl ProgressBar {
+    fn new(tty: bool) -> Self {
+        ProgressBar { tty, start: Instant::now(), drawn: None }
+    }
+
+    fn update(&mut self, p: Progress) {
+        let now = Instant::now();
+        let due = self.drawn.is_none_or(|t| now - t >= REDRAW) || p.done >= p.total;
+        if self.tty && due {
+            let line = progress_line(p, now - self.start);
+            // \r back to the line's start, \x1b[K clears what a longer line left.
+            eprint!("\r{line}\x1b[K");
+            let _ = std::io::stderr().flush();
+            self.drawn = Some(now);
+        }
+    }
+
+    fn finish(&self) {
+        if self.drawn.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+/// `importing [#####-----]  50%  12.0/24.0 MiB  8.0 MiB/s`.
+fn progress_line(p: Progress, elapsed: Duration) -> String {
+    const WIDTH: u64 = 24;
+    let frac = if p.total == 0 { 1.0 } else { p.done.min(p.total) as f64 / p.total as f64 };
+    let full = (frac * WIDTH as f64) as u64;
+    let bar: String = (0..WIDTH).map(|i| if i < full { '#' } else { '-' }).collect();
+    let rate = p.done as f64 / elapsed.as_secs_f64().max(1e-3);
+    let mib = |b: f64| b / 1048576.0;
+    format!(
+        "importing [{bar}] {:3.0}%  {:.1}/{:.1} MiB  {:.1} MiB/s",
+        frac * 100.0,
+        mib(p.done as f64),
+        mib(p.total as f64),
+        mib(rate)
+    )
 }
 
 fn human(bytes: u64) -> String {
@@ -209,4 +249,36 @@ pub fn bundle(cmd: BundleCmd) -> Result<i32> {
         BundleCommand::Rm { dir } => bundle::remove(&store, &dir)?,
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_shows_bar_bytes_and_rate() {
+        let p = Progress { done: 12 << 20, total: 24 << 20 };
+        assert_eq!(
+            progress_line(p, Duration::from_millis(1500)),
+            "importing [############------------]  50%  12.0/24.0 MiB  8.0 MiB/s"
+        );
+        let end = Progress { done: 5 << 20, total: 5 << 20 };
+        assert!(progress_line(end, Duration::from_secs(1)).contains("[########################] 100%  5.0/5.0 MiB"));
+        let empty = Progress { done: 0, total: 0 };
+        assert!(progress_line(empty, Duration::ZERO).contains("100%  0.0/0.0 MiB  0.0 MiB/s"));
+    }
+
+    #[test]
+    fn progress_is_quiet_off_a_terminal_and_rate_limited_on_one() {
+        let mut quiet = ProgressBar::new(false);
+        quiet.update(Progress { done: 1, total: 1 });
+        assert!(quiet.drawn.is_none());
+        let mut bar = ProgressBar::new(true);
+        bar.update(Progress { done: 1, total: 10 });
+        let first = bar.drawn.expect("drawn");
+        bar.update(Progress { done: 2, total: 10 });
+        assert_eq!(bar.drawn, Some(first), "redrawn within {REDRAW:?}");
+        bar.update(Progress { done: 10, total: 10 });
+        assert_ne!(bar.drawn, Some(first), "the end is always drawn");
+    }
 }
