@@ -133,6 +133,15 @@ impl LayerDir {
         LayerDir::set_mtime(fd, name, a.mtime)
     }
 
+    /// [`LayerDir::set_attrs`] through the open file itself: no lookup by name.
+    pub fn set_file_attrs(f: &File, a: &Attrs) -> io::Result<()> {
+        let fd = f.as_raw_fd();
+        nix::unistd::fchown(fd, Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid))).map_err(to_io)?;
+        nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(a.mode & 0o7777)).map_err(to_io)?;
+        let t = TimeSpec::new(a.mtime, 0);
+        nix::sys::stat::futimens(fd, &t, &t).map_err(to_io)
+    }
+
     pub fn set_mtime(fd: RawFd, name: &OsStr, mtime: i64) -> io::Result<()> {
         let t = TimeSpec::new(mtime, 0);
         utimensat(Some(fd), name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(to_io)

@@ -178,10 +178,12 @@ impl Unpacker<'_> {
         let fd = self.out.dir(&parent).map_err(io_err)?;
         let was_whiteout = self.clear_slot(fd, &file, &target, kind.is_dir()).map_err(io_err)?;
         let fd = self.out.dir(&parent).map_err(io_err)?;
+        let mut written = None;
         let node = match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut f = LayerDir::create_file(fd, &file).map_err(io_err)?;
                 self.stats.bytes += copy_content(e, &mut f, &mut self.buf).map_err(io_err)?;
+                written = Some(f);
                 Kind::Other
             }
             EntryType::Directory => {
@@ -199,8 +201,10 @@ impl Unpacker<'_> {
             EntryType::Char | EntryType::Block | EntryType::Fifo => self.device(e, fd, &file, &name)?,
             other => return Err(UnpackError::EntryType { entry: name, kind: other.as_byte() }),
         };
-        let symlink = matches!(node, Kind::Symlink(_));
-        LayerDir::set_attrs(fd, &file, &attrs, symlink).map_err(io_err)?;
+        match &written {
+            Some(f) => LayerDir::set_file_attrs(f, &attrs).map_err(io_err)?,
+            None => LayerDir::set_attrs(fd, &file, &attrs, matches!(node, Kind::Symlink(_))).map_err(io_err)?,
+        }
         set_xattrs(fd, &file, &xattrs).map_err(io_err)?;
         if was_whiteout && node == Kind::Dir {
             set_opaque(fd, &file).map_err(io_err)?;
