@@ -196,3 +196,91 @@ impl Read for Pipe<'_, '_> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{gzip, zstd};
+    use std::sync::mpsc;
+
+    /// What came out of a feed: the bytes read through the pipe (the first
+    /// `keep` of them, the pipe then dropped), the pipe's error, the
+    /// feeder's findings and the last progress reported.
+    struct Run {
+        got: Vec<u8>,
+        failed: Option<io::Error>,
+        fed: Fed,
+        progress: u64,
+    }
+
+    fn run(blob: &[u8], c: Compression, keep: usize) -> Run {
+        let raw: BlobReader = HashingReader::new(Box::new(io::Cursor::new(blob.to_vec())));
+        let read = AtomicU64::new(0);
+        let (tx, rx) = mpsc::sync_channel(DEPTH);
+        let (pool, pool_rx) = mpsc::channel();
+        let (flush, _pings) = mpsc::sync_channel(1);
+        let mut progress = 0;
+        let mut report = |p: crate::store::Progress| progress = p.done;
+        let mut meter = Meter { done: 0, total: blob.len() as u64, report: &mut report };
+        let (got, failed, fed) = std::thread::scope(|s| {
+            let feeder = s.spawn(|| feed(raw, c, tx, pool_rx, &read));
+            let mut pipe = Pipe::new(rx, pool, &read, &mut meter, flush);
+            let mut got = Vec::new();
+            let _ = (&mut pipe).take(keep as u64).read_to_end(&mut got);
+            let failed = pipe.failed.take();
+            drop(pipe);
+            (got, failed, feeder.join().unwrap())
+        });
+        Run { got, failed, fed, progress }
+    }
+
+    /// Varied bytes, more blocks than the pipe and the reader hold, so that
+    /// a reader hanging up after the first finds the feeder still going.
+    fn data() -> Vec<u8> {
+        (0..((DEPTH + 2) * BLOCK + 12345) as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    }
+
+    #[test]
+    fn compressed_streams_are_passed_on_whole_and_hashed_on_both_sides() {
+        let tar = data();
+        for (blob, c, format) in [(gzip(&tar), Compression::Gzip, "gzip"), (zstd(&tar), Compression::Sniff, "zstd")] {
+            let r = run(&blob, c, usize::MAX);
+            assert!(r.got == tar, "{format}: the stream differs");
+            assert!(r.failed.is_none(), "{format}: {:?}", r.failed);
+            assert_eq!(r.fed.format, format);
+            assert_eq!(r.fed.blob.unwrap(), Digest::of(&blob));
+            assert_eq!(r.fed.diff, Some(Digest::of(&tar)));
+            assert_eq!(r.progress, blob.len() as u64);
+        }
+    }
+
+    #[test]
+    fn an_uncompressed_blob_is_its_own_diff_id() {
+        let tar = data();
+        let r = run(&tar, Compression::Sniff, usize::MAX);
+        assert!(r.got == tar && r.failed.is_none());
+        assert_eq!(r.fed.format, "tar");
+        assert_eq!(r.fed.blob.unwrap(), Digest::of(&tar));
+        assert_eq!(r.fed.diff, Some(Digest::of(&tar)));
+    }
+
+    #[test]
+    fn a_broken_stream_reaches_the_reader_as_its_own_error() {
+        let mut gz = gzip(&data());
+        gz.truncate(gz.len() - 100);
+        let r = run(&gz, Compression::Gzip, usize::MAX);
+        assert!(r.failed.is_some(), "truncated gzip read whole");
+        assert_eq!(r.fed.diff, None);
+        assert_eq!(r.fed.blob.unwrap(), Digest::of(&gz), "the blob is hashed to its end");
+    }
+
+    #[test]
+    fn a_reader_that_hangs_up_still_gets_the_whole_blob_hashed() {
+        let tar = data();
+        let gz = gzip(&tar);
+        let r = run(&gz, Compression::Gzip, 1000);
+        assert_eq!(r.got, tar[..1000]);
+        assert_eq!(r.fed.diff, None, "a stream not read to its end has no diff id");
+        assert_eq!(r.fed.blob.unwrap(), Digest::of(&gz));
+    }
+}
