@@ -90,8 +90,9 @@ pub enum Stdio {
     Inherit(String),
     /// "tty[RDEV:DEV]" (hex): the container's terminal; a new pty at restore.
     Tty(String),
-    /// "file[MNT_ID:INODE]" (hex): a file outside the container; the restorer's fd at restore.
-    File(String),
+    /// "file[MNT_ID:INODE]" (hex): a file outside the container, and for a regular file its
+    /// size at the dump (CRIU checks it at restore); the restorer's fd at restore.
+    File(String, Option<u64>),
 }
 
 impl Stdio {
@@ -117,12 +118,12 @@ impl Stdio {
         }
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
         let mnt_id: u64 = info.lines().find_map(|l| l.strip_prefix("mnt_id:"))?.trim().parse().ok()?;
-        Some(Stdio::File(format!("file[{mnt_id:x}:{:x}]", meta.ino())))
+        Some(Stdio::File(format!("file[{mnt_id:x}:{:x}]", meta.ino()), meta.is_file().then_some(meta.len())))
     }
 
     fn dump_external(&self) -> Option<String> {
         match self {
-            Stdio::Tty(key) | Stdio::File(key) => Some(key.clone()),
+            Stdio::Tty(key) | Stdio::File(key, _) => Some(key.clone()),
             Stdio::Inherit(_) => None,
         }
     }

@@ -20,6 +20,11 @@ pub struct RestoreOptions {
     pub pid_file: Option<PathBuf>,
     pub console: Option<ConsoleTarget>,
     pub no_pivot: bool,
+    /// The checkpoint comes from another host, where what the init's stdio was connected to
+    /// stayed: pipes, sockets and devices become /dev/null, and an outside regular file a new
+    /// file of its size (CRIU checks it) in the container's state directory, where output
+    /// goes on.
+    pub moved: bool,
     pub common: CriuCommon,
 }
 
@@ -49,7 +54,8 @@ impl Runtime {
         prepare_cgroup(&cgroup, &bundle.spec)?;
         crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
-        let inherited = inherit_fds(&info, opts.console.as_ref())?;
+        let stand_in_dir = opts.moved.then(|| self.dir(&opts.id));
+        let inherited = inherit_fds(&info, opts.console.as_ref(), stand_in_dir.as_deref())?;
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);
         let plan = RestorePlan {
@@ -104,17 +110,35 @@ struct Inherited {
     console: Option<PathBuf>,
 }
 
-/// What replaces the checkpoint's stdio. Pipes, sockets and
-/// outside files become our own fd of the same number; a terminal becomes the slave of a new
-/// pty whose master goes to the console socket.
-fn inherit_fds(info: &CheckpointInfo, console: Option<&ConsoleTarget>) -> Result<Inherited, ContainerError> {
-    let mut inherit = Vec::new();
+/// What replaces the checkpoint's stdio. Pipes, sockets and outside files become our own fd
+/// of the same number, or for a moved container stand-ins (see [`RestoreOptions::moved`]) made
+/// in `stand_ins`; a terminal becomes the slave of a new pty whose master goes to the console
+/// socket.
+fn inherit_fds(
+    info: &CheckpointInfo,
+    console: Option<&ConsoleTarget>,
+    stand_ins: Option<&Path>,
+) -> Result<Inherited, ContainerError> {
+    let mut inherit: Vec<(i32, String)> = Vec::new();
     let mut keep = Vec::new();
     let mut console_path = None;
     for (fd, stdio) in (0..).zip(&info.stdio) {
-        match stdio {
-            Some(Stdio::Inherit(key) | Stdio::File(key)) => inherit.push((fd, key.clone())),
-            Some(Stdio::Tty(key)) if !inherit.iter().any(|(_, k)| k == key) => {
+        let seen = |key: &String| inherit.iter().any(|(_, k)| k == key);
+        match (stdio, stand_ins) {
+            (Some(Stdio::Inherit(key) | Stdio::File(key, _)), Some(_)) if seen(key) => {}
+            // A device (/dev/null, say) is /dev/null here.
+            (Some(Stdio::Inherit(key) | Stdio::File(key, None)), Some(_)) => {
+                let dev_null = open_inheritable(Path::new("/dev/null"), None)?;
+                inherit.push((dev_null.as_raw_fd(), key.clone()));
+                keep.push(dev_null);
+            }
+            (Some(Stdio::File(key, Some(size))), Some(dir)) => {
+                let file = open_inheritable(&dir.join(format!("stdio-{fd}")), Some(*size))?;
+                inherit.push((file.as_raw_fd(), key.clone()));
+                keep.push(file);
+            }
+            (Some(Stdio::Inherit(key) | Stdio::File(key, _)), None) => inherit.push((fd, key.clone())),
+            (Some(Stdio::Tty(key)), _) if !seen(key) => {
                 let socket = connect_console(console)?.ok_or(ContainerError::NoConsoleSocket { id: String::new() })?;
                 let (slave, path) = crate::console::create(socket.as_raw_fd(), None)?;
                 console_path = Some(path);
@@ -127,6 +151,18 @@ fn inherit_fds(info: &CheckpointInfo, console: Option<&ConsoleTarget>) -> Result
         }
     }
     Ok(Inherited { pairs: inherit, _fds: keep, console: console_path })
+}
+
+/// `path` opened read-write across criu's exec; with a size, a new file of that size.
+fn open_inheritable(path: &Path, size: Option<u64>) -> Result<OwnedFd, ContainerError> {
+    let io = |source| ContainerError::Io { path: path.into(), source };
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(size.is_some()).open(path).map_err(io)?;
+    if let Some(size) = size {
+        file.set_len(size).map_err(io)?;
+    }
+    let fd = OwnedFd::from(file);
+    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(io)?;
+    Ok(fd)
 }
 
 /// Each cgroup mount declared external at the dump, from the new cgroup's directory.

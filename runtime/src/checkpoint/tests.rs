@@ -19,7 +19,11 @@ fn dump_declares_binds_and_outside_stdio_as_external() {
         common: CriuCommon { tcp_established: true, manage_cgroups_mode: Some("full".into()), ..Default::default() },
         ..Default::default()
     };
-    let stdio = [Stdio::Inherit("pipe[7]".into()), Stdio::File("file[18:3]".into()), Stdio::Tty("tty[8800:16]".into())];
+    let stdio = [
+        Stdio::Inherit("pipe[7]".into()),
+        Stdio::File("file[18:3]".into(), Some(0)),
+        Stdio::Tty("tty[8800:16]".into()),
+    ];
     let args = dump_args(42, &opts, &stdio, &[PathBuf::from("/data")], Some("/cg/freezer/c".as_ref()));
     assert!(has(&args, &["dump", "--tree", "42", "--images-dir", "/img", "--work-dir", "/img"]), "{args:?}");
     for seq in [
@@ -93,5 +97,5 @@ fn stdio_of_a_process_as_criu_names_it() {
     let inode = inode.to_string_lossy().trim_start_matches("pipe:[").trim_end_matches(']').to_string();
     assert_eq!(Stdio::of(me, r.as_raw_fd()), Some(Stdio::Inherit(format!("pipe[{inode}]"))));
     let file = std::fs::File::open("/dev/null").unwrap();
-    assert!(matches!(Stdio::of(me, file.as_raw_fd()), Some(Stdio::File(k)) if k.starts_with("file[")));
+    assert!(matches!(Stdio::of(me, file.as_raw_fd()), Some(Stdio::File(k, _)) if k.starts_with("file[")));
 }

@@ -50,6 +50,7 @@ pub fn restore(rt: &Runtime, a: &RestoreArgs, criu: Option<&Path>) -> Result<i32
         pid_file: a.pid_file.clone(),
         console: target.or_else(|| a.console_socket.clone().map(ConsoleTarget::Socket)),
         no_pivot: a.no_pivot,
+        moved: false,
         common: common(&a.criu, criu),
     };
     let restored = rt.restore(&opts, bundle)?;
