@@ -9,6 +9,7 @@ pub mod events;
 pub mod features;
 pub mod hooks;
 pub mod init;
+pub mod migrate;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;

@@ -74,6 +74,8 @@ pub enum Command {
     Image(crate::image_cmd::ImageCmd),
     /// Bundles made from images: create, rm
     Bundle(crate::image_cmd::BundleCmd),
+    /// Move a running container to another host (send), or take one (receive)
+    Migrate(crate::migrate_cmd::MigrateCmd),
     /// Print the features this runtime implements (runtime-spec features.md)
     Features,
     /// Internal: the container side of create and exec

@@ -40,6 +40,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Events(a) => events_cmd::events(&rt, &a),
         Command::Checkpoint(a) => checkpoint_cmd::checkpoint(&rt, &a, criu.as_deref()),
         Command::Restore(a) => checkpoint_cmd::restore(&rt, &a, criu.as_deref()),
+        Command::Migrate(a) => crate::migrate_cmd::migrate(&rt, &cli.root, &a, criu.as_deref()),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&warren::features::features())?);
             Ok(0)

@@ -6,6 +6,7 @@ mod commands;
 mod events_cmd;
 mod image_cmd;
 mod logging;
+mod migrate_cmd;
 mod plan_cmd;
 
 use clap::Parser;

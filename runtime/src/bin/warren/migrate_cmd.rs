@@ -1,0 +1,172 @@
+//! `warren migrate send|receive`: cold migration of a running container to another host.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use warren::checkpoint::CriuCommon;
+use warren::container::Runtime;
+use warren::migrate::{self, ReceiveOptions, SendOptions};
+use warren_images::store::DEFAULT_STORE;
+
+use crate::cli::OutputFormat;
+
+#[derive(Args, Debug)]
+pub struct MigrateCmd {
+    /// Directory of the image store (layers the target has are not sent)
+    #[arg(long, global = true, default_value = DEFAULT_STORE)]
+    pub store: PathBuf,
+    /// Where dumps are kept while they travel (default: beside --root, e.g. /run/warren-migrate)
+    #[arg(long, global = true)]
+    pub work: Option<PathBuf>,
+    /// Seconds either end waits for the other before it gives up
+    #[arg(long, global = true, default_value_t = migrate::DEFAULT_TIMEOUT.as_secs())]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: MigrateCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateCommand {
+    /// Move a running container to the host whose `migrate receive` listens at TARGET
+    Send(SendArgs),
+    /// Take containers that `migrate send` moves here
+    Receive(ReceiveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Keep established TCP connections across the move
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Allow external unix sockets
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// Handle file locks
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    /// Print the figures as text or as one JSON object
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    pub id: String,
+    /// HOST:PORT of the target's `migrate receive`
+    pub target: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiveArgs {
+    /// Address to listen on, HOST:PORT (port 0: any free port, printed)
+    #[arg(long)]
+    pub listen: String,
+    /// Directory the received bundles are made in, one per container id
+    #[arg(long, default_value = "/var/lib/warren/containers")]
+    pub bundles: PathBuf,
+    /// Unix socket that receives the new pty master of a container with a terminal
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Take one migration, then exit with its status
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub fn migrate(rt: &Runtime, root: &Path, cmd: &MigrateCmd, criu: Option<&Path>) -> Result<i32> {
+    let work = cmd.work.clone().unwrap_or_else(|| migrate::default_work_dir(root));
+    let timeout = Duration::from_secs(cmd.timeout.max(1));
+    match &cmd.command {
+        MigrateCommand::Send(a) => send(rt, cmd, a, work, timeout, criu),
+        MigrateCommand::Receive(a) => receive(rt, cmd, a, work, timeout, criu),
+    }
+}
+
+fn send(
+    rt: &Runtime,
+    cmd: &MigrateCmd,
+    a: &SendArgs,
+    work: PathBuf,
+    timeout: Duration,
+    criu: Option<&Path>,
+) -> Result<i32> {
+    let opts = SendOptions {
+        target: a.target.clone(),
+        store: cmd.store.clone(),
+        work,
+        criu: CriuCommon {
+            tcp_established: a.tcp_established,
+            ext_unix_sk: a.ext_unix_sk,
+            file_locks: a.file_locks,
+            criu: criu.map(Path::to_path_buf),
+            ..Default::default()
+        },
+        timeout,
+        progress: true,
+    };
+    let r = rt.migrate_send(&a.id, &opts)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if a.format == OutputFormat::Json {
+        let json = serde_json::json!({
+            "id": a.id, "target": a.target, "target_pid": r.target_pid,
+            "frozen_ms": ms(r.frozen), "dump_ms": ms(r.dump), "restore_ms": ms(r.restore), "total_ms": ms(r.total),
+            "bytes": r.bytes, "wire_bytes": r.wire_bytes,
+        });
+        println!("{json}");
+    } else {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "migrated {} to {}: frozen {:.0} ms (dump {:.0} ms, restore {:.0} ms), total {:.0} ms, {:.1} MiB sent as {:.1} MiB",
+            a.id,
+            a.target,
+            ms(r.frozen),
+            ms(r.dump),
+            ms(r.restore),
+            ms(r.total),
+            mib(r.bytes),
+            mib(r.wire_bytes)
+        );
+    }
+    Ok(0)
+}
+
+fn receive(
+    rt: &Runtime,
+    cmd: &MigrateCmd,
+    a: &ReceiveArgs,
+    work: PathBuf,
+    timeout: Duration,
+    criu: Option<&Path>,
+) -> Result<i32> {
+    let listener = migrate::listen(&a.listen)?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let opts = ReceiveOptions {
+        store: cmd.store.clone(),
+        bundles: std::path::absolute(&a.bundles)?,
+        work,
+        console_socket: a.console_socket.clone(),
+        criu: criu.map(Path::to_path_buf),
+        timeout,
+    };
+    for conn in listener.incoming() {
+        let result = conn.map_err(anyhow::Error::from).and_then(|s| Ok(rt.migrate_receive(s, &opts)?));
+        match result {
+            Ok(r) => {
+                println!(
+                    "received {} from {}: running as pid {} ({} layers received, restore {} ms)",
+                    r.id,
+                    r.from,
+                    r.pid,
+                    r.layers_received,
+                    r.restore.as_millis()
+                );
+                std::io::stdout().flush()?;
+            }
+            Err(e) if a.once => return Err(e),
+            Err(e) => eprintln!("warren migrate receive: {}", crate::one_line(&e)),
+        }
+        if a.once {
+            break;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,100 @@
+//! Cold migration of a running container to another host: freeze and dump on the source,
+//! stream the dump, the rootfs changes and the config to the target, restore there, and only
+//! when the target reports the container running is it deleted on the source.
+//!
+//! Nothing is lost on the way. The source dumps with the container paused and left so
+//! (CRIU keeps a frozen cgroup frozen), so any failure before the target's "running" (a cut
+//! connection, a digest mismatch, a refused restore, a timeout) ends with the container resumed
+//! where it was, its memory and connections untouched. The target undoes everything it made
+//! for the container when anything fails there. See `wire` for the stream.
+
+mod receive;
+mod send;
+mod wire;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::container::ContainerError;
+
+pub use receive::{listen, ReceiveOptions, ReceiveReport};
+pub use send::{SendOptions, SendReport};
+pub use wire::Part;
+
+/// How long either end waits for the other before it gives up (and rolls back).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Store(#[from] warren_images::store::StoreError),
+    #[error(transparent)]
+    Bundle(#[from] warren_images::bundle::BundleError),
+    #[error(transparent)]
+    Transfer(#[from] warren_images::transfer::TransferError),
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("migration stream with {peer}: {source}")]
+    Stream { peer: String, source: std::io::Error },
+    #[error("migration stream from {peer} ended early (truncated)")]
+    Truncated { peer: String },
+    #[error("migration stream with {peer}: no answer within the timeout")]
+    Timeout { peer: String },
+    #[error("{peer} did not send a Warren migration stream")]
+    NotMigrationStream { peer: String },
+    #[error("migration stream from {peer}: unknown frame type {tag}")]
+    BadFrame { peer: String, tag: u8 },
+    #[error("migration stream from {peer}: frame of {len} bytes is too large")]
+    FrameTooLarge { peer: String, len: usize },
+    #[error("migration stream from {peer}: got {got} where {want} was due")]
+    Unexpected { peer: String, got: String, want: String },
+    #[error("migration stream from {peer}: bad {what} message: {source}")]
+    BadMessage { peer: String, what: String, source: serde_json::Error },
+    #[error("migration stream: part name {name:?} would lie outside its directory")]
+    BadPartName { name: String },
+    #[error("migration stream: part {part:?} does not decompress")]
+    BadChunk { part: Part },
+    #[error("migration stream: part {part:?} has sha256 {actual}, its sender says {expected}")]
+    DigestMismatch { part: Part, expected: warren_images::digest::Digest, actual: warren_images::digest::Digest },
+    #[error("migration stream: manifest and parts differ at {part:?}: {reason}")]
+    Manifest { part: Part, reason: &'static str },
+    #[error("migration stream: part {part:?} was not asked for or comes twice")]
+    UnwantedPart { part: Part },
+    #[error("migration stream: no {part:?} part before the manifest")]
+    MissingPart { part: Part },
+    #[error("migration stream: part {part:?} is not valid JSON: {source}")]
+    BadConfig { part: Part, source: serde_json::Error },
+    #[error("writing part {part:?}: {source}")]
+    Spool { part: Part, source: std::io::Error },
+    #[error("zstd: {source}")]
+    Zstd { source: std::io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the target refused the container: {reason}")]
+    Refused { reason: String },
+    #[error("the target failed to restore the container: {reason}")]
+    TargetFailed { reason: String },
+    #[error("container {id} is {status}: only a running container can migrate")]
+    NotRunning { id: String, status: crate::state::Status },
+    #[error("{cause}; container {id} is running here again")]
+    RolledBack { id: String, cause: Box<MigrateError> },
+    #[error("container {id} runs on the target now (pid {target_pid}), but removing its copy here failed: {cause}")]
+    SourceLeftovers { id: String, target_pid: i32, cause: Box<MigrateError> },
+    #[error("{cause}; and resuming container {id} here failed too: {resume}")]
+    RollbackFailed { id: String, cause: Box<MigrateError>, resume: Box<ContainerError> },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MigrateError + '_ {
+    move |source| MigrateError::Io { path: path.to_path_buf(), source }
+}
+
+/// Where a runtime root's migrations keep their dumps: beside the root (on the same tmpfs
+/// when the root is /run/warren), one directory per container.
+pub fn default_work_dir(root: &Path) -> PathBuf {
+    let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "warren".into());
+    root.with_file_name(format!("{name}-migrate"))
+}

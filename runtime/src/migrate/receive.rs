@@ -1,0 +1,309 @@
+//! The target side: accept or refuse, take the parts (each checked against its digest before
+//! it is used), make the bundle, restore, report. On any failure everything made here for
+//! the container goes again.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use warren_images::digest::Digest;
+use warren_images::store::{Receiving, Store};
+
+use super::wire::{Answer, Hello, Incoming, Outcome, Part, RootfsOffer, TargetEnd};
+use super::{io_err, MigrateError};
+use crate::checkpoint::{CriuCommon, RestoreOptions};
+use crate::container::{ConsoleTarget, Runtime};
+
+pub struct ReceiveOptions {
+    /// This host's image store: layers it has are not sent again.
+    pub store: PathBuf,
+    /// Received bundles are made as BUNDLES/ID.
+    pub bundles: PathBuf,
+    /// Where parts are spooled until restored (see [`super::default_work_dir`]).
+    pub work: PathBuf,
+    /// For a container with a terminal: the unix socket its new pty master goes to.
+    pub console_socket: Option<PathBuf>,
+    pub criu: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ReceiveReport {
+    pub id: String,
+    pub pid: i32,
+    pub from: String,
+    pub layers_received: usize,
+    pub restore: Duration,
+}
+
+/// Binds the listening socket (a port of 0 picks one; `local_addr` tells it).
+pub fn listen(addr: &str) -> Result<TcpListener, MigrateError> {
+    TcpListener::bind(addr).map_err(|source| MigrateError::Listen { addr: addr.into(), source })
+}
+
+/// What this host made for an incoming container, undone unless the restore is reported.
+struct Made<'a> {
+    rt: &'a Runtime,
+    store: &'a Store,
+    /// Keeps the image's layers (present and received) from collection until it is recorded.
+    lease: Option<Receiving<'a>>,
+    staging: PathBuf,
+    bundle: Option<(PathBuf, bool)>,
+    image_added: Option<String>,
+    container: Option<String>,
+}
+
+impl Drop for Made<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.container.take() {
+            let _ = self.rt.delete(&id, true);
+        }
+        match self.bundle.take() {
+            Some((dir, true)) => {
+                let _ = warren_images::bundle::remove(self.store, &dir);
+            }
+            Some((dir, false)) => {
+                let _ = warren_images::bundle::remove_plain(&dir);
+            }
+            None => {}
+        }
+        // Without a record, the layers it brought go with the lease; with one, with the record.
+        drop(self.lease.take());
+        if let Some(name) = self.image_added.take() {
+            let _ = self.store.remove(&name);
+        }
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// What arrived before the manifest.
+#[derive(Default)]
+struct Received {
+    image_config: Option<Vec<u8>>,
+    config: Option<Vec<u8>>,
+    rootfs_tar: Option<PathBuf>,
+    layers: usize,
+}
+
+impl Runtime {
+    /// Takes one migration on `stream`; the container runs here when this returns Ok.
+    pub fn migrate_receive(&self, stream: TcpStream, opts: &ReceiveOptions) -> Result<ReceiveReport, MigrateError> {
+        let err = |source| MigrateError::Stream { peer: "source".into(), source };
+        stream.set_read_timeout(Some(opts.timeout)).map_err(err)?;
+        stream.set_write_timeout(Some(opts.timeout)).map_err(err)?;
+        let mut end = TargetEnd::new(stream)?;
+        let hello = end.read_hello()?;
+        let store = Store::open(&opts.store)?;
+        let staging = opts.work.join(&hello.id);
+        let bundle_dir = opts.bundles.join(&hello.id);
+        let (missing, lease) = match self.admit(&hello, &store, &staging, &bundle_dir) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                end.answer(&Answer::Refuse { reason: reason.clone() })?;
+                return Err(MigrateError::Refused { reason });
+            }
+        };
+        let mut made =
+            Made { rt: self, store: &store, lease, staging, bundle: None, image_added: None, container: None };
+        std::fs::create_dir_all(made.staging.join("criu")).map_err(io_err(&made.staging))?;
+        end.answer(&Answer::Accept { missing_layers: missing.clone() })?;
+        let result = self.take_container(&mut end, &hello, &missing, &mut made, opts);
+        match result {
+            Ok((pid, restore, layers)) => {
+                let outcome = Outcome::Running { pid, restore_ms: restore.as_millis() as u64 };
+                // Unreported, the source resumes its copy: this one must not run as well.
+                end.report(&outcome)?;
+                made.container = None;
+                made.bundle = None;
+                made.image_added = None;
+                Ok(ReceiveReport { id: hello.id, pid, from: end.peer().into(), layers_received: layers, restore })
+            }
+            Err(e) => {
+                let _ = end.report(&Outcome::Failed { reason: e.to_string() });
+                Err(e)
+            }
+        }
+    }
+
+    /// Why the container cannot come here, if it cannot; else the layers this host lacks, and
+    /// the lease that keeps the image's layers while it comes.
+    fn admit<'s>(
+        &self,
+        hello: &Hello,
+        store: &'s Store,
+        staging: &Path,
+        bundle: &Path,
+    ) -> Result<(Vec<Digest>, Option<Receiving<'s>>), String> {
+        crate::spec::validate_id(&hello.id).map_err(|e| e.to_string())?;
+        if self.dir(&hello.id).exists() {
+            return Err(format!("container {} already exists on this host", hello.id));
+        }
+        for (what, path) in [("bundle", bundle), ("staging directory", staging)] {
+            if path.exists() {
+                return Err(format!("{what} {} already exists on this host", path.display()));
+            }
+        }
+        match &hello.rootfs {
+            RootfsOffer::Image(image) => {
+                let lease = store.begin_receive(image).map_err(|e| e.to_string())?;
+                let missing = lease.missing_layers().map_err(|e| e.to_string())?;
+                Ok((missing, Some(lease)))
+            }
+            RootfsOffer::Plain => Ok((Vec::new(), None)),
+        }
+    }
+
+    /// Parts, bundle, restore: (init pid, restore time, layers received).
+    fn take_container(
+        &self,
+        end: &mut TargetEnd,
+        hello: &Hello,
+        missing: &[Digest],
+        made: &mut Made<'_>,
+        opts: &ReceiveOptions,
+    ) -> Result<(i32, Duration, usize), MigrateError> {
+        let got = receive_parts(end, hello, missing, made)?;
+        let config = got.config.ok_or(MigrateError::MissingPart { part: Part::Config })?;
+        let config = bundle_config(&config)?;
+        let rootfs_tar = got.rootfs_tar.ok_or(MigrateError::MissingPart {
+            part: if matches!(hello.rootfs, RootfsOffer::Image(_)) { Part::Upper } else { Part::Rootfs },
+        })?;
+        let bundle_dir = opts.bundles.join(&hello.id);
+        std::fs::create_dir_all(&opts.bundles).map_err(io_err(&opts.bundles))?;
+        let tar = File::open(&rootfs_tar).map_err(io_err(&rootfs_tar))?;
+        match &hello.rootfs {
+            RootfsOffer::Image(image) => {
+                let blob = got.image_config.ok_or(MigrateError::MissingPart { part: Part::ImageConfig })?;
+                let lease = made.lease.as_mut().ok_or(MigrateError::UnwantedPart { part: Part::ImageConfig })?;
+                if lease.receive_image(&blob)? {
+                    made.image_added = Some(image.name.clone());
+                }
+                made.bundle = Some((bundle_dir.clone(), true));
+                warren_images::bundle::receive(made.store, &bundle_dir, &image.name, &config, tar)?;
+            }
+            RootfsOffer::Plain => {
+                made.bundle = Some((bundle_dir.clone(), false));
+                warren_images::bundle::receive_plain(&bundle_dir, &config, tar)?;
+            }
+        }
+        let _ = std::fs::remove_file(&rootfs_tar);
+        let restore = RestoreOptions {
+            id: hello.id.clone(),
+            image_path: made.staging.join("criu"),
+            work_path: Some(made.staging.clone()),
+            pid_file: None,
+            console: opts.console_socket.clone().map(ConsoleTarget::Socket),
+            no_pivot: false,
+            moved: true,
+            common: CriuCommon {
+                tcp_established: hello.criu.tcp_established,
+                ext_unix_sk: hello.criu.ext_unix_sk,
+                file_locks: hello.criu.file_locks,
+                criu: opts.criu.clone(),
+                ..Default::default()
+            },
+        };
+        let t = Instant::now();
+        let bundle = crate::spec::Bundle::load(&bundle_dir).map_err(crate::container::ContainerError::from)?;
+        let restored = self.restore(&restore, bundle)?;
+        made.container = Some(hello.id.clone());
+        Ok((restored.pid, t.elapsed(), got.layers))
+    }
+}
+
+/// Reads parts until the manifest, applying layers as they come (each verified first).
+fn receive_parts(
+    end: &mut TargetEnd,
+    hello: &Hello,
+    missing: &[Digest],
+    made: &mut Made<'_>,
+) -> Result<Received, MigrateError> {
+    let mut got = Received::default();
+    let mut pending: Vec<&Digest> = missing.iter().collect();
+    loop {
+        let part = match end.next()? {
+            Incoming::Manifest(m) => {
+                end.check_manifest(&m)?;
+                if let Some(layer) = pending.first() {
+                    return Err(MigrateError::MissingPart { part: Part::Layer((*layer).clone()) });
+                }
+                return Ok(got);
+            }
+            Incoming::Part(p) => p,
+        };
+        let unwanted = || MigrateError::UnwantedPart { part: part.clone() };
+        match &part {
+            Part::Layer(chain) => {
+                let (RootfsOffer::Image(image), Some(lease)) = (&hello.rootfs, made.lease.as_mut()) else {
+                    return Err(unwanted());
+                };
+                // Bottom first, each once: what lies below a layer is already here.
+                if pending.first() != Some(&chain) {
+                    return Err(unwanted());
+                }
+                pending.remove(0);
+                let path = made.staging.join("layer.tar");
+                spool(end, &part, &path)?;
+                receive_layer(lease, image, chain, &path)?;
+                got.layers += 1;
+            }
+            Part::ImageConfig | Part::Config => {
+                let mut buf = Vec::new();
+                end.receive_part(&part, &mut buf)?;
+                let slot = if part == Part::Config { &mut got.config } else { &mut got.image_config };
+                if slot.replace(buf).is_some() {
+                    return Err(unwanted());
+                }
+            }
+            Part::Upper | Part::Rootfs => {
+                let image = matches!(hello.rootfs, RootfsOffer::Image(_));
+                if got.rootfs_tar.is_some() || image != (part == Part::Upper) {
+                    return Err(unwanted());
+                }
+                let path = made.staging.join("rootfs.tar");
+                spool(end, &part, &path)?;
+                got.rootfs_tar = Some(path);
+            }
+            Part::Criu(name) => spool(end, &part, &made.staging.join("criu").join(name))?,
+        }
+    }
+}
+
+/// Writes a part to a new file (a name that comes twice is refused by `create_new`).
+fn spool(end: &mut TargetEnd, part: &Part, path: &Path) -> Result<(), MigrateError> {
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            MigrateError::UnwantedPart { part: part.clone() }
+        } else {
+            MigrateError::Io { path: path.to_path_buf(), source }
+        }
+    })?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    end.receive_part(part, &mut out)?;
+    std::io::Write::flush(&mut out).map_err(io_err(path))
+}
+
+fn receive_layer(
+    lease: &mut Receiving<'_>,
+    image: &warren_images::transfer::ImageRef,
+    chain: &Digest,
+    tar: &Path,
+) -> Result<(), MigrateError> {
+    let index = image
+        .layers
+        .iter()
+        .position(|l| &l.chain_id == chain)
+        .ok_or_else(|| MigrateError::UnwantedPart { part: Part::Layer(chain.clone()) })?;
+    let file = File::open(tar).map_err(io_err(tar))?;
+    lease.receive_layer(&image.layers[index], file)?;
+    std::fs::remove_file(tar).map_err(io_err(tar))
+}
+
+/// The source's config, with the rootfs where the received bundle has it.
+fn bundle_config(bytes: &[u8]) -> Result<Vec<u8>, MigrateError> {
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|source| MigrateError::BadConfig { part: Part::Config, source })?;
+    spec["root"]["path"] = "rootfs".into();
+    Ok(serde_json::to_vec_pretty(&spec).expect("JSON serializes"))
+}

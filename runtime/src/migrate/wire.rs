@@ -1,0 +1,464 @@
+//! The migration stream on one TCP connection: a magic, then frames (`tag: u8`, `len: u32`
+//! big-endian, payload). Control frames carry JSON; a part's content travels as zstd-compressed
+//! chunks and ends with its size and sha256, which the target checks before it uses the part.
+//! The final manifest lists every part again, so a dropped or added part is noticed too.
+//!
+//! ```text
+//! source                                  target
+//!   MAGIC, Hello (id, image, criu flags) ->
+//!                                        <- Answer (accept: layers it lacks | refuse)
+//!   parts: layers it lacks, image config ->          (before the freeze: immutable)
+//!   -- freeze, dump --
+//!   parts: config.json, upper/rootfs tar,
+//!          criu/* files, Manifest        ->
+//!                                        <- Outcome (running | failed)
+//! ```
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::TcpStream;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use warren_images::digest::Digest;
+use warren_images::transfer::ImageRef;
+
+use super::MigrateError;
+
+pub const MAGIC: &[u8; 16] = b"WARREN-MIGRATE/1";
+/// Uncompressed bytes per data frame.
+const CHUNK: usize = 1 << 20;
+/// No frame is larger: a compressed chunk that grew, or a control message.
+const MAX_FRAME: usize = CHUNK + (64 << 10);
+/// Fast: the stream crosses a host's own network, and the pages are often already sparse.
+const ZSTD_LEVEL: i32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tag {
+    Hello = 1,
+    Answer = 2,
+    PartBegin = 3,
+    Data = 4,
+    PartEnd = 5,
+    Manifest = 6,
+    Outcome = 7,
+}
+
+impl Tag {
+    fn from_u8(b: u8) -> Option<Tag> {
+        [Tag::Hello, Tag::Answer, Tag::PartBegin, Tag::Data, Tag::PartEnd, Tag::Manifest, Tag::Outcome]
+            .into_iter()
+            .find(|t| *t as u8 == b)
+    }
+}
+
+/// What the source offers: which container, how its rootfs is made, how CRIU must restore it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub id: String,
+    pub rootfs: RootfsOffer,
+    pub criu: CriuFlags,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RootfsOffer {
+    /// An overlay of an image's layers: the upper dir travels, and the layers the target lacks.
+    Image(ImageRef),
+    /// A plain directory: it travels whole.
+    Plain,
+}
+
+/// The CRIU options both ends must agree on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CriuFlags {
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub file_locks: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Answer {
+    Accept { missing_layers: Vec<Digest> },
+    Refuse { reason: String },
+}
+
+/// The parts of a stream; anything else is refused by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Part {
+    /// An image layer the target lacks, as an OCI layer tar, by chain id.
+    Layer(Digest),
+    /// The image's config blob.
+    ImageConfig,
+    /// The container's config as it runs (live updates included).
+    Config,
+    /// The overlay upper dir as an OCI layer tar.
+    Upper,
+    /// A plain rootfs as a tar.
+    Rootfs,
+    /// One file of the CRIU images directory, by name (no directories).
+    Criu(String),
+}
+
+impl Part {
+    /// Refuses a CRIU file name that could land outside its directory.
+    pub fn validate(&self) -> Result<(), MigrateError> {
+        match self {
+            Part::Criu(name) => {
+                let ok = !name.is_empty()
+                    && !name.starts_with('.')
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                ok.then_some(()).ok_or_else(|| MigrateError::BadPartName { name: name.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartEnd {
+    pub bytes: u64,
+    pub sha256: Digest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub part: Part,
+    pub bytes: u64,
+    pub sha256: Digest,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub parts: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Outcome {
+    Running { pid: i32, restore_ms: u64 },
+    Failed { reason: String },
+}
+
+/// Frames in both directions on one connection.
+struct Framed {
+    peer: String,
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+}
+
+impl Framed {
+    fn new(stream: TcpStream) -> Result<Framed, MigrateError> {
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "peer".into());
+        let clone = stream.try_clone().map_err(|source| MigrateError::Stream { peer: peer.clone(), source })?;
+        Ok(Framed {
+            reader: BufReader::with_capacity(CHUNK, clone),
+            writer: BufWriter::with_capacity(CHUNK, stream),
+            peer,
+        })
+    }
+
+    fn stream_err(&self) -> impl FnOnce(std::io::Error) -> MigrateError + '_ {
+        |source| match source.kind() {
+            std::io::ErrorKind::UnexpectedEof => MigrateError::Truncated { peer: self.peer.clone() },
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                MigrateError::Timeout { peer: self.peer.clone() }
+            }
+            _ => MigrateError::Stream { peer: self.peer.clone(), source },
+        }
+    }
+
+    fn write(&mut self, tag: Tag, payload: &[u8]) -> Result<(), MigrateError> {
+        let mut head = [0u8; 5];
+        head[0] = tag as u8;
+        head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        let r = self.writer.write_all(&head).and_then(|_| self.writer.write_all(payload));
+        r.map_err(self.stream_err())
+    }
+
+    fn write_json<T: Serialize>(&mut self, tag: Tag, value: &T) -> Result<(), MigrateError> {
+        self.write(tag, &serde_json::to_vec(value).expect("plain data serializes"))
+    }
+
+    fn flush(&mut self) -> Result<(), MigrateError> {
+        self.writer.flush().map_err(self.stream_err())
+    }
+
+    fn read(&mut self) -> Result<(Tag, Vec<u8>), MigrateError> {
+        let mut head = [0u8; 5];
+        self.reader.read_exact(&mut head).map_err(self.stream_err())?;
+        let tag = Tag::from_u8(head[0]).ok_or(MigrateError::BadFrame { peer: self.peer.clone(), tag: head[0] })?;
+        let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(MigrateError::FrameTooLarge { peer: self.peer.clone(), len });
+        }
+        let mut payload = vec![0; len];
+        self.reader.read_exact(&mut payload).map_err(self.stream_err())?;
+        Ok((tag, payload))
+    }
+
+    fn read_json<T: DeserializeOwned>(&mut self, want: Tag) -> Result<T, MigrateError> {
+        let (tag, payload) = self.read()?;
+        if tag != want {
+            return Err(MigrateError::Unexpected {
+                peer: self.peer.clone(),
+                got: format!("{tag:?}"),
+                want: format!("{want:?}"),
+            });
+        }
+        self.parse(want, &payload)
+    }
+
+    fn parse<T: DeserializeOwned>(&self, tag: Tag, payload: &[u8]) -> Result<T, MigrateError> {
+        serde_json::from_slice(payload).map_err(|source| MigrateError::BadMessage {
+            peer: self.peer.clone(),
+            what: format!("{tag:?}"),
+            source,
+        })
+    }
+}
+
+/// The source's end: its methods are the protocol, in order.
+pub struct SourceEnd {
+    framed: Framed,
+    manifest: Manifest,
+    compressor: zstd::bulk::Compressor<'static>,
+    /// Uncompressed and compressed bytes sent in parts, for the report and progress.
+    pub sent: (u64, u64),
+}
+
+impl SourceEnd {
+    pub fn new(stream: TcpStream) -> Result<SourceEnd, MigrateError> {
+        let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|source| MigrateError::Zstd { source })?;
+        Ok(SourceEnd { framed: Framed::new(stream)?, manifest: Manifest::default(), compressor, sent: (0, 0) })
+    }
+
+    pub fn send_hello(&mut self, hello: &Hello) -> Result<(), MigrateError> {
+        self.framed.writer.write_all(MAGIC).map_err(self.framed.stream_err())?;
+        self.framed.write_json(Tag::Hello, hello)?;
+        self.framed.flush()
+    }
+
+    pub fn wait_for_answer(&mut self) -> Result<Answer, MigrateError> {
+        self.framed.read_json(Tag::Answer)
+    }
+
+    /// Sends one part: `fill` writes its content into the given writer.
+    pub fn send_part<F>(&mut self, part: Part, fill: F) -> Result<(), MigrateError>
+    where
+        F: FnOnce(&mut PartWriter<'_>) -> Result<(), MigrateError>,
+    {
+        self.framed.write_json(Tag::PartBegin, &part)?;
+        let mut w =
+            PartWriter { end: self, buf: Vec::with_capacity(CHUNK), hash: Sha256::new(), bytes: 0, error: None };
+        fill(&mut w)?;
+        let end = w.finish()?;
+        self.framed.write_json(Tag::PartEnd, &end)?;
+        self.manifest.parts.push(ManifestEntry { part, bytes: end.bytes, sha256: end.sha256 });
+        Ok(())
+    }
+
+    fn send_chunk(&mut self, data: &[u8]) -> Result<(), MigrateError> {
+        let packed = self.compressor.compress(data).map_err(|source| MigrateError::Zstd { source })?;
+        self.sent.0 += data.len() as u64;
+        self.sent.1 += packed.len() as u64 + 5;
+        self.framed.write(Tag::Data, &packed)
+    }
+
+    /// Ends the stream with the manifest of every part sent.
+    pub fn send_manifest(&mut self) -> Result<(), MigrateError> {
+        let manifest = std::mem::take(&mut self.manifest);
+        self.framed.write_json(Tag::Manifest, &manifest)?;
+        self.framed.flush()
+    }
+
+    /// Pushes what is buffered: the target starts on a part only when it has it all.
+    pub fn flush(&mut self) -> Result<(), MigrateError> {
+        self.framed.flush()
+    }
+
+    pub fn wait_for_outcome(&mut self) -> Result<Outcome, MigrateError> {
+        self.framed.read_json(Tag::Outcome)
+    }
+}
+
+/// Writes one part's content: chunked, hashed, compressed.
+pub struct PartWriter<'a> {
+    end: &'a mut SourceEnd,
+    buf: Vec<u8>,
+    hash: Sha256,
+    bytes: u64,
+    /// A stream error seen inside `Write`, returned by `finish` with its own name.
+    error: Option<MigrateError>,
+}
+
+impl PartWriter<'_> {
+    fn push(&mut self) -> Result<(), MigrateError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.hash.update(&self.buf);
+        self.bytes += self.buf.len() as u64;
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.end.send_chunk(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+
+    /// The stream error behind a failed `write`, if that is what failed.
+    pub fn take_error(&mut self) -> Option<MigrateError> {
+        self.error.take()
+    }
+
+    fn finish(mut self) -> Result<PartEnd, MigrateError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.push()?;
+        let sha256 = Digest::parse(&format!("sha256:{}", hex(&self.hash.finalize()))).expect("sha256 hex");
+        Ok(PartEnd { bytes: self.bytes, sha256 })
+    }
+}
+
+impl Write for PartWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            if let Err(e) = self.push() {
+                self.error = Some(e);
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "migration stream failed"));
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the target reads next after the answer.
+pub enum Incoming {
+    Part(Part),
+    Manifest(Manifest),
+}
+
+/// The target's end.
+pub struct TargetEnd {
+    framed: Framed,
+    decompressor: zstd::bulk::Decompressor<'static>,
+    received: Vec<ManifestEntry>,
+}
+
+impl TargetEnd {
+    pub fn new(stream: TcpStream) -> Result<TargetEnd, MigrateError> {
+        let decompressor = zstd::bulk::Decompressor::new().map_err(|source| MigrateError::Zstd { source })?;
+        Ok(TargetEnd { framed: Framed::new(stream)?, decompressor, received: Vec::new() })
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.framed.peer
+    }
+
+    /// The magic and the hello; anything else is not a migration stream.
+    pub fn read_hello(&mut self) -> Result<Hello, MigrateError> {
+        let mut magic = [0u8; MAGIC.len()];
+        let got = self.framed.reader.read_exact(&mut magic);
+        if got.is_err() || &magic != MAGIC {
+            return Err(MigrateError::NotMigrationStream { peer: self.framed.peer.clone() });
+        }
+        self.framed.read_json(Tag::Hello)
+    }
+
+    pub fn answer(&mut self, answer: &Answer) -> Result<(), MigrateError> {
+        self.framed.write_json(Tag::Answer, answer)?;
+        self.framed.flush()
+    }
+
+    pub fn next(&mut self) -> Result<Incoming, MigrateError> {
+        let (tag, payload) = self.framed.read()?;
+        match tag {
+            Tag::PartBegin => {
+                let part: Part = self.framed.parse(tag, &payload)?;
+                part.validate()?;
+                Ok(Incoming::Part(part))
+            }
+            Tag::Manifest => Ok(Incoming::Manifest(self.framed.parse(tag, &payload)?)),
+            other => Err(MigrateError::Unexpected {
+                peer: self.framed.peer.clone(),
+                got: format!("{other:?}"),
+                want: "PartBegin or Manifest".into(),
+            }),
+        }
+    }
+
+    /// Reads the content of `part` into `out` and checks it against the part's end frame.
+    pub fn receive_part(&mut self, part: &Part, out: &mut impl Write) -> Result<PartEnd, MigrateError> {
+        let (mut hash, mut bytes) = (Sha256::new(), 0u64);
+        loop {
+            let (tag, payload) = self.framed.read()?;
+            match tag {
+                Tag::Data => {
+                    let data = self
+                        .decompressor
+                        .decompress(&payload, CHUNK)
+                        .map_err(|_| MigrateError::BadChunk { part: part.clone() })?;
+                    hash.update(&data);
+                    bytes += data.len() as u64;
+                    out.write_all(&data).map_err(|source| MigrateError::Spool { part: part.clone(), source })?;
+                }
+                Tag::PartEnd => {
+                    let end: PartEnd = self.framed.parse(tag, &payload)?;
+                    let actual = Digest::parse(&format!("sha256:{}", hex(&hash.finalize()))).expect("sha256 hex");
+                    if end.bytes != bytes || end.sha256 != actual {
+                        return Err(MigrateError::DigestMismatch { part: part.clone(), expected: end.sha256, actual });
+                    }
+                    self.received.push(ManifestEntry { part: part.clone(), bytes, sha256: actual });
+                    return Ok(end);
+                }
+                other => {
+                    return Err(MigrateError::Unexpected {
+                        peer: self.framed.peer.clone(),
+                        got: format!("{other:?}"),
+                        want: "Data or PartEnd".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The manifest must list exactly the parts received, with their sizes and digests.
+    pub fn check_manifest(&self, manifest: &Manifest) -> Result<(), MigrateError> {
+        if let Some(e) = manifest.parts.iter().find(|e| !self.received.contains(e)) {
+            return Err(MigrateError::Manifest { part: e.part.clone(), reason: "not received as listed" });
+        }
+        if let Some(e) = self.received.iter().find(|e| !manifest.parts.contains(e)) {
+            return Err(MigrateError::Manifest { part: e.part.clone(), reason: "received but not listed" });
+        }
+        Ok(())
+    }
+
+    pub fn report(&mut self, outcome: &Outcome) -> Result<(), MigrateError> {
+        self.framed.write_json(Tag::Outcome, outcome)?;
+        self.framed.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_part_names_stay_in_their_directory() {
+        for bad in ["", "../x", "a/b", ".hidden", "x\0y", "/etc/passwd"] {
+            assert!(Part::Criu(bad.into()).validate().is_err(), "{bad:?}");
+        }
+        for good in ["pages-1.img", "core-12.img", "dump.log", "warren-checkpoint.json"] {
+            Part::Criu(good.into()).validate().unwrap();
+        }
+    }
+}
