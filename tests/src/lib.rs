@@ -12,6 +12,7 @@
 mod bundle;
 mod cgroupfs;
 mod cmd;
+mod host;
 mod leftovers;
 mod loopdev;
 
@@ -27,6 +28,7 @@ use serde_json::Value;
 pub use bundle::Bundle;
 pub use cgroupfs::{cgroup_dir, keyed, knob_path, read_knob};
 pub use cmd::{command, run_with_deadline, Out};
+pub use host::{FakeHost, HostPair};
 pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under};
 pub use loopdev::{loop_devices_under, LoopDevice};
 pub use serde_json::json;
@@ -55,9 +57,16 @@ pub struct Warren {
     root: PathBuf,
     outdir: PathBuf,
     seq: Arc<AtomicUsize>,
+    /// A program that runs `bin ARGS...` somewhere else (another host's namespaces).
+    wrapper: Option<PathBuf>,
 }
 
 impl Warren {
+    /// The same binary with another state root, run through `wrapper`.
+    pub fn via(&self, wrapper: &Path, root: &Path) -> Warren {
+        Warren { root: root.to_path_buf(), wrapper: Some(wrapper.to_path_buf()), ..self.clone() }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -82,7 +91,14 @@ impl Warren {
     /// Like cmd, also returning the base of its output files: a detached
     /// container keeps writing there.
     fn cmd_keep(&self, args: &[&str], deadline: Duration) -> Result<(Out, PathBuf)> {
-        let mut c = command(&self.bin);
+        let mut c = match &self.wrapper {
+            Some(w) => {
+                let mut c = command(w);
+                c.arg(&self.bin);
+                c
+            }
+            None => command(&self.bin),
+        };
         c.arg("--root").arg(&self.root).args(args);
         let base = self.out_base(args.first().copied().unwrap_or("none"));
         Ok((run_with_deadline(c, &base, deadline)?, base))
@@ -247,8 +263,13 @@ impl Test {
         let dir = tempfile::Builder::new().prefix(&format!("wt-{name}-")).tempdir_in("/tmp").expect("test temp dir");
         let outdir = dir.path().join("out");
         std::fs::create_dir_all(&outdir).expect("out dir");
-        let warren =
-            Warren { bin: warren_bin(), root: dir.path().join("state"), outdir, seq: Arc::new(AtomicUsize::new(0)) };
+        let warren = Warren {
+            bin: warren_bin(),
+            root: dir.path().join("state"),
+            outdir,
+            seq: Arc::new(AtomicUsize::new(0)),
+            wrapper: None,
+        };
         Test { name: name.to_string(), dir, warren, ids: Mutex::new(Vec::new()), bundles: Mutex::new(Vec::new()) }
     }
 

@@ -1,0 +1,217 @@
+//! Two "hosts" on one machine for migration tests: each has its own network namespace (the
+//! two joined by a veth pair), its own cgroup subtree (the host's warren runs inside it, so
+//! a container's default cgroup lands under it, as it would on a separate machine), its own
+//! state root, image store, bundles and work directories.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{Out, Test, Warren};
+
+/// One side of a pair.
+pub struct FakeHost {
+    pub name: String,
+    /// Its address on the veth link.
+    pub addr: String,
+    /// Holds the host's network namespace open (no `ip netns` bind mount to clean up).
+    netns_holder: std::process::Child,
+    pub warren: Warren,
+    pub store: PathBuf,
+    pub bundles: PathBuf,
+    pub work: PathBuf,
+    /// Its cgroup directory in every hierarchy.
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl FakeHost {
+    /// The host's network namespace as a path `nsenter --net=` takes.
+    pub fn netns_path(&self) -> String {
+        format!("/proc/{}/ns/net", self.netns_holder.id())
+    }
+
+    /// `warren --root R GROUP --store S --work W ARGS...` run as this host.
+    pub fn migrate(&self, args: &[&str]) -> Result<Out> {
+        self.warren.cmd_for(&self.migrate_args(args), std::time::Duration::from_secs(120))
+    }
+
+    pub fn migrate_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["migrate", path_str(&self.store), "--work", path_str(&self.work)];
+        v.insert(1, "--store");
+        v.extend_from_slice(args);
+        v
+    }
+
+    /// A host's view of `warren image|bundle` with its own store.
+    pub fn store_cmd(&self, group: &str, args: &[&str]) -> Result<Out> {
+        let mut v = vec![group, "--store", path_str(&self.store)];
+        v.extend_from_slice(args);
+        self.warren.cmd(&v)
+    }
+
+    /// Cgroup directories below the host's own: containers left behind.
+    pub fn child_cgroups(&self) -> Vec<PathBuf> {
+        self.cgroups
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()))
+            .collect()
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// Two hosts joined by a veth pair; everything is removed on drop.
+pub struct HostPair {
+    pub a: FakeHost,
+    pub b: FakeHost,
+}
+
+static PAIRS: AtomicUsize = AtomicUsize::new(0);
+
+impl HostPair {
+    pub fn new(t: &Test) -> Result<HostPair> {
+        let n = PAIRS.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{}", std::process::id() % 100_000, n);
+        // A /24 per pair, so that pairs of parallel tests do not collide.
+        let subnet = format!("10.213.{}", (std::process::id() as usize * 7 + n) % 250 + 1);
+        let a = make_host(t, &format!("wa{tag}"), &format!("{subnet}.1"))?;
+        let b = make_host(t, &format!("wb{tag}"), &format!("{subnet}.2"))?;
+        let pair = HostPair { a, b };
+        let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+        for (host, veth) in [(&pair.a, &va), (&pair.b, &vb)] {
+            ip(&["link", "set", veth, "netns", &host.netns_holder.id().to_string()])?;
+            let ns = host.netns_path();
+            ip_in(&ns, &["addr", "add", &format!("{}/24", host.addr), "dev", veth])?;
+            ip_in(&ns, &["link", "set", veth, "up"])?;
+            ip_in(&ns, &["link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for HostPair {
+    fn drop(&mut self) {
+        for host in [&mut self.a, &mut self.b] {
+            // The namespace goes with its last process, its end of the veth with it, and
+            // the other end with that.
+            let _ = host.netns_holder.kill();
+            let _ = host.netns_holder.wait();
+            for dir in host.cgroups.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args)
+}
+
+/// `ip ARGS` inside the network namespace at `ns`.
+fn ip_in(ns: &str, args: &[&str]) -> Result<()> {
+    let net = format!("--net={ns}");
+    let v: Vec<&str> = [net.as_str(), "--", "ip"].into_iter().chain(args.iter().copied()).collect();
+    run("nsenter", &v)
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(prog).args(args).output().with_context(|| format!("run {prog}"))?;
+    if !out.status.success() {
+        bail!("{prog} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A process in a new network namespace that lives until killed; returns once the
+/// namespace exists.
+fn hold_netns() -> Result<std::process::Child> {
+    let mut child = Command::new("unshare")
+        .args(["--net", "--", "sleep", "infinity"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("run unshare --net")?;
+    let ours = std::fs::read_link("/proc/self/ns/net")?;
+    let start = std::time::Instant::now();
+    while std::fs::read_link(format!("/proc/{}/ns/net", child.id())).map_or(true, |ns| ns == ours) {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("unshare --net made no namespace within 5 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(child)
+}
+
+fn make_host(t: &Test, name: &str, addr: &str) -> Result<FakeHost> {
+    let mut netns_holder = hold_netns()?;
+    let cgroups = match make_cgroups(name) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = netns_holder.kill();
+            let _ = netns_holder.wait();
+            return Err(e);
+        }
+    };
+    let dir = t.dir().join(name);
+    for sub in ["store", "bundles", "work"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    // The host's warren joins its cgroups and network namespace, then runs.
+    let joins: String = cgroups.iter().map(|d| format!(" {}/cgroup.procs", d.display())).collect();
+    let script = format!(
+        "#!/bin/sh\nfor f in{joins}; do echo $$ > \"$f\" || exit 125; done\nexec nsenter --net=/proc/{pid}/ns/net -- \"$@\"\n",
+        pid = netns_holder.id()
+    );
+    let wrapper = dir.join("as-host");
+    std::fs::write(&wrapper, script)?;
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(FakeHost {
+        name: name.to_string(),
+        addr: addr.to_string(),
+        netns_holder,
+        warren: t.warren.via(&wrapper, &dir.join("state")),
+        store: dir.join("store"),
+        bundles: dir.join("bundles"),
+        work: dir.join("work"),
+        cgroups,
+    })
+}
+
+/// `NAME` below this process's own cgroup in every hierarchy (cpuset given its parent's
+/// cpus and mems, which a new v1 cpuset lacks).
+fn make_cgroups(name: &str) -> Result<Vec<PathBuf>> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctrls, path) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or("/"));
+        let mount = match ctrls {
+            "" => PathBuf::from("/sys/fs/cgroup/unified"),
+            // A named hierarchy (name=systemd) is mounted under its name, if at all; a
+            // shared path there would make both hosts' containers one cgroup.
+            c if c.starts_with("name=") => match Path::new("/sys/fs/cgroup").join(&c[5..]) {
+                m if m.is_dir() => m,
+                _ => continue,
+            },
+            c => PathBuf::from("/sys/fs/cgroup").join(c.split(',').next().unwrap_or(c)),
+        };
+        let mount = if ctrls.is_empty() && !mount.exists() { PathBuf::from("/sys/fs/cgroup") } else { mount };
+        let dir = mount.join(path.trim_start_matches('/')).join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        if ctrls.split(',').any(|c| c == "cpuset") {
+            for knob in ["cpuset.cpus", "cpuset.mems"] {
+                let parent = std::fs::read_to_string(dir.parent().unwrap().join(knob))?;
+                std::fs::write(dir.join(knob), parent.trim())?;
+            }
+        }
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}

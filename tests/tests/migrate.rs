@@ -1,0 +1,371 @@
+//! Cold migration between two hosts on one machine (network namespaces joined by a veth,
+//! each host with its own cgroup subtree, state root and image store): the container goes
+//! on from its memory on the target, its file holds every line written before the freeze,
+//! its limits and hostname move with it, and the source keeps nothing. A stream cut
+//! half-way leaves it running on the source and nothing on the target. Needs criu.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use warren_tests::*;
+
+const MIB: u64 = 1 << 20;
+const PORT: u16 = 7777;
+const IMAGE: &str = "warren/busybox:latest";
+
+fn have_criu() -> bool {
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file())).unwrap_or(false);
+    if !found {
+        eprintln!("criu not on PATH: skipped (scripts/install-criu.sh installs it)");
+    }
+    found
+}
+
+/// The built-in busybox image's OCI archive.
+fn busybox_archive() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new(ws.join("scripts/make-busybox-image.sh")).output().unwrap();
+        assert!(out.status.success(), "make-busybox-image.sh: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("busybox-oci.tar")
+    })
+}
+
+/// Counts in a shell variable; each value is appended to /log and written to /count
+/// (through a rename, so no reader sees it half-written).
+const COUNTER: &str =
+    "i=0; while :; do i=$((i+1)); echo $i >> /log; echo $i > /count.new; mv /count.new /count; sleep 0.05; done";
+
+fn import(host: &FakeHost) -> Result<()> {
+    let archive = busybox_archive().to_string_lossy().into_owned();
+    host.store_cmd("image", &["import", "--name", IMAGE, &archive])?.ok().context("import")?;
+    Ok(())
+}
+
+/// An image bundle on `host` running the counter, with limits and a hostname.
+fn counter_bundle(host: &FakeHost, id: &str) -> Result<PathBuf> {
+    let dir = host.bundles.join(id);
+    let d = dir.to_string_lossy().into_owned();
+    host.store_cmd("bundle", &["create", "--image", IMAGE, &d, "--", "sh", "-c", COUNTER])?.ok()?;
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    cfg["hostname"] = json!("moved-box");
+    cfg["root"]["readonly"] = json!(false);
+    cfg["linux"]["resources"] = json!({"memory": {"limit": 64 * MIB}, "pids": {"limit": 50}});
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    Ok(dir)
+}
+
+fn count(bundle: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(bundle.join("rootfs/count"))?;
+    text.trim().parse().with_context(|| format!("count {text:?}"))
+}
+
+fn wait_count_above(bundle: &Path, above: u64, timeout: Duration) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        if let Ok(n) = count(bundle) {
+            if n > above {
+                return Ok(n);
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!("counter in {} stayed at or below {above}", bundle.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `migrate receive --once` on `host` in a thread; returns once it listens.
+fn receive(host: &FakeHost, port: u16) -> Result<JoinHandle<Result<Out>>> {
+    let listen = format!("{}:{port}", host.addr);
+    let bundles = host.bundles.to_string_lossy().into_owned();
+    let args: Vec<String> = host
+        .migrate_args(&["receive", "--listen", &listen, "--bundles", &bundles, "--once"])
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let warren = host.warren.clone();
+    let handle = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        warren.cmd_for(&args, Duration::from_secs(120))
+    });
+    wait_listening(&host.netns_path(), port)?;
+    Ok(handle)
+}
+
+/// Polls the namespace's TCP table until something listens on `port`.
+fn wait_listening(netns: &str, port: u16) -> Result<()> {
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let out =
+            std::process::Command::new("nsenter").args([&format!("--net={netns}"), "cat", "/proc/net/tcp"]).output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(&needle) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on port {port} in {netns}")
+}
+
+/// Runs `f` in a thread inside the host's network namespace.
+fn in_netns<T: Send + 'static>(
+    host: &FakeHost,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> JoinHandle<Result<T>> {
+    let path = host.netns_path();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path)?;
+        // SAFETY: setns(2) on an fd we own; it moves only this thread.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+}
+
+/// What must be gone from a host after the container left it (or never arrived).
+fn assert_host_empty(host: &FakeHost) -> Result<()> {
+    let entries =
+        |p: &Path| std::fs::read_dir(p).map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
+    ensure!(entries(host.warren.root()).is_empty(), "{}: state left: {:?}", host.name, entries(host.warren.root()));
+    ensure!(entries(&host.bundles).is_empty(), "{}: bundles left: {:?}", host.name, entries(&host.bundles));
+    ensure!(entries(&host.work).is_empty(), "{}: work files left: {:?}", host.name, entries(&host.work));
+    ensure!(entries(&host.store.join("bundles")).is_empty(), "{}: bundle records left", host.name);
+    ensure!(host.child_cgroups().is_empty(), "{}: cgroups left: {:?}", host.name, host.child_cgroups());
+    let mounts = mounts_under(&host.bundles);
+    ensure!(mounts.is_empty(), "{}: mounts left: {mounts:?}", host.name);
+    Ok(())
+}
+
+/// Every line 1..=n, each once, in order.
+fn assert_log_complete(log: &str, at_least: u64) -> Result<u64> {
+    let mut expect = 1;
+    for line in log.lines() {
+        let n: u64 = line.trim().parse().with_context(|| format!("log line {line:?}"))?;
+        ensure!(n == expect, "log jumps from {} to {n}", expect - 1);
+        expect += 1;
+    }
+    ensure!(expect > at_least, "log ends at {}, the counter had reached {at_least}", expect - 1);
+    Ok(expect - 1)
+}
+
+#[test]
+fn a_counting_container_moves_to_the_other_host() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("mig_move");
+    let pair = HostPair::new(&t)?;
+    // Only the source has the image: its layers travel too.
+    import(&pair.a)?;
+    let id = t.id("c");
+    let src = counter_bundle(&pair.a, &id)?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_count_above(&src, 10, Duration::from_secs(10))?;
+
+    let rx = receive(&pair.b, PORT)?;
+    let target = format!("{}:{PORT}", pair.b.addr);
+    let sent = pair.a.migrate(&["send", &id, &target])?;
+    let got = rx.join().expect("receive thread")?;
+    sent.ok().context("send")?;
+    got.ok().context("receive")?;
+    ensure!(got.stdout.contains(&format!("received {id}")) && got.stdout.contains("1 layers received"), "{got}");
+    std::mem::forget(guard_a);
+    let guard_b = pair.b.warren.adopt(&id);
+
+    // On B: the counter goes on from where it was, not from 0.
+    let dst = pair.b.bundles.join(&id);
+    let at_arrival = count(&dst)?;
+    ensure!(at_arrival > 10, "counter on B starts at {at_arrival}");
+    wait_count_above(&dst, at_arrival + 5, Duration::from_secs(10))?;
+    assert_log_complete(&std::fs::read_to_string(dst.join("rootfs/log"))?, at_arrival)?;
+    ensure!(pair.b.warren.state(&id)?["status"] == "running", "status on B");
+    let pid = pair.b.warren.state(&id)?["pid"].as_i64().context("pid")? as i32;
+    let mem = read_knob(&knob_path(pid, "memory", "memory.limit_in_bytes", "memory.max")?)?;
+    ensure!(mem == (64 * MIB).to_string(), "memory limit on B: {mem}");
+    let pids_dir = cgroup_dir(pid, "pids")?;
+    ensure!(read_knob(&pids_dir.join("pids.max"))? == "50", "pids limit on B");
+    ensure!(
+        pair.b.cgroups.iter().any(|d| pids_dir.starts_with(d)),
+        "B's container cgroup {pids_dir:?} is not under host B's"
+    );
+    let out = pair.b.warren.cmd(&["exec", &id, "hostname"])?;
+    ensure!(out.ok()?.stdout.trim() == "moved-box", "hostname on B: {out}");
+
+    // On A: nothing.
+    assert_host_empty(&pair.a)?;
+    ensure!(pair.a.warren.cmd(&["state", &id])?.failed().is_ok(), "state on A");
+
+    drop(guard_b);
+    pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
+    assert_host_empty(&pair.b)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// Forwards A's stream to B's receiver, cutting both connections after `cut` bytes.
+fn cutting_proxy(pair: &HostPair, listen_port: u16, cut: usize) -> JoinHandle<Result<usize>> {
+    let (listen, upstream) = (format!("{}:{listen_port}", pair.b.addr), format!("{}:{PORT}", pair.b.addr));
+    let listener = in_netns(&pair.b, move || Ok(TcpListener::bind(listen)?)).join().expect("bind thread");
+    in_netns(&pair.b, move || {
+        let (mut down, _) = listener?.accept()?;
+        let mut up = TcpStream::connect(upstream)?;
+        let mut back = up.try_clone()?;
+        let mut down_w = down.try_clone()?;
+        std::thread::spawn(move || std::io::copy(&mut back, &mut down_w));
+        let mut buf = vec![0u8; 4096];
+        let mut passed = 0;
+        while passed < cut {
+            let n = down.read(&mut buf[..(cut - passed).min(4096)])?;
+            if n == 0 {
+                break;
+            }
+            up.write_all(&buf[..n])?;
+            passed += n;
+        }
+        let _ = up.shutdown(Shutdown::Both);
+        let _ = down.shutdown(Shutdown::Both);
+        Ok(passed)
+    })
+}
+
+#[test]
+fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("mig_cut");
+    let pair = HostPair::new(&t)?;
+    import(&pair.a)?;
+    import(&pair.b)?;
+    let id = t.id("c");
+    let src = counter_bundle(&pair.a, &id)?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_count_above(&src, 10, Duration::from_secs(10))?;
+
+    let rx = receive(&pair.b, PORT)?;
+    // Past the hello and the config, inside the dump's files (the whole stream is ~40 KiB).
+    let proxy = cutting_proxy(&pair, PORT + 1, 20 << 10);
+    let target = format!("{}:{}", pair.b.addr, PORT + 1);
+    let sent = pair.a.migrate(&["send", &id, &target])?;
+    let got = rx.join().expect("receive thread")?;
+    let passed = proxy.join().expect("proxy thread")?;
+    ensure!(passed == 20 << 10, "the proxy passed only {passed} bytes: the stream was shorter than the cut");
+    // A rollback (not a refusal before the freeze): the cut came after the dump.
+    let err = sent.failed()?.error_line().to_string();
+    ensure!(err.contains("is running here again"), "send error: {err}");
+    ensure!(got.failed()?.error_line().contains("truncated"), "receive error: {got}");
+
+    // A: the same container, running, its counter going on from its value.
+    ensure!(pair.a.warren.state(&id)?["status"] == "running", "status on A after the cut");
+    let now = count(&src)?;
+    let later = wait_count_above(&src, now + 5, Duration::from_secs(10))?;
+    assert_log_complete(&std::fs::read_to_string(src.join("rootfs/log"))?, later)?;
+    // B: nothing at all.
+    assert_host_empty(&pair.b)?;
+    ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
+
+    drop(guard_a);
+    pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
+    assert_host_empty(&pair.a)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// Speaks to B's receiver by hand: `send` bytes, read what comes back until EOF.
+fn raw_exchange(pair: &HostPair, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let addr = format!("{}:{PORT}", pair.b.addr);
+    in_netns(&pair.b, move || {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(&bytes)?;
+        let _ = s.shutdown(Shutdown::Write);
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back);
+        Ok(back)
+    })
+    .join()
+    .expect("client thread")
+}
+
+fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("mig_bad");
+    let pair = HostPair::new(&t)?;
+
+    // Not a migration stream at all.
+    let rx = receive(&pair.b, PORT)?;
+    raw_exchange(&pair, b"GET / HTTP/1.0\r\n\r\n".to_vec())?;
+    let got = rx.join().expect("receive thread")?;
+    ensure!(got.failed()?.error_line().contains("did not send a Warren migration stream"), "{got}");
+
+    // A manifest entry naming a file outside the dump's directory.
+    let rx = receive(&pair.b, PORT)?;
+    let hello = json!({"id": t.id("x"), "rootfs": "Plain", "criu": {}});
+    let mut bytes = b"WARREN-MIGRATE/1".to_vec();
+    bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
+    bytes.extend(frame(3, &serde_json::to_vec(&json!({"Criu": "../../etc/evil"}))?));
+    raw_exchange(&pair, bytes)?;
+    let got = rx.join().expect("receive thread")?;
+    ensure!(got.failed()?.error_line().contains("would lie outside its directory"), "{got}");
+    assert_host_empty(&pair.b)?;
+
+    // A truncated stream: the hello and half a part.
+    let rx = receive(&pair.b, PORT)?;
+    let mut bytes = b"WARREN-MIGRATE/1".to_vec();
+    bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
+    bytes.extend(frame(3, &serde_json::to_vec(&json!("Config"))?));
+    bytes.extend(&frame(4, &[0u8; 100])[..50]);
+    raw_exchange(&pair, bytes)?;
+    let got = rx.join().expect("receive thread")?;
+    ensure!(got.failed()?.error_line().contains("truncated"), "{got}");
+    assert_host_empty(&pair.b)?;
+
+    // An id that exists on B: refused before anything is frozen on A.
+    import(&pair.a)?;
+    let id = t.id("c");
+    let src = counter_bundle(&pair.a, &id)?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    let squatter = t.bundle(&["sleep", "100"])?;
+    let guard_b = pair.b.warren.create(&id, &squatter)?;
+    let rx = receive(&pair.b, PORT)?;
+    let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+    let got = rx.join().expect("receive thread")?;
+    ensure!(sent.failed()?.error_line().contains("already exists on this host"), "{sent}");
+    ensure!(got.failed().is_ok(), "{got}");
+    ensure!(pair.a.warren.state(&id)?["status"] == "running", "A after a refusal");
+    drop(guard_b);
+    drop(guard_a);
+    pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
+    for host in [&pair.a, &pair.b] {
+        assert_host_empty(host)?;
+    }
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
