@@ -123,6 +123,9 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
         crate::sys::set_ids(0, 0).map_err(sys_err("become root in the user namespace"))?;
     }
     cfg.namespaces.unshare_rest()?;
+    if cfg.namespaces.creates(LinuxNamespaceType::Network) {
+        crate::sys::set_loopback_up().map_err(sys_err("set the loopback interface up"))?;
+    }
     if !join_early {
         chan.wait_for_cgroup()?;
         cgroup2 = join_cgroup(&cfg)?;

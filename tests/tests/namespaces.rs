@@ -94,9 +94,12 @@ fn user_namespace_with_several_ranges() -> Result<()> {
 fn network_namespace_has_only_lo() -> Result<()> {
     let t = Test::new("netns");
     // /proc/net/dev: two header lines, then one line per interface.
-    let out = t.run_sh("tail -n +3 /proc/net/dev | cut -d: -f1", |_| {})?;
-    let ifaces: Vec<&str> = out.ok()?.stdout.split_whitespace().collect();
-    ensure!(ifaces == ["lo"], "{out}");
+    // And lo is up, as runc leaves it (IFF_UP is bit 0 of its flags).
+    let out = t.run_sh("tail -n +3 /proc/net/dev | cut -d: -f1; cat /sys/class/net/lo/flags", |_| {})?;
+    let words: Vec<&str> = out.ok()?.stdout.split_whitespace().collect();
+    ensure!(words.len() == 2 && words[0] == "lo", "{out}");
+    let flags = u32::from_str_radix(words[1].trim_start_matches("0x"), 16)?;
+    ensure!(flags & 1 == 1, "lo is down in the container: flags {}", words[1]);
     t.assert_no_leftovers();
     Ok(())
 }
@@ -168,22 +171,11 @@ fn join_another_containers_uts_namespace() -> Result<()> {
     Ok(())
 }
 
-/// A named network namespace made with `ip netns add`, deleted on drop.
-struct NetNs(String);
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn join_network_namespace_by_path() -> Result<()> {
     let t = Test::new("join_net");
-    let name = format!("wt-netns-{}", std::process::id());
-    host(&t, "ip", &["netns", "add", &name])?.ok()?;
-    let ns = NetNs(name);
-    let path = format!("/var/run/netns/{}", ns.0);
+    let ns = NetNs::new()?;
+    let path = ns.path();
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path)?);
     let out = t.run_sh("readlink /proc/self/ns/net", |c| {
         for n in c["linux"]["namespaces"].as_array_mut().unwrap() {

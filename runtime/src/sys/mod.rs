@@ -179,6 +179,28 @@ pub fn is_sealed(fd: RawFd) -> bool {
     seals >= 0 && seals & libc::F_SEAL_WRITE != 0
 }
 
+/// Sets the loopback interface of the caller's network namespace up (a new namespace has
+/// `lo` down; runc and the programs people run expect 127.0.0.1 to work).
+pub fn set_loopback_up() -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned right after.
+    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long)?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass, which lives
+    // across both calls; ifru_flags is the union member these requests use.
+    unsafe {
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) as libc::c_long)?;
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) as libc::c_long)?;
+    }
+    Ok(())
+}
+
 /// prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (the container's init
 /// once its intermediate parent exits) are re-parented to us, so we can wait.
 pub fn set_child_subreaper() -> io::Result<()> {
