@@ -16,8 +16,7 @@ pub struct FakeHost {
     pub name: String,
     /// Its address on the veth link.
     pub addr: String,
-    /// Holds the host's network namespace open (no `ip netns` bind mount to clean up).
-    netns_holder: std::process::Child,
+    pub netns: NetNs,
     pub warren: Warren,
     pub store: PathBuf,
     pub bundles: PathBuf,
@@ -29,7 +28,7 @@ pub struct FakeHost {
 impl FakeHost {
     /// The host's network namespace as a path `nsenter --net=` takes.
     pub fn netns_path(&self) -> String {
-        format!("/proc/{}/ns/net", self.netns_holder.id())
+        self.netns.path()
     }
 
     /// `warren --root R GROUP --store S --work W ARGS...` run as this host.
@@ -85,7 +84,7 @@ impl HostPair {
         let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
         for (host, veth) in [(&pair.a, &va), (&pair.b, &vb)] {
-            ip(&["link", "set", veth, "netns", &host.netns_holder.id().to_string()])?;
+            ip(&["link", "set", veth, "netns", &host.netns.pid().to_string()])?;
             let ns = host.netns_path();
             ip_in(&ns, &["addr", "add", &format!("{}/24", host.addr), "dev", veth])?;
             ip_in(&ns, &["link", "set", veth, "up"])?;
@@ -97,11 +96,9 @@ impl HostPair {
 
 impl Drop for HostPair {
     fn drop(&mut self) {
-        for host in [&mut self.a, &mut self.b] {
-            // The namespace goes with its last process, its end of the veth with it, and
-            // the other end with that.
-            let _ = host.netns_holder.kill();
-            let _ = host.netns_holder.wait();
+        // Each namespace goes with its holder (a field), its end of the veth with it, and
+        // the other end with that.
+        for host in [&self.a, &self.b] {
             for dir in host.cgroups.iter().rev() {
                 let _ = std::fs::remove_dir(dir);
             }
@@ -128,37 +125,48 @@ fn run(prog: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A process in a new network namespace that lives until killed; returns once the
-/// namespace exists.
-fn hold_netns() -> Result<std::process::Child> {
-    let mut child = Command::new("unshare")
-        .args(["--net", "--", "sleep", "infinity"])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .context("run unshare --net")?;
-    let ours = std::fs::read_link("/proc/self/ns/net")?;
-    let start = std::time::Instant::now();
-    while std::fs::read_link(format!("/proc/{}/ns/net", child.id())).map_or(true, |ns| ns == ours) {
-        if start.elapsed() > std::time::Duration::from_secs(5) {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("unshare --net made no namespace within 5 s");
+/// A new network namespace, held by a process that lives until this is dropped (no
+/// `ip netns` bind mount under /run/netns to clean up).
+pub struct NetNs(std::process::Child);
+
+impl NetNs {
+    pub fn new() -> Result<NetNs> {
+        let child = Command::new("unshare")
+            .args(["--net", "--", "sleep", "infinity"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("run unshare --net")?;
+        let ns = NetNs(child);
+        let ours = std::fs::read_link("/proc/self/ns/net")?;
+        let start = std::time::Instant::now();
+        while std::fs::read_link(ns.path()).map_or(true, |p| p == ours) {
+            if start.elapsed() > std::time::Duration::from_secs(5) {
+                bail!("unshare --net made no namespace within 5 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        Ok(ns)
     }
-    Ok(child)
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn path(&self) -> String {
+        format!("/proc/{}/ns/net", self.0.id())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn make_host(t: &Test, name: &str, addr: &str) -> Result<FakeHost> {
-    let mut netns_holder = hold_netns()?;
-    let cgroups = match make_cgroups(name) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = netns_holder.kill();
-            let _ = netns_holder.wait();
-            return Err(e);
-        }
-    };
+    let netns = NetNs::new()?;
+    let cgroups = make_cgroups(name)?;
     let dir = t.dir().join(name);
     for sub in ["store", "bundles", "work"] {
         std::fs::create_dir_all(dir.join(sub))?;
@@ -167,7 +175,7 @@ fn make_host(t: &Test, name: &str, addr: &str) -> Result<FakeHost> {
     let joins: String = cgroups.iter().map(|d| format!(" {}/cgroup.procs", d.display())).collect();
     let script = format!(
         "#!/bin/sh\nfor f in{joins}; do echo $$ > \"$f\" || exit 125; done\nexec nsenter --net=/proc/{pid}/ns/net -- \"$@\"\n",
-        pid = netns_holder.id()
+        pid = netns.pid()
     );
     let wrapper = dir.join("as-host");
     std::fs::write(&wrapper, script)?;
@@ -175,7 +183,7 @@ fn make_host(t: &Test, name: &str, addr: &str) -> Result<FakeHost> {
     Ok(FakeHost {
         name: name.to_string(),
         addr: addr.to_string(),
-        netns_holder,
+        netns,
         warren: t.warren.via(&wrapper, &dir.join("state")),
         store: dir.join("store"),
         bundles: dir.join("bundles"),

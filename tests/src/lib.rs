@@ -28,7 +28,7 @@ use serde_json::Value;
 pub use bundle::Bundle;
 pub use cgroupfs::{cgroup_dir, keyed, knob_path, read_knob};
 pub use cmd::{command, run_with_deadline, Out};
-pub use host::{FakeHost, HostPair};
+pub use host::{FakeHost, HostPair, NetNs};
 pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under};
 pub use loopdev::{loop_devices_under, LoopDevice};
 pub use serde_json::json;
