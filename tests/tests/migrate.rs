@@ -86,11 +86,17 @@ fn wait_count_above(bundle: &Path, above: u64, timeout: Duration) -> Result<u64>
 
 /// `migrate receive --once` on `host` in a thread; returns once it listens.
 fn receive(host: &FakeHost, port: u16) -> Result<JoinHandle<Result<Out>>> {
+    receive_with(host, port, &[])
+}
+
+/// The same with global flags (`--criu PATH`) before the verb.
+fn receive_with(host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandle<Result<Out>>> {
     let listen = format!("{}:{port}", host.addr);
     let bundles = host.bundles.to_string_lossy().into_owned();
-    let args: Vec<String> = host
-        .migrate_args(&["receive", "--listen", &listen, "--bundles", &bundles, "--once"])
-        .into_iter()
+    let args: Vec<String> = global
+        .iter()
+        .copied()
+        .chain(host.migrate_args(&["receive", "--listen", &listen, "--bundles", &bundles, "--once"]))
         .map(String::from)
         .collect();
     let warren = host.warren.clone();
@@ -275,6 +281,61 @@ fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<
     let later = wait_count_above(&src, now + 5, Duration::from_secs(10))?;
     assert_log_complete(&std::fs::read_to_string(src.join("rootfs/log"))?, later)?;
     // B: nothing at all.
+    assert_host_empty(&pair.b)?;
+    ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
+
+    drop(guard_a);
+    pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
+    assert_host_empty(&pair.a)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// A criu that fails every restore the way the real one does: an error line in its log.
+const FAILING_CRIU: &str = "#!/bin/sh
+while [ $# -gt 0 ]; do
+	case $1 in --work-dir) w=$2; shift ;; --log-file) l=$2; shift ;; esac
+	shift
+done
+echo '(00.000100) Error (criu/cr-restore.c:1): injected restore failure' >\"$w/$l\"
+exit 1
+";
+
+#[test]
+fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("mig_fail");
+    let pair = HostPair::new(&t)?;
+    import(&pair.a)?;
+    let id = t.id("c");
+    let src = counter_bundle(&pair.a, &id)?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_count_above(&src, 10, Duration::from_secs(10))?;
+
+    let fake = t.dir().join("failing-criu");
+    std::fs::write(&fake, FAILING_CRIU)?;
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()])?;
+    let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+    let got = rx.join().expect("receive thread")?;
+    let err = sent.failed()?.error_line().to_string();
+    ensure!(err.contains("injected restore failure") && err.contains("is running here again"), "send: {err}");
+    ensure!(got.failed()?.error_line().contains("injected restore failure"), "receive: {got}");
+
+    // A: running, counting on from its value, its log whole.
+    ensure!(pair.a.warren.state(&id)?["status"] == "running", "status on A");
+    let now = count(&src)?;
+    let later = wait_count_above(&src, now + 5, Duration::from_secs(10))?;
+    assert_log_complete(&std::fs::read_to_string(src.join("rootfs/log"))?, later)?;
+    // B: only the failed restore's log, for the operator; it names it.
+    let log = pair.b.work.join(format!("{id}.restore.log"));
+    ensure!(std::fs::read_to_string(&log)?.contains("injected"), "no kept log at {log:?}");
+    ensure!(got.stderr.contains(&log.to_string_lossy().into_owned()), "receive does not name {log:?}: {got}");
+    std::fs::remove_file(&log)?;
     assert_host_empty(&pair.b)?;
     ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
 

@@ -12,8 +12,8 @@ use warren_images::store::{Receiving, Store};
 
 use super::wire::{Answer, Hello, Incoming, Outcome, Part, RootfsOffer, TargetEnd};
 use super::{io_err, MigrateError};
-use crate::checkpoint::{CriuCommon, RestoreOptions};
-use crate::container::{ConsoleTarget, Runtime};
+use crate::checkpoint::{CheckpointError, CriuCommon, RestoreOptions};
+use crate::container::{ConsoleTarget, ContainerError, Runtime};
 
 pub struct ReceiveOptions {
     /// This host's image store: layers it has are not sent again.
@@ -206,9 +206,22 @@ impl Runtime {
         };
         let t = Instant::now();
         let bundle = crate::spec::Bundle::load(&bundle_dir).map_err(crate::container::ContainerError::from)?;
-        let restored = self.restore(&restore, bundle)?;
+        let restored = self.restore(&restore, bundle).map_err(|e| keep_restore_log(e, &opts.work, &hello.id))?;
         made.container = Some(hello.id.clone());
         Ok((restored.pid, t.elapsed(), got.layers))
+    }
+}
+
+/// A failed restore's criu log lives in the staging dir, which goes with the failure: it is
+/// kept as WORK/ID.restore.log (the one thing a failure leaves, for the operator to read).
+fn keep_restore_log(e: ContainerError, work: &Path, id: &str) -> ContainerError {
+    match e {
+        ContainerError::Checkpoint(CheckpointError::Criu { action, status, reason, log }) => {
+            let kept = work.join(format!("{id}.restore.log"));
+            let log = if std::fs::copy(&log, &kept).is_ok() { kept } else { log };
+            ContainerError::Checkpoint(CheckpointError::Criu { action, status, reason, log })
+        }
+        other => other,
     }
 }
 
