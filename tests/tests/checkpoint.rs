@@ -478,3 +478,49 @@ fn an_established_tcp_connection_goes_on_after_restore() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// A container that joined a network namespace by path (as under CNI or in a pod) is
+/// restored into that same namespace, with its address in it, not into a new empty one.
+#[test]
+fn a_joined_network_namespace_is_joined_again_at_restore() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("cr_joined_net");
+    let ns = NetNs::new()?;
+    let nsenter = |args: &[&str]| -> Result<()> {
+        let net = format!("--net={}", ns.path());
+        let out = std::process::Command::new("nsenter").arg(&net).arg("--").args(args).output()?;
+        ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    nsenter(&["ip", "link", "set", "lo", "up"])?;
+    nsenter(&["ip", "addr", "add", "10.215.0.7/32", "dev", "lo"])?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(ns.path())?);
+    let path = ns.path();
+    let b = counter_bundle(&t, |cfg| {
+        for n in cfg["linux"]["namespaces"].as_array_mut().unwrap() {
+            if n["type"] == "network" {
+                n["path"] = json!(path);
+            }
+        }
+    })?;
+    let id = t.id("c");
+    let c = t.start_new(&id, &b)?;
+    wait_count_above(&b, 3, Duration::from_secs(5))?;
+    let dir = images(&t, "img");
+    checkpoint(&t, &id, &dir, &[])?;
+    std::mem::forget(c);
+    let c = restore(&t, &id, &b, &dir)?;
+    let at = count(&b)?;
+    wait_count_above(&b, at + 3, Duration::from_secs(5))?;
+    let pid = c.pid()?;
+    let inside = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+    ensure!(inside.to_string_lossy() == format!("net:[{ino}]"), "restored into {inside:?}, not net:[{ino}]");
+    let out = t.cmd(&["exec", &id, "ip", "-o", "addr", "show", "dev", "lo"])?;
+    ensure!(out.ok()?.stdout.contains("10.215.0.7"), "the joined namespace's address: {out}");
+    drop(c);
+    drop(ns);
+    t.assert_no_leftovers();
+    Ok(())
+}

@@ -55,6 +55,7 @@ pub fn dump_args(
     stdio: &[Stdio],
     externals: &[PathBuf],
     freezer: Option<&Path>,
+    joined_netns: Option<u64>,
 ) -> Vec<OsString> {
     let action = if opts.pre_dump { "pre-dump" } else { "dump" };
     let mut args: Vec<OsString> = vec![action.into(), "--tree".into(), pid.to_string().into()];
@@ -86,8 +87,15 @@ pub fn dump_args(
     for external in stdio.iter().filter_map(Stdio::dump_external) {
         args.extend(["--external".into(), external.into()]);
     }
+    if let Some(inode) = joined_netns {
+        args.extend(["--external".into(), format!("net[{inode}]:{EXTERNAL_NETNS}").into()]);
+    }
     args
 }
+
+/// CRIU's key for a network namespace the container joined (not its own): not dumped, and
+/// at restore the fd inherited under this key is the namespace joined (runc's name).
+pub const EXTERNAL_NETNS: &str = "extRootNetNS";
 
 /// What `criu restore` needs beyond the shared flags.
 pub struct RestorePlan<'a> {

@@ -196,6 +196,14 @@ impl CheckpointInfo {
     }
 }
 
+/// The network namespace the config joins by path, if any: it belongs to someone else (a
+/// CNI set-up, a pod), so CRIU leaves it out of the dump and the restore joins it again.
+fn joined_netns(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
+    let net = namespaces.iter().find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?;
+    net.path().clone()
+}
+
 /// Mount destinations whose source CRIU cannot dump: bind mounts of host paths.
 fn external_mounts(spec: &oci_spec::runtime::Spec) -> Vec<(PathBuf, PathBuf)> {
     spec.mounts()
@@ -239,7 +247,12 @@ impl Runtime {
         }
         let freezer = c.state.cgroup.as_ref().and_then(|cg| cg.freezer_dir());
         let stdio: Vec<Stdio> = stdio.into_iter().flatten().collect();
-        let args = criu::dump_args(pid, opts, &stdio, &externals, freezer);
+        let netns = joined_netns(&c.state.config)
+            .map(|path| {
+                std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).map_err(io_err(&path))
+            })
+            .transpose()?;
+        let args = criu::dump_args(pid, opts, &stdio, &externals, freezer, netns);
         let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
         let action = if opts.pre_dump { "pre-dump" } else { "dump" };
         criu::run(

@@ -55,7 +55,12 @@ impl Runtime {
         crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
         let stand_in_dir = opts.moved.then(|| self.dir(&opts.id));
-        let inherited = inherit_fds(&info, opts.console.as_ref(), stand_in_dir.as_deref())?;
+        let mut inherited = inherit_fds(&info, opts.console.as_ref(), stand_in_dir.as_deref())?;
+        if let Some(path) = super::joined_netns(&bundle.spec) {
+            let netns = open_netns(&path)?;
+            inherited.pairs.push((netns.as_raw_fd(), super::criu::EXTERNAL_NETNS.into()));
+            inherited._fds.push(netns);
+        }
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);
         let plan = RestorePlan {
@@ -151,6 +156,14 @@ fn inherit_fds(
         }
     }
     Ok(Inherited { pairs: inherit, _fds: keep, console: console_path })
+}
+
+/// The network namespace file the container joins, open across criu's exec.
+fn open_netns(path: &Path) -> Result<OwnedFd, ContainerError> {
+    let io = |source| ContainerError::Io { path: path.into(), source };
+    let fd = OwnedFd::from(std::fs::File::open(path).map_err(io)?);
+    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(io)?;
+    Ok(fd)
 }
 
 /// `path` opened read-write across criu's exec; with a size, a new file of that size.

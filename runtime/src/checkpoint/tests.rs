@@ -24,7 +24,8 @@ fn dump_declares_binds_and_outside_stdio_as_external() {
         Stdio::File("file[18:3]".into(), Some(0)),
         Stdio::Tty("tty[8800:16]".into()),
     ];
-    let args = dump_args(42, &opts, &stdio, &[PathBuf::from("/data")], Some("/cg/freezer/c".as_ref()));
+    let args =
+        dump_args(42, &opts, &stdio, &[PathBuf::from("/data")], Some("/cg/freezer/c".as_ref()), Some(4026532001));
     assert!(has(&args, &["dump", "--tree", "42", "--images-dir", "/img", "--work-dir", "/img"]), "{args:?}");
     for seq in [
         &["--leave-running"][..],
@@ -33,6 +34,7 @@ fn dump_declares_binds_and_outside_stdio_as_external() {
         &["--freeze-cgroup", "/cg/freezer/c"],
         &["--external", "mnt[/data]:/data"],
         &["--external", "file[18:3]"],
+        &["--external", "net[4026532001]:extRootNetNS"],
         &["--external", "tty[8800:16]"],
     ] {
         assert!(has(&args, seq), "{seq:?} in {args:?}");
@@ -43,7 +45,7 @@ fn dump_declares_binds_and_outside_stdio_as_external() {
 #[test]
 fn pre_dump_tracks_memory_and_never_leaves_the_tree_stopped() {
     let opts = CheckpointOptions { image_path: "/img".into(), pre_dump: true, ..Default::default() };
-    let args = dump_args(1, &opts, &[], &[], None);
+    let args = dump_args(1, &opts, &[], &[], None, None);
     assert_eq!(args[0], "pre-dump");
     assert!(has(&args, &["--track-mem"]) && has(&args, &["--manage-cgroups=soft"]));
     assert!(!has(&args, &["--leave-running"]), "pre-dump always leaves it running");
@@ -86,7 +88,7 @@ fn bad_modes_and_namespaces_are_refused() {
     let good = CriuCommon { empty_ns: vec!["network".into()], ..Default::default() };
     assert!(good.validate().is_ok());
     let opts = CheckpointOptions { common: good, ..Default::default() };
-    assert!(has(&dump_args(1, &opts, &[], &[], None), &["--empty-ns", "net"]), "runc's name becomes criu's");
+    assert!(has(&dump_args(1, &opts, &[], &[], None, None), &["--empty-ns", "net"]), "runc's name becomes criu's");
 }
 
 #[test]
