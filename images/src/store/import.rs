@@ -124,7 +124,8 @@ fn image_name(opts: &ImportOptions, found: &FoundImage, path: &Path) -> Result<S
     Ok(name)
 }
 
-fn load_tree(lowers: &[PathBuf]) -> Result<Tree, StoreError> {
+/// The merged view of an image's lower layers, for the unpacker's whiteouts and links.
+pub(super) fn load_tree(lowers: &[PathBuf]) -> Result<Tree, StoreError> {
     let mut t = Tree::new();
     for (i, fs) in lowers.iter().enumerate() {
         t.load_layer(i, fs).map_err(io_err(fs))?;
@@ -132,7 +133,9 @@ fn load_tree(lowers: &[PathBuf]) -> Result<Tree, StoreError> {
     Ok(t)
 }
 
-fn sync_fs(path: &Path) -> Result<(), StoreError> {
+/// Flushes a layer to disk before it is moved in: after a crash, a layer in `layers/` is
+/// whole.
+pub(super) fn sync_fs(path: &Path) -> Result<(), StoreError> {
     let f = File::open(path).map_err(io_err(path))?;
     nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| io_err(path)(e.into()))
 }

@@ -15,6 +15,7 @@
 //! keeps those layers (the ones already there and the ones received) while
 //! the lock is held, and removes the lease of a process that died.
 
+use super::import::{load_tree, sync_fs};
 use super::records::{self, ImageRecord, LayerRecord};
 use super::{io_err, valid_name, Store, StoreError};
 use crate::digest::{chain_ids, Digest};
@@ -390,22 +391,6 @@ fn drain(mut rest: impl Read, chain: &Digest) -> Result<(), StoreError> {
     io::copy(&mut rest, &mut io::sink())
         .map(drop)
         .map_err(|source| StoreError::Layer { blob: chain.to_string(), source: UnpackError::Tar { source } })
-}
-
-fn load_tree(lowers: &[PathBuf]) -> Result<Tree, StoreError> {
-    let mut t = Tree::new();
-    for (i, fs) in lowers.iter().enumerate() {
-        t.load_layer(i, fs).map_err(io_err(fs))?;
-    }
-    Ok(t)
-}
-
-/// Flushes the layer to disk before it is moved in: after a crash, a layer
-/// in `layers/` is whole.
-fn sync_fs(path: &Path) -> Result<(), StoreError> {
-    use std::os::fd::AsRawFd;
-    let f = File::open(path).map_err(io_err(path))?;
-    nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| io_err(path)(e.into()))
 }
 
 #[cfg(test)]
