@@ -498,3 +498,26 @@ pub fn seccomp_arch() -> &'static str {
         other => panic!("no seccomp arch name for {other}"),
     }
 }
+
+/// The number a counting container keeps writing to `file` (through a rename, so it is never
+/// seen half-written).
+pub fn read_counter(file: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(file)?;
+    text.trim().parse().with_context(|| format!("counter {text:?} in {}", file.display()))
+}
+
+/// Waits until the counter in `file` passes `above`; returns the value seen.
+pub fn wait_counter_above(file: &Path, above: u64, timeout: Duration) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        if let Ok(n) = read_counter(file) {
+            if n > above {
+                return Ok(n);
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!("counter in {} stayed at or below {above}", file.display());
+        }
+        sleep(Duration::from_millis(20));
+    }
+}

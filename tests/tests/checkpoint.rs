@@ -35,24 +35,12 @@ fn counter_bundle(t: &Test, edit: impl FnOnce(&mut Value)) -> Result<Bundle> {
 }
 
 fn count(b: &Bundle) -> Result<u64> {
-    let text = std::fs::read_to_string(b.rootfs().join("tmp/count"))?;
-    text.trim().parse().with_context(|| format!("count {text:?}"))
+    read_counter(&b.rootfs().join("tmp/count"))
 }
 
 /// Waits until the counter passes `above`.
 fn wait_count_above(b: &Bundle, above: u64, timeout: Duration) -> Result<u64> {
-    let start = Instant::now();
-    loop {
-        if let Ok(n) = count(b) {
-            if n > above {
-                return Ok(n);
-            }
-        }
-        if start.elapsed() > timeout {
-            bail!("counter stayed at or below {above}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_counter_above(&b.rootfs().join("tmp/count"), above, timeout)
 }
 
 fn images(t: &Test, name: &str) -> PathBuf {

@@ -65,23 +65,11 @@ fn counter_bundle(host: &FakeHost, id: &str) -> Result<PathBuf> {
 }
 
 fn count(bundle: &Path) -> Result<u64> {
-    let text = std::fs::read_to_string(bundle.join("rootfs/count"))?;
-    text.trim().parse().with_context(|| format!("count {text:?}"))
+    read_counter(&bundle.join("rootfs/count"))
 }
 
 fn wait_count_above(bundle: &Path, above: u64, timeout: Duration) -> Result<u64> {
-    let start = Instant::now();
-    loop {
-        if let Ok(n) = count(bundle) {
-            if n > above {
-                return Ok(n);
-            }
-        }
-        if start.elapsed() > timeout {
-            bail!("counter in {} stayed at or below {above}", bundle.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_counter_above(&bundle.join("rootfs/count"), above, timeout)
 }
 
 /// `migrate receive --once` on `host` in a thread; returns once it listens.
@@ -165,6 +153,32 @@ fn assert_log_complete(log: &str, at_least: u64) -> Result<u64> {
     Ok(expect - 1)
 }
 
+/// The counter running on `host` from an image bundle, past 10: (id, bundle, its guard).
+fn run_counter(t: &Test, host: &FakeHost) -> Result<(String, PathBuf, Container)> {
+    let id = t.id("c");
+    let src = counter_bundle(host, &id)?;
+    let guard = host.warren.adopt(&id);
+    host.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_count_above(&src, 10, Duration::from_secs(10))?;
+    Ok((id, src, guard))
+}
+
+/// Running on `host`, counting on from its value, every line of its log there.
+fn assert_counts_on(host: &FakeHost, id: &str, bundle: &Path) -> Result<()> {
+    ensure!(host.warren.state(id)?["status"] == "running", "status on {}", host.name);
+    let now = count(bundle)?;
+    let later = wait_count_above(bundle, now + 5, Duration::from_secs(10))?;
+    assert_log_complete(&std::fs::read_to_string(bundle.join("rootfs/log"))?, later)?;
+    Ok(())
+}
+
+/// Deletes the counter and its bundle on `host`; nothing of it may be left there.
+fn remove_counter(host: &FakeHost, guard: Container, bundle: &Path) -> Result<()> {
+    drop(guard);
+    host.store_cmd("bundle", &["rm", &bundle.to_string_lossy()])?.ok()?;
+    assert_host_empty(host)
+}
+
 #[test]
 fn a_counting_container_moves_to_the_other_host() -> Result<()> {
     if !have_criu() {
@@ -174,11 +188,7 @@ fn a_counting_container_moves_to_the_other_host() -> Result<()> {
     let pair = HostPair::new(&t)?;
     // Only the source has the image: its layers travel too.
     import(&pair.a)?;
-    let id = t.id("c");
-    let src = counter_bundle(&pair.a, &id)?;
-    let guard_a = pair.a.warren.adopt(&id);
-    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
-    wait_count_above(&src, 10, Duration::from_secs(10))?;
+    let (id, _, guard_a) = run_counter(&t, &pair.a)?;
 
     let rx = receive(&pair.b, PORT)?;
     let target = format!("{}:{PORT}", pair.b.addr);
@@ -256,11 +266,7 @@ fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<
     let pair = HostPair::new(&t)?;
     import(&pair.a)?;
     import(&pair.b)?;
-    let id = t.id("c");
-    let src = counter_bundle(&pair.a, &id)?;
-    let guard_a = pair.a.warren.adopt(&id);
-    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
-    wait_count_above(&src, 10, Duration::from_secs(10))?;
+    let (id, src, guard_a) = run_counter(&t, &pair.a)?;
 
     let rx = receive(&pair.b, PORT)?;
     // Past the hello and the config, inside the dump's files (the whole stream is ~40 KiB).
@@ -276,17 +282,12 @@ fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<
     ensure!(got.failed()?.error_line().contains("truncated"), "receive error: {got}");
 
     // A: the same container, running, its counter going on from its value.
-    ensure!(pair.a.warren.state(&id)?["status"] == "running", "status on A after the cut");
-    let now = count(&src)?;
-    let later = wait_count_above(&src, now + 5, Duration::from_secs(10))?;
-    assert_log_complete(&std::fs::read_to_string(src.join("rootfs/log"))?, later)?;
+    assert_counts_on(&pair.a, &id, &src)?;
     // B: nothing at all.
     assert_host_empty(&pair.b)?;
     ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
 
-    drop(guard_a);
-    pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
-    assert_host_empty(&pair.a)?;
+    remove_counter(&pair.a, guard_a, &src)?;
     drop(pair);
     t.assert_no_leftovers();
     Ok(())
@@ -310,11 +311,7 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     let t = Test::new("mig_fail");
     let pair = HostPair::new(&t)?;
     import(&pair.a)?;
-    let id = t.id("c");
-    let src = counter_bundle(&pair.a, &id)?;
-    let guard_a = pair.a.warren.adopt(&id);
-    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
-    wait_count_above(&src, 10, Duration::from_secs(10))?;
+    let (id, src, guard_a) = run_counter(&t, &pair.a)?;
 
     let fake = t.dir().join("failing-criu");
     std::fs::write(&fake, FAILING_CRIU)?;
@@ -327,10 +324,7 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     ensure!(got.failed()?.error_line().contains("injected restore failure"), "receive: {got}");
 
     // A: running, counting on from its value, its log whole.
-    ensure!(pair.a.warren.state(&id)?["status"] == "running", "status on A");
-    let now = count(&src)?;
-    let later = wait_count_above(&src, now + 5, Duration::from_secs(10))?;
-    assert_log_complete(&std::fs::read_to_string(src.join("rootfs/log"))?, later)?;
+    assert_counts_on(&pair.a, &id, &src)?;
     // B: only the failed restore's log, for the operator; it names it.
     let log = pair.b.work.join(format!("{id}.restore.log"));
     ensure!(std::fs::read_to_string(&log)?.contains("injected"), "no kept log at {log:?}");
@@ -339,9 +333,7 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     assert_host_empty(&pair.b)?;
     ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
 
-    drop(guard_a);
-    pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
-    assert_host_empty(&pair.a)?;
+    remove_counter(&pair.a, guard_a, &src)?;
     drop(pair);
     t.assert_no_leftovers();
     Ok(())
@@ -408,10 +400,7 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
 
     // An id that exists on B: refused before anything is frozen on A.
     import(&pair.a)?;
-    let id = t.id("c");
-    let src = counter_bundle(&pair.a, &id)?;
-    let guard_a = pair.a.warren.adopt(&id);
-    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    let (id, src, guard_a) = run_counter(&t, &pair.a)?;
     let squatter = t.bundle(&["sleep", "100"])?;
     let guard_b = pair.b.warren.create(&id, &squatter)?;
     let rx = receive(&pair.b, PORT)?;
@@ -421,11 +410,8 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     ensure!(got.failed().is_ok(), "{got}");
     ensure!(pair.a.warren.state(&id)?["status"] == "running", "A after a refusal");
     drop(guard_b);
-    drop(guard_a);
-    pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
-    for host in [&pair.a, &pair.b] {
-        assert_host_empty(host)?;
-    }
+    remove_counter(&pair.a, guard_a, &src)?;
+    assert_host_empty(&pair.b)?;
     drop(pair);
     t.assert_no_leftovers();
     Ok(())
