@@ -339,6 +339,56 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     Ok(())
 }
 
+/// A small tmpfs mounted on a directory until dropped.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<SmallTmpfs> {
+        let d = dir.to_string_lossy();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", &d])
+            .output()?;
+        ensure!(out.status.success(), "mount tmpfs on {d}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(SmallTmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_target_out_of_space_leaves_the_container_running_on_the_source() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("mig_full");
+    let pair = HostPair::new(&t)?;
+    import(&pair.a)?;
+    import(&pair.b)?;
+    let (id, src, guard_a) = run_counter(&t, &pair.a)?;
+    // B spools the dump in its work dir: 128 KiB holds the small parts, not the dump's pages.
+    let full = SmallTmpfs::mount(&pair.b.work, "128k")?;
+
+    let rx = receive(&pair.b, PORT)?;
+    let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+    let got = rx.join().expect("receive thread")?;
+    let err = sent.failed()?.error_line().to_string();
+    ensure!(err.contains("No space left on device") && err.contains("is running here again"), "send: {err}");
+    ensure!(got.failed()?.error_line().contains("No space left on device"), "receive: {got}");
+
+    assert_counts_on(&pair.a, &id, &src)?;
+    assert_host_empty(&pair.b)?;
+    drop(full);
+    ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
+    remove_counter(&pair.a, guard_a, &src)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
 /// Speaks to B's receiver by hand: `send` bytes, read what comes back until EOF.
 fn raw_exchange(pair: &HostPair, bytes: Vec<u8>) -> Result<Vec<u8>> {
     let addr = format!("{}:{PORT}", pair.b.addr);
