@@ -56,6 +56,8 @@ pub enum ContainerError {
     ConsoleSocket { path: PathBuf, source: std::io::Error },
     #[error("container {id}: process.terminal is set: --console-socket is required")]
     NoConsoleSocket { id: String },
+    #[error("container {id}: its cgroup {path} already holds processes (another container's?)")]
+    CgroupInUse { id: String, path: PathBuf },
     #[error("container {id}: cannot merge the updated resources into its config: {source}")]
     MergeResources { id: String, source: serde_json::Error },
 }
@@ -209,6 +211,10 @@ impl Runtime {
     pub(crate) fn register(&self, id: &str, bundle: &Bundle) -> Result<(DirLock, CreateGuard, State), ContainerError> {
         let cgroup_path = bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let cgroup = Cgroup::resolve(cgroup_path.as_deref(), id)?;
+        // Its processes are not ours: a failed create would kill them with the cgroup.
+        if let Some(path) = cgroup.occupied() {
+            return Err(ContainerError::CgroupInUse { id: id.into(), path });
+        }
         std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         let dir = self.dir(id);
         match std::fs::create_dir(&dir) {

@@ -106,6 +106,25 @@ fn pids_limit_is_enforced() -> Result<()> {
     Ok(())
 }
 
+/// A second container whose cgroupsPath names a cgroup that already holds the first's
+/// processes is refused before it makes anything, and the first goes on untouched.
+#[test]
+fn a_cgroup_with_processes_in_it_is_refused() -> Result<()> {
+    let t = Test::new("cg_taken");
+    let (first, second) = (t.id("a"), t.id("b"));
+    let b = t.bundle(&["sleep", "100"])?;
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("/{first}")))?;
+    let c = t.start_new(&first, &b)?;
+    let out = t.cmd(&["create", "--bundle", &b.path().to_string_lossy(), &second])?;
+    let line = out.failed()?.error_line().to_string();
+    ensure!(line.contains("already holds processes"), "{line}");
+    ensure!(c.status()? == "running", "the first container after the refusal");
+    ensure!(t.cmd(&["state", &second])?.failed().is_ok(), "state of the refused one");
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
 #[test]
 fn absolute_cgroups_path() -> Result<()> {
     let t = Test::new("cg_path");

@@ -204,6 +204,13 @@ impl Cgroup {
         Ok(pids)
     }
 
+    /// The directory listing processes when the cgroup already exists and holds some (of
+    /// another container, or a leftover); None for a new or empty one.
+    pub fn occupied(&self) -> Option<PathBuf> {
+        let dir = self.process_dir().ok()?;
+        fs::read_procs(dir).ok().filter(|pids| !pids.is_empty()).map(|_| dir.to_path_buf())
+    }
+
     /// Freezes the container and waits until the kernel reports it frozen (bounded; on
     /// timeout it is thawed again and [`CgroupError::FreezerTimeout`] returned).
     pub fn freeze(&self) -> Result<(), CgroupError> {
