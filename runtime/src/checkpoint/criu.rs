@@ -78,6 +78,9 @@ pub fn dump_args(
     if opts.auto_dedup {
         args.push("--auto-dedup".into());
     }
+    if opts.skip_network_lock {
+        args.extend(["--network-lock".into(), "skip".into()]);
+    }
     if let Some(dir) = freezer {
         args.extend(["--freeze-cgroup".into(), dir.into()]);
     }

@@ -89,6 +89,9 @@ fn bad_modes_and_namespaces_are_refused() {
     assert!(good.validate().is_ok());
     let opts = CheckpointOptions { common: good, ..Default::default() };
     assert!(has(&dump_args(1, &opts, &[], &[], None, None), &["--empty-ns", "net"]), "runc's name becomes criu's");
+    let skip = CheckpointOptions { skip_network_lock: true, ..Default::default() };
+    assert!(has(&dump_args(1, &skip, &[], &[], None, None), &["--network-lock", "skip"]));
+    assert!(!has(&dump_args(1, &opts, &[], &[], None, None), &["--network-lock"]));
 }
 
 #[test]

@@ -124,6 +124,10 @@ impl Runtime {
         let checkpoint = CheckpointOptions {
             image_path: dump_dir.to_path_buf(),
             leave_running: true,
+            // Frozen already, and without --tcp-established CRIU refuses live connections: a
+            // lock would guard only against a connection made during the dump, which the
+            // move would lose anyway (the source's copy goes).
+            skip_network_lock: !opts.criu.tcp_established,
             common: opts.criu.clone(),
             ..Default::default()
         };

@@ -30,6 +30,7 @@ pub fn checkpoint(rt: &Runtime, a: &CheckpointArgs, criu: Option<&Path>) -> Resu
         leave_running: a.leave_running,
         pre_dump: a.pre_dump,
         auto_dedup: a.auto_dedup,
+        skip_network_lock: false,
         common: common(&a.criu, criu),
     };
     rt.checkpoint(&a.id, &opts)?;
