@@ -293,6 +293,126 @@ fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<
     Ok(())
 }
 
+/// Frame tags of the stream (runtime/src/migrate/wire.rs).
+const OUTCOME: u8 = 7;
+const COMMIT: u8 = 8;
+
+/// Copies frames (tag, u32 length, payload) from `from` to `to` until EOF; a frame with tag
+/// `drop` is not passed on, and with `stop` set, ends the copy there.
+fn copy_frames(mut from: TcpStream, mut to: TcpStream, drop: u8, stop: bool) -> std::io::Result<()> {
+    loop {
+        let mut head = [0u8; 5];
+        if from.read_exact(&mut head).is_err() {
+            break;
+        }
+        let mut payload = vec![0u8; u32::from_be_bytes(head[1..].try_into().unwrap()) as usize];
+        from.read_exact(&mut payload)?;
+        if head[0] == drop {
+            if stop {
+                break;
+            }
+            continue;
+        }
+        to.write_all(&head)?;
+        to.write_all(&payload)?;
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// Forwards the stream between A and B's receiver, losing one frame: B's outcome on its way
+/// to A (`COMMIT` = false), or A's commit on its way to B, after which both ends are cut.
+fn losing_proxy(pair: &HostPair, listen_port: u16, lose: u8) -> JoinHandle<Result<()>> {
+    let (listen, upstream) = (format!("{}:{listen_port}", pair.b.addr), format!("{}:{PORT}", pair.b.addr));
+    let listener = in_netns(&pair.b, move || Ok(TcpListener::bind(listen)?)).join().expect("bind thread");
+    in_netns(&pair.b, move || {
+        let (mut down, _) = listener?.accept()?;
+        let mut up = TcpStream::connect(upstream)?;
+        let mut magic = [0u8; 16];
+        down.read_exact(&mut magic)?;
+        up.write_all(&magic)?;
+        let (back_from, back_to) = (up.try_clone()?, down.try_clone()?);
+        let back = std::thread::spawn(move || copy_frames(back_from, back_to, lose, false));
+        copy_frames(down, up, lose, lose == COMMIT)?;
+        back.join().expect("proxy thread")?;
+        Ok(())
+    })
+}
+
+/// The processes of B's container are stopped (state T), and its counter stands still.
+fn assert_stopped(host: &FakeHost, id: &str, bundle: &Path) -> Result<()> {
+    let pid = host.warren.state(id)?["pid"].as_i64().context("pid")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]).unwrap_or("?");
+    ensure!(state == "T", "the restored init is in state {state}, not stopped");
+    let before = count(bundle)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(count(bundle)? == before, "the counter went on while the move was unconfirmed");
+    Ok(())
+}
+
+#[test]
+fn a_lost_commit_leaves_the_moved_container_stopped_on_the_target_never_running_twice() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("mig_nocommit");
+    let pair = HostPair::new(&t)?;
+    import(&pair.a)?;
+    import(&pair.b)?;
+    let (id, _, guard_a) = run_counter(&t, &pair.a)?;
+    let rx = receive(&pair.b, PORT)?;
+    let proxy = losing_proxy(&pair, PORT + 1, COMMIT);
+    let sent = pair.a.migrate(&["send", &id, &format!("{}:{}", pair.b.addr, PORT + 1)])?;
+    let got = rx.join().expect("receive thread")?;
+    proxy.join().expect("proxy thread")?;
+    // A removed its copy and said so; the word never reached B.
+    sent.ok().context("send")?;
+    std::mem::forget(guard_a);
+    let guard_b = pair.b.warren.adopt(&id);
+    let line = got.failed()?.error_line().to_string();
+    ensure!(line.contains("restored here but stopped") && line.contains("kill --all"), "receive: {line}");
+    assert_host_empty(&pair.a)?;
+    let dst = pair.b.bundles.join(&id);
+    assert_stopped(&pair.b, &id, &dst)?;
+    // The operator's way out, as the error says: it goes on from its value.
+    pair.b.warren.cmd(&["kill", "--all", &id, "CONT"])?.ok()?;
+    let at = count(&dst)?;
+    wait_count_above(&dst, at + 3, Duration::from_secs(10))?;
+    remove_counter(&pair.b, guard_b, &dst)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn a_lost_outcome_resumes_the_source_and_the_target_drops_its_copy() -> Result<()> {
+    if !have_criu() {
+        return Ok(());
+    }
+    let t = Test::new("mig_nooutcome");
+    let pair = HostPair::new(&t)?;
+    import(&pair.a)?;
+    import(&pair.b)?;
+    let (id, src, guard_a) = run_counter(&t, &pair.a)?;
+    let rx = receive(&pair.b, PORT)?;
+    let proxy = losing_proxy(&pair, PORT + 1, OUTCOME);
+    let target = format!("{}:{}", pair.b.addr, PORT + 1);
+    let sent = pair.a.migrate(&["--timeout", "3", "send", &id, &target])?;
+    let got = rx.join().expect("receive thread")?;
+    proxy.join().expect("proxy thread")?;
+    let line = sent.failed()?.error_line().to_string();
+    ensure!(line.contains("no answer within the timeout") && line.contains("is running here again"), "send: {line}");
+    ensure!(got.failed()?.error_line().contains("gave up the move"), "receive: {got}");
+    assert_counts_on(&pair.a, &id, &src)?;
+    assert_host_empty(&pair.b)?;
+    remove_counter(&pair.a, guard_a, &src)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
 /// A criu that fails every restore the way the real one does: an error line in its log.
 const FAILING_CRIU: &str = "#!/bin/sh
 while [ $# -gt 0 ]; do

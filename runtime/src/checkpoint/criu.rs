@@ -113,6 +113,7 @@ pub struct RestorePlan<'a> {
     /// (controller list as in /proc/PID/cgroup, path there) of each hierarchy.
     pub cgroup_roots: Vec<(String, PathBuf)>,
     pub no_pivot: bool,
+    pub leave_stopped: bool,
 }
 
 pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
@@ -123,6 +124,9 @@ pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
     args.extend(["--pidfile".into(), plan.pid_file.into()]);
     if plan.no_pivot {
         args.push("--no-pivot".into());
+    }
+    if plan.leave_stopped {
+        args.push("--leave-stopped".into());
     }
     for (dest, source) in &plan.binds {
         args.extend(["--external".into(), format!("mnt[{}]:{}", dest.display(), source.display()).into()]);

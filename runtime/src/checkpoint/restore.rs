@@ -25,6 +25,8 @@ pub struct RestoreOptions {
     /// file of its size (CRIU checks it) in the container's state directory, where output
     /// goes on.
     pub moved: bool,
+    /// Its processes stay stopped (SIGSTOP) after the restore, until someone sends SIGCONT.
+    pub leave_stopped: bool,
     pub common: CriuCommon,
 }
 
@@ -76,6 +78,7 @@ impl Runtime {
             inherit: inherited.pairs.clone(),
             cgroup_roots: cgroup.hierarchy_paths()?,
             no_pivot: opts.no_pivot,
+            leave_stopped: opts.leave_stopped,
         };
         let args = criu::restore_args(&plan, &opts.common);
         let root = CString::new(bundle.rootfs.as_os_str().as_bytes())

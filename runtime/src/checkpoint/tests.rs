@@ -62,6 +62,7 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
         inherit: vec![(0, "pipe[7]".into()), (9, "tty[8800:16]".into())],
         cgroup_roots: vec![("cpu,cpuacct".into(), "/c".into()), ("".into(), "/u/c".into())],
         no_pivot: false,
+        leave_stopped: true,
     };
     let args = restore_args(&plan, &CriuCommon { empty_ns: vec!["network".into()], ..Default::default() });
     for seq in [
@@ -73,6 +74,7 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
         &["--inherit-fd", "fd[9]:tty[8800:16]"],
         &["--cgroup-root", "cpu:/c"],
         &["--cgroup-root", "/u/c"],
+        &["--leave-stopped"],
         &["--empty-ns", "net"],
     ] {
         assert!(has(&args, seq), "{seq:?} in {args:?}");

@@ -1,9 +1,13 @@
 //! Cold migration of a running container to another host: freeze and dump on the source,
 //! stream the dump, the rootfs changes and the config to the target, restore there, and only
-//! when the target reports the container running is it deleted on the source.
+//! when the target reports the container restored is it deleted on the source.
+//!
+//! The target restores the container stopped and lets it run only when the source says it
+//! removed its copy (commit): it never runs on both hosts at once, and a lost word leaves it
+//! stopped on the target for the operator rather than gone.
 //!
 //! Nothing is lost on the way. The source dumps with the container paused and left so
-//! (CRIU keeps a frozen cgroup frozen), so any failure before the target's "running" (a cut
+//! (CRIU keeps a frozen cgroup frozen), so any failure before the target's "restored" (a cut
 //! connection, a digest mismatch, a refused restore, a timeout) ends with the container resumed
 //! where it was, its memory and connections untouched. The target undoes everything it made
 //! for the container when anything fails there. See `wire` for the stream.
@@ -82,7 +86,13 @@ pub enum MigrateError {
     NotRunning { id: String, status: crate::state::Status },
     #[error("{cause}; container {id} is running here again")]
     RolledBack { id: String, cause: Box<MigrateError> },
-    #[error("container {id} runs on the target now (pid {target_pid}), but removing its copy here failed: {cause}")]
+    #[error("container {id} was removed here, but the target did not hear so ({cause}): it is restored there and stopped; start it there with `warren kill --all {id} CONT`")]
+    CommitLost { id: String, cause: Box<MigrateError> },
+    #[error("the source resumed container {id} (it gave up the move): the copy here is removed")]
+    SourceAborted { id: String },
+    #[error("container {id} is restored here but stopped: the source did not say whether it removed its copy ({cause}); if it is gone there, start it with `warren kill --all {id} CONT`, else remove it with `warren delete -f {id}`")]
+    Unconfirmed { id: String, cause: Box<MigrateError> },
+    #[error("container {id} runs on the target now (pid {target_pid}), but removing its bundle here failed: {cause}")]
     SourceLeftovers { id: String, target_pid: i32, cause: Box<MigrateError> },
     #[error("{cause}; and resuming container {id} here failed too: {resume}")]
     RollbackFailed { id: String, cause: Box<MigrateError>, resume: Box<ContainerError> },

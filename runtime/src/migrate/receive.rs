@@ -111,12 +111,20 @@ impl Runtime {
         let result = self.take_container(&mut end, &hello, &missing, &mut made, opts);
         match result {
             Ok((pid, restore, layers)) => {
-                let outcome = Outcome::Running { pid, restore_ms: restore.as_millis() as u64 };
-                // Unreported, the source resumes its copy: this one must not run as well.
-                end.report(&outcome)?;
+                // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
+                end.report(&Outcome::Running { pid, restore_ms: restore.as_millis() as u64 })?;
+                let committed = end.wait_for_commit();
+                if let Ok(false) = committed {
+                    return Err(MigrateError::SourceAborted { id: hello.id });
+                }
+                // Committed, or unknown: either way this copy stays (stopped while unknown).
                 made.container = None;
                 made.bundle = None;
                 made.image_added = None;
+                if let Err(e) = committed {
+                    return Err(MigrateError::Unconfirmed { id: hello.id, cause: Box::new(e) });
+                }
+                self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true)?;
                 Ok(ReceiveReport { id: hello.id, pid, from: end.peer().into(), layers_received: layers, restore })
             }
             Err(e) => {
@@ -196,6 +204,7 @@ impl Runtime {
             console: opts.console_socket.clone().map(ConsoleTarget::Socket),
             no_pivot: false,
             moved: true,
+            leave_stopped: true,
             common: CriuCommon {
                 tcp_established: hello.criu.tcp_established,
                 ext_unix_sk: hello.criu.ext_unix_sk,

@@ -87,17 +87,28 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(&dump_dir);
         let (dump, outcome) = match moved {
             Ok(done) => done,
-            Err(cause) => return Err(self.roll_back(id, cause)),
+            Err(cause) => {
+                end.abort();
+                return Err(self.roll_back(id, cause));
+            }
         };
+        // The target holds it restored and stopped: the copy here goes, then it may run there.
+        let deleted = self.delete(id, true);
+        if let Err(cause) = deleted {
+            if self.still_here(id) {
+                end.abort();
+                return Err(self.roll_back(id, cause.into()));
+            }
+            log::warn!("migrate {id}: after the kill: {cause}");
+        }
+        end.commit().map_err(|e| MigrateError::CommitLost { id: id.into(), cause: Box::new(e) })?;
         let frozen = frozen_at.elapsed();
-        // The target runs it: the copy here goes, with what its bundle made. From here on
-        // an error must not resume it here (it would run twice).
-        let removed = self.delete(id, true).map_err(MigrateError::from).and_then(|()| match image {
-            Some(_) => Ok(warren_images::bundle::remove(&store, &bundle)?),
-            None => Ok(()),
-        });
-        if let Err(cause) = removed {
-            return Err(MigrateError::SourceLeftovers { id: id.into(), target_pid: outcome.0, cause: Box::new(cause) });
+        // From here on an error must not resume it here: it runs there.
+        if image.is_some() {
+            if let Err(cause) = warren_images::bundle::remove(&store, &bundle) {
+                let cause = Box::new(cause.into());
+                return Err(MigrateError::SourceLeftovers { id: id.into(), target_pid: outcome.0, cause });
+            }
         }
         Ok(SendReport {
             frozen,
@@ -151,6 +162,11 @@ impl Runtime {
             Outcome::Running { pid, restore_ms } => Ok((dump, (pid, restore_ms))),
             Outcome::Failed { reason } => Err(MigrateError::TargetFailed { reason }),
         }
+    }
+
+    /// Whether the container's processes are still here (a delete that failed before its kill).
+    fn still_here(&self, id: &str) -> bool {
+        self.open(id).is_ok_and(|c| self.status(&c) != Status::Stopped)
     }
 
     /// Resumes the container here after a failed move.

@@ -11,8 +11,15 @@
 //!   -- freeze, dump --
 //!   parts: config.json, upper/rootfs tar,
 //!          criu/* files, Manifest        ->
-//!                                        <- Outcome (running | failed)
+//!                                        <- Outcome (restored, stopped | failed)
+//!   -- delete the copy here --
+//!   Commit (or Abort, giving up)         ->
+//!                                           -- SIGCONT: it runs there --
 //! ```
+//!
+//! The restored container stays stopped until the commit, so it never runs on both hosts: if
+//! the outcome is lost the source resumes its copy (and says Abort if it still can), and a
+//! target that hears neither keeps its copy stopped for the operator.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -41,13 +48,25 @@ enum Tag {
     PartEnd = 5,
     Manifest = 6,
     Outcome = 7,
+    Commit = 8,
+    Abort = 9,
 }
 
 impl Tag {
     fn from_u8(b: u8) -> Option<Tag> {
-        [Tag::Hello, Tag::Answer, Tag::PartBegin, Tag::Data, Tag::PartEnd, Tag::Manifest, Tag::Outcome]
-            .into_iter()
-            .find(|t| *t as u8 == b)
+        [
+            Tag::Hello,
+            Tag::Answer,
+            Tag::PartBegin,
+            Tag::Data,
+            Tag::PartEnd,
+            Tag::Manifest,
+            Tag::Outcome,
+            Tag::Commit,
+            Tag::Abort,
+        ]
+        .into_iter()
+        .find(|t| *t as u8 == b)
     }
 }
 
@@ -278,6 +297,20 @@ impl SourceEnd {
     pub fn wait_for_outcome(&mut self) -> Result<Outcome, MigrateError> {
         self.framed.read_json(Tag::Outcome)
     }
+
+    /// The copy here is gone: the target may let its copy run.
+    pub fn commit(&mut self) -> Result<(), MigrateError> {
+        self.framed.write(Tag::Commit, b"{}")?;
+        self.framed.flush()
+    }
+
+    /// The copy here runs again: the target must drop its copy. Best effort (the stream may be
+    /// what failed).
+    pub fn abort(&mut self) {
+        if self.framed.write(Tag::Abort, b"{}").is_ok() {
+            let _ = self.framed.flush();
+        }
+    }
 }
 
 /// Writes one part's content: chunked, hashed, compressed.
@@ -445,6 +478,21 @@ impl TargetEnd {
     pub fn report(&mut self, outcome: &Outcome) -> Result<(), MigrateError> {
         self.framed.write_json(Tag::Outcome, outcome)?;
         self.framed.flush()
+    }
+
+    /// After a reported restore: whether the source removed its copy (Commit) or resumed it
+    /// (Abort). An error leaves it unknown.
+    pub fn wait_for_commit(&mut self) -> Result<bool, MigrateError> {
+        let (tag, _) = self.framed.read()?;
+        match tag {
+            Tag::Commit => Ok(true),
+            Tag::Abort => Ok(false),
+            other => Err(MigrateError::Unexpected {
+                peer: self.framed.peer.clone(),
+                got: format!("{other:?}"),
+                want: "Commit".into(),
+            }),
+        }
     }
 }
 

@@ -52,6 +52,7 @@ pub fn restore(rt: &Runtime, a: &RestoreArgs, criu: Option<&Path>) -> Result<i32
         console: target.or_else(|| a.console_socket.clone().map(ConsoleTarget::Socket)),
         no_pivot: a.no_pivot,
         moved: false,
+        leave_stopped: false,
         common: common(&a.criu, criu),
     };
     let restored = rt.restore(&opts, bundle)?;
