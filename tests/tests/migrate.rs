@@ -340,6 +340,19 @@ fn losing_proxy(pair: &HostPair, listen_port: u16, lose: u8) -> JoinHandle<Resul
     })
 }
 
+/// `migrate send` from A to B's receiver through a proxy that loses frame `lose`: what each
+/// end said.
+fn send_losing(pair: &HostPair, id: &str, lose: u8, migrate_flags: &[&str]) -> Result<(Out, Out)> {
+    let rx = receive(&pair.b, PORT)?;
+    let proxy = losing_proxy(pair, PORT + 1, lose);
+    let target = format!("{}:{}", pair.b.addr, PORT + 1);
+    let args = [migrate_flags, &["send", id, &target]].concat();
+    let sent = pair.a.migrate(&args)?;
+    let got = rx.join().expect("receive thread")?;
+    proxy.join().expect("proxy thread")?;
+    Ok((sent, got))
+}
+
 /// The processes of B's container are stopped (state T), and its counter stands still.
 fn assert_stopped(host: &FakeHost, id: &str, bundle: &Path) -> Result<()> {
     let pid = host.warren.state(id)?["pid"].as_i64().context("pid")?;
@@ -362,11 +375,7 @@ fn a_lost_commit_leaves_the_moved_container_stopped_on_the_target_never_running_
     import(&pair.a)?;
     import(&pair.b)?;
     let (id, _, guard_a) = run_counter(&t, &pair.a)?;
-    let rx = receive(&pair.b, PORT)?;
-    let proxy = losing_proxy(&pair, PORT + 1, COMMIT);
-    let sent = pair.a.migrate(&["send", &id, &format!("{}:{}", pair.b.addr, PORT + 1)])?;
-    let got = rx.join().expect("receive thread")?;
-    proxy.join().expect("proxy thread")?;
+    let (sent, got) = send_losing(&pair, &id, COMMIT, &[])?;
     // A removed its copy and said so; the word never reached B.
     sent.ok().context("send")?;
     std::mem::forget(guard_a);
@@ -396,12 +405,7 @@ fn a_lost_outcome_resumes_the_source_and_the_target_drops_its_copy() -> Result<(
     import(&pair.a)?;
     import(&pair.b)?;
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
-    let rx = receive(&pair.b, PORT)?;
-    let proxy = losing_proxy(&pair, PORT + 1, OUTCOME);
-    let target = format!("{}:{}", pair.b.addr, PORT + 1);
-    let sent = pair.a.migrate(&["--timeout", "3", "send", &id, &target])?;
-    let got = rx.join().expect("receive thread")?;
-    proxy.join().expect("proxy thread")?;
+    let (sent, got) = send_losing(&pair, &id, OUTCOME, &["--timeout", "3"])?;
     let line = sent.failed()?.error_line().to_string();
     ensure!(line.contains("no answer within the timeout") && line.contains("is running here again"), "send: {line}");
     ensure!(got.failed()?.error_line().contains("gave up the move"), "receive: {got}");
