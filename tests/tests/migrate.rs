@@ -153,6 +153,28 @@ fn assert_log_complete(log: &str, at_least: u64) -> Result<u64> {
     Ok(expect - 1)
 }
 
+/// Where the busybox image is imported before a test.
+enum Image {
+    OnBoth,
+    OnSource,
+    Nowhere,
+}
+
+/// A test with two hosts, or None (with a note) where there is no criu.
+fn two_hosts(name: &str, image: Image) -> Result<Option<(Test, HostPair)>> {
+    if !have_criu() {
+        return Ok(None);
+    }
+    let t = Test::new(name);
+    let pair = HostPair::new(&t)?;
+    match image {
+        Image::OnBoth => [&pair.a, &pair.b].into_iter().try_for_each(import)?,
+        Image::OnSource => import(&pair.a)?,
+        Image::Nowhere => {}
+    }
+    Ok(Some((t, pair)))
+}
+
 /// The counter running on `host` from an image bundle, past 10: (id, bundle, its guard).
 fn run_counter(t: &Test, host: &FakeHost) -> Result<(String, PathBuf, Container)> {
     let id = t.id("c");
@@ -181,13 +203,10 @@ fn remove_counter(host: &FakeHost, guard: Container, bundle: &Path) -> Result<()
 
 #[test]
 fn a_counting_container_moves_to_the_other_host() -> Result<()> {
-    if !have_criu() {
-        return Ok(());
-    }
-    let t = Test::new("mig_move");
-    let pair = HostPair::new(&t)?;
     // Only the source has the image: its layers travel too.
-    import(&pair.a)?;
+    let Some((t, pair)) = two_hosts("mig_move", Image::OnSource)? else {
+        return Ok(());
+    };
     let (id, _, guard_a) = run_counter(&t, &pair.a)?;
 
     let rx = receive(&pair.b, PORT)?;
@@ -259,13 +278,9 @@ fn cutting_proxy(pair: &HostPair, listen_port: u16, cut: usize) -> JoinHandle<Re
 
 #[test]
 fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<()> {
-    if !have_criu() {
+    let Some((t, pair)) = two_hosts("mig_cut", Image::OnBoth)? else {
         return Ok(());
-    }
-    let t = Test::new("mig_cut");
-    let pair = HostPair::new(&t)?;
-    import(&pair.a)?;
-    import(&pair.b)?;
+    };
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
 
     let rx = receive(&pair.b, PORT)?;
@@ -367,13 +382,9 @@ fn assert_stopped(host: &FakeHost, id: &str, bundle: &Path) -> Result<()> {
 
 #[test]
 fn a_lost_commit_leaves_the_moved_container_stopped_on_the_target_never_running_twice() -> Result<()> {
-    if !have_criu() {
+    let Some((t, pair)) = two_hosts("mig_nocommit", Image::OnBoth)? else {
         return Ok(());
-    }
-    let t = Test::new("mig_nocommit");
-    let pair = HostPair::new(&t)?;
-    import(&pair.a)?;
-    import(&pair.b)?;
+    };
     let (id, _, guard_a) = run_counter(&t, &pair.a)?;
     let (sent, got) = send_losing(&pair, &id, COMMIT, &[])?;
     // A removed its copy and said so; the word never reached B.
@@ -397,13 +408,9 @@ fn a_lost_commit_leaves_the_moved_container_stopped_on_the_target_never_running_
 
 #[test]
 fn a_lost_outcome_resumes_the_source_and_the_target_drops_its_copy() -> Result<()> {
-    if !have_criu() {
+    let Some((t, pair)) = two_hosts("mig_nooutcome", Image::OnBoth)? else {
         return Ok(());
-    }
-    let t = Test::new("mig_nooutcome");
-    let pair = HostPair::new(&t)?;
-    import(&pair.a)?;
-    import(&pair.b)?;
+    };
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
     let (sent, got) = send_losing(&pair, &id, OUTCOME, &["--timeout", "3"])?;
     let line = sent.failed()?.error_line().to_string();
@@ -429,12 +436,9 @@ exit 1
 
 #[test]
 fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() -> Result<()> {
-    if !have_criu() {
+    let Some((t, pair)) = two_hosts("mig_fail", Image::OnSource)? else {
         return Ok(());
-    }
-    let t = Test::new("mig_fail");
-    let pair = HostPair::new(&t)?;
-    import(&pair.a)?;
+    };
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
 
     let fake = t.dir().join("failing-criu");
@@ -485,13 +489,9 @@ impl Drop for SmallTmpfs {
 
 #[test]
 fn a_target_out_of_space_leaves_the_container_running_on_the_source() -> Result<()> {
-    if !have_criu() {
+    let Some((t, pair)) = two_hosts("mig_full", Image::OnBoth)? else {
         return Ok(());
-    }
-    let t = Test::new("mig_full");
-    let pair = HostPair::new(&t)?;
-    import(&pair.a)?;
-    import(&pair.b)?;
+    };
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
     // B spools the dump in its work dir: 128 KiB holds the small parts, not the dump's pages.
     let full = SmallTmpfs::mount(&pair.b.work, "128k")?;
@@ -538,11 +538,9 @@ fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
-    if !have_criu() {
+    let Some((t, pair)) = two_hosts("mig_bad", Image::Nowhere)? else {
         return Ok(());
-    }
-    let t = Test::new("mig_bad");
-    let pair = HostPair::new(&t)?;
+    };
 
     // Not a migration stream at all.
     let rx = receive(&pair.b, PORT)?;
