@@ -521,3 +521,13 @@ pub fn wait_counter_above(file: &Path, above: u64, timeout: Duration) -> Result<
         sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether criu is on PATH; says so when not (the checkpoint tests are then skipped).
+pub fn have_criu() -> bool {
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file())).unwrap_or(false);
+    if !found {
+        eprintln!("criu not on PATH: skipped (scripts/install-criu.sh installs it)");
+    }
+    found
+}

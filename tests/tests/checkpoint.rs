@@ -11,15 +11,6 @@ use warren_tests::*;
 
 const MIB: u64 = 1 << 20;
 
-fn have_criu() -> bool {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file())).unwrap_or(false);
-    if !found {
-        eprintln!("criu not on PATH: skipped (scripts/install-criu.sh installs it)");
-    }
-    found
-}
-
 /// Counts in a shell variable, writing each value to /tmp/count (through a rename, so that
 /// a reader, or a dump between two writes, never sees it half-written); nothing on stdout.
 const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; sleep 0.05; done";

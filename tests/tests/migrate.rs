@@ -19,15 +19,6 @@ const MIB: u64 = 1 << 20;
 const PORT: u16 = 7777;
 const IMAGE: &str = "warren/busybox:latest";
 
-fn have_criu() -> bool {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file())).unwrap_or(false);
-    if !found {
-        eprintln!("criu not on PATH: skipped (scripts/install-criu.sh installs it)");
-    }
-    found
-}
-
 /// The built-in busybox image's OCI archive.
 fn busybox_archive() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
