@@ -22,7 +22,8 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(bytes))
     }
 
-    fn from_hasher(h: Sha256) -> Digest {
+    /// The digest of what `h` has hashed (for data hashed in pieces as it streams).
+    pub fn from_hasher(h: Sha256) -> Digest {
         Digest(format!("sha256:{}", to_hex(&h.finalize())))
     }
 

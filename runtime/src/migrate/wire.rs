@@ -217,13 +217,14 @@ impl Framed {
     fn read_json<T: DeserializeOwned>(&mut self, want: Tag) -> Result<T, MigrateError> {
         let (tag, payload) = self.read()?;
         if tag != want {
-            return Err(MigrateError::Unexpected {
-                peer: self.peer.clone(),
-                got: format!("{tag:?}"),
-                want: format!("{want:?}"),
-            });
+            return Err(self.unexpected(tag, &format!("{want:?}")));
         }
         self.parse(want, &payload)
+    }
+
+    /// A frame of type `got` where the protocol wants `want`.
+    fn unexpected(&self, got: Tag, want: &str) -> MigrateError {
+        MigrateError::Unexpected { peer: self.peer.clone(), got: format!("{got:?}"), want: want.into() }
     }
 
     fn parse<T: DeserializeOwned>(&self, tag: Tag, payload: &[u8]) -> Result<T, MigrateError> {
@@ -347,8 +348,7 @@ impl PartWriter<'_> {
             return Err(e);
         }
         self.push()?;
-        let sha256 = Digest::parse(&format!("sha256:{}", hex(&self.hash.finalize()))).expect("sha256 hex");
-        Ok(PartEnd { bytes: self.bytes, sha256 })
+        Ok(PartEnd { bytes: self.bytes, sha256: Digest::from_hasher(self.hash) })
     }
 }
 
@@ -368,10 +368,6 @@ impl Write for PartWriter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the target reads next after the answer.
@@ -421,11 +417,7 @@ impl TargetEnd {
                 Ok(Incoming::Part(part))
             }
             Tag::Manifest => Ok(Incoming::Manifest(self.framed.parse(tag, &payload)?)),
-            other => Err(MigrateError::Unexpected {
-                peer: self.framed.peer.clone(),
-                got: format!("{other:?}"),
-                want: "PartBegin or Manifest".into(),
-            }),
+            other => Err(self.framed.unexpected(other, "PartBegin or Manifest")),
         }
     }
 
@@ -446,20 +438,14 @@ impl TargetEnd {
                 }
                 Tag::PartEnd => {
                     let end: PartEnd = self.framed.parse(tag, &payload)?;
-                    let actual = Digest::parse(&format!("sha256:{}", hex(&hash.finalize()))).expect("sha256 hex");
+                    let actual = Digest::from_hasher(hash);
                     if end.bytes != bytes || end.sha256 != actual {
                         return Err(MigrateError::DigestMismatch { part: part.clone(), expected: end.sha256, actual });
                     }
                     self.received.push(ManifestEntry { part: part.clone(), bytes, sha256: actual });
                     return Ok(end);
                 }
-                other => {
-                    return Err(MigrateError::Unexpected {
-                        peer: self.framed.peer.clone(),
-                        got: format!("{other:?}"),
-                        want: "Data or PartEnd".into(),
-                    })
-                }
+                other => return Err(self.framed.unexpected(other, "Data or PartEnd")),
             }
         }
     }
@@ -487,11 +473,7 @@ impl TargetEnd {
         match tag {
             Tag::Commit => Ok(true),
             Tag::Abort => Ok(false),
-            other => Err(MigrateError::Unexpected {
-                peer: self.framed.peer.clone(),
-                got: format!("{other:?}"),
-                want: "Commit".into(),
-            }),
+            other => Err(self.framed.unexpected(other, "Commit or Abort")),
         }
     }
 }
