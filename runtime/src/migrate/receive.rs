@@ -108,11 +108,11 @@ impl Runtime {
             Made { rt: self, store: &store, lease, staging, bundle: None, image_added: None, container: None };
         std::fs::create_dir_all(made.staging.join("criu")).map_err(io_err(&made.staging))?;
         end.answer(&Answer::Accept { missing_layers: missing.clone() })?;
-        let result = self.take_container(&mut end, &hello, &missing, &mut made, opts);
+        let result = self.take_container(&mut end, &hello, &missing, &mut made, &bundle_dir, opts);
         match result {
             Ok((pid, restore, layers)) => {
                 // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
-                end.report(&Outcome::Running { pid, restore_ms: restore.as_millis() as u64 })?;
+                end.report(&Outcome::Restored { pid, restore_ms: restore.as_millis() as u64 })?;
                 let committed = end.wait_for_commit();
                 if let Ok(false) = committed {
                     return Err(MigrateError::SourceAborted { id: hello.id });
@@ -169,6 +169,7 @@ impl Runtime {
         hello: &Hello,
         missing: &[Digest],
         made: &mut Made<'_>,
+        bundle_dir: &Path,
         opts: &ReceiveOptions,
     ) -> Result<(i32, Duration, usize), MigrateError> {
         let got = receive_parts(end, hello, missing, made)?;
@@ -177,7 +178,6 @@ impl Runtime {
         let rootfs_tar = got.rootfs_tar.ok_or(MigrateError::MissingPart {
             part: if matches!(hello.rootfs, RootfsOffer::Image(_)) { Part::Upper } else { Part::Rootfs },
         })?;
-        let bundle_dir = opts.bundles.join(&hello.id);
         std::fs::create_dir_all(&opts.bundles).map_err(io_err(&opts.bundles))?;
         let tar = File::open(&rootfs_tar).map_err(io_err(&rootfs_tar))?;
         match &hello.rootfs {
@@ -187,12 +187,12 @@ impl Runtime {
                 if lease.receive_image(&blob)? {
                     made.image_added = Some(image.name.clone());
                 }
-                made.bundle = Some((bundle_dir.clone(), true));
-                warren_images::bundle::receive(made.store, &bundle_dir, &image.name, &config, tar)?;
+                made.bundle = Some((bundle_dir.to_path_buf(), true));
+                warren_images::bundle::receive(made.store, bundle_dir, &image.name, &config, tar)?;
             }
             RootfsOffer::Plain => {
-                made.bundle = Some((bundle_dir.clone(), false));
-                warren_images::bundle::receive_plain(&bundle_dir, &config, tar)?;
+                made.bundle = Some((bundle_dir.to_path_buf(), false));
+                warren_images::bundle::receive_plain(bundle_dir, &config, tar)?;
             }
         }
         let _ = std::fs::remove_file(&rootfs_tar);
@@ -214,7 +214,7 @@ impl Runtime {
             },
         };
         let t = Instant::now();
-        let bundle = crate::spec::Bundle::load(&bundle_dir).map_err(crate::container::ContainerError::from)?;
+        let bundle = crate::spec::Bundle::load(bundle_dir).map_err(ContainerError::from)?;
         let restored = self.restore(&restore, bundle).map_err(|e| keep_restore_log(e, &opts.work, &hello.id))?;
         made.container = Some(hello.id.clone());
         Ok((restored.pid, t.elapsed(), got.layers))

@@ -1,5 +1,6 @@
 //! The source side: offer, send what the target lacks, freeze, dump, send the rest, and
-//! delete here only when the target runs the container; otherwise resume it here.
+//! delete here (then commit) only when the target has restored the container; otherwise
+//! resume it here.
 
 use std::io::IsTerminal;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -31,7 +32,7 @@ pub struct SendOptions {
 /// What a migration took.
 #[derive(Debug)]
 pub struct SendReport {
-    /// From the freeze here to the target's "running".
+    /// From the freeze here to the commit that lets it run on the target.
     pub frozen: Duration,
     pub dump: Duration,
     /// The target's restore, as it measured it.
@@ -159,7 +160,7 @@ impl Runtime {
         end.send_manifest()?;
         progress.done(end.sent);
         match end.wait_for_outcome()? {
-            Outcome::Running { pid, restore_ms } => Ok((dump, (pid, restore_ms))),
+            Outcome::Restored { pid, restore_ms } => Ok((dump, (pid, restore_ms))),
             Outcome::Failed { reason } => Err(MigrateError::TargetFailed { reason }),
         }
     }

@@ -153,8 +153,14 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Outcome {
-    Running { pid: i32, restore_ms: u64 },
-    Failed { reason: String },
+    /// Restored with its processes stopped, waiting for Commit or Abort.
+    Restored {
+        pid: i32,
+        restore_ms: u64,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// Frames in both directions on one connection.
