@@ -125,6 +125,13 @@ impl Stdio {
         Some(Stdio::File(format!("file[{mnt_id:x}:{:x}]", meta.ino()), meta.is_file().then_some(meta.len())))
     }
 
+    /// CRIU's name for what the descriptor points at.
+    fn key(&self) -> &String {
+        match self {
+            Stdio::Inherit(key) | Stdio::Tty(key) | Stdio::File(key, _) => key,
+        }
+    }
+
     fn dump_external(&self) -> Option<String> {
         match self {
             Stdio::Tty(key) | Stdio::File(key, _) => Some(key.clone()),

@@ -59,9 +59,8 @@ impl Runtime {
         let stand_in_dir = opts.moved.then(|| self.dir(&opts.id));
         let mut inherited = inherit_fds(&info, opts.console.as_ref(), stand_in_dir.as_deref())?;
         if let Some(path) = super::joined_netns(&bundle.spec) {
-            let netns = open_netns(&path)?;
-            inherited.pairs.push((netns.as_raw_fd(), super::criu::EXTERNAL_NETNS.into()));
-            inherited._fds.push(netns);
+            let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io { path: path.clone(), source });
+            inherited.add(inheritable(netns?, &path)?, super::criu::EXTERNAL_NETNS);
         }
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);
@@ -113,7 +112,7 @@ struct Inherited {
     /// `--inherit-fd` pairs: our fd, the criu key of what it replaces.
     pairs: Vec<(i32, String)>,
     /// The fds the pairs name that must stay open until criu has run.
-    _fds: Vec<OwnedFd>,
+    fds: Vec<OwnedFd>,
     /// The new pty slave, to bind on /dev/console.
     console: Option<PathBuf>,
 }
@@ -127,46 +126,39 @@ fn inherit_fds(
     console: Option<&ConsoleTarget>,
     stand_ins: Option<&Path>,
 ) -> Result<Inherited, ContainerError> {
-    let mut inherit: Vec<(i32, String)> = Vec::new();
-    let mut keep = Vec::new();
-    let mut console_path = None;
+    let mut got = Inherited { pairs: Vec::new(), fds: Vec::new(), console: None };
     for (fd, stdio) in (0..).zip(&info.stdio) {
-        let seen = |key: &String| inherit.iter().any(|(_, k)| k == key);
+        let seen = got.pairs.iter().any(|(_, k)| Some(k) == stdio.as_ref().map(Stdio::key));
         match (stdio, stand_ins) {
-            (Some(Stdio::Inherit(key) | Stdio::File(key, _)), Some(_)) if seen(key) => {}
+            (Some(Stdio::Inherit(_) | Stdio::File(..)), Some(_)) if seen => {}
             // A device (/dev/null, say) is /dev/null here.
             (Some(Stdio::Inherit(key) | Stdio::File(key, None)), Some(_)) => {
-                let dev_null = open_inheritable(Path::new("/dev/null"), None)?;
-                inherit.push((dev_null.as_raw_fd(), key.clone()));
-                keep.push(dev_null);
+                got.add(open_inheritable(Path::new("/dev/null"), None)?, key);
             }
             (Some(Stdio::File(key, Some(size))), Some(dir)) => {
-                let file = open_inheritable(&dir.join(format!("stdio-{fd}")), Some(*size))?;
-                inherit.push((file.as_raw_fd(), key.clone()));
-                keep.push(file);
+                got.add(open_inheritable(&dir.join(format!("stdio-{fd}")), Some(*size))?, key);
             }
-            (Some(Stdio::Inherit(key) | Stdio::File(key, _)), None) => inherit.push((fd, key.clone())),
-            (Some(Stdio::Tty(key)), _) if !seen(key) => {
+            (Some(Stdio::Inherit(key) | Stdio::File(key, _)), None) => got.pairs.push((fd, key.clone())),
+            (Some(Stdio::Tty(key)), _) if !seen => {
                 let socket = connect_console(console)?.ok_or(ContainerError::NoConsoleSocket { id: String::new() })?;
                 let (slave, path) = crate::console::create(socket.as_raw_fd(), None)?;
-                console_path = Some(path);
+                got.console = Some(path);
                 crate::sys::clear_cloexec(slave.as_raw_fd())
                     .map_err(|source| ContainerError::Io { path: "console".into(), source })?;
-                inherit.push((slave.as_raw_fd(), key.clone()));
-                keep.push(slave);
+                got.add(slave, key);
             }
             _ => {}
         }
     }
-    Ok(Inherited { pairs: inherit, _fds: keep, console: console_path })
+    Ok(got)
 }
 
-/// The network namespace file the container joins, open across criu's exec.
-fn open_netns(path: &Path) -> Result<OwnedFd, ContainerError> {
-    let io = |source| ContainerError::Io { path: path.into(), source };
-    let fd = OwnedFd::from(std::fs::File::open(path).map_err(io)?);
-    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(io)?;
-    Ok(fd)
+impl Inherited {
+    /// One more fd for criu to hand over under `key`, kept open until it has run.
+    fn add(&mut self, fd: OwnedFd, key: &str) {
+        self.pairs.push((fd.as_raw_fd(), key.into()));
+        self.fds.push(fd);
+    }
 }
 
 /// `path` opened read-write across criu's exec; with a size, a new file of that size.
@@ -176,8 +168,13 @@ fn open_inheritable(path: &Path, size: Option<u64>) -> Result<OwnedFd, Container
     if let Some(size) = size {
         file.set_len(size).map_err(io)?;
     }
+    inheritable(file, path)
+}
+
+/// An open file made to survive criu's exec (no close-on-exec).
+fn inheritable(file: std::fs::File, path: &Path) -> Result<OwnedFd, ContainerError> {
     let fd = OwnedFd::from(file);
-    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(io)?;
+    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(|source| ContainerError::Io { path: path.into(), source })?;
     Ok(fd)
 }
 
