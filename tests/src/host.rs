@@ -31,14 +31,14 @@ impl FakeHost {
         self.netns.path()
     }
 
-    /// `warren --root R GROUP --store S --work W ARGS...` run as this host.
+    /// `warren --root R migrate --store S --work W ARGS...` run as this host.
     pub fn migrate(&self, args: &[&str]) -> Result<Out> {
         self.warren.cmd_for(&self.migrate_args(args), std::time::Duration::from_secs(120))
     }
 
+    /// The arguments of [`FakeHost::migrate`] after `--root R`.
     pub fn migrate_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
-        let mut v = vec!["migrate", path_str(&self.store), "--work", path_str(&self.work)];
-        v.insert(1, "--store");
+        let mut v = vec!["migrate", "--store", path_str(&self.store), "--work", path_str(&self.work)];
         v.extend_from_slice(args);
         v
     }
@@ -192,26 +192,19 @@ fn make_host(t: &Test, name: &str, addr: &str) -> Result<FakeHost> {
     })
 }
 
-/// `NAME` below this process's own cgroup in every hierarchy (cpuset given its parent's
-/// cpus and mems, which a new v1 cpuset lacks).
+/// `NAME` below this process's own cgroup in every hierarchy, named ones (name=systemd)
+/// included: a path shared there would make both hosts' containers one cgroup. A new v1
+/// cpuset gets its parent's cpus and mems, which it lacks.
 fn make_cgroups(name: &str) -> Result<Vec<PathBuf>> {
     let own = std::fs::read_to_string("/proc/self/cgroup")?;
     let mut dirs = Vec::new();
     for line in own.lines() {
-        let mut it = line.splitn(3, ':');
-        let (_, ctrls, path) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or("/"));
-        let mount = match ctrls {
-            "" => PathBuf::from("/sys/fs/cgroup/unified"),
-            // A named hierarchy (name=systemd) is mounted under its name, if at all; a
-            // shared path there would make both hosts' containers one cgroup.
-            c if c.starts_with("name=") => match Path::new("/sys/fs/cgroup").join(&c[5..]) {
-                m if m.is_dir() => m,
-                _ => continue,
-            },
-            c => PathBuf::from("/sys/fs/cgroup").join(c.split(',').next().unwrap_or(c)),
-        };
-        let mount = if ctrls.is_empty() && !mount.exists() { PathBuf::from("/sys/fs/cgroup") } else { mount };
-        let dir = mount.join(path.trim_start_matches('/')).join(name);
+        // A hierarchy by its first controller ("": the cgroup2 one).
+        let ctrls = line.split(':').nth(1).unwrap_or("");
+        let dir = crate::cgroup_dir(std::process::id() as i32, ctrls.split(',').next().unwrap_or(""))?.join(name);
+        if dirs.contains(&dir) {
+            continue; // a hierarchy not mounted here resolves to the cgroup2 one
+        }
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         if ctrls.split(',').any(|c| c == "cpuset") {
             for knob in ["cpuset.cpus", "cpuset.mems"] {

@@ -241,13 +241,24 @@ fn a_counting_container_moves_to_the_other_host() -> Result<()> {
     Ok(())
 }
 
-/// Forwards A's stream to B's receiver, cutting both connections after `cut` bytes.
-fn cutting_proxy(pair: &HostPair, listen_port: u16, cut: usize) -> JoinHandle<Result<usize>> {
+/// A proxy on B at `listen_port` in front of B's receiver: `relay` gets the one connection
+/// from A and one to the receiver, in a thread inside B's network namespace.
+fn proxy<T: Send + 'static>(
+    pair: &HostPair,
+    listen_port: u16,
+    relay: impl FnOnce(TcpStream, TcpStream) -> Result<T> + Send + 'static,
+) -> JoinHandle<Result<T>> {
     let (listen, upstream) = (format!("{}:{listen_port}", pair.b.addr), format!("{}:{PORT}", pair.b.addr));
     let listener = in_netns(&pair.b, move || Ok(TcpListener::bind(listen)?)).join().expect("bind thread");
     in_netns(&pair.b, move || {
-        let (mut down, _) = listener?.accept()?;
-        let mut up = TcpStream::connect(upstream)?;
+        let (down, _) = listener?.accept()?;
+        relay(down, TcpStream::connect(upstream)?)
+    })
+}
+
+/// Forwards A's stream to B's receiver, cutting both connections after `cut` bytes.
+fn cutting_proxy(pair: &HostPair, listen_port: u16, cut: usize) -> JoinHandle<Result<usize>> {
+    proxy(pair, listen_port, move |mut down, mut up| {
         let mut back = up.try_clone()?;
         let mut down_w = down.try_clone()?;
         std::thread::spawn(move || std::io::copy(&mut back, &mut down_w));
@@ -330,11 +341,7 @@ fn copy_frames(mut from: TcpStream, mut to: TcpStream, drop: u8, stop: bool) -> 
 /// Forwards the stream between A and B's receiver, losing one frame: B's outcome on its way
 /// to A (`COMMIT` = false), or A's commit on its way to B, after which both ends are cut.
 fn losing_proxy(pair: &HostPair, listen_port: u16, lose: u8) -> JoinHandle<Result<()>> {
-    let (listen, upstream) = (format!("{}:{listen_port}", pair.b.addr), format!("{}:{PORT}", pair.b.addr));
-    let listener = in_netns(&pair.b, move || Ok(TcpListener::bind(listen)?)).join().expect("bind thread");
-    in_netns(&pair.b, move || {
-        let (mut down, _) = listener?.accept()?;
-        let mut up = TcpStream::connect(upstream)?;
+    proxy(pair, listen_port, move |mut down, mut up| {
         let mut magic = [0u8; 16];
         down.read_exact(&mut magic)?;
         up.write_all(&magic)?;
