@@ -159,3 +159,57 @@ fn hook_timeout_is_honoured() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// A hook that writes far more than a pipe holds, on both outputs, finishes: its output is
+/// read while it runs (before, create waited on it forever, there being no timeout).
+#[test]
+fn chatty_hook_does_not_block_create() -> Result<()> {
+    let t = Test::new("hook_chatty");
+    let b = t.bundle(&["true"])?;
+    let noise = "i=0; while [ $i -lt 64 ]; do head -c 16384 /dev/zero | tr '\\0' x; i=$((i+1)); done";
+    b.edit(|c| {
+        c["hooks"]["prestart"] = json!([{"path": "/bin/sh", "args": ["sh", "-c", format!("{noise}; {noise} >&2")]}]);
+    })?;
+    t.run(&t.id("c"), &b)?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// A failing hook's error is one line with only the end of its output, however much it wrote.
+#[test]
+fn failing_chatty_hook_error_is_bounded() -> Result<()> {
+    let t = Test::new("hook_chatty_fail");
+    let b = t.bundle(&["true"])?;
+    let script = "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo the-real-reason >&2; exit 3";
+    b.edit(|c| {
+        c["hooks"]["createRuntime"] = json!([{"path": "/bin/sh", "args": ["sh", "-c", script]}]);
+    })?;
+    let out = t.run(&t.id("c"), &b)?;
+    out.failed()?;
+    let line = out.stderr.lines().find(|l| l.contains("createRuntime hook")).unwrap_or_default();
+    ensure!(line.contains("the-real-reason") && line.contains("exit status: 3"), "{out}");
+    ensure!(line.len() < 5000, "error line of {} bytes", line.len());
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// On timeout the hook's whole process group goes, not only the hook: what it started in the
+/// background would otherwise outlive the failed create.
+#[test]
+fn hook_timeout_kills_what_the_hook_started() -> Result<()> {
+    let t = Test::new("hook_timeout_group");
+    let b = t.bundle(&["true"])?;
+    // Named under the test dir, so the leftover check sees them if they live.
+    let sleep = t.dir().join("sleep");
+    std::os::unix::fs::symlink("/bin/busybox", &sleep)?;
+    let s = sleep.display();
+    b.edit(|c| {
+        c["hooks"]["prestart"] =
+            json!([{"path": "/bin/sh", "args": ["sh", "-c", format!("{s} 30 & {s} 31 & {s} 32")], "timeout": 1}]);
+    })?;
+    let out = t.run(&t.id("c"), &b)?;
+    out.failed()?;
+    ensure!(out.stderr.contains("timed out"), "{out}");
+    t.assert_no_leftovers();
+    Ok(())
+}

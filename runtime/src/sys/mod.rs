@@ -407,3 +407,20 @@ mod tests {
         assert_eq!(process_start_time(pid).unwrap(), process_start_time(pid).unwrap());
     }
 }
+
+/// pidfd_open(2): a descriptor that polls readable once `pid` has exited.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; no pointers.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// O_NONBLOCK on `fd`, so a drain loop never blocks on a pipe that a stray process holds open.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor with integer arguments only.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long)?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags as libc::c_int | libc::O_NONBLOCK) } as libc::c_long)
+        .map(|_| ())
+}
