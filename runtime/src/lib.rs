@@ -1,6 +1,7 @@
 //! Warren's engine: everything the `warren` binary (and later the shim) does,
 //! as a library. The binary only parses arguments and dispatches here.
 
+pub mod atomic_file;
 pub mod cgroups;
 pub mod checkpoint;
 pub mod console;

@@ -5,7 +5,6 @@ use crate::cgroups::Cgroup;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "state.json";
@@ -57,6 +56,22 @@ impl Status {
     }
     pub fn can_exec(self) -> bool {
         matches!(self, Status::Created | Status::Running)
+    }
+    /// Every status whose processes (and cgroup) still exist.
+    pub fn can_update(self) -> bool {
+        self.can_kill()
+    }
+    /// CRIU dumps a live tree; a paused one is dumped as it stands.
+    pub fn can_checkpoint(self) -> bool {
+        matches!(self, Status::Running | Status::Paused)
+    }
+    /// A move freezes the container itself, and resumes it on failure: it must be running.
+    pub fn can_migrate(self) -> bool {
+        self == Status::Running
+    }
+    /// Stopped: its init is gone, whatever else its cgroup still holds.
+    pub fn is_stopped(self) -> bool {
+        self == Status::Stopped
     }
     pub fn as_str(self) -> &'static str {
         match self {
@@ -132,15 +147,17 @@ pub fn read_state(dir: &Path, id: &str) -> Result<State, StateError> {
     serde_json::from_slice(&text).map_err(|source| StateError::Corrupt { path, source })
 }
 
-/// Temp file + fsync-less rename: readers see the old or the new state, never half.
+/// Readers see the old or the new state, never half. Owner-only: it holds the whole spec,
+/// process.env (secrets) included.
 pub fn write_state(dir: &Path, state: &State) -> Result<(), StateError> {
-    let tmp = dir.join(".state.json.tmp");
     let path = dir.join(STATE_FILE);
     let text = serde_json::to_vec(state).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&text).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    crate::atomic_file::write(&path, &text, STATE_FILE_MODE).map_err(io_err(&path))
 }
+
+/// Modes of the state root, each container's directory and its state file, as runc's.
+pub const STATE_DIR_MODE: u32 = 0o700;
+pub const STATE_FILE_MODE: u32 = 0o600;
 
 /// RFC 3339 UTC timestamp with nanoseconds, as runc prints `created`.
 pub fn rfc3339_now() -> String {

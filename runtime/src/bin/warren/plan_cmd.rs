@@ -1,7 +1,7 @@
 //! `warren plan list|show|apply` and `warren spec --plan`: hosting plans (warren-config)
 //! written into a bundle's config.json.
 
-use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -127,20 +127,8 @@ fn rootfs_of(config: &Value, bundle: &Path) -> PathBuf {
 }
 
 fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("config.json");
-    let tmp = path.with_file_name(format!(".{name}.warren-{}", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(contents)?;
-        file.set_permissions(std::fs::metadata(path)?.permissions())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("write {}", path.display()));
-    }
-    Ok(())
+    let mode = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.permissions().mode();
+    warren::atomic_file::write(path, contents, mode & 0o7777).with_context(|| format!("write {}", path.display()))
 }
 
 fn print_table<'a>(plans: impl Iterator<Item = &'a Plan>) {
