@@ -15,6 +15,7 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources, Process, Spec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -215,9 +216,11 @@ impl Runtime {
         if let Some(path) = cgroup.occupied() {
             return Err(ContainerError::CgroupInUse { id: id.into(), path });
         }
-        std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let mut private = std::fs::DirBuilder::new();
+        private.mode(state::STATE_DIR_MODE);
+        private.recursive(true).create(&self.root).map_err(io_err(&self.root))?;
         let dir = self.dir(id);
-        match std::fs::create_dir(&dir) {
+        match private.recursive(false).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(StateError::Exists { id: id.to_string() }.into())
@@ -306,7 +309,7 @@ impl Runtime {
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
         let c = self.open(id)?;
         match self.status(&c) {
-            Status::Created => {}
+            s if s.can_start() => {}
             Status::Stopped => return Err(ContainerError::StartStopped { id: id.into() }),
             _ => return Err(ContainerError::StartRunning { id: id.into() }),
         }
@@ -337,8 +340,15 @@ impl Runtime {
 
     pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
         let c = self.open(id)?;
+        self.delete_locked(&c, force)
+    }
+
+    /// `delete` of a container whose lock the caller holds (and drops after: the directory is
+    /// gone by then).
+    pub(crate) fn delete_locked(&self, c: &Locked, force: bool) -> Result<(), ContainerError> {
+        let id = c.state.id.as_str();
         log::debug!("delete {id}: begin");
-        let status = self.status(&c);
+        let status = self.status(c);
         if !force && !status.can_delete() {
             return Err(ContainerError::DeleteNotStopped { id: id.into(), status });
         }
@@ -376,21 +386,27 @@ impl Runtime {
     }
 
     pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
-        let c = self.open(id)?;
-        let status = self.status(&c);
+        self.pause_locked(&self.open(id)?)
+    }
+
+    pub(crate) fn pause_locked(&self, c: &Locked) -> Result<(), ContainerError> {
+        let status = self.status(c);
         if !status.can_pause() {
-            return Err(ContainerError::BadStatus { id: id.into(), status, action: "pause" });
+            return Err(ContainerError::BadStatus { id: c.state.id.clone(), status, action: "pause" });
         }
-        Ok(self.cgroup_of(&c)?.freeze()?)
+        Ok(self.cgroup_of(c)?.freeze()?)
     }
 
     pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
-        let c = self.open(id)?;
-        let status = self.status(&c);
+        self.resume_locked(&self.open(id)?)
+    }
+
+    pub(crate) fn resume_locked(&self, c: &Locked) -> Result<(), ContainerError> {
+        let status = self.status(c);
         if !status.can_resume() {
-            return Err(ContainerError::BadStatus { id: id.into(), status, action: "resume" });
+            return Err(ContainerError::BadStatus { id: c.state.id.clone(), status, action: "resume" });
         }
-        Ok(self.cgroup_of(&c)?.thaw()?)
+        Ok(self.cgroup_of(c)?.thaw()?)
     }
 
     /// Changes the resources of a live (created, running or paused) container, as `runc
@@ -399,8 +415,7 @@ impl Runtime {
     pub fn update(&self, id: &str, r: &LinuxResources) -> Result<(), ContainerError> {
         let mut c = self.open(id)?;
         let status = self.status(&c);
-        // Same set as kill: every status whose processes (and cgroup) still exist.
-        if !status.can_kill() {
+        if !status.can_update() {
             return Err(ContainerError::BadStatus { id: id.into(), status, action: "update" });
         }
         self.cgroup_of(&c)?.update_resources(r)?;
@@ -565,12 +580,10 @@ pub(crate) fn connect_console(target: Option<&ConsoleTarget>) -> Result<Option<O
     }
 }
 
-/// Written via a temp file and rename, so readers never see a partial pid.
+/// Written whole, so readers never see a partial pid; readable by all, as runc's.
 pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
     let path = std::path::absolute(path).map_err(io_err(path))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
-    std::fs::write(&tmp, pid.to_string()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    crate::atomic_file::write(&path, pid.to_string().as_bytes(), 0o644).map_err(io_err(&path))
 }
 
 /// Makes the container's cgroup with its device rules and resources.

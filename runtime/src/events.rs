@@ -9,7 +9,6 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::cgroups::oom::OomWatcher;
 use crate::cgroups::stats::Stats;
 use crate::container::{ContainerError, Runtime};
-use crate::state::Status;
 
 pub enum Event {
     Stats(Box<Stats>),
@@ -87,7 +86,7 @@ fn report_oom(oom: Option<&mut OomWatcher>, emit: &mut impl FnMut(Event) -> bool
 
 fn is_live(rt: &Runtime, id: &str) -> Result<bool, ContainerError> {
     match rt.state(id) {
-        Ok(view) => Ok(view.status != Status::Stopped),
+        Ok(view) => Ok(!view.status.is_stopped()),
         Err(ContainerError::State(crate::state::StateError::NotFound { .. })) => Ok(false),
         Err(e) => Err(e),
     }

@@ -211,3 +211,59 @@ fn run_no_pivot() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// state.json holds the whole spec, process.env (secrets) included: the state root, each
+/// container's directory and its state file are the owner's alone, as runc's.
+#[test]
+fn state_is_private() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Test::new("state_private");
+    let b = t.bundle(&["sleep", "30"])?;
+    b.edit(|c| c["process"]["env"].as_array_mut().unwrap().push(json!("API_TOKEN=hunter2")))?;
+    let id = t.id("c");
+    let c = t.create(&id, &b)?;
+    let root = t.warren.root().to_path_buf();
+    let dir = root.join(&id);
+    for (path, want) in [(&root, 0o700), (&dir, 0o700), (&dir.join("state.json"), 0o600)] {
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+        ensure!(mode == want, "{}: mode {mode:o}, want {want:o}", path.display());
+    }
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        // Not the exec fifo: opening it would wait for a writer.
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let holds_secret = std::fs::read(entry.path()).is_ok_and(|b| String::from_utf8_lossy(&b).contains("hunter2"));
+        let mode = entry.metadata()?.permissions().mode();
+        ensure!(!holds_secret || mode & 0o077 == 0, "{:?} holds the secret with mode {mode:o}", entry.path());
+    }
+    c.kill("KILL")?;
+    t.cmd(&["delete", "--force", &id])?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// runc's parser takes a flag given twice, the last one winning; clients and test tools
+/// pass flags that way (a global --root before the verb, then another).
+#[test]
+fn repeated_flags_last_one_wins() -> Result<()> {
+    let t = Test::new("flags_twice");
+    let b = t.bundle(&["sleep", "30"])?;
+    let id = t.id("c");
+    let c = t.create(&id, &b)?;
+    let root = t.warren.root().to_string_lossy().into_owned();
+    let elsewhere = t.dir().join("elsewhere").to_string_lossy().into_owned();
+    // The harness passes --root ROOT first: a second --root wins.
+    let out = t.cmd(&["--root", &elsewhere, "state", &id])?;
+    out.failed()?;
+    ensure!(out.stderr.contains("does not exist"), "{out}");
+    t.cmd(&["--root", &elsewhere, "--root", &root, "state", &id])?.ok()?;
+    t.cmd(&["--debug", "--debug", "--log-format", "json", "--log-format", "text", "state", &id])?.ok()?;
+    // A verb's own flags too, and repeatable flags still add up.
+    let out = c.exec(&["-e", "A=1", "-e", "B=2", "--cwd", "/", "--cwd", "/tmp"], &["sh", "-c", "echo $A$B; pwd"])?;
+    ensure!(out.ok()?.stdout.split_whitespace().collect::<Vec<_>>() == ["12", "/tmp"], "{out}");
+    t.cmd(&["delete", "--force", "--force", &id])?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}

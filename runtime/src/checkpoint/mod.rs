@@ -10,12 +10,12 @@
 mod criu;
 mod restore;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::{ContainerError, Runtime};
-use crate::state::Status;
+use crate::container::{ContainerError, Locked, Runtime};
 
 pub use restore::{RestoreOptions, Restored};
 
@@ -230,15 +230,29 @@ impl Runtime {
     /// `leave_running` (or `pre_dump`), the container is then stopped and deleted, as runc does.
     pub fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<(), ContainerError> {
         opts.common.validate()?;
+        // One lock from the status check to the delete: no other verb acts in between.
         let c = self.open(id)?;
-        let status = self.status(&c);
-        if !matches!(status, Status::Running | Status::Paused) {
-            return Err(ContainerError::BadStatus { id: id.into(), status, action: "checkpoint" });
+        self.checkpoint_locked(&c, opts)?;
+        if !opts.leave_running && !opts.pre_dump {
+            // CRIU killed the tree after the dump; what is left is a stopped container.
+            self.delete_locked(&c, true)?;
+        }
+        Ok(())
+    }
+
+    /// The dump of a container whose lock the caller holds; it stays as CRIU leaves it.
+    pub(crate) fn checkpoint_locked(&self, c: &Locked, opts: &CheckpointOptions) -> Result<(), ContainerError> {
+        let status = self.status(c);
+        if !status.can_checkpoint() {
+            return Err(ContainerError::BadStatus { id: c.state.id.clone(), status, action: "checkpoint" });
         }
         let pid = c.state.pid;
-        std::fs::create_dir_all(&opts.image_path).map_err(io_err(&opts.image_path)).map_err(ContainerError::from)?;
+        // The images hold the container's memory: owner-only, as its state.
+        let mut private = std::fs::DirBuilder::new();
+        private.recursive(true).mode(crate::state::STATE_DIR_MODE);
+        private.create(&opts.image_path).map_err(io_err(&opts.image_path)).map_err(ContainerError::from)?;
         if let Some(work) = &opts.work_path {
-            std::fs::create_dir_all(work).map_err(io_err(work)).map_err(ContainerError::from)?;
+            private.create(work).map_err(io_err(work)).map_err(ContainerError::from)?;
         }
         let stdio: Vec<Option<Stdio>> = (0..3).map(|fd| Stdio::of(pid, fd)).collect();
         let cgroup_mounts = cgroup_mounts(pid, c.state.cgroup.as_ref());
@@ -273,11 +287,6 @@ impl Runtime {
             action,
             None,
         )?;
-        drop(c);
-        if !opts.leave_running && !opts.pre_dump {
-            // CRIU killed the tree after the dump; what is left is a stopped container.
-            self.delete(id, true)?;
-        }
         Ok(())
     }
 }

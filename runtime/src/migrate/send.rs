@@ -13,8 +13,7 @@ use warren_images::transfer::{self, ImageRef};
 use super::wire::{Answer, CriuFlags, Hello, Outcome, Part, PartWriter, RootfsOffer, SourceEnd};
 use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointOptions, CriuCommon};
-use crate::container::Runtime;
-use crate::state::Status;
+use crate::container::{Locked, Runtime};
 
 pub struct SendOptions {
     /// The target's `migrate receive` address, HOST:PORT.
@@ -50,13 +49,13 @@ impl Runtime {
     /// unless the error says that resuming it failed too.
     pub fn migrate_send(&self, id: &str, opts: &SendOptions) -> Result<SendReport, MigrateError> {
         let t0 = Instant::now();
+        // Held to the end: no other verb acts on the container while it moves.
         let c = self.open(id)?;
         let status = self.status(&c);
-        if status != Status::Running {
+        if !status.can_migrate() {
             return Err(MigrateError::NotRunning { id: id.into(), status });
         }
         let (bundle, rootfs) = (c.state.bundle.clone(), c.state.rootfs.clone());
-        drop(c);
         let store = Store::open(&opts.store)?;
         let image = store.bundle_image(&bundle)?;
         let mut end = SourceEnd::new(connect(&opts.target, opts.timeout)?)?;
@@ -83,25 +82,26 @@ impl Runtime {
         };
         let dump_dir = opts.work.join(id);
         let frozen_at = Instant::now();
-        self.pause(id)?;
-        let moved = self.send_frozen(id, &mut end, &what, &dump_dir, opts);
+        self.pause_locked(&c)?;
+        let moved = self.send_frozen(&c, &mut end, &what, &dump_dir, opts);
         let _ = std::fs::remove_dir_all(&dump_dir);
         let (dump, outcome) = match moved {
             Ok(done) => done,
             Err(cause) => {
                 end.abort();
-                return Err(self.roll_back(id, cause));
+                return Err(self.roll_back(&c, cause));
             }
         };
         // The target holds it restored and stopped: the copy here goes, then it may run there.
-        let deleted = self.delete(id, true);
+        let deleted = self.delete_locked(&c, true);
         if let Err(cause) = deleted {
-            if self.still_here(id) {
+            if self.still_here(&c) {
                 end.abort();
-                return Err(self.roll_back(id, cause.into()));
+                return Err(self.roll_back(&c, cause.into()));
             }
             log::warn!("migrate {id}: after the kill: {cause}");
         }
+        drop(c);
         end.commit().map_err(|e| MigrateError::CommitLost { id: id.into(), cause: Box::new(e) })?;
         let frozen = frozen_at.elapsed();
         // From here on an error must not resume it here: it runs there.
@@ -125,7 +125,7 @@ impl Runtime {
     /// Dump (the container stays frozen), send the rest, wait for the target's outcome.
     fn send_frozen(
         &self,
-        id: &str,
+        c: &Locked,
         end: &mut SourceEnd,
         rootfs: &Rootfs,
         dump_dir: &Path,
@@ -143,9 +143,9 @@ impl Runtime {
             common: opts.criu.clone(),
             ..Default::default()
         };
-        self.checkpoint(id, &checkpoint)?;
+        self.checkpoint_locked(c, &checkpoint)?;
         let dump = t.elapsed();
-        let config = self.open(id)?.state.config.clone();
+        let config = &c.state.config;
         let progress = Progress::new(opts.progress);
         end.send_part(Part::Config, |w| write_all(w, &serde_json::to_vec_pretty(&config).expect("spec serializes")))?;
         match rootfs {
@@ -166,17 +166,17 @@ impl Runtime {
     }
 
     /// Whether the container's processes are still here (a delete that failed before its kill).
-    fn still_here(&self, id: &str) -> bool {
-        self.open(id).is_ok_and(|c| self.status(&c) != Status::Stopped)
+    fn still_here(&self, c: &Locked) -> bool {
+        !self.status(c).is_stopped()
     }
 
     /// Resumes the container here after a failed move.
-    fn roll_back(&self, id: &str, cause: MigrateError) -> MigrateError {
+    fn roll_back(&self, c: &Locked, cause: MigrateError) -> MigrateError {
+        let id = c.state.id.as_str();
         log::warn!("migrate {id}: {cause}: resuming it here");
-        let resumed = match self.open(id).map(|c| self.status(&c)) {
-            Ok(Status::Paused) => self.resume(id),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
+        let resumed = match self.status(c) {
+            s if s.can_resume() => self.resume_locked(c),
+            _ => Ok(()),
         };
         match resumed {
             Ok(()) => MigrateError::RolledBack { id: id.into(), cause: Box::new(cause) },

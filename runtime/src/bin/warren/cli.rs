@@ -1,6 +1,6 @@
 //! The command line, flag for flag as runc 1.1's where the verbs overlap.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -26,6 +26,21 @@ pub struct Cli {
     pub criu: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments as runc's parser does where clap differs: a flag given
+    /// twice (`--root A --root B`, as clients and test tools pass them) is taken, the last
+    /// one winning, on every verb.
+    pub fn parse_runc_style() -> Cli {
+        let matches = last_flag_wins(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+fn last_flag_wins(cmd: clap::Command) -> clap::Command {
+    let verbs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    verbs.iter().fold(cmd.args_override_self(true), |cmd, verb| cmd.mut_subcommand(verb, last_flag_wins))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]

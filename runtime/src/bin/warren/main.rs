@@ -9,8 +9,6 @@ mod logging;
 mod migrate_cmd;
 mod plan_cmd;
 
-use clap::Parser;
-
 fn main() {
     // The container init is exec'd by the runtime itself: skip clap and logging.
     let mut args = std::env::args_os();
@@ -24,7 +22,7 @@ fn main() {
             }
         }
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_runc_style();
     if let Err(e) = logging::Logger::install(cli.log.as_deref(), cli.log_format, cli.debug) {
         eprintln!("warren: --log: {e}");
         std::process::exit(1);
