@@ -616,7 +616,13 @@ fn device_rules(spec: &Spec) -> Vec<LinuxDeviceCgroup> {
         rules.push(rule(true, T::C, Some(major as i64), Some(minor as i64), "rwm"));
     }
     for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
-        rules.push(rule(true, d.typ(), Some(d.major()), Some(d.minor()), "rwm"));
+        // A FIFO is a plain file to the device controller: it needs no rule (and `p` is none).
+        let typ = match d.typ() {
+            T::P => continue,
+            T::U => T::C,
+            typ => typ,
+        };
+        rules.push(rule(true, typ, Some(d.major()), Some(d.minor()), "rwm"));
     }
     rules.push(rule(true, T::C, Some(5), Some(2), "rwm")); // /dev/ptmx
     rules.push(rule(true, T::C, Some(136), None, "rwm")); // /dev/pts/*

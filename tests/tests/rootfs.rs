@@ -149,6 +149,45 @@ fn default_and_custom_devices() -> Result<()> {
     Ok(())
 }
 
+/// config-linux.md: a `p` entry of linux.devices is a FIFO; it is made as one, with its mode
+/// and owner, and is no device to the cgroup's device rules (create used to fail on it).
+#[test]
+fn fifo_devices_are_made_as_fifos() -> Result<()> {
+    let t = Test::new("devices_fifo");
+    let script = "stat -c '%F %a %u:%g' /dev/wtfifo; (echo through-the-fifo >/dev/wtfifo &); cat /dev/wtfifo";
+    let out = t.run_sh(script, |c| {
+        c["linux"]["devices"] = json!([{"path": "/dev/wtfifo", "type": "p",
+            "major": 0, "minor": 0, "fileMode": 432, "uid": 0, "gid": 8}]);
+    })?;
+    out.ok()?;
+    ensure!(out.stdout == "fifo 660 0:8\nthrough-the-fifo\n", "{out}");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// The recursive atime options of runtime-spec's mount list set the atime mode (mount_setattr
+/// wants the whole atime field cleared with it; rnoatime and rstrictatime used to fail with
+/// EINVAL), the later option winning.
+#[test]
+fn recursive_atime_options() -> Result<()> {
+    let t = Test::new("ratime");
+    let script = "awk '$5==\"/a\"||$5==\"/b\"||$5==\"/c\"||$5==\"/d\"{print $5, $6}' /proc/self/mountinfo";
+    let out = t.run_sh(script, |c| {
+        for (dest, opts) in [
+            ("/a", json!(["rnoatime"])),
+            ("/b", json!(["rstrictatime"])),
+            ("/c", json!(["rnoatime", "rrelatime"])),
+            ("/d", json!(["rro", "rnodiratime", "rnoatime"])),
+        ] {
+            add_mount(c, json!({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": opts}));
+        }
+    })?;
+    out.ok()?;
+    ensure!(out.stdout == "/a rw,noatime\n/b rw\n/c rw,relatime\n/d ro,noatime,nodiratime\n", "{out}");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
 #[test]
 fn dev_pts_shm_and_links() -> Result<()> {
     let t = Test::new("dev_fs");
