@@ -86,12 +86,17 @@ fn propagation(opt: &str) -> Option<MsFlags> {
     })
 }
 
+/// MOUNT_ATTR__ATIME: the atime mode is a field, not a bit. mount_setattr(2) sets a mode only
+/// with the whole field in attr_clr (EINVAL otherwise), so every atime option clears it.
+const ATIME: u64 = 0x70;
+
 /// MOUNT_ATTR_* bits for the recursive options (set, clear).
 fn recursive(opt: &str) -> Option<(u64, u64)> {
     const RDONLY: u64 = 0x1;
     const NOSUID: u64 = 0x2;
     const NODEV: u64 = 0x4;
     const NOEXEC: u64 = 0x8;
+    const RELATIME: u64 = 0x0;
     const NOATIME: u64 = 0x10;
     const STRICTATIME: u64 = 0x20;
     const NODIRATIME: u64 = 0x80;
@@ -107,8 +112,13 @@ fn recursive(opt: &str) -> Option<(u64, u64)> {
         "rexec" => (0, NOEXEC),
         "rnodiratime" => (NODIRATIME, 0),
         "rdiratime" => (0, NODIRATIME),
-        "rnoatime" => (NOATIME, 0),
-        "rstrictatime" => (STRICTATIME, 0),
+        "rnoatime" => (NOATIME, ATIME),
+        "rstrictatime" => (STRICTATIME, ATIME),
+        "rrelatime" => (RELATIME, ATIME),
+        // Undoing noatime or strictatime leaves the kernel's default, relatime; undoing
+        // relatime means atime on every access, strictatime.
+        "ratime" | "rnostrictatime" => (RELATIME, ATIME),
+        "rnorelatime" => (STRICTATIME, ATIME),
         "rnosymfollow" => (NOSYMFOLLOW, 0),
         "rsymfollow" => (0, NOSYMFOLLOW),
         _ => return None,
@@ -127,9 +137,10 @@ pub fn parse(options: &[String]) -> MountOptions {
         } else if let Some(p) = propagation(opt) {
             out.propagation.push(p);
         } else if let Some((set, clear)) = recursive(opt) {
-            out.recursive_set |= set;
-            out.recursive_set &= !clear;
-            out.recursive_clear |= clear;
+            // The later option wins: what it sets is no longer cleared, what it clears no
+            // longer set; an atime mode replaces the one before.
+            out.recursive_set = (out.recursive_set & !clear) | set;
+            out.recursive_clear = (out.recursive_clear & !(set & !ATIME)) | clear;
         } else if opt != "tmpcopyup" {
             out.data.push(opt.clone());
         }
@@ -164,5 +175,25 @@ mod tests {
         assert!(m.is_bind() && m.flags.contains(MsFlags::MS_REC));
         assert_eq!(m.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
         assert_eq!(m.recursive_set, 1);
+    }
+
+    #[test]
+    fn atime_modes_clear_the_whole_atime_field() {
+        for (opt, set) in [("rnoatime", 0x10), ("rstrictatime", 0x20), ("rrelatime", 0), ("ratime", 0)] {
+            let m = p(&[opt]);
+            assert_eq!((m.recursive_set, m.recursive_clear), (set, ATIME), "{opt}");
+        }
+        let m = p(&["rnoatime", "rstrictatime"]);
+        assert_eq!((m.recursive_set, m.recursive_clear), (0x20, ATIME));
+        let m = p(&["rnoatime", "rro", "rnodiratime"]);
+        assert_eq!((m.recursive_set, m.recursive_clear), (0x10 | 0x1 | 0x80, ATIME));
+    }
+
+    #[test]
+    fn later_recursive_option_wins() {
+        let m = p(&["rrw", "rro"]);
+        assert_eq!((m.recursive_set, m.recursive_clear), (1, 0));
+        let m = p(&["rro", "rrw"]);
+        assert_eq!((m.recursive_set, m.recursive_clear), (0, 1));
     }
 }
