@@ -114,8 +114,11 @@ fn leave_running_then_restore_after_delete() -> Result<()> {
     let c = t.start_new(&id, &b)?;
     wait_count_above(&b, 3, Duration::from_secs(5))?;
     let full = images(&t, "full");
-    checkpoint(&t, &id, &full, &["--leave-running"])?;
+    checkpoint(&t, &id, &full, &["--leave-running", "--link-remap", "--tcp-skip-in-flight"])?;
     ensure!(c.status()? == "running", "--leave-running");
+    // runc's descriptors.json: where the init's stdio 0, 1, 2 pointed.
+    let fds: Vec<String> = serde_json::from_slice(&std::fs::read(full.join("descriptors.json"))?)?;
+    ensure!(fds.len() == 3 && fds.iter().all(|f| f.starts_with('/') || f.contains(":[")), "{fds:?}");
     let after = wait_count_above(&b, count(&b)?, Duration::from_secs(5))?;
     t.cmd(&["delete", "--force", &id])?.ok()?;
     std::mem::forget(c);

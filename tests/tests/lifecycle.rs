@@ -198,3 +198,34 @@ fn force_delete_of_a_create_that_never_finished() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// A verb the container's status refuses fails as runc's does (exit 1, one line) and changes
+/// nothing: exec into a paused container leaves it paused, delete without --force leaves a
+/// running one running, kill of a stopped, unknown or empty id fails.
+#[test]
+fn refused_verbs_fail_with_one_line_and_change_nothing() -> Result<()> {
+    let t = Test::new("refused");
+    let b = t.bundle(&["sleep", "30"])?;
+    let id = t.id("c");
+    let c = t.start_new(&id, &b)?;
+    let refused = |out: Out, what: &str| -> Result<()> {
+        out.failed()?;
+        let lines = out.stderr.lines().filter(|l| !l.trim().is_empty()).count();
+        ensure!(out.code() == Some(1) && lines == 1, "{what}: {out}");
+        Ok(())
+    };
+    t.cmd(&["pause", &id])?.ok()?;
+    refused(c.exec(&[], &["true"])?, "exec into paused")?;
+    ensure!(c.status()? == "paused", "exec changed the status");
+    t.cmd(&["resume", &id])?.ok()?;
+    refused(c.delete()?, "delete of running")?;
+    ensure!(c.status()? == "running", "delete without --force changed it");
+    c.kill("KILL")?.ok()?;
+    c.wait_status("stopped", Duration::from_secs(5))?;
+    refused(c.kill("TERM")?, "kill of stopped")?;
+    refused(t.cmd(&["kill", "wt-refused-no-such-id", "TERM"])?, "kill of unknown")?;
+    refused(t.cmd(&["kill", "", "TERM"])?, "kill of empty id")?;
+    c.delete()?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}

@@ -78,6 +78,12 @@ pub fn dump_args(
     if opts.auto_dedup {
         args.push("--auto-dedup".into());
     }
+    if opts.link_remap {
+        args.push("--link-remap".into());
+    }
+    if opts.tcp_skip_in_flight {
+        args.push("--skip-in-flight".into());
+    }
     if opts.skip_network_lock {
         args.extend(["--network-lock".into(), "skip".into()]);
     }

@@ -84,6 +84,10 @@ pub struct CheckpointOptions {
     /// for a container frozen beforehand whose connections are not kept, where the lock only
     /// costs time (removing its rules takes ~100 ms with iptables over nf_tables).
     pub skip_network_lock: bool,
+    /// Dump files that are open but unlinked as links CRIU makes (`--link-remap`).
+    pub link_remap: bool,
+    /// With tcp_established: leave out connections still being set up or torn down.
+    pub tcp_skip_in_flight: bool,
     pub common: CriuCommon,
 }
 
@@ -186,7 +190,9 @@ fn cgroup_mounts(pid: i32, cgroup: Option<&crate::cgroups::Cgroup>) -> Vec<Cgrou
         .collect()
 }
 
-pub const INFO_FILE: &str = "warren-checkpoint.json";
+/// Named as runc names it.
+const DESCRIPTORS_FILE: &str = "descriptors.json";
+const INFO_FILE: &str = "warren-checkpoint.json";
 
 /// Where a container with a terminal has its pty slave bound.
 const CONSOLE: &str = "/dev/console";
@@ -261,6 +267,7 @@ impl Runtime {
             cgroup_mounts: cgroup_mounts.clone(),
             config: c.state.config.clone(),
         };
+        write_descriptors(&opts.image_path, pid)?;
         let info_path = opts.image_path.join(INFO_FILE);
         let text = serde_json::to_vec_pretty(&info).expect("plain data serializes");
         std::fs::write(&info_path, text).map_err(io_err(&info_path)).map_err(ContainerError::from)?;
@@ -289,6 +296,18 @@ impl Runtime {
         )?;
         Ok(())
     }
+}
+
+/// runc's `descriptors.json`: what the init's stdio pointed at, which tools that read runc's
+/// checkpoints expect beside the images.
+fn write_descriptors(images: &Path, pid: i32) -> Result<(), CheckpointError> {
+    let fds: Vec<String> = (0..3)
+        .map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|p| p.to_string_lossy().into_owned()))
+        .map(|link| link.unwrap_or_else(|_| "/dev/null".into()))
+        .collect();
+    let path = images.join(DESCRIPTORS_FILE);
+    let text = serde_json::to_vec(&fds).expect("strings serialize");
+    std::fs::write(&path, text).map_err(io_err(&path))
 }
 
 #[cfg(test)]

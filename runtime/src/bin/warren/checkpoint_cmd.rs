@@ -31,6 +31,8 @@ pub fn checkpoint(rt: &Runtime, a: &CheckpointArgs, criu: Option<&Path>) -> Resu
         pre_dump: a.pre_dump,
         auto_dedup: a.auto_dedup,
         skip_network_lock: false,
+        link_remap: a.link_remap,
+        tcp_skip_in_flight: a.tcp_skip_in_flight,
         common: common(&a.criu, criu),
     };
     rt.checkpoint(&a.id, &opts)?;

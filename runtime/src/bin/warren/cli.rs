@@ -403,6 +403,12 @@ pub struct CheckpointArgs {
     /// Deduplicate the images against the parent's
     #[arg(long = "auto-dedup")]
     pub auto_dedup: bool,
+    /// Dump open but unlinked files as links
+    #[arg(long = "link-remap")]
+    pub link_remap: bool,
+    /// Leave out TCP connections still being set up or closed (with --tcp-established)
+    #[arg(long = "tcp-skip-in-flight")]
+    pub tcp_skip_in_flight: bool,
     pub id: String,
 }
 
