@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub use bundle::Bundle;
-pub use cgroupfs::{cgroup_dir, keyed, knob_path, read_knob};
+pub use cgroupfs::{cgroup_dir, cpu_bandwidth, cpu_weight, hierarchy_root, is_cgroup2, keyed, knob_path, read_knob};
 pub use cmd::{command, run_with_deadline, Out};
 pub use host::{FakeHost, HostPair, NetNs};
 pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under};
@@ -522,12 +522,24 @@ pub fn wait_counter_above(file: &Path, above: u64, timeout: Duration) -> Result<
     }
 }
 
-/// Whether criu is on PATH; says so when not (the checkpoint tests are then skipped).
-pub fn have_criu() -> bool {
+/// A test whose prerequisite is missing: under CI (the `CI` variable set, as
+/// CI runs it) that is a failure, since a skipped test proves nothing;
+/// elsewhere the test is skipped with `reason` printed.
+pub fn skip(reason: &str) -> Result<()> {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        bail!("{reason}; CI is set, so this fails instead of skipping");
+    }
+    eprintln!("skipped: {reason}");
+    Ok(())
+}
+
+/// Whether criu is on PATH. Ok(false) (a printed skip) when it is not, an
+/// error under CI (see [`skip`]).
+pub fn have_criu() -> Result<bool> {
     let found =
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file())).unwrap_or(false);
     if !found {
-        eprintln!("criu not on PATH: skipped (scripts/install-criu.sh installs it)");
+        skip("criu not on PATH (scripts/install-criu.sh installs it)")?;
     }
-    found
+    Ok(found)
 }

@@ -81,9 +81,11 @@ fn spec_with_a_plan_sets_the_cgroup() -> Result<()> {
     ensure!(knob(&c, "blkio", "blkio.throttle.read_bps_device")? == format!("{disk} 50000000"));
     ensure!(knob(&c, "blkio", "blkio.throttle.write_iops_device")? == format!("{disk} 500"));
     // The container sees its own limits through its cgroup namespace.
-    let files = ["memory/memory.limit_in_bytes", "pids/pids.max", "cpu/cpu.cfs_quota_us"];
-    let paths: Vec<String> = files.iter().map(|f| format!("/sys/fs/cgroup/{f}")).collect();
-    let out = c.exec(&[], &[&["cat"], &paths.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat())?;
+    // v1 hierarchies by controller, or the cgroup2 root (cpu.max: "QUOTA PERIOD").
+    let script = "cd /sys/fs/cgroup; for k in 'memory/memory.limit_in_bytes memory.max' \
+        'pids/pids.max pids.max' 'cpu/cpu.cfs_quota_us cpu.max'; do \
+        set -- $k; cat $1 2>/dev/null || cut -d' ' -f1 $2; done";
+    let out = c.exec(&[], &["sh", "-c", script])?;
     out.ok()?;
     let seen: Vec<&str> = out.stdout.split_whitespace().collect();
     ensure!(seen == ["536870912", "256", "50000"], "inside: {out}");
