@@ -1,7 +1,7 @@
 //! Cgroups: resources are written where the container's processes are, the
 //! path follows cgroupsPath, and everything is removed on delete.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde_json::Value;
 use warren_tests::*;
 
