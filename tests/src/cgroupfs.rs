@@ -30,7 +30,9 @@ pub fn cgroup_dir(pid: i32, controller: &str) -> Result<PathBuf> {
 /// The root of the hierarchy that holds `controller`: its v1 mount, else the
 /// cgroup2 one (as in [`cgroup_dir`]).
 pub fn hierarchy_root(controller: &str) -> Result<PathBuf> {
-    mount_point(Some(controller)).or_else(|| mount_point(None)).with_context(|| format!("no hierarchy for {controller}"))
+    mount_point(Some(controller))
+        .or_else(|| mount_point(None))
+        .with_context(|| format!("no hierarchy for {controller}"))
 }
 
 /// The mount point of the v1 hierarchy holding `controller`, or with None
