@@ -75,7 +75,7 @@ else
 fi
 st=$(wstate bg)
 check "warren --root $RROOT/$NS state bg = running (got '$st')" [ "$st" = running ]
-check "container cgroup exists (/sys/fs/cgroup/memory/$NS/bg)" [ -d "/sys/fs/cgroup/memory/$NS/bg" ]
+check "container cgroup .../$NS/bg exists" cgroup_under "$NS" bg
 
 # 5. exec
 out=$(C task exec --fifo-dir "$FIFO" --exec-id e1 bg sh -c 'echo exec-ok; tr "\0" " " </proc/1/cmdline' 2>"$ERR")

@@ -148,6 +148,11 @@ cgroup_dirs() {
 	find /sys/fs/cgroup -mindepth 1 -maxdepth 5 -type d -name "$1" 2>/dev/null
 }
 
+# cgroup_under PARENT NAME: some hierarchy (v1 or cgroup2) has PARENT/NAME.
+cgroup_under() {
+	[ -n "$(find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path "*/$1/$2" 2>/dev/null | head -n1)" ]
+}
+
 # thaw_cgroups NAME: thaw every frozen cgroup below NAME (a frozen process
 # cannot die).
 thaw_cgroups() {

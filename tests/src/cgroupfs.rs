@@ -2,7 +2,7 @@
 //! hosts alike, without trusting the runtime to say where they are: the
 //! path comes from /proc/PID/cgroup and the cgroup mounts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -25,6 +25,14 @@ pub fn cgroup_dir(pid: i32, controller: &str) -> Result<PathBuf> {
     }
     let rel = line_for(true).with_context(|| format!("no cgroup2 line in /proc/{pid}/cgroup: {text}"))?;
     Ok(mount_point(None).context("no cgroup2 mount")?.join(rel))
+}
+
+/// The root of the hierarchy that holds `controller`: its v1 mount, else the
+/// cgroup2 one (as in [`cgroup_dir`]).
+pub fn hierarchy_root(controller: &str) -> Result<PathBuf> {
+    mount_point(Some(controller))
+        .or_else(|| mount_point(None))
+        .with_context(|| format!("no hierarchy for {controller}"))
 }
 
 /// The mount point of the v1 hierarchy holding `controller`, or with None
@@ -57,7 +65,7 @@ pub fn knob_path(pid: i32, controller: &str, v1_file: &str, v2_file: &str) -> Re
 }
 
 /// A knob's content, trimmed.
-pub fn read_knob(path: &std::path::Path) -> Result<String> {
+pub fn read_knob(path: &Path) -> Result<String> {
     Ok(std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?.trim().to_string())
 }
 
@@ -65,4 +73,29 @@ pub fn read_knob(path: &std::path::Path) -> Result<String> {
 /// memory.stat, cpu.stat, pids.events, memory.oom_control).
 pub fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Whether `dir` lies in the cgroup2 hierarchy (v1 dirs have no cgroup.controllers).
+pub fn is_cgroup2(dir: &Path) -> bool {
+    dir.join("cgroup.controllers").exists()
+}
+
+/// `pid`'s CFS bandwidth as (quota, period): v1's two cfs files, or v2's
+/// cpu.max with its "max" spelled -1 as v1 does.
+pub fn cpu_bandwidth(pid: i32) -> Result<(String, String)> {
+    let dir = cgroup_dir(pid, "cpu")?;
+    if !is_cgroup2(&dir) {
+        return Ok((read_knob(&dir.join("cpu.cfs_quota_us"))?, read_knob(&dir.join("cpu.cfs_period_us"))?));
+    }
+    let max = read_knob(&dir.join("cpu.max"))?;
+    let (quota, period) = max.split_once(' ').with_context(|| format!("cpu.max {max:?}"))?;
+    Ok((if quota == "max" { "-1" } else { quota }.to_string(), period.to_string()))
+}
+
+/// `pid`'s CPU weight as (file, value): v1 cpu.shares, or cgroup2 cpu.weight
+/// (which runtimes derive from the shares: 512 shares are weight 20).
+pub fn cpu_weight(pid: i32) -> Result<(&'static str, String)> {
+    let dir = cgroup_dir(pid, "cpu")?;
+    let file = if is_cgroup2(&dir) { "cpu.weight" } else { "cpu.shares" };
+    Ok((file, read_knob(&dir.join(file))?))
 }

@@ -109,3 +109,32 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     c.stdin(Stdio::null());
     c
 }
+
+/// Makes `files` fds 3, 4, ... of the child `cmd` starts (without
+/// close-on-exec), as a caller of `--preserve-fds` would.
+pub fn pass_fds(cmd: &mut Command, files: &[&File]) {
+    use std::os::fd::AsRawFd;
+    let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    // First every source is moved above the target range, so that placing
+    // one file cannot overwrite another still to be placed.
+    let high = 3 + raw.len() as i32 + 100;
+    // SAFETY: only fcntl/dup2 between fork and exec, on fds this process
+    // owns; the vector was made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                if libc::dup2(*fd, high + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..raw.len() as i32 {
+                // dup2 clears close-on-exec on the new fd.
+                if libc::dup2(high + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(high + i);
+            }
+            Ok(())
+        });
+    }
+}

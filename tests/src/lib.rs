@@ -12,9 +12,11 @@
 mod bundle;
 mod cgroupfs;
 mod cmd;
+mod console;
 mod host;
 mod leftovers;
 mod loopdev;
+mod probe;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,11 +28,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub use bundle::Bundle;
-pub use cgroupfs::{cgroup_dir, keyed, knob_path, read_knob};
-pub use cmd::{command, run_with_deadline, Out};
+pub use cgroupfs::{cgroup_dir, cpu_bandwidth, cpu_weight, hierarchy_root, is_cgroup2, keyed, knob_path, read_knob};
+pub use cmd::{command, pass_fds, run_with_deadline, Out};
+pub use console::ConsoleSocket;
 pub use host::{FakeHost, HostPair, NetNs};
 pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under};
 pub use loopdev::{loop_devices_under, LoopDevice};
+pub use probe::install_probe;
 pub use serde_json::json;
 
 /// How long one warren invocation may take before it is killed.
@@ -91,6 +95,11 @@ impl Warren {
     /// Like cmd, also returning the base of its output files: a detached
     /// container keeps writing there.
     fn cmd_keep(&self, args: &[&str], deadline: Duration) -> Result<(Out, PathBuf)> {
+        let base = self.out_base(args.first().copied().unwrap_or("none"));
+        Ok((run_with_deadline(self.command(args), &base, deadline)?, base))
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
         let mut c = match &self.wrapper {
             Some(w) => {
                 let mut c = command(w);
@@ -100,8 +109,15 @@ impl Warren {
             None => command(&self.bin),
         };
         c.arg("--root").arg(&self.root).args(args);
-        let base = self.out_base(args.first().copied().unwrap_or("none"));
-        Ok((run_with_deadline(c, &base, deadline)?, base))
+        c
+    }
+
+    /// Like cmd, with `files` open in warren as fds 3, 4, ... (for
+    /// --preserve-fds).
+    pub fn cmd_with_fds(&self, args: &[&str], files: &[&std::fs::File]) -> Result<Out> {
+        let mut c = self.command(args);
+        pass_fds(&mut c, files);
+        run_with_deadline(c, &self.out_base(args.first().copied().unwrap_or("none")), DEADLINE)
     }
 
     /// `warren run --bundle B ID` in the foreground; the container's stdout
@@ -275,6 +291,16 @@ impl Test {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Drives a copy of the binary under test, made in the test's dir, from
+    /// now on: a test that tries to overwrite the runtime cannot destroy the
+    /// real one. Returns the copy's path.
+    pub fn use_binary_copy(&mut self) -> Result<PathBuf> {
+        let copy = self.dir().join("warren");
+        std::fs::copy(&self.warren.bin, &copy).context("copy the warren binary")?;
+        self.warren.bin = copy.clone();
+        Ok(copy)
     }
 
     /// A container id unique to this test and process, e.g.
@@ -522,12 +548,24 @@ pub fn wait_counter_above(file: &Path, above: u64, timeout: Duration) -> Result<
     }
 }
 
-/// Whether criu is on PATH; says so when not (the checkpoint tests are then skipped).
-pub fn have_criu() -> bool {
+/// A test whose prerequisite is missing: under CI (the `CI` variable set, as
+/// CI runs it) that is a failure, since a skipped test proves nothing;
+/// elsewhere the test is skipped with `reason` printed.
+pub fn skip(reason: &str) -> Result<()> {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        bail!("{reason}; CI is set, so this fails instead of skipping");
+    }
+    eprintln!("skipped: {reason}");
+    Ok(())
+}
+
+/// Whether criu is on PATH. Ok(false) (a printed skip) when it is not, an
+/// error under CI (see [`skip`]).
+pub fn have_criu() -> Result<bool> {
     let found =
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file())).unwrap_or(false);
     if !found {
-        eprintln!("criu not on PATH: skipped (scripts/install-criu.sh installs it)");
+        skip("criu not on PATH (scripts/install-criu.sh installs it)")?;
     }
-    found
+    Ok(found)
 }

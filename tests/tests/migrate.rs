@@ -153,7 +153,7 @@ enum Image {
 
 /// A test with two hosts, or None (with a note) where there is no criu.
 fn two_hosts(name: &str, image: Image) -> Result<Option<(Test, HostPair)>> {
-    if !have_criu() {
+    if !have_criu()? {
         return Ok(None);
     }
     let t = Test::new(name);

@@ -10,9 +10,39 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
-fn knob(c: &Container, controller: &str, file: &str) -> Result<String> {
-    let path = cgroup_dir(c.pid()?, controller)?.join(file);
-    Ok(std::fs::read_to_string(&path).with_context(|| format!("{path:?}"))?.trim().to_string())
+/// A knob named `v1_file` in `controller`'s v1 hierarchy or `v2_file` in the cgroup2 one.
+fn knob(c: &Container, controller: &str, v1_file: &str, v2_file: &str) -> Result<String> {
+    read_knob(&knob_path(c.pid()?, controller, v1_file, v2_file)?)
+}
+
+/// The swap limit as v1 states it (memory + swap, memsw) from either version's file
+/// (cgroup2's memory.swap.max counts the swap alone).
+fn memsw_limit(c: &Container) -> Result<u64> {
+    let dir = cgroup_dir(c.pid()?, "memory")?;
+    if !is_cgroup2(&dir) {
+        return Ok(read_knob(&dir.join("memory.memsw.limit_in_bytes"))?.parse()?);
+    }
+    let (mem, swap): (u64, u64) =
+        (read_knob(&dir.join("memory.max"))?.parse()?, read_knob(&dir.join("memory.swap.max"))?.parse()?);
+    Ok(mem + swap)
+}
+
+/// One I/O throttle of `disk` ("MAJ:MIN"): v1's blkio.throttle.`v1` ("MAJ:MIN N" lines) or
+/// the `v2` key of the disk's io.max line ("MAJ:MIN rbps=N wbps=max ...").
+fn throttle(c: &Container, disk: &str, v1: &str, v2: &str) -> Result<String> {
+    let dir = cgroup_dir(c.pid()?, "blkio")?;
+    let (text, key) = if is_cgroup2(&dir) {
+        (read_knob(&dir.join("io.max"))?, format!("{v2}="))
+    } else {
+        (read_knob(&dir.join(format!("blkio.throttle.{v1}")))?, String::new())
+    };
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(disk)?.strip_prefix(' '))
+        .with_context(|| format!("no {disk} in {text:?}"))?;
+    let value =
+        line.split(' ').find_map(|w| w.strip_prefix(key.as_str())).with_context(|| format!("no {v2} in {line:?}"))?;
+    Ok(value.to_string())
 }
 
 /// Flags that keep the host's /etc/warren and environment out of the test: an empty plans
@@ -71,19 +101,22 @@ fn spec_with_a_plan_sets_the_cgroup() -> Result<()> {
     let b = planned_bundle(&t, &s, "small")?;
     let c = t.start_new(&t.id("c"), &b)?;
     // small: 0.5 CPU, shares 512, 512MiB + 256MiB swap, 256 pids, 50MB/s and 1000 IOPS read.
-    ensure!(knob(&c, "cpu", "cpu.cfs_quota_us")? == "50000");
-    ensure!(knob(&c, "cpu", "cpu.cfs_period_us")? == "100000");
-    ensure!(knob(&c, "cpu", "cpu.shares")? == "512");
-    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == (512u64 << 20).to_string());
-    ensure!(knob(&c, "memory", "memory.memsw.limit_in_bytes")? == (768u64 << 20).to_string());
-    ensure!(knob(&c, "pids", "pids.max")? == "256");
+    let pid = c.pid()?;
+    ensure!(cpu_bandwidth(pid)? == ("50000".into(), "100000".into()), "{:?}", cpu_bandwidth(pid)?);
+    let weight = cpu_weight(pid)?;
+    ensure!(matches!((weight.0, weight.1.as_str()), ("cpu.shares", "512") | ("cpu.weight", "20")), "{weight:?}");
+    ensure!(knob(&c, "memory", "memory.limit_in_bytes", "memory.max")? == (512u64 << 20).to_string());
+    ensure!(memsw_limit(&c)? == 768u64 << 20);
+    ensure!(knob(&c, "pids", "pids.max", "pids.max")? == "256");
     let disk = disk_of(b.path())?;
-    ensure!(knob(&c, "blkio", "blkio.throttle.read_bps_device")? == format!("{disk} 50000000"));
-    ensure!(knob(&c, "blkio", "blkio.throttle.write_iops_device")? == format!("{disk} 500"));
+    ensure!(throttle(&c, &disk, "read_bps_device", "rbps")? == "50000000");
+    ensure!(throttle(&c, &disk, "write_iops_device", "wiops")? == "500");
     // The container sees its own limits through its cgroup namespace.
-    let files = ["memory/memory.limit_in_bytes", "pids/pids.max", "cpu/cpu.cfs_quota_us"];
-    let paths: Vec<String> = files.iter().map(|f| format!("/sys/fs/cgroup/{f}")).collect();
-    let out = c.exec(&[], &[&["cat"], &paths.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat())?;
+    // v1 hierarchies by controller, or the cgroup2 root (cpu.max: "QUOTA PERIOD").
+    let script = "cd /sys/fs/cgroup; for k in 'memory/memory.limit_in_bytes memory.max' \
+        'pids/pids.max pids.max' 'cpu/cpu.cfs_quota_us cpu.max'; do \
+        set -- $k; cat $1 2>/dev/null || cut -d' ' -f1 $2; done";
+    let out = c.exec(&[], &["sh", "-c", script])?;
     out.ok()?;
     let seen: Vec<&str> = out.stdout.split_whitespace().collect();
     ensure!(seen == ["536870912", "256", "50000"], "inside: {out}");
@@ -118,9 +151,9 @@ fn plan_apply_rewrites_the_resources_only() -> Result<()> {
     let leftovers: Vec<_> = std::fs::read_dir(b.path())?.flatten().map(|e| e.file_name()).collect();
     ensure!(leftovers.len() == 2, "temp file left behind: {leftovers:?}");
     let c = t.start_new(&t.id("c"), &b)?;
-    ensure!(knob(&c, "pids", "pids.max")? == "128");
-    ensure!(knob(&c, "cpu", "cpu.cfs_quota_us")? == "25000");
-    ensure!(knob(&c, "cpuset", "cpuset.cpus")? == "0");
+    ensure!(knob(&c, "pids", "pids.max", "pids.max")? == "128");
+    ensure!(cpu_bandwidth(c.pid()?)?.0 == "25000");
+    ensure!(knob(&c, "cpuset", "cpuset.cpus", "cpuset.cpus")? == "0");
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -284,7 +317,7 @@ fn a_rootfs_on_a_partition_is_throttled_on_its_disk() -> Result<()> {
     let (major, minor) = loop_disk.split_once(':').context("MAJ:MIN")?;
     ensure!(r == json!([{"major": major.parse::<i64>()?, "minor": minor.parse::<i64>()?, "rate": 50000000}]), "{r}");
     let c = t.start_new(&t.id("c"), &b)?;
-    ensure!(knob(&c, "blkio", "blkio.throttle.read_bps_device")? == format!("{loop_disk} 50000000"));
+    ensure!(throttle(&c, loop_disk, "read_bps_device", "rbps")? == "50000000");
     drop(c);
     drop(disk);
     t.assert_no_leftovers();

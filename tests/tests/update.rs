@@ -7,9 +7,17 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
-fn knob(c: &Container, controller: &str, file: &str) -> Result<String> {
-    let path = cgroup_dir(c.pid()?, controller)?.join(file);
-    Ok(std::fs::read_to_string(&path).with_context(|| format!("{path:?}"))?.trim().to_string())
+/// The container's memory limit, pids limit and cpuset, from v1 or cgroup2 files alike.
+fn memory_limit(c: &Container) -> Result<String> {
+    read_knob(&knob_path(c.pid()?, "memory", "memory.limit_in_bytes", "memory.max")?)
+}
+
+fn pids_max(c: &Container) -> Result<String> {
+    read_knob(&knob_path(c.pid()?, "pids", "pids.max", "pids.max")?)
+}
+
+fn cpuset_cpus(c: &Container) -> Result<String> {
+    read_knob(&knob_path(c.pid()?, "cpuset", "cpuset.cpus", "cpuset.cpus")?)
 }
 
 fn sleeper(t: &Test) -> Result<(Bundle, Container)> {
@@ -31,10 +39,10 @@ fn update_flags_reach_the_cgroup() -> Result<()> {
     let (_b, c) = sleeper(&t)?;
     let args = ["--memory", "64m", "--pids-limit", "42", "--cpu-quota", "50000", "--cpu-period", "100000"];
     t.cmd(&[&["update"], &args[..], &[&c.id]].concat())?.ok()?;
-    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == "67108864");
-    ensure!(knob(&c, "pids", "pids.max")? == "42");
-    ensure!(knob(&c, "cpu", "cpu.cfs_quota_us")? == "50000");
-    ensure!(knob(&c, "cpu", "cpu.cfs_period_us")? == "100000");
+    ensure!(memory_limit(&c)? == "67108864");
+    ensure!(pids_max(&c)? == "42");
+    let bandwidth = cpu_bandwidth(c.pid()?)?;
+    ensure!(bandwidth == ("50000".into(), "100000".into()), "cpu bandwidth {bandwidth:?}");
     let stored = stored_resources(&t, &c)?;
     ensure!(stored["memory"]["limit"] == json!(67108864), "stored {stored}");
     ensure!(stored["pids"]["limit"] == json!(42), "stored {stored}");
@@ -52,10 +60,11 @@ fn update_from_a_resources_file_with_flags_over_it() -> Result<()> {
     std::fs::write(&file, r.to_string())?;
     // --cpu-share is runc's spelling; the flag wins over the file's pids limit.
     let f = file.to_string_lossy();
-    t.cmd(&["update", "-r", &f, "--pids-limit", "9", "--cpu-share", "256", &c.id])?.ok()?;
-    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == "33554432");
-    ensure!(knob(&c, "pids", "pids.max")? == "9");
-    ensure!(knob(&c, "cpu", "cpu.shares")? == "256");
+    t.cmd(&["update", "-r", &f, "--pids-limit", "9", "--cpu-share", "512", &c.id])?.ok()?;
+    ensure!(memory_limit(&c)? == "33554432");
+    ensure!(pids_max(&c)? == "9");
+    let weight = cpu_weight(c.pid()?)?;
+    ensure!(matches!((weight.0, weight.1.as_str()), ("cpu.shares", "512") | ("cpu.weight", "20")), "{weight:?}");
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -71,7 +80,7 @@ fn update_reads_the_resources_from_stdin() -> Result<()> {
     cmd.arg("--root").arg(t.warren.root()).args(["update", "-r", "-", &c.id]);
     cmd.stdin(std::fs::File::open(&file)?);
     run_with_deadline(cmd, &t.dir().join("stdin-update"), DEADLINE)?.ok()?;
-    ensure!(knob(&c, "pids", "pids.max")? == "11");
+    ensure!(pids_max(&c)? == "11");
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -81,13 +90,13 @@ fn update_reads_the_resources_from_stdin() -> Result<()> {
 fn refused_value_writes_nothing() -> Result<()> {
     let t = Test::new("upd_refused");
     let (_b, c) = sleeper(&t)?;
-    let (pids, quota) = (knob(&c, "pids", "pids.max")?, knob(&c, "cpu", "cpu.cfs_quota_us")?);
+    let (pids, bandwidth) = (pids_max(&c)?, cpu_bandwidth(c.pid()?)?);
     let out = t.cmd(&["update", "--pids-limit", "5", "--cpu-quota", "500", &c.id])?;
     ensure!(!out.success(), "accepted: {out}");
     let err = out.stderr.trim();
     ensure!(err.lines().count() == 1 && err.contains("linux.resources.cpu.quota"), "error: {out}");
-    ensure!(knob(&c, "pids", "pids.max")? == pids);
-    ensure!(knob(&c, "cpu", "cpu.cfs_quota_us")? == quota);
+    ensure!(pids_max(&c)? == pids);
+    ensure!(cpu_bandwidth(c.pid()?)? == bandwidth);
     drop(c);
     t.assert_no_leftovers();
     Ok(())
@@ -97,25 +106,34 @@ fn refused_value_writes_nothing() -> Result<()> {
 /// files; a real-time runtime above what the parent cgroup has is refused
 /// by the kernel (EINVAL) only at write time. Both written files must come
 /// back. (A memory limit below what the container holds no longer serves
-/// here: it is refused before anything is written.)
+/// here: it is refused before anything is written.) On cgroup2 the field is
+/// refused up front instead.
 #[test]
 fn failing_write_rolls_back_earlier_ones() -> Result<()> {
     let t = Test::new("upd_rollback");
     let (_b, c) = sleeper(&t)?;
-    let (cpus, limit) = (knob(&c, "cpuset", "cpuset.cpus")?, knob(&c, "memory", "memory.limit_in_bytes")?);
+    let (cpus, limit) = (cpuset_cpus(&c)?, memory_limit(&c)?);
     ensure!(cpus != "0", "the container already runs on cpu 0 only");
     let cpu_dir = cgroup_dir(c.pid()?, "cpu")?;
-    let parent_rt = std::fs::read_to_string(cpu_dir.parent().unwrap().join("cpu.rt_runtime_us"))
-        .context("this test needs a kernel with RT_GROUP_SCHED")?;
-    let runtime = parent_rt.trim().parse::<i64>()? + 1000;
+    // cgroup2 has no real-time bandwidth: there the field is refused before
+    // anything is written, which must leave the files as they were all the same.
+    let v2 = is_cgroup2(&cpu_dir);
+    let runtime = if v2 {
+        1000
+    } else {
+        let parent_rt = std::fs::read_to_string(cpu_dir.parent().unwrap().join("cpu.rt_runtime_us"))
+            .context("this test needs a kernel with RT_GROUP_SCHED")?;
+        parent_rt.trim().parse::<i64>()? + 1000
+    };
     let r = json!({"cpu": {"cpus": "0", "realtimeRuntime": runtime}, "memory": {"limit": 67108864}});
     let file = t.dir().join("resources.json");
     std::fs::write(&file, r.to_string())?;
     let out = t.cmd(&["update", "-r", &file.to_string_lossy(), &c.id])?;
     ensure!(!out.success(), "accepted: {out}");
-    ensure!(out.stderr.contains("linux.resources.cpu.realtimeRuntime") && out.stderr.contains("rolled back"), "{out}");
-    ensure!(knob(&c, "cpuset", "cpuset.cpus")? == cpus, "cpuset.cpus not restored");
-    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == limit, "memory limit not restored");
+    ensure!(out.stderr.contains("linux.resources.cpu.realtimeRuntime"), "{out}");
+    ensure!(v2 || out.stderr.contains("rolled back"), "{out}");
+    ensure!(cpuset_cpus(&c)? == cpus, "cpuset.cpus not restored");
+    ensure!(memory_limit(&c)? == limit, "memory limit not restored");
     ensure!(stored_resources(&t, &c)?["memory"]["limit"] != json!(67108864), "failed update stored");
     drop(c);
     t.assert_no_leftovers();
@@ -128,14 +146,14 @@ fn failing_write_rolls_back_earlier_ones() -> Result<()> {
 fn failing_unified_write_rolls_back_the_limit() -> Result<()> {
     let t = Test::new("upd_rollback_unified");
     let (_b, c) = sleeper(&t)?;
-    let limit = knob(&c, "memory", "memory.limit_in_bytes")?;
+    let limit = memory_limit(&c)?;
     let r = json!({"memory": {"limit": 67108864}, "unified": {"hugetlb.3MB.max": "0"}});
     let file = t.dir().join("resources.json");
     std::fs::write(&file, r.to_string())?;
     let out = t.cmd(&["update", "-r", &file.to_string_lossy(), &c.id])?;
     ensure!(!out.success(), "accepted: {out}");
     ensure!(out.stderr.contains("linux.resources.unified"), "{out}");
-    ensure!(knob(&c, "memory", "memory.limit_in_bytes")? == limit, "memory limit not restored");
+    ensure!(memory_limit(&c)? == limit, "memory limit not restored");
     drop(c);
     t.assert_no_leftovers();
     Ok(())

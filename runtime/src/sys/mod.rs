@@ -31,17 +31,27 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Resu
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.mode = if flags & libc::O_CREAT != 0 { mode as u64 } else { 0 };
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `p` is a valid NUL-terminated string and `how` a fully initialised
-    // open_how whose size we pass; the kernel only reads both.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root,
-            p.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })?;
+    // A rename anywhere on the system during a `..` step makes the kernel
+    // give up with EAGAIN (it cannot prove the walk stayed inside) and ask
+    // for a retry; a few are enough unless someone keeps renaming on purpose.
+    let mut retries = 16;
+    let fd = loop {
+        // SAFETY: `p` is a valid NUL-terminated string and `how` a fully initialised
+        // open_how whose size we pass; the kernel only reads both.
+        let r = check(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                p.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        });
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && retries > 0 => retries -= 1,
+            r => break r?,
+        }
+    };
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
