@@ -18,7 +18,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -219,7 +218,7 @@ impl Drop for ConsoleSocket {
 
 /// A running relay between a pty master and the process's FIFOs.
 pub struct Terminal {
-    master: Arc<OwnedFd>,
+    master: OwnedFd,
     control: File,
 }
 
@@ -237,8 +236,10 @@ impl Terminal {
         };
         let (control_r, control_w) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| ShimError::io("pipe")(e.into()))?;
-        let master = Arc::new(master);
-        let relay = Relay { master: master.clone(), stdin, stdout, control: Some(File::from(control_r)) };
+        // The relay's own handle of the master, duplicated here so that running out of
+        // descriptors fails this process's request rather than the relay thread.
+        let relay_master = File::from(master.try_clone().map_err(ShimError::io("pty master (dup)"))?);
+        let relay = Relay { master: relay_master, stdin, stdout, control: Some(File::from(control_r)) };
         std::thread::Builder::new()
             .name("tty".into())
             .stack_size(crate::SMALL_STACK)
@@ -270,7 +271,7 @@ fn open_fifo_nonblocking(path: &Path) -> Result<OwnedFd> {
 /// The relay's side. Dropping the [`Terminal`] (the process has exited) leaves it running until
 /// every process has let go of the terminal, so that the last output still reaches the client.
 struct Relay {
-    master: Arc<OwnedFd>,
+    master: File,
     stdin: Option<File>,
     stdout: Option<File>,
     control: Option<File>,
@@ -281,7 +282,6 @@ impl Relay {
     /// master); dropping stdout then gives the client EOF.
     fn run(mut self) {
         let mut buf = vec![0u8; 16 * 1024];
-        let master = File::from(self.master.try_clone().expect("dup of the pty master"));
         loop {
             let ready = match self.wait() {
                 Some(r) => r,
@@ -291,7 +291,7 @@ impl Relay {
                 self.read_control();
             }
             if ready.master {
-                match (&master).read(&mut buf) {
+                match (&self.master).read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
                         if let Some(out) = &mut self.stdout {
@@ -307,7 +307,7 @@ impl Relay {
                     match stdin.read(&mut buf) {
                         Ok(0) => self.stdin = None,
                         Ok(n) => {
-                            let _ = (&master).write_all(&buf[..n]);
+                            let _ = (&self.master).write_all(&buf[..n]);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => self.stdin = None,
