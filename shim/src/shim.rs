@@ -82,6 +82,9 @@ impl containerd_shim::Shim for WarrenShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        // Release builds abort on a panic; its reason goes to containerd's log (the server's
+        // stderr is /dev/null) before every tenant of the process is lost.
+        std::panic::set_hook(Box::new(|info| log::error!("shim panic: {info}")));
         // Events go through a connection of our own (see [`Events`]); the library's is let go.
         drop(publisher);
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();

@@ -389,7 +389,8 @@ G=(--annotation "io.kubernetes.cri.sandbox-id=sbx-$WCL_ID")
 C run -d "${G[@]}" "${RT[@]}" "$IMG" rob1 sleep 100000 </dev/null >/dev/null 2>"$ERR"
 if wait_for 10 status_is rob1 RUNNING; then
 	rs=$(ppid_of "$(task_pid rob1)")
-	limit0=$(prlimit --pid "$rs" --nofile --noheadings --raw -o SOFT,HARD | awk '{print $1":"$2}')
+	# The soft limit only: raising a hard limit again takes CAP_SYS_RESOURCE.
+	read -r soft0 hard0 < <(prlimit --pid "$rs" --nofile --noheadings --raw -o SOFT,HARD)
 	fds0=$(ls "/proc/$rs/fd" | wc -l)
 	answers() { # rob1 answers ps and exec
 		[ "$(C task ps rob1 2>/dev/null | tail -n +2 | grep -c '[0-9]')" -ge 1 ] &&
@@ -403,18 +404,19 @@ if wait_for 10 status_is rob1 RUNNING; then
 		: >"$WCL_TMP/sweep.$what"
 		for k in $(seq 1 16); do
 			n=$(ls "/proc/$rs/fd" | wc -l)
-			prlimit --pid "$rs" --nofile=$((n + k)):$((n + k))
+			prlimit --pid "$rs" --nofile=$((n + k)):"$hard0"
 			out=$("$@" "$k" 2>&1)
 			rc=$?
-			prlimit --pid "$rs" --nofile="$limit0"
+			prlimit --pid "$rs" --nofile="$soft0:$hard0"
 			if [ "$rc" = 0 ]; then echo "$k ok" >>"$WCL_TMP/sweep.$what"; else echo "$k $(short "$out")" >>"$WCL_TMP/sweep.$what"; fi
 			kill -0 "$rs" 2>/dev/null || return 1
 		done
 	}
 	run_one() { C run -d "${G[@]}" "${RT[@]}" "$IMG" "robx$1" sleep 100000 </dev/null; }
 	exec_tty() {
-		tmo script -qec "ctr --address '$CTRD_SOCK' --namespace '$NS' task exec -t --fifo-dir '$FIFO' --exec-id tty$1 rob1 echo exec-tty-ok" /dev/null </dev/null |
-			grep -q exec-tty-ok
+		local out
+		out=$(tmo script -qec "ctr --address '$CTRD_SOCK' --namespace '$NS' task exec -t --fifo-dir '$FIFO' --exec-id tty$1 rob1 echo exec-tty-ok" /dev/null </dev/null 2>&1)
+		grep -q exec-tty-ok <<<"$out" || { echo "rc $?: $out"; return 1; }
 	}
 	sweep create run_one
 	check "fd-limit sweep of ctr run -d: the grouped shim (pid $rs) survived all 16" kill -0 "$rs"
@@ -432,7 +434,7 @@ if wait_for 10 status_is rob1 RUNNING; then
 	check "... nothing of the 16 left (cgroup, rootfs mount, warren state)${left:+: $(short "$left")}" [ -z "$left" ]
 	sweep exec exec_tty
 	check "fd-limit sweep of ctr task exec -t in rob1: the shim survived all 16" kill -0 "$rs"
-	check "... $(grep -c ' ok$' "$WCL_TMP/sweep.exec") ran, the others failed: $(short "$(cut -c1-60 "$WCL_TMP/sweep.exec" | tr '\n' '|')")" \
+	check "... $(grep -c ' ok$' "$WCL_TMP/sweep.exec") ran, the others failed: $(short "$(cut -c1-110 "$WCL_TMP/sweep.exec" | tr '\n' '|')")" \
 		[ "$(grep -c ' ok$' "$WCL_TMP/sweep.exec")" -lt 16 ]
 	rob1_fine() { status_is rob1 RUNNING && answers; }
 	check "after both sweeps rob1 is RUNNING and answers ps and exec" rob1_fine
