@@ -147,7 +147,7 @@ const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Waits (at most [`READER_WAIT`]) until the client has the FIFO open for reading. Clients
 /// open their end in the background (containerd's fifo package), and a FIFO that nobody holds
 /// open drops what was written to it: a short-lived process (`ctr task exec ... echo`) could
-/// write and exit before the client's reader came, and its output was lost.
+/// write and exit before the client's reader came, and its output would be gone.
 fn wait_for_reader(path: &Path) {
     let until = std::time::Instant::now() + READER_WAIT;
     loop {
