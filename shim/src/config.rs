@@ -93,7 +93,7 @@ fn on_path(name: &Path) -> Option<PathBuf> {
 
 pub fn save(bundle: &Path, config: &RuntimeConfig) -> Result<()> {
     let path = bundle.join(SAVED);
-    let text = serde_json::to_vec(config).expect("plain struct");
+    let text = serde_json::to_vec(config).map_err(|source| ShimError::Json { path: path.clone(), source })?;
     std::fs::write(&path, text).map_err(ShimError::io(path))
 }
 

@@ -23,6 +23,8 @@ pub enum ShimError {
     BadRequest { field: &'static str, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
     #[error("start {binary} {verb}: {source}")]
     Spawn { binary: PathBuf, verb: &'static str, source: std::io::Error },
     #[error("warren {verb} {id}: {message}")]

@@ -15,7 +15,7 @@ use crate::events::Event;
 use crate::runner::{read_pid, Runner, Spawn};
 use crate::service::Service;
 use crate::stdio::{ConsoleSocket, IoConfig, Stdio, Terminal};
-use crate::tasks::{Container, Exit, Hooks, Launch, Phase, Process, RuntimeConfig};
+use crate::tasks::{AfterExit, Container, Exit, Hooks, Launch, Phase, Process, RuntimeConfig};
 use crate::{config, mounts};
 
 /// How long Delete waits for a created (never started) init to die after `warren delete`.
@@ -100,13 +100,15 @@ impl Service {
             pid: pid as u32,
             ..Default::default()
         }));
-        if let Some(exit) = early_exit {
-            self.tasks.finish(&mut c, "", exit);
-        }
+        let after = match early_exit {
+            Some(exit) => self.tasks.finish(&mut c, "", exit),
+            None => AfterExit::default(),
+        };
         let restoring = c.restore_from.is_some();
         table.containers.insert(id.into(), c);
         drop(table);
         drop(launch);
+        after.run();
         if !restoring {
             self.supervisor.watch_oom(id, &runtime.root);
         }
@@ -138,18 +140,23 @@ impl Service {
                 runner.restore(launch, bundle, images, &crate::checkpoint::work_dir(bundle), spawn)?
             }
         }
-        let taken = read_pid(pid_file).and_then(|pid| {
-            let terminal = match &console {
-                Some(c) => Some(Terminal::start(c.receive()?, io)?),
-                None => None,
-            };
-            Ok((pid, terminal))
-        });
-        if taken.is_err() && !matches!(verb, Verb::Exec { .. }) {
-            // Nothing of a half-made container stays behind.
-            let _ = runner.delete(launch, true);
-        }
-        taken
+        let started = match read_pid(pid_file) {
+            Err(e) => Err((None, e)),
+            Ok(pid) => match &console {
+                None => Ok((pid, None)),
+                Some(c) => match c.receive().and_then(|master| Terminal::start(master, io)) {
+                    Ok(terminal) => Ok((pid, Some(terminal))),
+                    Err(e) => Err((Some(pid), e)),
+                },
+            },
+        };
+        started.map_err(|(pid, e)| {
+            // The console socket goes first: when descriptors ran out, the undoing needs the
+            // ones it holds.
+            drop(console);
+            undo_spawn(launch, runner, &verb, pid);
+            e
+        })
     }
 
     pub(crate) fn do_start(&self, id: &str, exec_id: &str) -> Result<u32> {
@@ -185,7 +192,9 @@ impl Service {
         let c = table.container_mut(id)?;
         let (pid, terminal) = match result {
             Err(e) => {
-                self.tasks.start_failed(c, exec_id);
+                let after = self.tasks.start_failed(c, exec_id);
+                drop(table);
+                after.run();
                 return Err(e);
             }
             Ok(None) => (c.init.pid, None),
@@ -214,8 +223,9 @@ impl Service {
             Event::ExecStarted(e)
         };
         self.tasks.events.send(event);
-        self.tasks.started(c, exec_id);
+        let after = self.tasks.started(c, exec_id);
         drop(table);
+        after.run();
         if restore_from.is_some() {
             self.supervisor.watch_oom(id, &runtime.root);
         }
@@ -331,7 +341,7 @@ impl Service {
         if matches!(p.phase, Phase::Starting | Phase::Running) {
             return Err(c.bad_state(exec_id, "delete"));
         }
-        let p = c.execs.remove(exec_id).expect("looked up above");
+        let p = c.execs.remove(exec_id).ok_or_else(|| ShimError::NoExec { id: id.into(), exec_id: exec_id.into() })?;
         let exit = p.exit();
         Ok(DeleteResponse {
             pid: p.pid as u32,
@@ -339,6 +349,24 @@ impl Service {
             exited_at: exit.map_or_else(MessageField::none, |e| e.timestamp()),
             ..Default::default()
         })
+    }
+}
+
+/// Nothing half-made stays behind a failed spawn: a container is deleted, an exec's process
+/// (which lost its terminal) killed.
+fn undo_spawn(launch: &Launch, runner: &Runner, verb: &Verb, pid: Option<i32>) {
+    match (verb, pid) {
+        (Verb::Exec { .. }, Some(pid)) => {
+            if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL) {
+                log::warn!("kill exec pid {pid} of {}: {e}", runner.id);
+            }
+        }
+        (Verb::Exec { .. }, None) => {}
+        _ => {
+            if let Err(e) = runner.delete(launch, true) {
+                log::warn!("{e}");
+            }
+        }
     }
 }
 

@@ -82,9 +82,15 @@ impl containerd_shim::Shim for WarrenShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        // Release builds abort on a panic; its reason goes to containerd's log (the server's
+        // stderr is /dev/null) before every tenant of the process is lost.
+        std::panic::set_hook(Box::new(|info| log::error!("shim panic: {info}")));
         // Events go through a connection of our own (see [`Events`]); the library's is let go.
         drop(publisher);
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+        // The two `expect`s below run once, before the server listens: no task is hosted yet,
+        // and the library's interface leaves no error to return. A shim without events or a
+        // reaper could serve nobody; containerd sees its start fail.
         let events = Events::start(&address, self.namespace.clone()).expect("connect to containerd for events");
         *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events.clone());
         let tasks = Arc::new(Tasks::new(events));

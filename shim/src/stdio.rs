@@ -18,7 +18,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -124,6 +123,7 @@ fn open_sink(sink: Sink) -> Result<OwnedFd> {
     match sink {
         Sink::Null => open_null(true),
         Sink::Fifo(path) => {
+            wait_for_reader(&path);
             let f = OpenOptions::new().read(true).write(true).open(&path).map_err(ShimError::io(&path))?;
             Ok(f.into())
         }
@@ -138,6 +138,27 @@ fn open_sink(sink: Sink) -> Result<OwnedFd> {
             uri: program.display().to_string(),
             reason: "stderr may only name the same logger as stdout".into(),
         }),
+    }
+}
+
+/// How long an output FIFO may wait for its client's reader.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits (at most [`READER_WAIT`]) until the client has the FIFO open for reading. Clients
+/// open their end in the background (containerd's fifo package), and a FIFO that nobody holds
+/// open drops what was written to it: a short-lived process (`ctr task exec ... echo`) could
+/// write and exit before the client's reader came, and its output would be gone.
+fn wait_for_reader(path: &Path) {
+    let until = std::time::Instant::now() + READER_WAIT;
+    loop {
+        // A write-only open that does not block succeeds only while a reader is there.
+        let probe = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path);
+        match probe {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            _ => return,
+        }
     }
 }
 
@@ -219,7 +240,7 @@ impl Drop for ConsoleSocket {
 
 /// A running relay between a pty master and the process's FIFOs.
 pub struct Terminal {
-    master: Arc<OwnedFd>,
+    master: OwnedFd,
     control: File,
 }
 
@@ -237,8 +258,10 @@ impl Terminal {
         };
         let (control_r, control_w) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| ShimError::io("pipe")(e.into()))?;
-        let master = Arc::new(master);
-        let relay = Relay { master: master.clone(), stdin, stdout, control: Some(File::from(control_r)) };
+        // The relay's own handle of the master, duplicated here so that running out of
+        // descriptors fails this process's request rather than the relay thread.
+        let relay_master = File::from(master.try_clone().map_err(ShimError::io("pty master (dup)"))?);
+        let relay = Relay { master: relay_master, stdin, stdout, control: Some(File::from(control_r)) };
         std::thread::Builder::new()
             .name("tty".into())
             .stack_size(crate::SMALL_STACK)
@@ -270,7 +293,7 @@ fn open_fifo_nonblocking(path: &Path) -> Result<OwnedFd> {
 /// The relay's side. Dropping the [`Terminal`] (the process has exited) leaves it running until
 /// every process has let go of the terminal, so that the last output still reaches the client.
 struct Relay {
-    master: Arc<OwnedFd>,
+    master: File,
     stdin: Option<File>,
     stdout: Option<File>,
     control: Option<File>,
@@ -281,7 +304,6 @@ impl Relay {
     /// master); dropping stdout then gives the client EOF.
     fn run(mut self) {
         let mut buf = vec![0u8; 16 * 1024];
-        let master = File::from(self.master.try_clone().expect("dup of the pty master"));
         loop {
             let ready = match self.wait() {
                 Some(r) => r,
@@ -291,7 +313,7 @@ impl Relay {
                 self.read_control();
             }
             if ready.master {
-                match (&master).read(&mut buf) {
+                match (&self.master).read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
                         if let Some(out) = &mut self.stdout {
@@ -307,7 +329,7 @@ impl Relay {
                     match stdin.read(&mut buf) {
                         Ok(0) => self.stdin = None,
                         Ok(n) => {
-                            let _ = (&master).write_all(&buf[..n]);
+                            let _ = (&self.master).write_all(&buf[..n]);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => self.stdin = None,

@@ -82,6 +82,13 @@ impl Watch {
     fn run(mut self) {
         loop {
             let ready = self.wait();
+            // The OOM indices are positions in the list as polled: they go before a control
+            // message (Unwatch) changes it. Doing them after let a container's cgroup removal
+            // (its notifier fires) and its Unwatch in the same round index past the list's end:
+            // a panic, which aborts the shim with every tenant of its group.
+            for i in ready.oom.into_iter().rev() {
+                self.check_oom(i);
+            }
             if ready.sigchld {
                 drain(&self.sigchld);
                 self.reap();
@@ -89,9 +96,6 @@ impl Watch {
             if ready.wake {
                 drain(&self.wake);
                 self.apply_control();
-            }
-            for i in ready.oom.into_iter().rev() {
-                self.check_oom(i);
             }
         }
     }
@@ -145,7 +149,7 @@ impl Watch {
     }
 
     fn check_oom(&mut self, index: usize) {
-        let (id, watcher) = &mut self.oom[index];
+        let Some((id, watcher)) = self.oom.get_mut(index) else { return };
         match watcher.take() {
             Ok(true) => {
                 log::info!("container {id}: OOM");

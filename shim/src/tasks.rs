@@ -6,6 +6,10 @@
 //! `warren exec` whose process dies at once, an init killed during create) is held as
 //! unclaimed while any launch is in flight, and the launch claims it when it learns its pid.
 //! The exits of the `warren` commands themselves reach their callers the same way.
+//!
+//! The lock guards only this bookkeeping, so that one tenant's slow request never holds up
+//! another's: `warren` commands, waits for processes and I/O run outside it, and what an exit
+//! leaves to do (killing the rest of a container) is handed back as an [`AfterExit`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -197,6 +201,7 @@ impl Tasks {
 
     /// The reaper's report of one exit.
     pub fn on_exit(&self, pid: i32, exit: Exit) {
+        let mut after = AfterExit::default();
         let mut table = self.lock();
         let found = table.containers.values_mut().find_map(|c| {
             let exec = c.execs.values().find(|p| p.alive_with_pid(pid)).map(|p| p.exec_id.clone());
@@ -213,7 +218,7 @@ impl Tasks {
                     if held {
                         let _ = c.process_mut(&exec_id).map(|p| p.held_exit = Some(exit));
                     } else {
-                        self.finish(c, &exec_id, exit);
+                        after = self.finish(c, &exec_id, exit);
                     }
                 }
             }
@@ -224,11 +229,13 @@ impl Tasks {
         }
         drop(table);
         self.changed.notify_all();
+        after.run_aside();
     }
 
-    /// Marks the process exited and queues its TaskExit.
-    pub fn finish(&self, c: &mut Container, exec_id: &str, exit: Exit) {
-        let Ok(p) = c.process_mut(exec_id) else { return };
+    /// Marks the process exited and queues its TaskExit. What is left to do goes to the
+    /// caller, who runs it once the table's lock is released.
+    pub fn finish(&self, c: &mut Container, exec_id: &str, exit: Exit) -> AfterExit {
+        let Ok(p) = c.process_mut(exec_id) else { return AfterExit::default() };
         p.phase = Phase::Exited(exit);
         // Its relay finishes on its own; the shim keeps none of the terminal's descriptors.
         p.terminal = None;
@@ -241,32 +248,30 @@ impl Tasks {
             exited_at: exit.timestamp(),
             ..Default::default()
         }));
-        if exec_id.is_empty() && c.kill_all_on_exit {
-            // Without a pid namespace of its own nothing ends the rest of the container.
-            let rt = warren::container::Runtime::new(&c.runtime.root);
-            if let Err(e) = rt.kill(&c.id, nix::sys::signal::Signal::SIGKILL, true) {
-                log::debug!("kill the rest of {}: {e}", c.id);
-            }
-        }
         self.changed.notify_all();
+        // Without a pid namespace of its own nothing ends the rest of the container.
+        let kill_rest = exec_id.is_empty() && c.kill_all_on_exit;
+        AfterExit { kill_rest: kill_rest.then(|| (c.id.clone(), c.runtime.root.clone())) }
     }
 
     /// Ends `Starting`: the start event is queued by the caller first, then a held exit is
     /// reported.
-    pub fn started(&self, c: &mut Container, exec_id: &str) {
-        let Ok(p) = c.process_mut(exec_id) else { return };
+    pub fn started(&self, c: &mut Container, exec_id: &str) -> AfterExit {
+        let Ok(p) = c.process_mut(exec_id) else { return AfterExit::default() };
         p.phase = Phase::Running;
-        if let Some(exit) = p.held_exit.take() {
-            self.finish(c, exec_id, exit);
+        match p.held_exit.take() {
+            Some(exit) => self.finish(c, exec_id, exit),
+            None => AfterExit::default(),
         }
     }
 
     /// Undoes `Starting` after a failed start.
-    pub fn start_failed(&self, c: &mut Container, exec_id: &str) {
-        let Ok(p) = c.process_mut(exec_id) else { return };
+    pub fn start_failed(&self, c: &mut Container, exec_id: &str) -> AfterExit {
+        let Ok(p) = c.process_mut(exec_id) else { return AfterExit::default() };
         p.phase = Phase::Created;
-        if let Some(exit) = p.held_exit.take() {
-            self.finish(c, exec_id, exit);
+        match p.held_exit.take() {
+            Some(exit) => self.finish(c, exec_id, exit),
+            None => AfterExit::default(),
         }
     }
 
@@ -289,6 +294,41 @@ impl Tasks {
                     self.changed.wait_timeout(table, left).unwrap_or_else(|e| e.into_inner()).0
                 }
             };
+        }
+    }
+}
+
+/// What an exit leaves to do outside the table's lock: killing what is left of a container
+/// without a pid namespace of its own takes the container's state lock (held by any `warren`
+/// command on it) and may wait for its freezer, which must hold up no other task.
+#[must_use = "run it once the table's lock is released"]
+#[derive(Default)]
+pub struct AfterExit {
+    /// (container id, state root)
+    kill_rest: Option<(String, PathBuf)>,
+}
+
+impl AfterExit {
+    pub fn run(self) {
+        let Some((id, root)) = self.kill_rest else { return };
+        let rt = warren::container::Runtime::new(&root);
+        if let Err(e) = rt.kill(&id, nix::sys::signal::Signal::SIGKILL, true) {
+            log::debug!("kill the rest of {id}: {e}");
+        }
+    }
+
+    /// [`AfterExit::run`] on a thread of its own, so that the reaper goes on reaping (every
+    /// launch waits on it) while the kill waits for the container's state lock; on this
+    /// thread when no thread can be had.
+    fn run_aside(self) {
+        let Some(kill_rest) = self.kill_rest.clone() else { return };
+        let spawned = std::thread::Builder::new()
+            .name("kill-rest".into())
+            .stack_size(crate::SMALL_STACK)
+            .spawn(move || AfterExit { kill_rest: Some(kill_rest) }.run());
+        if let Err(e) = spawned {
+            log::warn!("no thread for the kill after an exit ({e}): killing on the reaper");
+            self.run();
         }
     }
 }
@@ -385,7 +425,7 @@ mod tests {
             let mut table = tasks.lock();
             let c = table.container_mut("c1").unwrap();
             tasks.events.send(Event::Start(TaskStart { container_id: "c1".into(), pid: 77, ..Default::default() }));
-            tasks.started(c, "");
+            tasks.started(c, "").run();
         }
         assert_eq!(recorder.topics(), [TASK_START_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC]);
         assert_eq!(tasks.wait_exit("c1", "", Some(Duration::from_secs(1))).unwrap().status, 9);

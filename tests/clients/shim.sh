@@ -11,7 +11,10 @@
 # order, checkpoint and restore of a counting container (ctr c checkpoint
 # --task --rw, kill and remove, ctr c restore --live --rw: it counts on from
 # where it was), a checkpoint criu refuses (the task runs on), a terminal's
-# checkpoint restored without one (refused at create), 20 containers of one
+# checkpoint restored without one (refused at create), a grouped shim that
+# survives requests failing on EMFILE (fd-limit sweeps of ctr run -d and
+# ctr task exec -t) and answers for one task while another's create runs a
+# slow hook or its exit waits for a state lock, 20 containers of one
 # org.warren.group served by one shim process, and
 # kill -9 of that shim: containerd reports the tasks gone, and no cgroup,
 # mount, process or state of them is left. Prints "clients-shim: N passed, M failed".
@@ -367,6 +370,140 @@ C container delete ck3 >/dev/null 2>&1
 C images rm localhost/warren-checkpoint/ck3:1 >/dev/null 2>&1
 left=$(leftovers_of ck3 | tr '\n' ' ')
 check "nothing of ck3 left${left:+: $left}" [ -z "$left" ]
+
+# 11e. one bad request harms no other tenant of a grouped shim. rob1 runs in
+# a group (io.kubernetes.cri.sandbox-id); then
+# - fd-limit sweeps: the shim's descriptor limit is set to its open count + k
+#   (k = 1..16) for one `ctr run -d` of another container of the group, and
+#   again for one `ctr task exec -t` in rob1, so that EMFILE hits every step
+#   of their fifo, pipe, socket, pty and thread setup in turn: each request
+#   runs or fails with an error, the shim survives them all, a failed one
+#   leaves nothing, and rob1 still answers (ps, exec, kill);
+# - a slow createRuntime hook (sleep 5) of a new container: ps and exec of
+#   rob1 return while the hook still runs;
+# - the init of a container without a pid namespace of its own dies while its
+#   state lock is held (as by any `warren` command on it, here flock(1)): the
+#   kill of the rest waits for that lock, and ps, exec and state of rob1
+#   return while it does.
+G=(--annotation "io.kubernetes.cri.sandbox-id=sbx-$WCL_ID")
+C run -d "${G[@]}" "${RT[@]}" "$IMG" rob1 sleep 100000 </dev/null >/dev/null 2>"$ERR"
+if wait_for 10 status_is rob1 RUNNING; then
+	rs=$(ppid_of "$(task_pid rob1)")
+	# The soft limit only: raising a hard limit again takes CAP_SYS_RESOURCE.
+	read -r soft0 hard0 < <(prlimit --pid "$rs" --nofile --noheadings --raw -o SOFT,HARD)
+	fds0=$(ls "/proc/$rs/fd" | wc -l)
+	answers() { # rob1 answers ps and exec
+		[ "$(C task ps rob1 2>/dev/null | tail -n +2 | grep -c '[0-9]')" -ge 1 ] &&
+			[ "$(C task exec --fifo-dir "$FIFO" --exec-id "a$RANDOM" rob1 echo still-here </dev/null 2>/dev/null)" = still-here ]
+	}
+	# sweep WHAT CMD...: runs CMD under the limit open-count + k, k = 1..16; the
+	# outcome of each k (ok, or the error's first words) goes to $WCL_TMP/sweep.WHAT.
+	sweep() {
+		local what=$1 k n rc out
+		shift
+		: >"$WCL_TMP/sweep.$what"
+		for k in $(seq 1 16); do
+			n=$(ls "/proc/$rs/fd" | wc -l)
+			prlimit --pid "$rs" --nofile=$((n + k)):"$hard0"
+			out=$("$@" "$k" 2>&1)
+			rc=$?
+			prlimit --pid "$rs" --nofile="$soft0:$hard0"
+			if [ "$rc" = 0 ]; then echo "$k ok" >>"$WCL_TMP/sweep.$what"; else echo "$k $(short "$out")" >>"$WCL_TMP/sweep.$what"; fi
+			kill -0 "$rs" 2>/dev/null || return 1
+		done
+	}
+	run_one() { C run -d "${G[@]}" "${RT[@]}" "$IMG" "robx$1" sleep 100000 </dev/null; }
+	exec_tty() {
+		local out
+		out=$(tmo script -qec "ctr --address '$CTRD_SOCK' --namespace '$NS' task exec -t --fifo-dir '$FIFO' --exec-id tty$1 rob1 echo exec-tty-ok" /dev/null </dev/null 2>&1)
+		grep -q exec-tty-ok <<<"$out" || { echo "rc $?: $out"; return 1; }
+	}
+	sweep create run_one
+	check "fd-limit sweep of ctr run -d: the grouped shim (pid $rs) survived all 16" kill -0 "$rs"
+	emfile=$(grep -c 'Too many open files' "$WCL_TMP/sweep.create")
+	check "... $emfile of them failed with EMFILE ('Too many open files'), $(grep -c ' ok$' "$WCL_TMP/sweep.create") ran: $(short "$(cut -c1-90 "$WCL_TMP/sweep.create" | tr '\n' '|')")" [ "$emfile" -ge 1 ]
+	other=$(grep -v -e ' ok$' -e 'Too many open files' "$WCL_TMP/sweep.create")
+	check "... every one that failed said why (EMFILE)${other:+: $(short "$other")}" [ -z "$other" ]
+	for k in $(seq 1 16); do
+		C task kill -s SIGKILL "robx$k" >/dev/null 2>&1
+		wait_for 5 sh -c "! ctr --address '$CTRD_SOCK' --namespace '$NS' task ls | grep -q '^robx$k .*RUNNING'"
+		C task delete "robx$k" >/dev/null 2>&1
+		C container delete "robx$k" >/dev/null 2>&1
+	done
+	left=$(for k in $(seq 1 16); do leftovers_of "robx$k"; done | tr '\n' ' ')
+	check "... nothing of the 16 left (cgroup, rootfs mount, warren state)${left:+: $(short "$left")}" [ -z "$left" ]
+	sweep exec exec_tty
+	check "fd-limit sweep of ctr task exec -t in rob1: the shim survived all 16" kill -0 "$rs"
+	check "... $(grep -c ' ok$' "$WCL_TMP/sweep.exec") ran, the others failed: $(short "$(cut -c1-110 "$WCL_TMP/sweep.exec" | tr '\n' '|')")" \
+		[ "$(grep -c ' ok$' "$WCL_TMP/sweep.exec")" -lt 16 ]
+	rob1_fine() { status_is rob1 RUNNING && answers; }
+	check "after both sweeps rob1 is RUNNING and answers ps and exec" rob1_fine
+	wait_for 5 sh -c "[ \$(ls /proc/$rs/fd | wc -l) -le $fds0 ]"
+	n=$(ls "/proc/$rs/fd" | wc -l)
+	check "... and the shim's descriptors are back to $fds0 (got $n)" [ "$n" -le "$fds0" ]
+
+	# containers from a spec of our own (ctr run --config): a plain rootfs dir
+	RR=$WCL_TMP/rob-rootfs
+	mkdir -p "$RR" && tar -xf "$WCL_CACHE/rootfs.tar" -C "$RR"
+	"$WCL_BIN" spec --bundle "$WCL_TMP" >/dev/null
+	spec_of() { # ID JQ-FILTER: a spec of this group for ID, changed by the filter
+		jq --arg root "$RR" --arg cg "/$NS/$1" --arg g "sbx-$WCL_ID" \
+			".root.path = \$root | .process.terminal = false | .process.args = [\"sleep\", \"100000\"]
+			 | .linux.cgroupsPath = \$cg | .annotations[\"io.kubernetes.cri.sandbox-id\"] = \$g | $2" \
+			"$WCL_TMP/config.json" >"$WCL_TMP/$1.json"
+	}
+	HS=5.$RANDOM
+	spec_of rob3 ".hooks.createRuntime = [{\"path\": \"/bin/sleep\", \"args\": [\"sleep\", \"$HS\"]}]"
+	C run -d --config "$WCL_TMP/rob3.json" "${RT[@]}" rob3 </dev/null >"$WCL_TMP/rob3.out" 2>&1 &
+	rp=$!
+	if wait_for 10 pgrep -f "^sleep $HS\$" >/dev/null; then
+		answers
+		rc=$?
+		during=$(pgrep -f "^sleep $HS\$" >/dev/null && kill -0 "$rp" 2>/dev/null && echo yes)
+		check "a createRuntime hook sleeping ${HS%.*} s: ps and exec of rob1 answered (rc $rc) while the create still ran (${during:-no})" \
+			[ "$rc$during" = 0yes ]
+	else
+		bad "the createRuntime hook of rob3 never ran: $(short "$(cat "$WCL_TMP/rob3.out")")"
+	fi
+	wait "$rp"
+	rc=$?
+	check "... and rob3 then runs (rc $rc, '$(status rob3)')" [ "$rc/$(status rob3)" = 0/RUNNING ]
+
+	spec_of rob4 '.linux.namespaces |= map(select(.type != "pid"))'
+	C run -d --config "$WCL_TMP/rob4.json" "${RT[@]}" rob4 </dev/null >/dev/null 2>"$ERR"
+	if wait_for 10 status_is rob4 RUNNING; then
+		LS=5.$RANDOM
+		flock -x "$SROOT/$NS/rob4" sleep "$LS" &
+		lp=$!
+		wait_for 5 pgrep -f "^sleep $LS\$" >/dev/null
+		kill -KILL "$(task_pid rob4)"
+		wait_for 5 status_is rob4 STOPPED
+		st=$(status rob4)
+		answers
+		rc=$?
+		during=$(kill -0 "$lp" 2>/dev/null && echo yes)
+		check "rob4 (no pid namespace) died while its state lock was held: its state ($st), ps and exec of rob1 (rc $rc) answered while the lock was still held (${during:-no})" \
+			[ "$st/$rc/$during" = STOPPED/0/yes ]
+		wait "$lp"
+	else
+		bad "rob4 (no pid namespace) did not run: $(short "$(cat "$ERR")")"
+	fi
+	p3=$(ppid_of "$(task_pid rob3)")
+	check "the grouped shim (pid $rs) still serves rob1 and rob3 (rob3's parent: $p3)" [ "$p3" = "$rs" ]
+	C task kill -s SIGKILL rob1 >/dev/null 2>&1
+	check "ctr task kill rob1 (the survivor) works: STOPPED" wait_for 10 status_is rob1 STOPPED
+else
+	bad "rob1 did not run: $(short "$(cat "$ERR")")"
+fi
+for id in rob1 rob3 rob4; do
+	C task kill -s SIGKILL "$id" >/dev/null 2>&1
+	wait_for 5 sh -c "! ctr --address '$CTRD_SOCK' --namespace '$NS' task ls | grep -q '^$id .*RUNNING'"
+	C task delete "$id" >/dev/null 2>&1
+	C container delete "$id" >/dev/null 2>&1
+done
+left=$(for id in rob1 rob3 rob4; do leftovers_of "$id"; done | tr '\n' ' ')
+check "nothing of rob1, rob3, rob4 left${left:+: $(short "$left")}" [ -z "$left" ]
+check "their shim exited with its last task" wait_for 5 sh -c "! kill -0 ${rs:-0} 2>/dev/null"
 
 # 12. grouping: 20 containers, one shim process
 ids=()
