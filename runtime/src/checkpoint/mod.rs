@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::container::{ContainerError, Runtime};
+use crate::failpoint::failpoint;
 use crate::state::Status;
 
 pub use restore::{RestoreOptions, Restored};
@@ -266,6 +267,7 @@ impl Runtime {
         let args = criu::dump_args(pid, opts, &stdio, &externals, freezer, netns);
         let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
         let action = if opts.pre_dump { "pre-dump" } else { "dump" };
+        failpoint("checkpoint.before-criu");
         criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
             &args,
@@ -273,6 +275,7 @@ impl Runtime {
             action,
             None,
         )?;
+        failpoint("checkpoint.after-criu");
         drop(c);
         if !opts.leave_running && !opts.pre_dump {
             // CRIU killed the tree after the dump; what is left is a stopped container.
