@@ -320,7 +320,7 @@ impl Runtime {
         log::debug!("start {id}: begin");
         release_init(&c)?;
         log::debug!("start {id}: released");
-        failpoint("start.released");
+        failpoint("start.fifo-removed");
         let hook_json = hook_state(&c.state, Status::Running, c.state.pid);
         if let Err(e) = hooks::run_all(HookKind::Poststart, &c.state.config, &hook_json) {
             log::warn!("{e}");
@@ -583,6 +583,7 @@ fn release_init(c: &Locked) -> Result<(), ContainerError> {
             Err(e) => return Err(ContainerError::Io { path, source: e }),
         };
     std::io::Write::write_all(&mut fifo, &[0]).map_err(io_err(&path))?;
+    failpoint("start.released");
     std::fs::remove_file(&path).map_err(io_err(&path))
 }
 
