@@ -37,6 +37,7 @@ leftovers_of() { # ID: cgroups, mounts and state the container left
 	[ -e "$SROOT/$NS/$1" ] && echo "$SROOT/$NS/$1"
 	return 0
 }
+no_leftovers() { [ -z "$(leftovers_of "$1")" ]; }
 CTRD_PID=""
 stop_containerd() {
 	[ -n "$CTRD_PID" ] || return 0
@@ -68,6 +69,8 @@ after_kill() {
 	C task delete --force "$id" >/dev/null 2>&1
 	C container delete "$id" >/dev/null 2>&1
 	check "$point: container $id gone from containerd" [ -z "$(C container ls -q 2>/dev/null | grep -xF "$id")" ]
+	# containerd's clean-up after a dead shim runs in the background.
+	wait_for 10 no_leftovers "$id"
 	left=$(leftovers_of "$id" | tr '\n' ' ')
 	check "$point: no cgroup, rootfs mount or warren state of $id left${left:+: $left}" [ -z "$left" ]
 	p=$(procs_in_cgroups "$WCL_TMP" | tr '\n' ' ')
