@@ -70,6 +70,11 @@ fn receive(host: &FakeHost, port: u16) -> Result<JoinHandle<Result<Out>>> {
 
 /// The same with global flags (`--criu PATH`) before the verb.
 fn receive_with(host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandle<Result<Out>>> {
+    receive_as(&host.warren, host, port, global)
+}
+
+/// The same through `warren` (the host's, or another build of it).
+fn receive_as(warren: &Warren, host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandle<Result<Out>>> {
     let listen = format!("{}:{port}", host.addr);
     let bundles = host.bundles.to_string_lossy().into_owned();
     let args: Vec<String> = global
@@ -78,7 +83,7 @@ fn receive_with(host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandl
         .chain(host.migrate_args(&["receive", "--listen", &listen, "--bundles", &bundles, "--once"]))
         .map(String::from)
         .collect();
-    let warren = host.warren.clone();
+    let warren = warren.clone();
     let handle = std::thread::spawn(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         warren.cmd_for(&args, Duration::from_secs(120))
@@ -665,6 +670,66 @@ fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()>
         }
         assert_host_empty(&pair.a).with_context(|| point.to_string())?;
         remove_counter(&pair.b, guard_b, &dst)?;
+        drop(pair);
+        t.assert_no_leftovers();
+    }
+    Ok(())
+}
+
+/// kill -9 of `migrate receive` (the failpoints build) after each of its steps: never running
+/// on both hosts, never lost. What the operator then does: a stopped copy on the target goes
+/// when the source still has one (which runs again after its rollback), else it is let run;
+/// the receiver's spool (WORK/ID) is removed by hand, as nothing reaps it yet.
+#[test]
+fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()> {
+    let Some(bin) = failpoints_bin() else {
+        eprintln!("no warren-failpoints beside {}: skipped (scripts/build.sh builds it)", warren_bin().display());
+        return Ok(());
+    };
+    let points = [
+        "migrate-receive.accepted",
+        "migrate-receive.parts-received",
+        "migrate-receive.restored",
+        "migrate-receive.reported",
+        "migrate-receive.committed",
+    ];
+    for (n, point) in points.into_iter().enumerate() {
+        let Some((t, pair)) = two_hosts(&format!("mig_rfault{n}"), Image::OnBoth)? else {
+            return Ok(());
+        };
+        let (id, src, guard_a) = run_counter(&t, &pair.a)?;
+        let rx = receive_as(&pair.b.warren.dying_at(&bin, point), &pair.b, PORT, &[])?;
+        let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+        let got = rx.join().expect("receive thread")?;
+        ensure!(got.code() == Some(128 + libc::SIGKILL), "{point}: receive did not die there: {got}");
+        let (on_a, runs_a) = presence(&pair.a, &id)?;
+        let (on_b, runs_b) = presence(&pair.b, &id)?;
+        eprintln!("{point}: send {:?}; on A {on_a} (runs {runs_a}), on B {on_b} (runs {runs_b})", sent.code());
+        ensure!(on_a || on_b, "{point}: the container is on neither host");
+        ensure!(!(runs_a && runs_b), "{point}: the container runs on both hosts");
+        let dst = pair.b.bundles.join(&id);
+        let _ = std::fs::remove_dir_all(pair.b.work.join(&id));
+        if on_a {
+            ensure!(runs_a, "{point}: the source rolled back: {sent}");
+            if on_b {
+                pair.b.warren.cmd(&["delete", "--force", &id])?.ok()?;
+            }
+            if dst.exists() {
+                pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
+            }
+            assert_counts_on(&pair.a, &id, &src)?;
+            remove_counter(&pair.a, guard_a, &src)?;
+        } else {
+            if !runs_b {
+                pair.b.warren.cmd(&["kill", "--all", &id, "CONT"])?.ok()?;
+            }
+            std::mem::forget(guard_a);
+            let guard_b = pair.b.warren.adopt(&id);
+            assert_counts_on(&pair.b, &id, &dst)?;
+            remove_counter(&pair.b, guard_b, &dst)?;
+            assert_host_empty(&pair.a)?;
+        }
+        assert_host_empty(&pair.b).with_context(|| point.to_string())?;
         drop(pair);
         t.assert_no_leftovers();
     }
