@@ -4,6 +4,8 @@
 # container (runtime and init) and a dynamic PIE spends about a millisecond
 # of each start in the loader and its relocations. Where static linking is
 # not possible (no libc.a), target/bin/warren is the dynamic build instead.
+# Last, target/bin/warren-failpoints and containerd-shim-warren-v2-failpoints:
+# the same with failpoints compiled in, for the fault tests only.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -32,4 +34,10 @@ else
 	install -m 0755 "target/release/$SHIM" "target/bin/$SHIM.new"
 fi
 mv -f "target/bin/$SHIM.new" "target/bin/$SHIM"
+# The failpoints build for the fault-injection tests (tests/tests/faults.rs,
+# tests/clients/shim-faults.sh): both binaries with the `failpoints` feature, in
+# their own cargo profile (target/failpoints/, no LTO, incremental), dynamic.
+cargo build --profile failpoints -p warren -p warren-shim --features warren/failpoints,warren-shim/failpoints
+install -m 0755 target/failpoints/warren target/bin/warren-failpoints
+install -m 0755 "target/failpoints/$SHIM" "target/bin/$SHIM-failpoints"
 echo "$ROOT/target/bin/warren"

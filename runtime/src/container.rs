@@ -3,6 +3,7 @@
 
 use crate::cgroups::stats::Stats;
 use crate::cgroups::{Cgroup, CgroupError};
+use crate::failpoint::failpoint;
 use crate::hooks::{self, HookKind};
 use crate::init::{CreateSetup, InitConfig};
 use crate::namespaces::NamespacePlan;
@@ -221,13 +222,14 @@ impl Runtime {
         private.recursive(true).create(&self.root).map_err(io_err(&self.root))?;
         let dir = self.dir(id);
         match private.recursive(false).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StateError::Exists { id: id.to_string() }.into())
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(ContainerError::Io { path: dir, source: e })
             }
-            Err(e) => return Err(ContainerError::Io { path: dir, source: e }),
+            _ => {}
         }
-        let lock = DirLock::acquire(&dir)?;
+        // Ours only while it has no state: a directory another create made (or took over) has.
+        let lock = lock_abandoned(&dir).ok_or_else(|| StateError::Exists { id: id.to_string() })?;
+        failpoint("create.state-dir-claimed");
         let guard = CreateGuard { dir: dir.clone(), cgroup: None, init: None, armed: true };
         let st = State {
             id: id.to_string(),
@@ -242,6 +244,7 @@ impl Runtime {
             config: bundle.spec.clone(),
         };
         state::write_state(&dir, &st)?;
+        failpoint("create.state-recorded");
         Ok((lock, guard, st))
     }
 
@@ -287,7 +290,9 @@ impl Runtime {
         drop(console);
         drop(fifo_rd);
         log::debug!("create {}: init spawned", opts.id);
+        failpoint("create.init-spawned");
         prepare_cgroup(&cgroup, &bundle.spec)?;
+        failpoint("create.cgroup-made");
         init.cgroup_ready()?;
         log::debug!("create {}: cgroup made", opts.id);
         let pid = init.wait_for_child_ready(&bundle.spec, |pid| {
@@ -297,9 +302,11 @@ impl Runtime {
             let _ = state::write_state(&dir, &st);
             hook_state(&st, Status::Creating, pid)
         })?;
+        failpoint("create.init-ready");
         st.pid = pid;
         st.pid_start_time = crate::sys::process_start_time(pid).map_err(io_err(Path::new("/proc")))?;
         state::write_state(&dir, &st)?;
+        failpoint("create.state-written");
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }
@@ -316,6 +323,7 @@ impl Runtime {
         log::debug!("start {id}: begin");
         release_init(&c)?;
         log::debug!("start {id}: released");
+        failpoint("start.fifo-removed");
         let hook_json = hook_state(&c.state, Status::Running, c.state.pid);
         if let Err(e) = hooks::run_all(HookKind::Poststart, &c.state.config, &hook_json) {
             log::warn!("{e}");
@@ -339,7 +347,10 @@ impl Runtime {
     }
 
     pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
-        let c = self.open(id)?;
+        let c = match self.open(id) {
+            Err(ContainerError::State(StateError::NotFound { .. })) if self.remove_abandoned(id) => return Ok(()),
+            opened => opened?,
+        };
         self.delete_locked(&c, force)
     }
 
@@ -371,10 +382,12 @@ impl Runtime {
         }
         wait_gone(&c.state, Duration::from_secs(10));
         log::debug!("delete {id}: processes gone");
+        failpoint("delete.processes-killed");
         if let Some(cg) = &c.state.cgroup {
             cg.destroy()?;
         }
         log::debug!("delete {id}: cgroup removed");
+        failpoint("delete.cgroup-removed");
         // Every container that got as far as an init gets its poststop hooks.
         if c.state.pid > 0 {
             let json = hook_state(&c.state, Status::Stopped, 0);
@@ -382,7 +395,19 @@ impl Runtime {
                 log::warn!("{e}");
             }
         }
+        failpoint("delete.poststop-run");
+        // The state goes first: a delete that dies after it leaves an abandoned directory (see
+        // `lock_abandoned`), never a container with half its files.
+        let state_file = c.dir.join(state::STATE_FILE);
+        std::fs::remove_file(&state_file).map_err(io_err(&state_file))?;
+        failpoint("delete.state-removed");
         std::fs::remove_dir_all(&c.dir).map_err(io_err(&c.dir))
+    }
+
+    /// Removes the directory of `id` if it is abandoned (see [`lock_abandoned`]); true if it was.
+    fn remove_abandoned(&self, id: &str) -> bool {
+        let dir = self.dir(id);
+        lock_abandoned(&dir).is_some_and(|_lock| std::fs::remove_dir_all(&dir).is_ok())
     }
 
     pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
@@ -476,6 +501,7 @@ impl Runtime {
         };
         let mut init = InitProcess::spawn(config)?;
         drop(console);
+        failpoint("exec.init-spawned");
         let pid = match init.wait_for_child_ready(&spec, |_| String::new()) {
             Ok(pid) => pid,
             Err(e) => {
@@ -483,6 +509,7 @@ impl Runtime {
                 return Err(e.into());
             }
         };
+        failpoint("exec.ready");
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }
@@ -523,6 +550,15 @@ fn merge_resources(old: Option<LinuxResources>, update: &LinuxResources) -> Resu
     serde_json::from_value(merged)
 }
 
+/// The lock of `dir` when it holds no state: a create killed before it wrote any (or a delete
+/// killed after it removed it). Nothing else of a container is made before its state is
+/// written, so such a directory is free for a new create and for delete to remove.
+fn lock_abandoned(dir: &Path) -> Option<DirLock> {
+    let lock = DirLock::acquire(dir).ok()?;
+    // A delete that held the lock before us may have removed the directory meanwhile.
+    (dir.is_dir() && !dir.join(state::STATE_FILE).exists()).then_some(lock)
+}
+
 /// Derives the status from what is on the host right now.
 fn status_of(dir: &Path, st: &State) -> Status {
     if st.pid == 0 {
@@ -531,13 +567,22 @@ fn status_of(dir: &Path, st: &State) -> Status {
     if !st.init_alive() {
         return Status::Stopped;
     }
-    if dir.join(state::EXEC_FIFO).exists() {
+    if init_waits_on(st.pid, &dir.join(state::EXEC_FIFO)) {
         return Status::Created;
     }
     match &st.cgroup {
         Some(cg) if cg.is_frozen().unwrap_or(false) => Status::Paused,
         _ => Status::Running,
     }
+}
+
+/// Whether the init still holds the exec fifo open, waiting for `start`. The fifo alone does
+/// not say so: a `start` killed after its write and before it removed the fifo leaves it.
+fn init_waits_on(pid: i32, fifo: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(want) = std::fs::metadata(fifo).map(|m| (m.dev(), m.ino())) else { return false };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == want))
 }
 
 /// Writes the byte the init waits for into the exec fifo; from then on it
@@ -553,6 +598,7 @@ fn release_init(c: &Locked) -> Result<(), ContainerError> {
             Err(e) => return Err(ContainerError::Io { path, source: e }),
         };
     std::io::Write::write_all(&mut fifo, &[0]).map_err(io_err(&path))?;
+    failpoint("start.released");
     std::fs::remove_file(&path).map_err(io_err(&path))
 }
 

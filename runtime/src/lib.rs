@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod console;
 pub mod container;
 pub mod events;
+pub mod failpoint;
 pub mod features;
 pub mod hooks;
 pub mod init;

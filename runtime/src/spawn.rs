@@ -130,6 +130,7 @@ impl InitProcess {
             match self.chan.next_request()? {
                 FromInit::NeedIdMaps { pid } => {
                     write_id_maps(pid, spec)?;
+                    crate::failpoint::failpoint("spawn.id-maps-written");
                     self.chan.id_maps_written()?;
                 }
                 FromInit::Pid { pid } => self.pid = Some(pid),

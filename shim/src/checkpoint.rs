@@ -18,6 +18,7 @@ use crate::events::Event;
 use crate::runner::Runner;
 use crate::service::Service;
 use crate::tasks::Phase;
+use warren::failpoint::failpoint;
 
 /// The type containerd's clients give the checkpoint options (runc's), whatever the runtime.
 const OPTIONS_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
@@ -43,6 +44,7 @@ impl Service {
             false => PathBuf::from(&opts.work_path),
         };
         let runner = Runner::new(&runtime, &req.id, &bundle);
+        failpoint("shim.checkpoint.begun");
         let done = match runner.checkpoint(&self.tasks.launch(), Path::new(&req.path), &work, &opts) {
             Err(ShimError::Runtime { verb, id, message }) if own_work => {
                 // criu's log outlives its work directory, in the bundle (as runc's shim keeps
@@ -60,6 +62,7 @@ impl Service {
             let _ = std::fs::remove_dir_all(&work);
         }
         done?;
+        failpoint("shim.checkpoint.runtime-done");
         // Only the id: containerd archives the image directory and removes it.
         let event = TaskCheckpointed { container_id: req.id.clone(), ..Default::default() };
         self.tasks.events.send(Event::Checkpointed(event));

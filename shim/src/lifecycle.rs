@@ -17,6 +17,7 @@ use crate::service::Service;
 use crate::stdio::{ConsoleSocket, IoConfig, Stdio, Terminal};
 use crate::tasks::{AfterExit, Container, Exit, Hooks, Launch, Phase, Process, RuntimeConfig};
 use crate::{config, mounts};
+use warren::failpoint::failpoint;
 
 /// How long Delete waits for a created (never started) init to die after `warren delete`.
 const KILLED_INIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -37,6 +38,7 @@ impl Service {
         if mounted {
             mounts::mount_rootfs(&req.rootfs, &rootfs)?;
         }
+        failpoint("shim.create.rootfs-mounted");
         let io = IoConfig {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -68,6 +70,7 @@ impl Service {
             Some(_) => (0, None),
             None => self.spawn(&launch, &runner, &io, bundle, Verb::Create)?,
         };
+        failpoint("shim.create.runtime-done");
         let mut table = self.tasks.lock();
         let mut init = Process::new("", io.clone(), Vec::new());
         init.pid = pid;
@@ -172,6 +175,7 @@ impl Service {
             p.phase = Phase::Starting;
             (runtime, bundle, hooks, p.io.clone(), p.spec.clone(), restore_from)
         };
+        failpoint(if exec_id.is_empty() { "shim.start.begun" } else { "shim.exec.begun" });
         let runner = Runner::new(&runtime, id, &bundle);
         let launch = self.tasks.launch();
         let result = if let Some(images) = &restore_from {
@@ -184,6 +188,7 @@ impl Service {
         } else {
             self.start_exec(&launch, &runner, &bundle, exec_id, &io, &spec).map(Some)
         };
+        failpoint(if exec_id.is_empty() { "shim.start.runtime-done" } else { "shim.exec.runtime-done" });
         let mut table = self.tasks.lock();
         let claimed = match &result {
             Ok(Some((pid, _))) => launch.claim(&mut table, *pid),
@@ -303,6 +308,7 @@ impl Service {
             }
             log::warn!("{e} (its state is gone already)");
         }
+        failpoint("shim.delete.runtime-done");
         // A created init dies by `warren delete`; its exit is the task's.
         let exit = match (was_started, never_restored) {
             (_, true) => Some(Exit::now(0)),
@@ -316,6 +322,7 @@ impl Service {
         if let Some(target) = &c.rootfs_mount {
             mounts::unmount_all(target)?;
         }
+        failpoint("shim.delete.unmounted");
         let exit = c.init.exit().or(exit).unwrap_or_else(|| Exit::now(128 + libc::SIGKILL as u32));
         let response = DeleteResponse {
             pid: c.init.pid as u32,

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run-all.sh WARREN_BIN: the real-client suites (containerd/ctr, the warren shim, podman,
+# run-all.sh WARREN_BIN: the real-client suites (containerd/ctr, the warren shim and its
+# failpoints (shim-faults), podman,
 # docker) one after the other, each under its own deadline
 # (WCL_SUITE_TIMEOUT, default 300 s). Prints every suite's summary and a
 # final line "clients: N passed, M failed"; exits non-zero on any failure.
@@ -7,7 +8,7 @@
 # SIGINT/SIGTERM are passed on to the running suite, which then cleans up.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SUITES=(containerd shim podman docker)
+SUITES=(containerd shim shim-faults podman docker)
 LIMIT=${WCL_SUITE_TIMEOUT:-300}
 
 [ $# -eq 1 ] || { echo "usage: $0 WARREN_BIN" >&2; exit 2; }

@@ -54,10 +54,20 @@ pub fn warren_bin() -> PathBuf {
         .unwrap_or_else(|| ws.join("target/debug/warren"))
 }
 
+/// The failpoints build of the binary under test (scripts/build.sh puts it beside it), for the
+/// fault tests; None when it is not there.
+pub fn failpoints_bin() -> Option<PathBuf> {
+    let bin = warren_bin();
+    let name = format!("{}-failpoints", bin.file_name()?.to_string_lossy());
+    Some(bin.with_file_name(name)).filter(|p| p.exists())
+}
+
 /// Runs warren with a private `--root`; output files go to a private dir.
 #[derive(Clone)]
 pub struct Warren {
     bin: PathBuf,
+    /// Extra environment of each command (the failpoint of a fault test).
+    env: Vec<(String, String)>,
     root: PathBuf,
     outdir: PathBuf,
     seq: Arc<AtomicUsize>,
@@ -73,6 +83,12 @@ impl Warren {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The same state root through the failpoints build `bin`, each command dying by SIGKILL
+    /// at `point` (`WARREN_FAILPOINT`).
+    pub fn dying_at(&self, bin: &Path, point: &str) -> Warren {
+        Warren { bin: bin.to_path_buf(), env: vec![("WARREN_FAILPOINT".into(), point.into())], ..self.clone() }
     }
 
     /// A fresh base path for one command's stdout/stderr files.
@@ -109,6 +125,7 @@ impl Warren {
             None => command(&self.bin),
         };
         c.arg("--root").arg(&self.root).args(args);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -281,6 +298,7 @@ impl Test {
         std::fs::create_dir_all(&outdir).expect("out dir");
         let warren = Warren {
             bin: warren_bin(),
+            env: Vec::new(),
             root: dir.path().join("state"),
             outdir,
             seq: Arc::new(AtomicUsize::new(0)),

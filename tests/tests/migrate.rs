@@ -70,6 +70,11 @@ fn receive(host: &FakeHost, port: u16) -> Result<JoinHandle<Result<Out>>> {
 
 /// The same with global flags (`--criu PATH`) before the verb.
 fn receive_with(host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandle<Result<Out>>> {
+    receive_as(&host.warren, host, port, global)
+}
+
+/// The same through `warren` (the host's, or another build of it).
+fn receive_as(warren: &Warren, host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandle<Result<Out>>> {
     let listen = format!("{}:{port}", host.addr);
     let bundles = host.bundles.to_string_lossy().into_owned();
     let args: Vec<String> = global
@@ -78,7 +83,7 @@ fn receive_with(host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandl
         .chain(host.migrate_args(&["receive", "--listen", &listen, "--bundles", &bundles, "--once"]))
         .map(String::from)
         .collect();
-    let warren = host.warren.clone();
+    let warren = warren.clone();
     let handle = std::thread::spawn(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         warren.cmd_for(&args, Duration::from_secs(120))
@@ -584,5 +589,149 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     assert_host_empty(&pair.b)?;
     drop(pair);
     t.assert_no_leftovers();
+    Ok(())
+}
+
+/// Whether `id` exists on `host`, and whether it runs there: a running status whose init is
+/// not stopped (SIGSTOP) or frozen.
+fn presence(host: &FakeHost, id: &str) -> Result<(bool, bool)> {
+    let out = host.warren.cmd(&["state", id])?;
+    if !out.success() {
+        return Ok((false, false));
+    }
+    let st: Value = serde_json::from_str(&out.stdout)?;
+    let pid = st["pid"].as_i64().unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let stopped = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'));
+    Ok((true, st["status"] == "running" && !stopped))
+}
+
+/// kill -9 of `migrate send` (the failpoints build) after each step of the move: the
+/// container is never running on both hosts and never lost. Then the operator's way on: a
+/// copy the target keeps stopped goes when the source still has one (which resumes and moves
+/// again), else it is let run; a sender killed after the commit leaves only its bundle.
+#[test]
+fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()> {
+    let Some(bin) = failpoints_bin() else {
+        eprintln!("no warren-failpoints beside {}: skipped (scripts/build.sh builds it)", warren_bin().display());
+        return Ok(());
+    };
+    let points = [
+        "migrate-send.accepted",
+        "migrate-send.frozen",
+        "migrate-send.dumped",
+        "migrate-send.parts-sent",
+        "migrate-send.restored-there",
+        "migrate-send.deleted",
+        "migrate-send.committed",
+    ];
+    for (n, point) in points.into_iter().enumerate() {
+        let Some((t, pair)) = two_hosts(&format!("mig_fault{n}"), Image::OnBoth)? else {
+            return Ok(());
+        };
+        let (id, src, guard_a) = run_counter(&t, &pair.a)?;
+        let rx = receive(&pair.b, PORT)?;
+        let target = format!("{}:{PORT}", pair.b.addr);
+        let dying = pair.a.warren.dying_at(&bin, point);
+        let sent = dying.cmd_for(&pair.a.migrate_args(&["send", &id, &target]), Duration::from_secs(120))?;
+        ensure!(sent.code() == Some(128 + libc::SIGKILL), "{point}: send did not die there: {sent}");
+        rx.join().expect("receive thread")?;
+        let (on_a, runs_a) = presence(&pair.a, &id)?;
+        let (on_b, runs_b) = presence(&pair.b, &id)?;
+        ensure!(on_a || on_b, "{point}: the container is on neither host");
+        ensure!(!(runs_a && runs_b), "{point}: the container runs on both hosts");
+        let dst = pair.b.bundles.join(&id);
+        if on_a {
+            if on_b {
+                // Unconfirmed on B, still here on A: B's copy goes.
+                pair.b.warren.cmd(&["delete", "--force", &id])?.ok()?;
+                pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
+            }
+            if pair.a.warren.state(&id)?["status"] == "paused" {
+                pair.a.warren.cmd(&["resume", &id])?.ok()?;
+            }
+            assert_counts_on(&pair.a, &id, &src)?;
+            // And the move can be done again, in full.
+            let rx = receive(&pair.b, PORT)?;
+            pair.a.migrate(&["send", &id, &target])?.ok().context("send again")?;
+            rx.join().expect("receive thread")?.ok().context("receive again")?;
+        } else {
+            // Deleted on A: B's copy is the one, stopped until the commit that never came.
+            if !runs_b {
+                pair.b.warren.cmd(&["kill", "--all", &id, "CONT"])?.ok()?;
+            }
+        }
+        std::mem::forget(guard_a);
+        let guard_b = pair.b.warren.adopt(&id);
+        assert_counts_on(&pair.b, &id, &dst)?;
+        // A sender killed after its delete had no time to remove the bundle.
+        if src.exists() {
+            pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
+        }
+        assert_host_empty(&pair.a).with_context(|| point.to_string())?;
+        remove_counter(&pair.b, guard_b, &dst)?;
+        drop(pair);
+        t.assert_no_leftovers();
+    }
+    Ok(())
+}
+
+/// kill -9 of `migrate receive` (the failpoints build) after each of its steps: never running
+/// on both hosts, never lost. What the operator then does: a stopped copy on the target goes
+/// when the source still has one (which runs again after its rollback), else it is let run;
+/// the receiver's spool (WORK/ID) is removed by hand, as nothing reaps it yet.
+#[test]
+fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()> {
+    let Some(bin) = failpoints_bin() else {
+        eprintln!("no warren-failpoints beside {}: skipped (scripts/build.sh builds it)", warren_bin().display());
+        return Ok(());
+    };
+    let points = [
+        "migrate-receive.accepted",
+        "migrate-receive.parts-received",
+        "migrate-receive.restored",
+        "migrate-receive.reported",
+        "migrate-receive.committed",
+    ];
+    for (n, point) in points.into_iter().enumerate() {
+        let Some((t, pair)) = two_hosts(&format!("mig_rfault{n}"), Image::OnBoth)? else {
+            return Ok(());
+        };
+        let (id, src, guard_a) = run_counter(&t, &pair.a)?;
+        let rx = receive_as(&pair.b.warren.dying_at(&bin, point), &pair.b, PORT, &[])?;
+        let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+        let got = rx.join().expect("receive thread")?;
+        ensure!(got.code() == Some(128 + libc::SIGKILL), "{point}: receive did not die there: {got}");
+        let (on_a, runs_a) = presence(&pair.a, &id)?;
+        let (on_b, runs_b) = presence(&pair.b, &id)?;
+        eprintln!("{point}: send {:?}; on A {on_a} (runs {runs_a}), on B {on_b} (runs {runs_b})", sent.code());
+        ensure!(on_a || on_b, "{point}: the container is on neither host");
+        ensure!(!(runs_a && runs_b), "{point}: the container runs on both hosts");
+        let dst = pair.b.bundles.join(&id);
+        let _ = std::fs::remove_dir_all(pair.b.work.join(&id));
+        if on_a {
+            ensure!(runs_a, "{point}: the source rolled back: {sent}");
+            if on_b {
+                pair.b.warren.cmd(&["delete", "--force", &id])?.ok()?;
+            }
+            if dst.exists() {
+                pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
+            }
+            assert_counts_on(&pair.a, &id, &src)?;
+            remove_counter(&pair.a, guard_a, &src)?;
+        } else {
+            if !runs_b {
+                pair.b.warren.cmd(&["kill", "--all", &id, "CONT"])?.ok()?;
+            }
+            std::mem::forget(guard_a);
+            let guard_b = pair.b.warren.adopt(&id);
+            assert_counts_on(&pair.b, &id, &dst)?;
+            remove_counter(&pair.b, guard_b, &dst)?;
+            assert_host_empty(&pair.a)?;
+        }
+        assert_host_empty(&pair.b).with_context(|| point.to_string())?;
+        drop(pair);
+        t.assert_no_leftovers();
+    }
     Ok(())
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::container::{ContainerError, Locked, Runtime};
+use crate::failpoint::failpoint;
 
 pub use restore::{RestoreOptions, Restored};
 
@@ -287,6 +288,7 @@ impl Runtime {
         let args = criu::dump_args(pid, opts, &stdio, &externals, freezer, netns);
         let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
         let action = if opts.pre_dump { "pre-dump" } else { "dump" };
+        failpoint("checkpoint.before-criu");
         criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
             &args,
@@ -294,6 +296,7 @@ impl Runtime {
             action,
             None,
         )?;
+        failpoint("checkpoint.after-criu");
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ use super::criu::{self, RestorePlan};
 use super::{external_mounts, CheckpointError, CheckpointInfo, CriuCommon, Stdio};
 use crate::cgroups::Cgroup;
 use crate::container::{connect_console, prepare_cgroup, write_pid_file, ConsoleTarget, ContainerError, Runtime};
+use crate::failpoint::failpoint;
 use crate::spec::Bundle;
 use crate::state;
 
@@ -54,6 +55,7 @@ impl Runtime {
         let cgroup = st.cgroup.clone().expect("set by register");
         guard.cgroup = Some(cgroup.clone());
         prepare_cgroup(&cgroup, &bundle.spec)?;
+        failpoint("restore.cgroup-made");
         crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
         let stand_in_dir = opts.moved.then(|| self.dir(&opts.id));
@@ -85,6 +87,7 @@ impl Runtime {
         // criu needs the root to be a mount point: a bind in a mount namespace of its own,
         // which goes away with it (the container keeps its own reference).
         let pre: criu::PreExec = Box::new(move || crate::sys::bind_self_in_new_mount_ns(&root));
+        failpoint("restore.before-criu");
         criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
             &args,
@@ -92,12 +95,14 @@ impl Runtime {
             "restore",
             Some(pre),
         )?;
+        failpoint("restore.after-criu");
         let pid = read_pid(&pid_path)?;
         let _ = std::fs::remove_file(&pid_path);
         st.pid = pid;
         st.pid_start_time = crate::sys::process_start_time(pid)
             .map_err(|source| ContainerError::Io { path: format!("/proc/{pid}").into(), source })?;
         state::write_state(&dir, &st)?;
+        failpoint("restore.state-written");
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }

@@ -14,6 +14,7 @@ use super::wire::{Answer, Hello, Incoming, Outcome, Part, RootfsOffer, TargetEnd
 use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointError, CriuCommon, RestoreOptions};
 use crate::container::{ConsoleTarget, ContainerError, Runtime};
+use crate::failpoint::failpoint;
 
 pub struct ReceiveOptions {
     /// This host's image store: layers it has are not sent again.
@@ -108,11 +109,13 @@ impl Runtime {
             Made { rt: self, store: &store, lease, staging, bundle: None, image_added: None, container: None };
         std::fs::create_dir_all(made.staging.join("criu")).map_err(io_err(&made.staging))?;
         end.answer(&Answer::Accept { missing_layers: missing.clone() })?;
+        failpoint("migrate-receive.accepted");
         let result = self.take_container(&mut end, &hello, &missing, &mut made, &bundle_dir, opts);
         match result {
             Ok((pid, restore, layers)) => {
                 // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
                 end.report(&Outcome::Restored { pid, restore_ms: restore.as_millis() as u64 })?;
+                failpoint("migrate-receive.reported");
                 let committed = end.wait_for_commit();
                 if let Ok(false) = committed {
                     return Err(MigrateError::SourceAborted { id: hello.id });
@@ -124,6 +127,7 @@ impl Runtime {
                 if let Err(e) = committed {
                     return Err(MigrateError::Unconfirmed { id: hello.id, cause: Box::new(e) });
                 }
+                failpoint("migrate-receive.committed");
                 self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true)?;
                 Ok(ReceiveReport { id: hello.id, pid, from: end.peer().into(), layers_received: layers, restore })
             }
@@ -173,6 +177,7 @@ impl Runtime {
         opts: &ReceiveOptions,
     ) -> Result<(i32, Duration, usize), MigrateError> {
         let got = receive_parts(end, hello, missing, made)?;
+        failpoint("migrate-receive.parts-received");
         let config = got.config.ok_or(MigrateError::MissingPart { part: Part::Config })?;
         let config = bundle_config(&config)?;
         let rootfs_tar = got.rootfs_tar.ok_or(MigrateError::MissingPart {
@@ -217,6 +222,7 @@ impl Runtime {
         let bundle = crate::spec::Bundle::load(bundle_dir).map_err(ContainerError::from)?;
         let restored = self.restore(&restore, bundle).map_err(|e| keep_restore_log(e, &opts.work, &hello.id))?;
         made.container = Some(hello.id.clone());
+        failpoint("migrate-receive.restored");
         Ok((restored.pid, t.elapsed(), got.layers))
     }
 }

@@ -14,6 +14,7 @@ use super::wire::{Answer, CriuFlags, Hello, Outcome, Part, PartWriter, RootfsOff
 use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointOptions, CriuCommon};
 use crate::container::{Locked, Runtime};
+use crate::failpoint::failpoint;
 
 pub struct SendOptions {
     /// The target's `migrate receive` address, HOST:PORT.
@@ -73,6 +74,7 @@ impl Runtime {
             Answer::Refuse { reason } => return Err(MigrateError::Refused { reason }),
             Answer::Accept { missing_layers } => missing_layers,
         };
+        failpoint("migrate-send.accepted");
         if let Some((image, config)) = &image {
             send_image(&mut end, &store, image, config, &missing)?;
         }
@@ -83,6 +85,7 @@ impl Runtime {
         let dump_dir = opts.work.join(id);
         let frozen_at = Instant::now();
         self.pause_locked(&c)?;
+        failpoint("migrate-send.frozen");
         let moved = self.send_frozen(&c, &mut end, &what, &dump_dir, opts);
         let _ = std::fs::remove_dir_all(&dump_dir);
         let (dump, outcome) = match moved {
@@ -93,6 +96,7 @@ impl Runtime {
             }
         };
         // The target holds it restored and stopped: the copy here goes, then it may run there.
+        failpoint("migrate-send.restored-there");
         let deleted = self.delete_locked(&c, true);
         if let Err(cause) = deleted {
             if self.still_here(&c) {
@@ -102,7 +106,9 @@ impl Runtime {
             log::warn!("migrate {id}: after the kill: {cause}");
         }
         drop(c);
+        failpoint("migrate-send.deleted");
         end.commit().map_err(|e| MigrateError::CommitLost { id: id.into(), cause: Box::new(e) })?;
+        failpoint("migrate-send.committed");
         let frozen = frozen_at.elapsed();
         // From here on an error must not resume it here: it runs there.
         if image.is_some() {
@@ -144,6 +150,7 @@ impl Runtime {
             ..Default::default()
         };
         self.checkpoint_locked(c, &checkpoint)?;
+        failpoint("migrate-send.dumped");
         let dump = t.elapsed();
         let config = &c.state.config;
         let progress = Progress::new(opts.progress);
@@ -158,6 +165,7 @@ impl Runtime {
             progress.show(end.sent);
         }
         end.send_manifest()?;
+        failpoint("migrate-send.parts-sent");
         progress.done(end.sent);
         match end.wait_for_outcome()? {
             Outcome::Restored { pid, restore_ms } => Ok((dump, (pid, restore_ms))),
