@@ -78,8 +78,7 @@ fn receive_with(host: &FakeHost, port: u16, global: &[&str], flags: &[&str]) -> 
     let bundles = host.bundles.to_string_lossy().into_owned();
     let tls = tls_dir(host).to_string_lossy().into_owned();
     let verb = [&["receive", "--listen", &listen, "--bundles", &bundles, "--once", "--tls-dir", &tls], flags].concat();
-    let args: Vec<String> =
-        global.iter().copied().chain(host.migrate_args(&verb)).map(String::from).collect();
+    let args: Vec<String> = global.iter().copied().chain(host.migrate_args(&verb)).map(String::from).collect();
     let warren = host.warren.clone();
     let handle = std::thread::spawn(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -690,7 +689,10 @@ fn peers_that_are_not_pinned_are_refused_and_the_container_stays() -> Result<()>
     std::fs::rename(&b_in_a, t.dir().join("b.crt"))?;
     trust(&tls_dir(&pair.a), &other, "other")?;
     let (sent, got) = refused_move(&pair, &id, &src, &[])?;
-    ensure!(sent.contains("its certificate sha256:") && sent.contains("is not among the trusted peers"), "send: {sent}");
+    ensure!(
+        sent.contains("its certificate sha256:") && sent.contains("is not among the trusted peers"),
+        "send: {sent}"
+    );
     ensure!(!sent.contains("running here again"), "A froze the container for an unpinned target: {sent}");
     ensure!(got.contains("does not trust this host's certificate"), "receive: {got}");
 
@@ -809,7 +811,8 @@ fn a_host_bind_is_refused_by_policy_unless_the_receiver_allows_its_directory() -
     wait_count_above(&src, 10, Duration::from_secs(10))?;
 
     let (sent, got) = refused_move(&pair, &id, &src, &[])?;
-    let line = format!("policy: mounts[{index}] binds host path {}, outside the allowed bind sources", shared.display());
+    let line =
+        format!("policy: mounts[{index}] binds host path {}, outside the allowed bind sources", shared.display());
     ensure!(got.ends_with(&line), "receive: {got}");
     ensure!(sent.contains(&line) && sent.contains("is running here again"), "send: {sent}");
 

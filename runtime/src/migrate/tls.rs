@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -140,6 +140,9 @@ impl Tls {
         if trusted.is_empty() {
             return Err(TlsError::NoPeers { dir: peers_dir });
         }
+        // Deprecated for lacking post-quantum key exchange, which only aws-lc offers; ring
+        // builds into the static binary without a C toolchain's extras (scripts/build.sh).
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let pinned = Arc::new(Pinned { trusted, algorithms: provider.signature_verification_algorithms });
         let bad = |source| TlsError::BadIdentity { key: key_path.clone(), cert: cert_path.clone(), source };
