@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 
-const MASKED: [&str; 10] = [
+/// Paths every default config masks (the receive policy requires them too).
+pub const MASKED: [&str; 10] = [
     "/proc/acpi",
     "/proc/asound",
     "/proc/kcore",
@@ -15,8 +16,10 @@ const MASKED: [&str; 10] = [
     "/sys/firmware",
     "/proc/scsi",
 ];
-const READONLY: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
-const DEFAULT_CAPS: [&str; 3] = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
+/// Paths every default config makes read-only (the receive policy requires them too).
+pub const READONLY: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+/// The capabilities of a default config (all a migrated container may have by default).
+pub const DEFAULT_CAPS: [&str; 3] = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
 
 /// The default config.json: a locked-down busybox-friendly container.
 pub fn default_spec(rootless: bool) -> Value {

@@ -2,7 +2,10 @@
 //! each host with its own cgroup subtree, state root and image store): the container goes
 //! on from its memory on the target, its file holds every line written before the freeze,
 //! its limits and hostname move with it, and the source keeps nothing. A stream cut
-//! half-way leaves it running on the source and nothing on the target. Needs criu.
+//! half-way leaves it running on the source and nothing on the target. Both ends hold keys
+//! made by `warren migrate keygen` and pin each other's certificate; a peer that is not
+//! pinned, a client without a key, a replayed stream and a config.json the receiver's policy
+//! refuses are all turned away before anything is restored. Needs criu.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
+use warren::migrate::tls::Tls;
 use warren_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -65,24 +69,27 @@ fn wait_count_above(bundle: &Path, above: u64, timeout: Duration) -> Result<u64>
 
 /// `migrate receive --once` on `host` in a thread; returns once it listens.
 fn receive(host: &FakeHost, port: u16) -> Result<JoinHandle<Result<Out>>> {
-    receive_with(host, port, &[])
+    receive_with(host, port, &[], &[])
 }
 
-/// The same with global flags (`--criu PATH`) before the verb.
-fn receive_with(host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandle<Result<Out>>> {
-    receive_as(&host.warren, host, port, global)
+/// The same with global flags (`--criu PATH`) before the verb and `receive` flags after it.
+fn receive_with(host: &FakeHost, port: u16, global: &[&str], flags: &[&str]) -> Result<JoinHandle<Result<Out>>> {
+    receive_as(&host.warren, host, port, global, flags)
 }
 
 /// The same through `warren` (the host's, or another build of it).
-fn receive_as(warren: &Warren, host: &FakeHost, port: u16, global: &[&str]) -> Result<JoinHandle<Result<Out>>> {
+fn receive_as(
+    warren: &Warren,
+    host: &FakeHost,
+    port: u16,
+    global: &[&str],
+    flags: &[&str],
+) -> Result<JoinHandle<Result<Out>>> {
     let listen = format!("{}:{port}", host.addr);
     let bundles = host.bundles.to_string_lossy().into_owned();
-    let args: Vec<String> = global
-        .iter()
-        .copied()
-        .chain(host.migrate_args(&["receive", "--listen", &listen, "--bundles", &bundles, "--once"]))
-        .map(String::from)
-        .collect();
+    let tls = tls_dir(host).to_string_lossy().into_owned();
+    let verb = [&["receive", "--listen", &listen, "--bundles", &bundles, "--once", "--tls-dir", &tls], flags].concat();
+    let args: Vec<String> = global.iter().copied().chain(host.migrate_args(&verb)).map(String::from).collect();
     let warren = warren.clone();
     let handle = std::thread::spawn(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -90,6 +97,42 @@ fn receive_as(warren: &Warren, host: &FakeHost, port: u16, global: &[&str]) -> R
     });
     wait_listening(&host.netns_path(), port)?;
     Ok(handle)
+}
+
+/// `migrate [GLOBAL] send --tls-dir D ID TARGET` on `host`.
+fn send(host: &FakeHost, global: &[&str], id: &str, target: &str) -> Result<Out> {
+    let tls = tls_dir(host).to_string_lossy().into_owned();
+    host.migrate(&[global, &["send", "--tls-dir", &tls, id, target]].concat())
+}
+
+/// A host's migration identity and trusted peers.
+fn tls_dir(host: &FakeHost) -> PathBuf {
+    host.store.with_file_name("tls")
+}
+
+/// A new identity in `dir`, made by the real binary: its certificate.
+fn keygen(t: &Test, dir: &Path) -> Result<PathBuf> {
+    let out = t.warren.cmd(&["migrate", "keygen", "--dir", &dir.to_string_lossy()])?;
+    ensure!(out.ok()?.stdout.contains(" sha256:"), "keygen prints no fingerprint: {out}");
+    Ok(dir.join("host.crt"))
+}
+
+/// Makes the identity in `dir` trust `cert`, as peers/NAME.crt.
+fn trust(dir: &Path, cert: &Path, name: &str) -> Result<()> {
+    std::fs::copy(cert, dir.join("peers").join(format!("{name}.crt")))?;
+    Ok(())
+}
+
+/// An identity of the test's own (a proxy's, a hand-made client's) that both hosts trust
+/// and that trusts them.
+fn test_identity(t: &Test, pair: &HostPair, name: &str) -> Result<Tls> {
+    let dir = t.dir().join(name);
+    let cert = keygen(t, &dir)?;
+    for host in [&pair.a, &pair.b] {
+        trust(&tls_dir(host), &cert, name)?;
+        trust(&dir, &tls_dir(host).join("host.crt"), &host.name)?;
+    }
+    Ok(Tls::load(&dir, &[])?)
 }
 
 /// Polls the namespace's TCP table until something listens on `port`.
@@ -163,6 +206,10 @@ fn two_hosts(name: &str, image: Image) -> Result<Option<(Test, HostPair)>> {
     }
     let t = Test::new(name);
     let pair = HostPair::new(&t)?;
+    // Each host has its key, and pins the other's certificate.
+    let certs = [keygen(&t, &tls_dir(&pair.a))?, keygen(&t, &tls_dir(&pair.b))?];
+    trust(&tls_dir(&pair.a), &certs[1], &pair.b.name)?;
+    trust(&tls_dir(&pair.b), &certs[0], &pair.a.name)?;
     match image {
         Image::OnBoth => [&pair.a, &pair.b].into_iter().try_for_each(import)?,
         Image::OnSource => import(&pair.a)?,
@@ -207,11 +254,15 @@ fn a_counting_container_moves_to_the_other_host() -> Result<()> {
 
     let rx = receive(&pair.b, PORT)?;
     let target = format!("{}:{PORT}", pair.b.addr);
-    let sent = pair.a.migrate(&["send", &id, &target])?;
+    let sent = send(&pair.a, &[], &id, &target)?;
     let got = rx.join().expect("receive thread")?;
     sent.ok().context("send")?;
     got.ok().context("receive")?;
     ensure!(got.stdout.contains(&format!("received {id}")) && got.stdout.contains("1 layers received"), "{got}");
+    ensure!(got.stdout.contains("(certificate sha256:"), "B does not name A's certificate: {got}");
+    // A host key is never replaced.
+    let again = t.warren.cmd(&["migrate", "keygen", "--dir", &tls_dir(&pair.a).to_string_lossy()])?;
+    ensure!(again.failed()?.error_line().contains("host.key exists"), "keygen over a key: {again}");
     std::mem::forget(guard_a);
     let guard_b = pair.b.warren.adopt(&id);
 
@@ -294,7 +345,7 @@ fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<
     // Past the hello and the config, inside the dump's files (the whole stream is ~40 KiB).
     let proxy = cutting_proxy(&pair, PORT + 1, 20 << 10);
     let target = format!("{}:{}", pair.b.addr, PORT + 1);
-    let sent = pair.a.migrate(&["send", &id, &target])?;
+    let sent = send(&pair.a, &[], &id, &target)?;
     let got = rx.join().expect("receive thread")?;
     let passed = proxy.join().expect("proxy thread")?;
     ensure!(passed == 20 << 10, "the proxy passed only {passed} bytes: the stream was shorter than the cut");
@@ -316,56 +367,57 @@ fn a_stream_cut_half_way_leaves_the_container_running_on_the_source() -> Result<
 }
 
 /// Frame tags of the stream (runtime/src/migrate/wire.rs).
+const MANIFEST: u8 = 6;
 const OUTCOME: u8 = 7;
 const COMMIT: u8 = 8;
 
-/// Copies frames (tag, u32 length, payload) from `from` to `to` until EOF; a frame with tag
-/// `drop` is not passed on, and with `stop` set, ends the copy there.
-fn copy_frames(mut from: TcpStream, mut to: TcpStream, drop: u8, stop: bool) -> std::io::Result<()> {
-    loop {
-        let mut head = [0u8; 5];
-        if from.read_exact(&mut head).is_err() {
-            break;
-        }
-        let mut payload = vec![0u8; u32::from_be_bytes(head[1..].try_into().unwrap()) as usize];
-        from.read_exact(&mut payload)?;
-        if head[0] == drop {
-            if stop {
-                break;
-            }
-            continue;
-        }
+/// Reads one frame (tag, u32 length, payload) from `from` and passes it to `to`, unless its
+/// tag is `lose`; returns the tag.
+fn relay_frame(from: &mut impl Read, to: &mut impl Write, lose: u8) -> Result<u8> {
+    let mut head = [0u8; 5];
+    from.read_exact(&mut head)?;
+    let mut payload = vec![0u8; u32::from_be_bytes(head[1..].try_into()?) as usize];
+    from.read_exact(&mut payload)?;
+    if head[0] != lose {
         to.write_all(&head)?;
         to.write_all(&payload)?;
+        to.flush()?;
     }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-    Ok(())
+    Ok(head[0])
 }
 
-/// Forwards the stream between A and B's receiver, losing one frame: B's outcome on its way
-/// to A (`COMMIT` = false), or A's commit on its way to B, after which both ends are cut.
-fn losing_proxy(pair: &HostPair, listen_port: u16, lose: u8) -> JoinHandle<Result<()>> {
-    proxy(pair, listen_port, move |mut down, mut up| {
+/// Stands between A and B's receiver as a peer both trust (it holds `tls`, which they pin),
+/// relays the protocol's frames in their order, and loses one: B's outcome on its way to A
+/// (then A's abort still reaches B), or A's commit on its way to B (then both ends are cut).
+fn losing_proxy(pair: &HostPair, tls: Tls, listen_port: u16, lose: u8) -> JoinHandle<Result<()>> {
+    proxy(pair, listen_port, move |down, up| {
+        for s in [&down, &up] {
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        }
+        let mut down = tls.accept(down, "source")?;
+        let mut up = tls.connect(up, "target")?;
         let mut magic = [0u8; 16];
         down.read_exact(&mut magic)?;
         up.write_all(&magic)?;
-        let (back_from, back_to) = (up.try_clone()?, down.try_clone()?);
-        let back = std::thread::spawn(move || copy_frames(back_from, back_to, lose, false));
-        copy_frames(down, up, lose, lose == COMMIT)?;
-        back.join().expect("proxy thread")?;
+        relay_frame(&mut down, &mut up, lose)?; // Hello
+        relay_frame(&mut up, &mut down, lose)?; // Answer
+        while relay_frame(&mut down, &mut up, lose)? != MANIFEST {}
+        relay_frame(&mut up, &mut down, lose)?; // Outcome
+        relay_frame(&mut down, &mut up, lose)?; // Commit or Abort
+        let _ = up.sock.shutdown(Shutdown::Both);
+        let _ = down.sock.shutdown(Shutdown::Both);
         Ok(())
     })
 }
 
 /// `migrate send` from A to B's receiver through a proxy that loses frame `lose`: what each
 /// end said.
-fn send_losing(pair: &HostPair, id: &str, lose: u8, migrate_flags: &[&str]) -> Result<(Out, Out)> {
+fn send_losing(t: &Test, pair: &HostPair, id: &str, lose: u8, migrate_flags: &[&str]) -> Result<(Out, Out)> {
+    let tls = test_identity(t, pair, "proxy")?;
     let rx = receive(&pair.b, PORT)?;
-    let proxy = losing_proxy(pair, PORT + 1, lose);
+    let proxy = losing_proxy(pair, tls, PORT + 1, lose);
     let target = format!("{}:{}", pair.b.addr, PORT + 1);
-    let args = [migrate_flags, &["send", id, &target]].concat();
-    let sent = pair.a.migrate(&args)?;
+    let sent = send(&pair.a, migrate_flags, id, &target)?;
     let got = rx.join().expect("receive thread")?;
     proxy.join().expect("proxy thread")?;
     Ok((sent, got))
@@ -389,7 +441,7 @@ fn a_lost_commit_leaves_the_moved_container_stopped_on_the_target_never_running_
         return Ok(());
     };
     let (id, _, guard_a) = run_counter(&t, &pair.a)?;
-    let (sent, got) = send_losing(&pair, &id, COMMIT, &[])?;
+    let (sent, got) = send_losing(&t, &pair, &id, COMMIT, &[])?;
     // A removed its copy and said so; the word never reached B.
     sent.ok().context("send")?;
     std::mem::forget(guard_a);
@@ -415,7 +467,7 @@ fn a_lost_outcome_resumes_the_source_and_the_target_drops_its_copy() -> Result<(
         return Ok(());
     };
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
-    let (sent, got) = send_losing(&pair, &id, OUTCOME, &["--timeout", "3"])?;
+    let (sent, got) = send_losing(&t, &pair, &id, OUTCOME, &["--timeout", "3"])?;
     let line = sent.failed()?.error_line().to_string();
     ensure!(line.contains("no answer within the timeout") && line.contains("is running here again"), "send: {line}");
     ensure!(got.failed()?.error_line().contains("gave up the move"), "receive: {got}");
@@ -447,8 +499,8 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     let fake = t.dir().join("failing-criu");
     std::fs::write(&fake, FAILING_CRIU)?;
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()])?;
-    let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+    let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()], &[])?;
+    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
     let got = rx.join().expect("receive thread")?;
     let err = sent.failed()?.error_line().to_string();
     ensure!(err.contains("injected restore failure") && err.contains("is running here again"), "send: {err}");
@@ -500,7 +552,7 @@ fn a_target_out_of_space_leaves_the_container_running_on_the_source() -> Result<
     let full = SmallTmpfs::mount(&pair.b.work, "128k")?;
 
     let rx = receive(&pair.b, PORT)?;
-    let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
     let got = rx.join().expect("receive thread")?;
     let err = sent.failed()?.error_line().to_string();
     ensure!(err.contains("No space left on device") && err.contains("is running here again"), "send: {err}");
@@ -516,7 +568,7 @@ fn a_target_out_of_space_leaves_the_container_running_on_the_source() -> Result<
     Ok(())
 }
 
-/// Speaks to B's receiver by hand: `send` bytes, read what comes back until EOF.
+/// Speaks to B's receiver by hand over plain TCP: `bytes`, then what comes back until EOF.
 fn raw_exchange(pair: &HostPair, bytes: Vec<u8>) -> Result<Vec<u8>> {
     let addr = format!("{}:{PORT}", pair.b.addr);
     in_netns(&pair.b, move || {
@@ -527,6 +579,23 @@ fn raw_exchange(pair: &HostPair, bytes: Vec<u8>) -> Result<Vec<u8>> {
         let mut back = Vec::new();
         let _ = s.read_to_end(&mut back);
         Ok(back)
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// The same inside TLS, as a client B trusts (`tls`): the stream ends with close_notify.
+fn tls_exchange(pair: &HostPair, tls: &Tls, bytes: Vec<u8>) -> Result<()> {
+    let (addr, tls) = (format!("{}:{PORT}", pair.b.addr), tls.clone());
+    in_netns(&pair.b, move || {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut s = tls.connect(tcp, "B")?;
+        s.write_all(&bytes)?;
+        s.conn.send_close_notify();
+        s.flush()?;
+        let _ = s.read_to_end(&mut Vec::new());
+        Ok(())
     })
     .join()
     .expect("client thread")
@@ -544,10 +613,12 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     let Some((t, pair)) = two_hosts("mig_bad", Image::Nowhere)? else {
         return Ok(());
     };
+    // A client B trusts, speaking by hand inside TLS.
+    let client = test_identity(&t, &pair, "client")?;
 
     // Not a migration stream at all.
     let rx = receive(&pair.b, PORT)?;
-    raw_exchange(&pair, b"GET / HTTP/1.0\r\n\r\n".to_vec())?;
+    tls_exchange(&pair, &client, b"GET / HTTP/1.0\r\n\r\n".to_vec())?;
     let got = rx.join().expect("receive thread")?;
     ensure!(got.failed()?.error_line().contains("did not send a Warren migration stream"), "{got}");
 
@@ -557,7 +628,7 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     let mut bytes = b"WARREN-MIGRATE/1".to_vec();
     bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
     bytes.extend(frame(3, &serde_json::to_vec(&json!({"Criu": "../../etc/evil"}))?));
-    raw_exchange(&pair, bytes)?;
+    tls_exchange(&pair, &client, bytes)?;
     let got = rx.join().expect("receive thread")?;
     ensure!(got.failed()?.error_line().contains("would lie outside its directory"), "{got}");
     assert_host_empty(&pair.b)?;
@@ -568,7 +639,7 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
     bytes.extend(frame(3, &serde_json::to_vec(&json!("Config"))?));
     bytes.extend(&frame(4, &[0u8; 100])[..50]);
-    raw_exchange(&pair, bytes)?;
+    tls_exchange(&pair, &client, bytes)?;
     let got = rx.join().expect("receive thread")?;
     ensure!(got.failed()?.error_line().contains("truncated"), "{got}");
     assert_host_empty(&pair.b)?;
@@ -579,7 +650,7 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     let squatter = t.bundle(&["sleep", "100"])?;
     let guard_b = pair.b.warren.create(&id, &squatter)?;
     let rx = receive(&pair.b, PORT)?;
-    let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
     let got = rx.join().expect("receive thread")?;
     ensure!(sent.failed()?.error_line().contains("already exists on this host"), "{sent}");
     ensure!(got.failed().is_ok(), "{got}");
@@ -633,7 +704,9 @@ fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()>
         let rx = receive(&pair.b, PORT)?;
         let target = format!("{}:{PORT}", pair.b.addr);
         let dying = pair.a.warren.dying_at(&bin, point);
-        let sent = dying.cmd_for(&pair.a.migrate_args(&["send", &id, &target]), Duration::from_secs(120))?;
+        let tls = tls_dir(&pair.a).to_string_lossy().into_owned();
+        let args = pair.a.migrate_args(&["send", "--tls-dir", &tls, &id, &target]);
+        let sent = dying.cmd_for(&args, Duration::from_secs(120))?;
         ensure!(sent.code() == Some(128 + libc::SIGKILL), "{point}: send did not die there: {sent}");
         rx.join().expect("receive thread")?;
         let (on_a, runs_a) = presence(&pair.a, &id)?;
@@ -653,7 +726,7 @@ fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()>
             assert_counts_on(&pair.a, &id, &src)?;
             // And the move can be done again, in full.
             let rx = receive(&pair.b, PORT)?;
-            pair.a.migrate(&["send", &id, &target])?.ok().context("send again")?;
+            send(&pair.a, &[], &id, &target)?.ok().context("send again")?;
             rx.join().expect("receive thread")?.ok().context("receive again")?;
         } else {
             // Deleted on A: B's copy is the one, stopped until the commit that never came.
@@ -698,8 +771,8 @@ fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<(
             return Ok(());
         };
         let (id, src, guard_a) = run_counter(&t, &pair.a)?;
-        let rx = receive_as(&pair.b.warren.dying_at(&bin, point), &pair.b, PORT, &[])?;
-        let sent = pair.a.migrate(&["send", &id, &format!("{}:{PORT}", pair.b.addr)])?;
+        let rx = receive_as(&pair.b.warren.dying_at(&bin, point), &pair.b, PORT, &[], &[])?;
+        let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
         let got = rx.join().expect("receive thread")?;
         ensure!(got.code() == Some(128 + libc::SIGKILL), "{point}: receive did not die there: {got}");
         let (on_a, runs_a) = presence(&pair.a, &id)?;
@@ -733,5 +806,188 @@ fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<(
         drop(pair);
         t.assert_no_leftovers();
     }
+    Ok(())
+}
+
+/// A move from A to B's receiver (started with `receive_flags`) that B must refuse: what each
+/// end said, after checking that the container counts on on A and that B has nothing.
+fn refused_move(pair: &HostPair, id: &str, src: &Path, receive_flags: &[&str]) -> Result<(String, String)> {
+    let rx = receive_with(&pair.b, PORT, &[], receive_flags)?;
+    let sent = send(&pair.a, &[], id, &format!("{}:{PORT}", pair.b.addr))?;
+    let got = rx.join().expect("receive thread")?;
+    let (sent, got) = (sent.failed()?.error_line().to_string(), got.failed()?.error_line().to_string());
+    assert_counts_on(&pair.a, id, src)?;
+    assert_host_empty(&pair.b)?;
+    ensure!(pair.b.warren.cmd(&["state", id])?.failed().is_ok(), "state on B");
+    Ok((sent, got))
+}
+
+#[test]
+fn peers_that_are_not_pinned_are_refused_and_the_container_stays() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_pin", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let (id, src, guard_a) = run_counter(&t, &pair.a)?;
+    let (peers_a, peers_b) = (tls_dir(&pair.a).join("peers"), tls_dir(&pair.b).join("peers"));
+    let (a_in_b, b_in_a) = (peers_b.join(format!("{}.crt", pair.a.name)), peers_a.join(format!("{}.crt", pair.b.name)));
+    // Someone else's certificate, so that neither trust set is empty.
+    let other = keygen(&t, &t.dir().join("other"))?;
+
+    // B does not trust A: B turns the handshake down; A hears it before it freezes anything.
+    std::fs::rename(&a_in_b, t.dir().join("a.crt"))?;
+    trust(&tls_dir(&pair.b), &other, "other")?;
+    let (sent, got) = refused_move(&pair, &id, &src, &[])?;
+    ensure!(sent.contains("does not trust this host's certificate sha256:"), "send: {sent}");
+    ensure!(!sent.contains("running here again"), "A froze the container for a distrustful target: {sent}");
+    ensure!(got.contains("is not among the trusted peers"), "receive: {got}");
+    std::fs::rename(t.dir().join("a.crt"), &a_in_b)?;
+
+    // A does not pin B's certificate: A stops in the handshake, before any frame.
+    std::fs::rename(&b_in_a, t.dir().join("b.crt"))?;
+    trust(&tls_dir(&pair.a), &other, "other")?;
+    let (sent, got) = refused_move(&pair, &id, &src, &[])?;
+    ensure!(
+        sent.contains("its certificate sha256:") && sent.contains("is not among the trusted peers"),
+        "send: {sent}"
+    );
+    ensure!(!sent.contains("running here again"), "A froze the container for an unpinned target: {sent}");
+    ensure!(got.contains("does not trust this host's certificate"), "receive: {got}");
+
+    // No trusted peers at all: one line, before any connection.
+    std::fs::remove_file(peers_a.join("other.crt"))?;
+    let out = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
+    ensure!(out.failed()?.error_line().contains("no trusted peer certificates"), "{out}");
+
+    remove_counter(&pair.a, guard_a, &src)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn clients_without_a_key_are_refused_with_one_line() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_nokey", Image::Nowhere)? else {
+        return Ok(());
+    };
+    // The stream as it was before TLS: plain TCP.
+    let rx = receive(&pair.b, PORT)?;
+    let hello = json!({"id": t.id("x"), "rootfs": "Plain", "criu": {}});
+    let mut bytes = b"WARREN-MIGRATE/1".to_vec();
+    bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
+    raw_exchange(&pair, bytes)?;
+    let got = rx.join().expect("receive thread")?;
+    let line = got.failed()?.error_line();
+    ensure!(line.contains("TLS with "), "{got}");
+    assert_host_empty(&pair.b)?;
+
+    // TLS 1.3 without a client certificate.
+    let rx = receive(&pair.b, PORT)?;
+    let connect = format!("{}:{PORT}", pair.b.addr);
+    let netns = format!("--net={}", pair.b.netns_path());
+    let args = ["-k", "5", "20", "nsenter", &netns, "openssl", "s_client", "-connect", &connect, "-tls1_3", "-quiet"];
+    let client = std::process::Command::new("timeout").args(args).stdin(std::process::Stdio::null()).output()?;
+    let got = rx.join().expect("receive thread")?;
+    ensure!(got.failed()?.error_line().contains("no certificates"), "{got}\nopenssl: {client:?}");
+    assert_host_empty(&pair.b)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// Forwards A's stream to B's receiver byte for byte, both ways; returns what A sent.
+fn recording_proxy(pair: &HostPair, listen_port: u16) -> JoinHandle<Result<Vec<u8>>> {
+    proxy(pair, listen_port, move |mut down, mut up| {
+        let (mut back, mut down_w) = (up.try_clone()?, down.try_clone()?);
+        let back = std::thread::spawn(move || std::io::copy(&mut back, &mut down_w));
+        let (mut recorded, mut buf) = (Vec::new(), vec![0u8; 1 << 16]);
+        loop {
+            let n = down.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            recorded.extend_from_slice(&buf[..n]);
+            up.write_all(&buf[..n])?;
+        }
+        let _ = up.shutdown(Shutdown::Write);
+        let _ = back.join();
+        Ok(recorded)
+    })
+}
+
+#[test]
+fn a_recorded_move_replayed_to_a_receiver_restores_nothing() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_replay", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let (id, _, guard_a) = run_counter(&t, &pair.a)?;
+    // A good move, recorded on its way.
+    let rx = receive(&pair.b, PORT)?;
+    let recorder = recording_proxy(&pair, PORT + 1);
+    let sent = send(&pair.a, &[], &id, &format!("{}:{}", pair.b.addr, PORT + 1))?;
+    let got = rx.join().expect("receive thread")?;
+    let recorded = recorder.join().expect("proxy thread")?;
+    sent.ok().context("send")?;
+    got.ok().context("receive")?;
+    std::mem::forget(guard_a);
+    let dst = pair.b.bundles.join(&id);
+    remove_counter(&pair.b, pair.b.warren.adopt(&id), &dst)?;
+    ensure!(recorded.len() > 16 << 10, "recorded only {} bytes", recorded.len());
+
+    // The same bytes again, to a fresh receiver: new handshake keys, so nothing decrypts.
+    let rx = receive(&pair.b, PORT)?;
+    raw_exchange(&pair, recorded)?;
+    let got = rx.join().expect("receive thread")?;
+    ensure!(got.failed()?.error_line().contains("TLS with "), "{got}");
+    assert_host_empty(&pair.b)?;
+    ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
+    assert_host_empty(&pair.a)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn a_host_bind_is_refused_by_policy_unless_the_receiver_allows_its_directory() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_policy", Image::OnBoth)? else {
+        return Ok(());
+    };
+    // The counter with a host directory bound at /shared (both hosts see the same one).
+    let shared = t.dir().join("shared");
+    std::fs::create_dir(&shared)?;
+    std::fs::write(shared.join("marker"), "from the host\n")?;
+    let id = t.id("c");
+    let src = counter_bundle(&pair.a, &id)?;
+    let path = src.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let mounts = cfg["mounts"].as_array_mut().context("mounts")?;
+    let index = mounts.len();
+    mounts.push(json!({"destination": "/shared", "type": "bind", "source": shared, "options": ["rbind", "rw"]}));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_count_above(&src, 10, Duration::from_secs(10))?;
+
+    let (sent, got) = refused_move(&pair, &id, &src, &[])?;
+    let line =
+        format!("policy: mounts[{index}] binds host path {}, outside the allowed bind sources", shared.display());
+    ensure!(got.ends_with(&line), "receive: {got}");
+    ensure!(sent.contains(&line) && sent.contains("is running here again"), "send: {sent}");
+
+    // Allowed by the receiver: it moves, the host's directory bound there too.
+    let rx = receive_with(&pair.b, PORT, &[], &["--allow-bind", &shared.to_string_lossy()])?;
+    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
+    let got = rx.join().expect("receive thread")?;
+    sent.ok().context("send")?;
+    got.ok().context("receive")?;
+    std::mem::forget(guard_a);
+    let guard_b = pair.b.warren.adopt(&id);
+    let dst = pair.b.bundles.join(&id);
+    assert_counts_on(&pair.b, &id, &dst)?;
+    let out = pair.b.warren.cmd(&["exec", &id, "cat", "/shared/marker"])?;
+    ensure!(out.ok()?.stdout == "from the host\n", "/shared on B: {out}");
+    assert_host_empty(&pair.a)?;
+    remove_counter(&pair.b, guard_b, &dst)?;
+    drop(pair);
+    t.assert_no_leftovers();
     Ok(())
 }

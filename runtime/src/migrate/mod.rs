@@ -12,8 +12,10 @@
 //! where it was, its memory and connections untouched. The target undoes everything it made
 //! for the container when anything fails there. See `wire` for the stream.
 
+mod policy;
 mod receive;
 mod send;
+pub mod tls;
 mod wire;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use crate::container::ContainerError;
 
+pub use policy::{cap_name, Policy, PolicyError};
 pub use receive::{listen, ReceiveOptions, ReceiveReport};
 pub use send::{SendOptions, SendReport};
 pub use wire::Part;
@@ -28,8 +31,15 @@ pub use wire::Part;
 /// How long either end waits for the other before it gives up (and rolls back).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where `migrate receive` listens unless told otherwise: this host only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]

@@ -10,13 +10,22 @@ use std::time::{Duration, Instant};
 use warren_images::digest::Digest;
 use warren_images::store::{Receiving, Store};
 
-use super::wire::{Answer, Hello, Incoming, Outcome, Part, RootfsOffer, TargetEnd};
+use super::policy::Policy;
+use super::tls::{self, Tls};
+use super::wire::{Answer, Hello, Incoming, Outcome, Part, RootfsOffer};
 use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointError, CriuCommon, RestoreOptions};
 use crate::container::{ConsoleTarget, ContainerError, Runtime};
 use crate::failpoint::failpoint;
 
+/// The target's end of the stream: over TLS from a pinned source.
+type TargetEnd = super::wire::TargetEnd<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>;
+
 pub struct ReceiveOptions {
+    /// This host's identity and the sources it trusts.
+    pub tls: Tls,
+    /// What a received config.json may ask of this host.
+    pub policy: Policy,
     /// This host's image store: layers it has are not sent again.
     pub store: PathBuf,
     /// Received bundles are made as BUNDLES/ID.
@@ -33,6 +42,7 @@ pub struct ReceiveOptions {
 pub struct ReceiveReport {
     pub id: String,
     pub pid: i32,
+    /// The source's address and certificate.
     pub from: String,
     pub layers_received: usize,
     pub restore: Duration,
@@ -90,10 +100,16 @@ struct Received {
 impl Runtime {
     /// Takes one migration on `stream`; the container runs here when this returns Ok.
     pub fn migrate_receive(&self, stream: TcpStream, opts: &ReceiveOptions) -> Result<ReceiveReport, MigrateError> {
-        let err = |source| MigrateError::Stream { peer: "source".into(), source };
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "source".into());
+        let err = |source| MigrateError::Stream { peer: peer.clone(), source };
         stream.set_read_timeout(Some(opts.timeout)).map_err(err)?;
         stream.set_write_timeout(Some(opts.timeout)).map_err(err)?;
-        let mut end = TargetEnd::new(stream)?;
+        let stream = opts.tls.accept(stream, &peer)?;
+        let from = match tls::peer_fingerprint(&stream.conn) {
+            Some(cert) => format!("{peer} (certificate {cert})"),
+            None => peer,
+        };
+        let mut end = TargetEnd::new(stream, from)?;
         let hello = end.read_hello()?;
         let store = Store::open(&opts.store)?;
         let staging = opts.work.join(&hello.id);
@@ -176,7 +192,7 @@ impl Runtime {
         bundle_dir: &Path,
         opts: &ReceiveOptions,
     ) -> Result<(i32, Duration, usize), MigrateError> {
-        let got = receive_parts(end, hello, missing, made)?;
+        let got = receive_parts(end, hello, missing, made, &opts.policy)?;
         failpoint("migrate-receive.parts-received");
         let config = got.config.ok_or(MigrateError::MissingPart { part: Part::Config })?;
         let config = bundle_config(&config)?;
@@ -246,6 +262,7 @@ fn receive_parts(
     hello: &Hello,
     missing: &[Digest],
     made: &mut Made<'_>,
+    policy: &Policy,
 ) -> Result<Received, MigrateError> {
     let mut got = Received::default();
     let mut pending: Vec<&Digest> = missing.iter().collect();
@@ -279,6 +296,13 @@ fn receive_parts(
             Part::ImageConfig | Part::Config => {
                 let mut buf = Vec::new();
                 end.receive_part(&part, &mut buf)?;
+                if part == Part::Config {
+                    if let Err(refused) = check_config(&buf, policy) {
+                        // The source hears the refusal as the outcome once it has sent all.
+                        let _ = end.drain();
+                        return Err(refused);
+                    }
+                }
                 let slot = if part == Part::Config { &mut got.config } else { &mut got.image_config };
                 if slot.replace(buf).is_some() {
                     return Err(unwanted());
@@ -296,6 +320,12 @@ fn receive_parts(
             Part::Criu(name) => spool(end, &part, &made.staging.join("criu").join(name))?,
         }
     }
+}
+
+/// The received config.json against this host's policy, before anything is made from it.
+fn check_config(bytes: &[u8], policy: &Policy) -> Result<(), MigrateError> {
+    let spec = crate::spec::parse(bytes, Path::new("config.json")).map_err(ContainerError::from)?;
+    Ok(policy.check(&spec)?)
 }
 
 /// Writes a part to a new file (a name that comes twice is refused by `create_new`).

@@ -10,15 +10,22 @@ use std::time::{Duration, Instant};
 use warren_images::store::Store;
 use warren_images::transfer::{self, ImageRef};
 
-use super::wire::{Answer, CriuFlags, Hello, Outcome, Part, PartWriter, RootfsOffer, SourceEnd};
+use super::tls::Tls;
+use super::wire::{Answer, CriuFlags, Hello, Outcome, Part, RootfsOffer};
 use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointOptions, CriuCommon};
 use crate::container::{Locked, Runtime};
 use crate::failpoint::failpoint;
 
+/// The source's end of the stream: over TLS to a pinned target.
+type SourceEnd = super::wire::SourceEnd<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+type PartWriter<'a> = super::wire::PartWriter<'a, rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
 pub struct SendOptions {
     /// The target's `migrate receive` address, HOST:PORT.
     pub target: String,
+    /// This host's identity and the targets it trusts.
+    pub tls: Tls,
     /// The image store the container's bundle was made with.
     pub store: PathBuf,
     /// Where the dump is written before it is sent (see [`super::default_work_dir`]).
@@ -59,7 +66,8 @@ impl Runtime {
         let (bundle, rootfs) = (c.state.bundle.clone(), c.state.rootfs.clone());
         let store = Store::open(&opts.store)?;
         let image = store.bundle_image(&bundle)?;
-        let mut end = SourceEnd::new(connect(&opts.target, opts.timeout)?)?;
+        let stream = opts.tls.connect(connect(&opts.target, opts.timeout)?, &opts.target)?;
+        let mut end = SourceEnd::new(stream, opts.target.clone())?;
         let hello = Hello {
             id: id.into(),
             rootfs: image.as_ref().map_or(RootfsOffer::Plain, |(i, _)| RootfsOffer::Image(i.clone())),
@@ -69,8 +77,8 @@ impl Runtime {
                 file_locks: opts.criu.file_locks,
             },
         };
-        end.send_hello(&hello)?;
-        let missing = match end.wait_for_answer()? {
+        end.send_hello(&hello).map_err(|e| tls_refusal(&opts.tls, e))?;
+        let missing = match end.wait_for_answer().map_err(|e| tls_refusal(&opts.tls, e))? {
             Answer::Refuse { reason } => return Err(MigrateError::Refused { reason }),
             Answer::Accept { missing_layers } => missing_layers,
         };
@@ -216,6 +224,17 @@ fn connect(target: &str, timeout: Duration) -> Result<TcpStream, MigrateError> {
         }
     }
     Err(err(last))
+}
+
+/// A target that refuses this host's certificate says so after the client's side of the
+/// handshake, on the first read: its alert, as the TLS error it is.
+fn tls_refusal(tls: &Tls, e: MigrateError) -> MigrateError {
+    match e {
+        MigrateError::Stream { peer, source } if Tls::is_tls_error(&source) => {
+            MigrateError::Tls(tls.error(&peer, source))
+        }
+        other => other,
+    }
 }
 
 /// The layers the target lacks, bottom first, then the image's config.

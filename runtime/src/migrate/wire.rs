@@ -1,4 +1,5 @@
-//! The migration stream on one TCP connection: a magic, then frames (`tag: u8`, `len: u32`
+//! The migration stream on one connection (TLS over TCP, see `tls`; the frames work on any
+//! byte stream): a magic, then frames (`tag: u8`, `len: u32`
 //! big-endian, payload). Control frames carry JSON; a part's content travels as zstd-compressed
 //! chunks and ends with its size and sha256, which the target checks before it uses the part.
 //! The final manifest lists every part again, so a dropped or added part is noticed too.
@@ -21,8 +22,7 @@
 //! the outcome is lost the source resumes its copy (and says Abort if it still can), and a
 //! target that hears neither keeps its copy stopped for the operator.
 
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufWriter, Read, Write};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -164,21 +164,16 @@ pub enum Outcome {
 }
 
 /// Frames in both directions on one connection.
-struct Framed {
+struct Framed<S: Read + Write> {
     peer: String,
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    /// Writes are buffered (a TLS record per small frame would be wasteful) and flushed
+    /// before every wait for the peer; reads go to the stream, whose TLS layer buffers them.
+    io: BufWriter<S>,
 }
 
-impl Framed {
-    fn new(stream: TcpStream) -> Result<Framed, MigrateError> {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "peer".into());
-        let clone = stream.try_clone().map_err(|source| MigrateError::Stream { peer: peer.clone(), source })?;
-        Ok(Framed {
-            reader: BufReader::with_capacity(CHUNK, clone),
-            writer: BufWriter::with_capacity(CHUNK, stream),
-            peer,
-        })
+impl<S: Read + Write> Framed<S> {
+    fn new(stream: S, peer: String) -> Framed<S> {
+        Framed { io: BufWriter::with_capacity(CHUNK, stream), peer }
     }
 
     fn stream_err(&self) -> impl FnOnce(std::io::Error) -> MigrateError + '_ {
@@ -195,7 +190,7 @@ impl Framed {
         let mut head = [0u8; 5];
         head[0] = tag as u8;
         head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-        let r = self.writer.write_all(&head).and_then(|_| self.writer.write_all(payload));
+        let r = self.io.write_all(&head).and_then(|_| self.io.write_all(payload));
         r.map_err(self.stream_err())
     }
 
@@ -204,19 +199,19 @@ impl Framed {
     }
 
     fn flush(&mut self) -> Result<(), MigrateError> {
-        self.writer.flush().map_err(self.stream_err())
+        self.io.flush().map_err(self.stream_err())
     }
 
     fn read(&mut self) -> Result<(Tag, Vec<u8>), MigrateError> {
         let mut head = [0u8; 5];
-        self.reader.read_exact(&mut head).map_err(self.stream_err())?;
+        self.io.get_mut().read_exact(&mut head).map_err(self.stream_err())?;
         let tag = Tag::from_u8(head[0]).ok_or(MigrateError::BadFrame { peer: self.peer.clone(), tag: head[0] })?;
         let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
             return Err(MigrateError::FrameTooLarge { peer: self.peer.clone(), len });
         }
         let mut payload = vec![0; len];
-        self.reader.read_exact(&mut payload).map_err(self.stream_err())?;
+        self.io.get_mut().read_exact(&mut payload).map_err(self.stream_err())?;
         Ok((tag, payload))
     }
 
@@ -243,22 +238,23 @@ impl Framed {
 }
 
 /// The source's end: its methods are the protocol, in order.
-pub struct SourceEnd {
-    framed: Framed,
+pub struct SourceEnd<S: Read + Write> {
+    framed: Framed<S>,
     manifest: Manifest,
     compressor: zstd::bulk::Compressor<'static>,
     /// Uncompressed and compressed bytes sent in parts, for the report and progress.
     pub sent: (u64, u64),
 }
 
-impl SourceEnd {
-    pub fn new(stream: TcpStream) -> Result<SourceEnd, MigrateError> {
+impl<S: Read + Write> SourceEnd<S> {
+    /// The source's end of `stream` to `peer` (an address, for errors).
+    pub fn new(stream: S, peer: String) -> Result<SourceEnd<S>, MigrateError> {
         let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|source| MigrateError::Zstd { source })?;
-        Ok(SourceEnd { framed: Framed::new(stream)?, manifest: Manifest::default(), compressor, sent: (0, 0) })
+        Ok(SourceEnd { framed: Framed::new(stream, peer), manifest: Manifest::default(), compressor, sent: (0, 0) })
     }
 
     pub fn send_hello(&mut self, hello: &Hello) -> Result<(), MigrateError> {
-        self.framed.writer.write_all(MAGIC).map_err(self.framed.stream_err())?;
+        self.framed.io.write_all(MAGIC).map_err(self.framed.stream_err())?;
         self.framed.write_json(Tag::Hello, hello)?;
         self.framed.flush()
     }
@@ -270,7 +266,7 @@ impl SourceEnd {
     /// Sends one part: `fill` writes its content into the given writer.
     pub fn send_part<F>(&mut self, part: Part, fill: F) -> Result<(), MigrateError>
     where
-        F: FnOnce(&mut PartWriter<'_>) -> Result<(), MigrateError>,
+        F: FnOnce(&mut PartWriter<'_, S>) -> Result<(), MigrateError>,
     {
         self.framed.write_json(Tag::PartBegin, &part)?;
         let mut w =
@@ -321,8 +317,8 @@ impl SourceEnd {
 }
 
 /// Writes one part's content: chunked, hashed, compressed.
-pub struct PartWriter<'a> {
-    end: &'a mut SourceEnd,
+pub struct PartWriter<'a, S: Read + Write> {
+    end: &'a mut SourceEnd<S>,
     buf: Vec<u8>,
     hash: Sha256,
     bytes: u64,
@@ -330,7 +326,7 @@ pub struct PartWriter<'a> {
     error: Option<MigrateError>,
 }
 
-impl PartWriter<'_> {
+impl<S: Read + Write> PartWriter<'_, S> {
     fn push(&mut self) -> Result<(), MigrateError> {
         if self.buf.is_empty() {
             return Ok(());
@@ -358,7 +354,7 @@ impl PartWriter<'_> {
     }
 }
 
-impl Write for PartWriter<'_> {
+impl<S: Read + Write> Write for PartWriter<'_, S> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -383,16 +379,17 @@ pub enum Incoming {
 }
 
 /// The target's end.
-pub struct TargetEnd {
-    framed: Framed,
+pub struct TargetEnd<S: Read + Write> {
+    framed: Framed<S>,
     decompressor: zstd::bulk::Decompressor<'static>,
     received: Vec<ManifestEntry>,
 }
 
-impl TargetEnd {
-    pub fn new(stream: TcpStream) -> Result<TargetEnd, MigrateError> {
+impl<S: Read + Write> TargetEnd<S> {
+    /// The target's end of `stream` from `peer` (an address, for errors).
+    pub fn new(stream: S, peer: String) -> Result<TargetEnd<S>, MigrateError> {
         let decompressor = zstd::bulk::Decompressor::new().map_err(|source| MigrateError::Zstd { source })?;
-        Ok(TargetEnd { framed: Framed::new(stream)?, decompressor, received: Vec::new() })
+        Ok(TargetEnd { framed: Framed::new(stream, peer), decompressor, received: Vec::new() })
     }
 
     pub fn peer(&self) -> &str {
@@ -402,7 +399,7 @@ impl TargetEnd {
     /// The magic and the hello; anything else is not a migration stream.
     pub fn read_hello(&mut self) -> Result<Hello, MigrateError> {
         let mut magic = [0u8; MAGIC.len()];
-        let got = self.framed.reader.read_exact(&mut magic);
+        let got = self.framed.io.get_mut().read_exact(&mut magic);
         if got.is_err() || &magic != MAGIC {
             return Err(MigrateError::NotMigrationStream { peer: self.framed.peer.clone() });
         }
@@ -464,6 +461,14 @@ impl TargetEnd {
         if let Some(e) = self.received.iter().find(|e| !manifest.parts.contains(e)) {
             return Err(MigrateError::Manifest { part: e.part.clone(), reason: "received but not listed" });
         }
+        Ok(())
+    }
+
+    /// Reads and drops the rest of the source's stream up to its manifest: refused part-way,
+    /// the target still takes what the source sends, so that the source is not left
+    /// blocked on a full socket and hears the outcome.
+    pub fn drain(&mut self) -> Result<(), MigrateError> {
+        while self.framed.read()?.0 != Tag::Manifest {}
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! `warren migrate send|receive`: cold migration of a running container to another host.
+//! `warren migrate keygen|send|receive`: cold migration of a running container to another
+//! host, over mutual TLS between pinned identities.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use warren::checkpoint::CriuCommon;
 use warren::container::Runtime;
-use warren::migrate::{self, ReceiveOptions, SendOptions};
+use warren::migrate::tls::{self, Tls};
+use warren::migrate::{self, Policy, ReceiveOptions, SendOptions};
 use warren_images::store::DEFAULT_STORE;
 
 use crate::cli::OutputFormat;
@@ -30,6 +32,8 @@ pub struct MigrateCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum MigrateCommand {
+    /// Make this host's migration key and self-signed certificate (prints its fingerprint)
+    Keygen(KeygenArgs),
     /// Move a running container to the host whose `migrate receive` listens at TARGET
     Send(SendArgs),
     /// Take containers that `migrate send` moves here
@@ -37,7 +41,33 @@ pub enum MigrateCommand {
 }
 
 #[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Directory for host.key (mode 0600), host.crt and peers/
+    #[arg(long, default_value = tls::DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+/// This host's identity and the peers it trusts.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// Directory with host.key, host.crt and peers/*.crt (the trusted peers' certificates)
+    #[arg(long = "tls-dir", default_value = tls::DEFAULT_DIR)]
+    pub tls_dir: PathBuf,
+    /// Also trust this peer certificate (repeatable)
+    #[arg(long = "peer")]
+    pub peers: Vec<PathBuf>,
+}
+
+impl TlsArgs {
+    fn load(&self) -> Result<Tls> {
+        Ok(Tls::load(&self.tls_dir, &self.peers)?)
+    }
+}
+
+#[derive(Args, Debug)]
 pub struct SendArgs {
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Keep established TCP connections across the move
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
@@ -57,9 +87,23 @@ pub struct SendArgs {
 
 #[derive(Args, Debug)]
 pub struct ReceiveArgs {
-    /// Address to listen on, HOST:PORT (port 0: any free port, printed)
-    #[arg(long)]
+    /// Address to listen on, HOST:PORT (port 0: any free port, printed); loopback by default
+    #[arg(long, default_value = migrate::DEFAULT_LISTEN)]
     pub listen: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Let received containers bind host paths under this directory (repeatable)
+    #[arg(long = "allow-bind", value_name = "PREFIX")]
+    pub allow_bind: Vec<PathBuf>,
+    /// Let received containers have this capability beyond the default set (repeatable)
+    #[arg(long = "allow-cap", value_name = "CAP")]
+    pub allow_cap: Vec<String>,
+    /// Let received containers have this device beyond the default ones (repeatable)
+    #[arg(long = "allow-device", value_name = "PATH")]
+    pub allow_device: Vec<PathBuf>,
+    /// Let received containers join namespaces by paths under this prefix (repeatable)
+    #[arg(long = "allow-ns-path", value_name = "PREFIX")]
+    pub allow_ns_path: Vec<PathBuf>,
     /// Directory the received bundles are made in, one per container id
     #[arg(long, default_value = "/var/lib/warren/containers")]
     pub bundles: PathBuf,
@@ -75,9 +119,16 @@ pub fn migrate(rt: &Runtime, root: &Path, cmd: &MigrateCmd, criu: Option<&Path>)
     let work = cmd.work.clone().unwrap_or_else(|| migrate::default_work_dir(root));
     let timeout = Duration::from_secs(cmd.timeout.max(1));
     match &cmd.command {
+        MigrateCommand::Keygen(a) => keygen(a),
         MigrateCommand::Send(a) => send(rt, cmd, a, work, timeout, criu),
         MigrateCommand::Receive(a) => receive(rt, cmd, a, work, timeout, criu),
     }
+}
+
+fn keygen(a: &KeygenArgs) -> Result<i32> {
+    let fingerprint = tls::keygen(&a.dir)?;
+    println!("{} {}", a.dir.join(tls::CERT_FILE).display(), fingerprint);
+    Ok(0)
 }
 
 fn send(
@@ -90,6 +141,7 @@ fn send(
 ) -> Result<i32> {
     let opts = SendOptions {
         target: a.target.clone(),
+        tls: a.tls.load()?,
         store: cmd.store.clone(),
         work,
         criu: CriuCommon {
@@ -136,10 +188,19 @@ fn receive(
     timeout: Duration,
     criu: Option<&Path>,
 ) -> Result<i32> {
+    let tls = a.tls.load()?;
     let listener = migrate::listen(&a.listen)?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
+    let policy = Policy {
+        allow_bind: a.allow_bind.clone(),
+        allow_cap: a.allow_cap.iter().map(|c| migrate::cap_name(c)).collect(),
+        allow_device: a.allow_device.clone(),
+        allow_ns_path: a.allow_ns_path.clone(),
+    };
     let opts = ReceiveOptions {
+        tls,
+        policy,
         store: cmd.store.clone(),
         bundles: std::path::absolute(&a.bundles)?,
         work,
