@@ -14,7 +14,7 @@
 
 mod receive;
 mod send;
-mod wire;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -92,7 +92,8 @@ impl Runtime {
         let err = |source| MigrateError::Stream { peer: "source".into(), source };
         stream.set_read_timeout(Some(opts.timeout)).map_err(err)?;
         stream.set_write_timeout(Some(opts.timeout)).map_err(err)?;
-        let mut end = TargetEnd::new(stream)?;
+        let peer = super::wire::peer_name(&stream);
+        let mut end = TargetEnd::new(stream, peer)?;
         let hello = end.read_hello()?;
         let store = Store::open(&opts.store)?;
         let staging = opts.work.join(&hello.id);
@@ -165,7 +166,7 @@ impl Runtime {
     /// Parts, bundle, restore: (init pid, restore time, layers received).
     fn take_container(
         &self,
-        end: &mut TargetEnd,
+        end: &mut TargetEnd<TcpStream>,
         hello: &Hello,
         missing: &[Digest],
         made: &mut Made<'_>,
@@ -236,7 +237,7 @@ fn keep_restore_log(e: ContainerError, work: &Path, id: &str) -> ContainerError 
 
 /// Reads parts until the manifest, applying layers as they come (each verified first).
 fn receive_parts(
-    end: &mut TargetEnd,
+    end: &mut TargetEnd<TcpStream>,
     hello: &Hello,
     missing: &[Digest],
     made: &mut Made<'_>,
@@ -293,7 +294,7 @@ fn receive_parts(
 }
 
 /// Writes a part to a new file (a name that comes twice is refused by `create_new`).
-fn spool(end: &mut TargetEnd, part: &Part, path: &Path) -> Result<(), MigrateError> {
+fn spool(end: &mut TargetEnd<TcpStream>, part: &Part, path: &Path) -> Result<(), MigrateError> {
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
             MigrateError::UnwantedPart { part: part.clone() }

@@ -59,7 +59,9 @@ impl Runtime {
         drop(c);
         let store = Store::open(&opts.store)?;
         let image = store.bundle_image(&bundle)?;
-        let mut end = SourceEnd::new(connect(&opts.target, opts.timeout)?)?;
+        let stream = connect(&opts.target, opts.timeout)?;
+        let peer = super::wire::peer_name(&stream);
+        let mut end = SourceEnd::new(stream, peer)?;
         let hello = Hello {
             id: id.into(),
             rootfs: image.as_ref().map_or(RootfsOffer::Plain, |(i, _)| RootfsOffer::Image(i.clone())),
@@ -126,7 +128,7 @@ impl Runtime {
     fn send_frozen(
         &self,
         id: &str,
-        end: &mut SourceEnd,
+        end: &mut SourceEnd<TcpStream>,
         rootfs: &Rootfs,
         dump_dir: &Path,
         opts: &SendOptions,
@@ -212,7 +214,7 @@ fn connect(target: &str, timeout: Duration) -> Result<TcpStream, MigrateError> {
 
 /// The layers the target lacks, bottom first, then the image's config.
 fn send_image(
-    end: &mut SourceEnd,
+    end: &mut SourceEnd<TcpStream>,
     store: &Store,
     image: &ImageRef,
     config: &[u8],
@@ -231,19 +233,19 @@ fn send_image(
     end.flush()
 }
 
-fn tree(w: &mut PartWriter<'_>, dir: &Path) -> Result<(), MigrateError> {
+fn tree(w: &mut PartWriter<'_, TcpStream>, dir: &Path) -> Result<(), MigrateError> {
     match transfer::write_layer_tar(dir, &mut *w) {
         Ok(_) => Ok(()),
         Err(e) => Err(w.take_error().unwrap_or(MigrateError::Transfer(e))),
     }
 }
 
-fn write_all(w: &mut PartWriter<'_>, data: &[u8]) -> Result<(), MigrateError> {
+fn write_all(w: &mut PartWriter<'_, TcpStream>, data: &[u8]) -> Result<(), MigrateError> {
     use std::io::Write;
     w.write_all(data).map_err(|_| w.take_error().expect("only the stream fails a part write"))
 }
 
-fn copy_file(w: &mut PartWriter<'_>, path: &Path) -> Result<(), MigrateError> {
+fn copy_file(w: &mut PartWriter<'_, TcpStream>, path: &Path) -> Result<(), MigrateError> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     match std::io::copy(&mut f, w) {
         Ok(_) => Ok(()),

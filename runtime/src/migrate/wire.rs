@@ -1,4 +1,4 @@
-//! The migration stream on one TCP connection: a magic, then frames (`tag: u8`, `len: u32`
+//! The migration stream on one connection (any byte stream; TCP between hosts): a magic, then frames (`tag: u8`, `len: u32`
 //! big-endian, payload). Control frames carry JSON; a part's content travels as zstd-compressed
 //! chunks and ends with its size and sha256, which the target checks before it uses the part.
 //! The final manifest lists every part again, so a dropped or added part is noticed too.
@@ -21,7 +21,7 @@
 //! the outcome is lost the source resumes its copy (and says Abort if it still can), and a
 //! target that hears neither keeps its copy stopped for the operator.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -163,22 +163,23 @@ pub enum Outcome {
     },
 }
 
-/// Frames in both directions on one connection.
-struct Framed {
-    peer: String,
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+/// How a connection's peer is named in errors.
+pub(super) fn peer_name(stream: &TcpStream) -> String {
+    stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "peer".into())
 }
 
-impl Framed {
-    fn new(stream: TcpStream) -> Result<Framed, MigrateError> {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "peer".into());
-        let clone = stream.try_clone().map_err(|source| MigrateError::Stream { peer: peer.clone(), source })?;
-        Ok(Framed {
-            reader: BufReader::with_capacity(CHUNK, clone),
-            writer: BufWriter::with_capacity(CHUNK, stream),
-            peer,
-        })
+/// Frames in both directions on one connection. Reads are buffered by the `BufReader`;
+/// writes collect in `out` until a flush or a full chunk, so one stream serves both ways
+/// (a stream that cannot be cloned, like TLS, included).
+struct Framed<S> {
+    peer: String,
+    stream: BufReader<S>,
+    out: Vec<u8>,
+}
+
+impl<S: Read + Write> Framed<S> {
+    fn new(stream: S, peer: String) -> Framed<S> {
+        Framed { stream: BufReader::with_capacity(CHUNK, stream), out: Vec::with_capacity(CHUNK), peer }
     }
 
     fn stream_err(&self) -> impl FnOnce(std::io::Error) -> MigrateError + '_ {
@@ -192,10 +193,19 @@ impl Framed {
     }
 
     fn write(&mut self, tag: Tag, payload: &[u8]) -> Result<(), MigrateError> {
-        let mut head = [0u8; 5];
-        head[0] = tag as u8;
-        head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-        let r = self.writer.write_all(&head).and_then(|_| self.writer.write_all(payload));
+        self.out.push(tag as u8);
+        self.out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        self.out.extend_from_slice(payload);
+        if self.out.len() >= CHUNK {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Hands what `write` collected to the stream.
+    fn write_out(&mut self) -> Result<(), MigrateError> {
+        let r = self.stream.get_mut().write_all(&self.out);
+        self.out.clear();
         r.map_err(self.stream_err())
     }
 
@@ -204,19 +214,20 @@ impl Framed {
     }
 
     fn flush(&mut self) -> Result<(), MigrateError> {
-        self.writer.flush().map_err(self.stream_err())
+        self.write_out()?;
+        self.stream.get_mut().flush().map_err(self.stream_err())
     }
 
     fn read(&mut self) -> Result<(Tag, Vec<u8>), MigrateError> {
         let mut head = [0u8; 5];
-        self.reader.read_exact(&mut head).map_err(self.stream_err())?;
+        self.stream.read_exact(&mut head).map_err(self.stream_err())?;
         let tag = Tag::from_u8(head[0]).ok_or(MigrateError::BadFrame { peer: self.peer.clone(), tag: head[0] })?;
         let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
             return Err(MigrateError::FrameTooLarge { peer: self.peer.clone(), len });
         }
         let mut payload = vec![0; len];
-        self.reader.read_exact(&mut payload).map_err(self.stream_err())?;
+        self.stream.read_exact(&mut payload).map_err(self.stream_err())?;
         Ok((tag, payload))
     }
 
@@ -243,22 +254,23 @@ impl Framed {
 }
 
 /// The source's end: its methods are the protocol, in order.
-pub struct SourceEnd {
-    framed: Framed,
+pub struct SourceEnd<S> {
+    framed: Framed<S>,
     manifest: Manifest,
     compressor: zstd::bulk::Compressor<'static>,
     /// Uncompressed and compressed bytes sent in parts, for the report and progress.
     pub sent: (u64, u64),
 }
 
-impl SourceEnd {
-    pub fn new(stream: TcpStream) -> Result<SourceEnd, MigrateError> {
+impl<S: Read + Write> SourceEnd<S> {
+    /// The source's end of `stream`; `peer` names the target in errors.
+    pub fn new(stream: S, peer: String) -> Result<SourceEnd<S>, MigrateError> {
         let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|source| MigrateError::Zstd { source })?;
-        Ok(SourceEnd { framed: Framed::new(stream)?, manifest: Manifest::default(), compressor, sent: (0, 0) })
+        Ok(SourceEnd { framed: Framed::new(stream, peer), manifest: Manifest::default(), compressor, sent: (0, 0) })
     }
 
     pub fn send_hello(&mut self, hello: &Hello) -> Result<(), MigrateError> {
-        self.framed.writer.write_all(MAGIC).map_err(self.framed.stream_err())?;
+        self.framed.out.extend_from_slice(MAGIC);
         self.framed.write_json(Tag::Hello, hello)?;
         self.framed.flush()
     }
@@ -270,7 +282,7 @@ impl SourceEnd {
     /// Sends one part: `fill` writes its content into the given writer.
     pub fn send_part<F>(&mut self, part: Part, fill: F) -> Result<(), MigrateError>
     where
-        F: FnOnce(&mut PartWriter<'_>) -> Result<(), MigrateError>,
+        F: FnOnce(&mut PartWriter<'_, S>) -> Result<(), MigrateError>,
     {
         self.framed.write_json(Tag::PartBegin, &part)?;
         let mut w =
@@ -321,8 +333,8 @@ impl SourceEnd {
 }
 
 /// Writes one part's content: chunked, hashed, compressed.
-pub struct PartWriter<'a> {
-    end: &'a mut SourceEnd,
+pub struct PartWriter<'a, S> {
+    end: &'a mut SourceEnd<S>,
     buf: Vec<u8>,
     hash: Sha256,
     bytes: u64,
@@ -330,7 +342,7 @@ pub struct PartWriter<'a> {
     error: Option<MigrateError>,
 }
 
-impl PartWriter<'_> {
+impl<S: Read + Write> PartWriter<'_, S> {
     fn push(&mut self) -> Result<(), MigrateError> {
         if self.buf.is_empty() {
             return Ok(());
@@ -358,7 +370,7 @@ impl PartWriter<'_> {
     }
 }
 
-impl Write for PartWriter<'_> {
+impl<S: Read + Write> Write for PartWriter<'_, S> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -383,16 +395,17 @@ pub enum Incoming {
 }
 
 /// The target's end.
-pub struct TargetEnd {
-    framed: Framed,
+pub struct TargetEnd<S> {
+    framed: Framed<S>,
     decompressor: zstd::bulk::Decompressor<'static>,
     received: Vec<ManifestEntry>,
 }
 
-impl TargetEnd {
-    pub fn new(stream: TcpStream) -> Result<TargetEnd, MigrateError> {
+impl<S: Read + Write> TargetEnd<S> {
+    /// The target's end of `stream`; `peer` names the source in errors.
+    pub fn new(stream: S, peer: String) -> Result<TargetEnd<S>, MigrateError> {
         let decompressor = zstd::bulk::Decompressor::new().map_err(|source| MigrateError::Zstd { source })?;
-        Ok(TargetEnd { framed: Framed::new(stream)?, decompressor, received: Vec::new() })
+        Ok(TargetEnd { framed: Framed::new(stream, peer), decompressor, received: Vec::new() })
     }
 
     pub fn peer(&self) -> &str {
@@ -402,7 +415,7 @@ impl TargetEnd {
     /// The magic and the hello; anything else is not a migration stream.
     pub fn read_hello(&mut self) -> Result<Hello, MigrateError> {
         let mut magic = [0u8; MAGIC.len()];
-        let got = self.framed.reader.read_exact(&mut magic);
+        let got = self.framed.stream.read_exact(&mut magic);
         if got.is_err() || &magic != MAGIC {
             return Err(MigrateError::NotMigrationStream { peer: self.framed.peer.clone() });
         }
@@ -496,5 +509,28 @@ mod tests {
         for good in ["pages-1.img", "core-12.img", "dump.log", "warren-checkpoint.json"] {
             Part::Criu(good.into()).validate().unwrap();
         }
+    }
+
+    /// The frame layer takes any byte stream: a stream written into memory reads back whole,
+    /// a part larger than one chunk included.
+    #[test]
+    fn stream_round_trips_through_memory() {
+        let content: Vec<u8> = (0..CHUNK + 4096).map(|i| (i % 251) as u8).collect();
+        let mut bytes = Vec::new();
+        let mut src = SourceEnd::new(std::io::Cursor::new(&mut bytes), "mem".into()).unwrap();
+        let hello = Hello { id: "c1".into(), rootfs: RootfsOffer::Plain, criu: CriuFlags::default() };
+        src.send_hello(&hello).unwrap();
+        src.send_part(Part::Rootfs, |w| w.write_all(&content).map_err(|_| w.take_error().unwrap())).unwrap();
+        src.send_manifest().unwrap();
+        drop(src);
+
+        let mut dst = TargetEnd::new(std::io::Cursor::new(bytes), "mem".into()).unwrap();
+        assert_eq!(dst.read_hello().unwrap().id, "c1");
+        let Incoming::Part(part) = dst.next().unwrap() else { panic!("a part comes first") };
+        let mut got = Vec::new();
+        dst.receive_part(&part, &mut got).unwrap();
+        assert!(part == Part::Rootfs && got == content);
+        let Incoming::Manifest(manifest) = dst.next().unwrap() else { panic!("then the manifest") };
+        dst.check_manifest(&manifest).unwrap();
     }
 }
