@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     };
     end.answer(&Answer::Accept { missing_layers: missing }).expect("a pipe takes writes");
     for _ in 0..MAX_PARTS {
-        match end.next() {
+        match end.next_incoming() {
             Ok(Incoming::Part(part)) => {
                 let mut content = Vec::new();
                 let Ok(got) = end.receive_part(&part, &mut content) else { return };

@@ -77,6 +77,8 @@ fn tar(entries: &[(&str, tar::EntryType, &str)], pax: Option<(&str, &[u8])>) -> 
         h.set_entry_type(*kind);
         h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         let gnu = h.as_gnu_mut().expect("gnu header");
         gnu.name[..path.len()].copy_from_slice(path.as_bytes());
         let link = matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link);
@@ -121,8 +123,7 @@ fn unpack() -> Seeds {
         ],
         None,
     );
-    let xattrs =
-        tar(&[("cap/", D, ""), ("cap/ping", F, "ping")], Some(("SCHILY.xattr.security.capability", b"\x01\0\0\x02")));
+    let xattrs = tar(&[("cap/", D, ""), ("cap/ping", F, "ping")], Some(("SCHILY.xattr.user.origin", b"seed")));
     let escapes = tar(&[("a", L, "/"), ("a/x", F, "no"), ("b", L, ".."), ("b/y", F, "no"), ("../z", F, "no")], None);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&lower).expect("in memory");

@@ -427,7 +427,7 @@ impl<S: Read + Write> TargetEnd<S> {
         self.framed.flush()
     }
 
-    pub fn next(&mut self) -> Result<Incoming, MigrateError> {
+    pub fn next_incoming(&mut self) -> Result<Incoming, MigrateError> {
         let (tag, payload) = self.framed.read()?;
         match tag {
             Tag::PartBegin => {
@@ -526,11 +526,11 @@ mod tests {
 
         let mut dst = TargetEnd::new(std::io::Cursor::new(bytes), "mem".into()).unwrap();
         assert_eq!(dst.read_hello().unwrap().id, "c1");
-        let Incoming::Part(part) = dst.next().unwrap() else { panic!("a part comes first") };
+        let Incoming::Part(part) = dst.next_incoming().unwrap() else { panic!("a part comes first") };
         let mut got = Vec::new();
         dst.receive_part(&part, &mut got).unwrap();
         assert!(part == Part::Rootfs && got == content);
-        let Incoming::Manifest(manifest) = dst.next().unwrap() else { panic!("then the manifest") };
+        let Incoming::Manifest(manifest) = dst.next_incoming().unwrap() else { panic!("then the manifest") };
         dst.check_manifest(&manifest).unwrap();
     }
 }
