@@ -16,7 +16,7 @@ mod policy;
 mod receive;
 mod send;
 pub mod tls;
-mod wire;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

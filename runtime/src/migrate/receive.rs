@@ -267,7 +267,7 @@ fn receive_parts(
     let mut got = Received::default();
     let mut pending: Vec<&Digest> = missing.iter().collect();
     loop {
-        let part = match end.next()? {
+        let part = match end.next_incoming()? {
             Incoming::Manifest(m) => {
                 end.check_manifest(&m)?;
                 if let Some(layer) = pending.first() {

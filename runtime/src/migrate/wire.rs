@@ -411,7 +411,7 @@ impl<S: Read + Write> TargetEnd<S> {
         self.framed.flush()
     }
 
-    pub fn next(&mut self) -> Result<Incoming, MigrateError> {
+    pub fn next_incoming(&mut self) -> Result<Incoming, MigrateError> {
         let (tag, payload) = self.framed.read()?;
         match tag {
             Tag::PartBegin => {
