@@ -5,10 +5,20 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to a new temp file beside `path` created with `mode`, syncs it (on disk a
-/// rename could otherwise land before the data), then renames it over `path`. The temp file
-/// is removed again when anything fails.
+/// Writes `bytes` to a new temp file beside `path` created with `mode`, then renames it over
+/// `path`; the temp file is removed again when anything fails. Not synced: for state whose
+/// readers need it whole but that need not outlive the machine (state.json, pid files).
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, false)
+}
+
+/// `write`, with the data synced before the rename (which could otherwise reach the disk
+/// first and leave an empty file after a crash): for files a bundle keeps, like config.json.
+pub fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, true)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let tmp = temp_path(path);
     // A temp file left by a killed writer would keep its own mode.
     let _ = std::fs::remove_file(&tmp);
@@ -17,7 +27,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .create_new(true)
         .mode(mode)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_data()))
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| if sync { f.sync_data() } else { Ok(()) }))
         .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

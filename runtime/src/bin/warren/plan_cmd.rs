@@ -128,7 +128,8 @@ fn rootfs_of(config: &Value, bundle: &Path) -> PathBuf {
 
 fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
     let mode = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.permissions().mode();
-    warren::atomic_file::write(path, contents, mode & 0o7777).with_context(|| format!("write {}", path.display()))
+    warren::atomic_file::write_durable(path, contents, mode & 0o7777)
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn print_table<'a>(plans: impl Iterator<Item = &'a Plan>) {
