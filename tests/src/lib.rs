@@ -55,11 +55,16 @@ pub fn warren_bin() -> PathBuf {
 }
 
 /// The failpoints build of the binary under test (scripts/build.sh puts it beside it), for the
-/// fault tests; None when it is not there.
-pub fn failpoints_bin() -> Option<PathBuf> {
+/// fault tests. None (a printed skip) when it is not there; an error under CI (see [`skip`]).
+pub fn failpoints_bin() -> Result<Option<PathBuf>> {
     let bin = warren_bin();
-    let name = format!("{}-failpoints", bin.file_name()?.to_string_lossy());
-    Some(bin.with_file_name(name)).filter(|p| p.exists())
+    let name = format!("{}-failpoints", bin.file_name().unwrap_or_default().to_string_lossy());
+    let path = bin.with_file_name(name);
+    if path.exists() {
+        return Ok(Some(path));
+    }
+    skip(&format!("no {} (scripts/build.sh builds it)", path.display()))?;
+    Ok(None)
 }
 
 /// Runs warren with a private `--root`; output files go to a private dir.

@@ -6,7 +6,7 @@
 //! leave no mount, cgroup, state entry or process. Skipped (with a note) without the
 //! failpoints build; the checkpoint and restore points also without criu.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -14,15 +14,6 @@ use serde_json::Value;
 use warren_tests::*;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// The failpoints build, or None with a note.
-fn fp_bin() -> Option<PathBuf> {
-    let bin = failpoints_bin();
-    if bin.is_none() {
-        eprintln!("no warren-failpoints beside {}: skipped (scripts/build.sh builds it)", warren_bin().display());
-    }
-    bin
-}
 
 /// Runs `args` through the failpoints build dying at `point`: it must die by SIGKILL.
 fn die_at(t: &Test, bin: &Path, point: &str, args: &[&str]) -> Result<()> {
@@ -116,7 +107,7 @@ fn create_at(bin: &Path, n: usize, point: &str, want: Option<&str>, edit: fn(&mu
 
 #[test]
 fn create_killed_at_each_step() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
     let points = [
         // Killed before its first state write: the directory alone, which a new create takes.
         ("create.state-dir-claimed", None),
@@ -134,7 +125,7 @@ fn create_killed_at_each_step() -> Result<()> {
 
 #[test]
 fn create_with_a_user_namespace_killed_after_the_maps() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
     create_at(&bin, 9, "spawn.id-maps-written", Some("creating"), |c| {
         c["linux"]["namespaces"].as_array_mut().expect("namespaces").push(json!({"type": "user"}));
         let maps = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
@@ -145,7 +136,7 @@ fn create_with_a_user_namespace_killed_after_the_maps() -> Result<()> {
 
 #[test]
 fn an_abandoned_claim_goes_with_delete() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
     let t = Test::new("fault_claim");
     let b = t.bundle(&["sleep", "100"])?;
     let id = t.id("c");
@@ -159,7 +150,7 @@ fn an_abandoned_claim_goes_with_delete() -> Result<()> {
 
 #[test]
 fn start_killed_at_each_step() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
     // Killed after the init got its byte, before the fifo went (which no longer makes it
     // look created), and after.
     for (n, point) in ["start.released", "start.fifo-removed"].into_iter().enumerate() {
@@ -180,7 +171,7 @@ fn start_killed_at_each_step() -> Result<()> {
 
 #[test]
 fn exec_killed_at_each_step() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
     // (point, whether the exec'd process ran)
     for (n, (point, ran)) in [("exec.init-spawned", false), ("exec.ready", true)].into_iter().enumerate() {
         let t = Test::new(&format!("fault_exec{n}"));
@@ -225,7 +216,7 @@ fn no_init_left(t: &Test, id: &str, point: &str) -> Result<()> {
 
 #[test]
 fn delete_killed_at_each_step() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
     let points = [
         ("delete.processes-killed", Some("stopped")),
         ("delete.cgroup-removed", Some("stopped")),
@@ -259,8 +250,8 @@ fn counting(t: &Test, id: &str) -> Result<(Bundle, Container)> {
 
 #[test]
 fn checkpoint_killed_at_each_step() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
-    if !have_criu() {
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
+    if !have_criu()? {
         return Ok(());
     }
     // Before criu nothing has changed; after it the dump is whole and criu has ended the
@@ -295,8 +286,8 @@ fn checkpoint_killed_at_each_step() -> Result<()> {
 
 #[test]
 fn restore_killed_at_each_step() -> Result<()> {
-    let Some(bin) = fp_bin() else { return Ok(()) };
-    if !have_criu() {
+    let Some(bin) = failpoints_bin()? else { return Ok(()) };
+    if !have_criu()? {
         return Ok(());
     }
     let points = [

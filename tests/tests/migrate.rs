@@ -683,8 +683,7 @@ fn presence(host: &FakeHost, id: &str) -> Result<(bool, bool)> {
 /// again), else it is let run; a sender killed after the commit leaves only its bundle.
 #[test]
 fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()> {
-    let Some(bin) = failpoints_bin() else {
-        eprintln!("no warren-failpoints beside {}: skipped (scripts/build.sh builds it)", warren_bin().display());
+    let Some(bin) = failpoints_bin()? else {
         return Ok(());
     };
     let points = [
@@ -755,8 +754,7 @@ fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()>
 /// the receiver's spool (WORK/ID) is removed by hand, as nothing reaps it yet.
 #[test]
 fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()> {
-    let Some(bin) = failpoints_bin() else {
-        eprintln!("no warren-failpoints beside {}: skipped (scripts/build.sh builds it)", warren_bin().display());
+    let Some(bin) = failpoints_bin()? else {
         return Ok(());
     };
     let points = [

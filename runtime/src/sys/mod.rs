@@ -401,23 +401,6 @@ pub fn parse_stat(stat: &str) -> io::Result<(char, u64)> {
     Ok((state, start))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_with_odd_command_name() {
-        let text = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(parse_stat(text).unwrap(), ('S', 98765));
-    }
-
-    #[test]
-    fn own_start_time_is_stable() {
-        let pid = std::process::id() as i32;
-        assert_eq!(process_start_time(pid).unwrap(), process_start_time(pid).unwrap());
-    }
-}
-
 /// pidfd_open(2): a descriptor that polls readable once `pid` has exited.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags; no pointers.
@@ -433,4 +416,21 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: as above.
     check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags as libc::c_int | libc::O_NONBLOCK) } as libc::c_long)
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_command_name() {
+        let text = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_stat(text).unwrap(), ('S', 98765));
+    }
+
+    #[test]
+    fn own_start_time_is_stable() {
+        let pid = std::process::id() as i32;
+        assert_eq!(process_start_time(pid).unwrap(), process_start_time(pid).unwrap());
+    }
 }
