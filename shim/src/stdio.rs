@@ -123,7 +123,6 @@ fn open_sink(sink: Sink) -> Result<OwnedFd> {
     match sink {
         Sink::Null => open_null(true),
         Sink::Fifo(path) => {
-            wait_for_reader(&path);
             let f = OpenOptions::new().read(true).write(true).open(&path).map_err(ShimError::io(&path))?;
             Ok(f.into())
         }
@@ -138,27 +137,6 @@ fn open_sink(sink: Sink) -> Result<OwnedFd> {
             uri: program.display().to_string(),
             reason: "stderr may only name the same logger as stdout".into(),
         }),
-    }
-}
-
-/// How long an output FIFO may wait for its client's reader.
-const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Waits (at most [`READER_WAIT`]) until the client has the FIFO open for reading. Clients
-/// open their end in the background (containerd's fifo package), and a FIFO that nobody holds
-/// open drops what was written to it: a short-lived process (`ctr task exec ... echo`) could
-/// write and exit before the client's reader came, and its output would be gone.
-fn wait_for_reader(path: &Path) {
-    let until = std::time::Instant::now() + READER_WAIT;
-    loop {
-        // A write-only open that does not block succeeds only while a reader is there.
-        let probe = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path);
-        match probe {
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < until => {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            _ => return,
-        }
     }
 }
 
