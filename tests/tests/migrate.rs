@@ -677,6 +677,27 @@ fn presence(host: &FakeHost, id: &str) -> Result<(bool, bool)> {
     Ok((true, st["status"] == "running" && !stopped))
 }
 
+/// Where `id` is after a kill at `point`: (on A, runs on A, on B, runs on B). It must be on one
+/// host at least (never lost) and run on one at most (never twice).
+fn whereabouts(pair: &HostPair, id: &str, point: &str) -> Result<(bool, bool, bool, bool)> {
+    let (on_a, runs_a) = presence(&pair.a, id)?;
+    let (on_b, runs_b) = presence(&pair.b, id)?;
+    ensure!(on_a || on_b, "{point}: the container is on neither host");
+    ensure!(!(runs_a && runs_b), "{point}: the container runs on both hosts");
+    Ok((on_a, runs_a, on_b, runs_b))
+}
+
+/// B's copy is the one: let run if the commit never came, then it counts on there and goes.
+fn keep_on_b(pair: &HostPair, id: &str, guard_a: Container, runs_b: bool, dst: &Path) -> Result<()> {
+    if !runs_b {
+        pair.b.warren.cmd(&["kill", "--all", id, "CONT"])?.ok()?;
+    }
+    std::mem::forget(guard_a);
+    let guard_b = pair.b.warren.adopt(id);
+    assert_counts_on(&pair.b, id, dst)?;
+    remove_counter(&pair.b, guard_b, dst)
+}
+
 /// kill -9 of `migrate send` (the failpoints build) after each step of the move: the
 /// container is never running on both hosts and never lost. Then the operator's way on: a
 /// copy the target keeps stopped goes when the source still has one (which resumes and moves
@@ -708,10 +729,7 @@ fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()>
         let sent = dying.cmd_for(&args, Duration::from_secs(120))?;
         ensure!(sent.code() == Some(128 + libc::SIGKILL), "{point}: send did not die there: {sent}");
         rx.join().expect("receive thread")?;
-        let (on_a, runs_a) = presence(&pair.a, &id)?;
-        let (on_b, runs_b) = presence(&pair.b, &id)?;
-        ensure!(on_a || on_b, "{point}: the container is on neither host");
-        ensure!(!(runs_a && runs_b), "{point}: the container runs on both hosts");
+        let (on_a, _, on_b, mut runs_b) = whereabouts(&pair, &id, point)?;
         let dst = pair.b.bundles.join(&id);
         if on_a {
             if on_b {
@@ -727,21 +745,15 @@ fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()>
             let rx = receive(&pair.b, PORT)?;
             send(&pair.a, &[], &id, &target)?.ok().context("send again")?;
             rx.join().expect("receive thread")?.ok().context("receive again")?;
-        } else {
-            // Deleted on A: B's copy is the one, stopped until the commit that never came.
-            if !runs_b {
-                pair.b.warren.cmd(&["kill", "--all", &id, "CONT"])?.ok()?;
-            }
+            runs_b = true;
         }
-        std::mem::forget(guard_a);
-        let guard_b = pair.b.warren.adopt(&id);
-        assert_counts_on(&pair.b, &id, &dst)?;
+        // Else deleted on A: B's copy is the one, stopped until the commit that never came.
         // A sender killed after its delete had no time to remove the bundle.
         if src.exists() {
             pair.a.store_cmd("bundle", &["rm", &src.to_string_lossy()])?.ok()?;
         }
+        keep_on_b(&pair, &id, guard_a, runs_b, &dst)?;
         assert_host_empty(&pair.a).with_context(|| point.to_string())?;
-        remove_counter(&pair.b, guard_b, &dst)?;
         drop(pair);
         t.assert_no_leftovers();
     }
@@ -773,11 +785,8 @@ fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<(
         let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
         let got = rx.join().expect("receive thread")?;
         ensure!(got.code() == Some(128 + libc::SIGKILL), "{point}: receive did not die there: {got}");
-        let (on_a, runs_a) = presence(&pair.a, &id)?;
-        let (on_b, runs_b) = presence(&pair.b, &id)?;
+        let (on_a, runs_a, on_b, runs_b) = whereabouts(&pair, &id, point)?;
         eprintln!("{point}: send {:?}; on A {on_a} (runs {runs_a}), on B {on_b} (runs {runs_b})", sent.code());
-        ensure!(on_a || on_b, "{point}: the container is on neither host");
-        ensure!(!(runs_a && runs_b), "{point}: the container runs on both hosts");
         let dst = pair.b.bundles.join(&id);
         let _ = std::fs::remove_dir_all(pair.b.work.join(&id));
         if on_a {
@@ -791,13 +800,7 @@ fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<(
             assert_counts_on(&pair.a, &id, &src)?;
             remove_counter(&pair.a, guard_a, &src)?;
         } else {
-            if !runs_b {
-                pair.b.warren.cmd(&["kill", "--all", &id, "CONT"])?.ok()?;
-            }
-            std::mem::forget(guard_a);
-            let guard_b = pair.b.warren.adopt(&id);
-            assert_counts_on(&pair.b, &id, &dst)?;
-            remove_counter(&pair.b, guard_b, &dst)?;
+            keep_on_b(&pair, &id, guard_a, runs_b, &dst)?;
             assert_host_empty(&pair.a)?;
         }
         assert_host_empty(&pair.b).with_context(|| point.to_string())?;
