@@ -29,22 +29,22 @@ impl Freezer<'_> {
         }
     }
 
-    /// Thaws; on v2 waits (bounded) until cgroup.events no longer reports the cgroup frozen.
+    /// Thaws. On v2 the write itself wakes every task before it returns, so nothing is waited
+    /// for: cgroup.events' `frozen` key can stay at 1 after a thaw when tasks exited while the
+    /// cgroup froze (seen on 6.18 with a child cgroup), and waiting on it would time out.
     pub fn thaw(self) -> Result<(), CgroupError> {
         match self {
             Freezer::V1(dir) => fs::write(&dir.join("freezer.state"), "THAWED"),
-            Freezer::V2(dir) => {
-                fs::write(&dir.join("cgroup.freeze"), "0")?;
-                wait_v2(dir, false)
-            }
+            Freezer::V2(dir) => fs::write(&dir.join("cgroup.freeze"), "0"),
         }
     }
 
-    /// Whether the kernel reports the cgroup frozen (v1 FREEZING counts as not frozen).
+    /// Whether the cgroup is frozen (v1 FREEZING counts as not frozen). On v2 a freeze must be
+    /// asked for (`cgroup.freeze` 1) and reached (`frozen 1`), for the reason given at `thaw`.
     pub fn is_frozen(self) -> Result<bool, CgroupError> {
         match self {
             Freezer::V1(dir) => Ok(fs::read_trimmed(&dir.join("freezer.state"))? == "FROZEN"),
-            Freezer::V2(dir) => v2_events_frozen(dir),
+            Freezer::V2(dir) => Ok(fs::read_trimmed(&dir.join("cgroup.freeze"))? == "1" && v2_events_frozen(dir)?),
         }
     }
 }
@@ -78,25 +78,22 @@ fn freeze_v2(dir: &Path) -> Result<(), CgroupError> {
         return Err(CgroupError::ControllerMissing { path: dir.to_path_buf(), controller: "freezer".to_string() });
     }
     fs::write(&control, "1")?;
-    wait_v2(dir, true).inspect_err(|_| {
+    wait_v2_frozen(dir).inspect_err(|_| {
         if let Err(e) = fs::write(&control, "0") {
             log::warn!("cannot thaw after a freeze timed out: {e}");
         }
     })
 }
 
-/// Polls cgroup.events until its `frozen` key says `frozen`.
-fn wait_v2(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
+/// Polls cgroup.events until its `frozen` key says 1.
+fn wait_v2_frozen(dir: &Path) -> Result<(), CgroupError> {
     for poll in 0..FREEZE_POLLS {
-        if v2_events_frozen(dir)? == frozen {
+        if v2_events_frozen(dir)? {
             return Ok(());
         }
         thread::sleep(poll_sleep(poll));
     }
-    Err(CgroupError::FreezerTimeout {
-        path: dir.join("cgroup.events"),
-        state: if frozen { "frozen 1" } else { "frozen 0" },
-    })
+    Err(CgroupError::FreezerTimeout { path: dir.join("cgroup.events"), state: "frozen 1" })
 }
 
 /// The `frozen` key of `dir/cgroup.events`.
@@ -134,6 +131,18 @@ mod tests {
         assert_eq!(read_to_string(tmp.path().join("cgroup.freeze")).unwrap(), "1\n");
         assert!(freezer.is_frozen().unwrap());
         write(tmp.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        freezer.thaw().unwrap();
+        assert_eq!(read_to_string(tmp.path().join("cgroup.freeze")).unwrap(), "0\n");
+        assert!(!freezer.is_frozen().unwrap());
+    }
+
+    #[test]
+    fn v2_thaw_does_not_trust_a_stale_frozen_event() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path().join("cgroup.freeze"), "1\n").unwrap();
+        write(tmp.path().join("cgroup.events"), "populated 0\nfrozen 1\n").unwrap();
+        let freezer = Freezer::V2(tmp.path());
+        assert!(freezer.is_frozen().unwrap());
         freezer.thaw().unwrap();
         assert_eq!(read_to_string(tmp.path().join("cgroup.freeze")).unwrap(), "0\n");
         assert!(!freezer.is_frozen().unwrap());
