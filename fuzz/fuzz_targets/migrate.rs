@@ -1,12 +1,12 @@
 //! The target end of a migration stream fed from the input: magic and hello, the answer
 //! (accepting, with every layer of an offered image missing, so layer parts are wanted),
 //! parts (frames, zstd chunks, end frames with size and digest) and the manifest check, then
-//! the commit or abort. Whatever the source sends, the target end may fail but not panic,
+//! the commit or abort, and the word that it runs. Whatever the source sends, the target end may fail but not panic,
 //! and a part it accepts must be exactly what its end frame says.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warren::migrate::wire::{Answer, Incoming, Outcome, RootfsOffer, TargetEnd};
+use warren::migrate::wire::{Answer, Incoming, Outcome, Resumed, RootfsOffer, TargetEnd};
 use warren_fuzz::Pipe;
 use warren_images::digest::Digest;
 
@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
             Ok(Incoming::Manifest(manifest)) => {
                 if end.check_manifest(&manifest).is_ok() {
                     end.report(&Outcome::Restored { pid: 1, restore_ms: 0 }).expect("a pipe takes writes");
-                    let _ = end.wait_for_commit();
+                    if let Ok(true) = end.wait_for_commit() {
+                        end.confirm(&Resumed::Running).expect("a pipe takes writes");
+                    }
                 }
                 return;
             }

@@ -442,8 +442,9 @@ fn a_lost_commit_leaves_the_moved_container_stopped_on_the_target_never_running_
     };
     let (id, _, guard_a) = run_counter(&t, &pair.a)?;
     let (sent, got) = send_losing(&t, &pair, &id, COMMIT, &[])?;
-    // A removed its copy and said so; the word never reached B.
-    sent.ok().context("send")?;
+    // A removed its copy and said so; the word never reached B, so A never heard it runs.
+    let line = sent.failed()?.error_line().to_string();
+    ensure!(line.contains("did not confirm that it runs there") && line.contains("kill --all"), "send: {line}");
     std::mem::forget(guard_a);
     let guard_b = pair.b.warren.adopt(&id);
     let line = got.failed()?.error_line().to_string();
@@ -625,7 +626,7 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     // A manifest entry naming a file outside the dump's directory.
     let rx = receive(&pair.b, PORT)?;
     let hello = json!({"id": t.id("x"), "rootfs": "Plain", "criu": {}});
-    let mut bytes = b"WARREN-MIGRATE/1".to_vec();
+    let mut bytes = b"WARREN-MIGRATE/2".to_vec();
     bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
     bytes.extend(frame(3, &serde_json::to_vec(&json!({"Criu": "../../etc/evil"}))?));
     tls_exchange(&pair, &client, bytes)?;
@@ -635,7 +636,7 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
 
     // A truncated stream: the hello and half a part.
     let rx = receive(&pair.b, PORT)?;
-    let mut bytes = b"WARREN-MIGRATE/1".to_vec();
+    let mut bytes = b"WARREN-MIGRATE/2".to_vec();
     bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
     bytes.extend(frame(3, &serde_json::to_vec(&json!("Config"))?));
     bytes.extend(&frame(4, &[0u8; 100])[..50]);
@@ -761,9 +762,10 @@ fn a_sender_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()>
 }
 
 /// kill -9 of `migrate receive` (the failpoints build) after each of its steps: never running
-/// on both hosts, never lost. What the operator then does: a stopped copy on the target goes
-/// when the source still has one (which runs again after its rollback), else it is let run;
-/// the receiver's spool (WORK/ID) is removed by hand, as nothing reaps it yet.
+/// on both hosts, never lost, and the source says success only when it runs on the target.
+/// The next receiver reaps what the dead one left (its spool, and, if the restore was never
+/// reported, the stopped copy and its bundle), so the same container can move again at once;
+/// a reported copy stays for the operator to let run.
 #[test]
 fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<()> {
     let Some(bin) = failpoints_bin()? else {
@@ -775,6 +777,7 @@ fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<(
         "migrate-receive.restored",
         "migrate-receive.reported",
         "migrate-receive.committed",
+        "migrate-receive.resumed",
     ];
     for (n, point) in points.into_iter().enumerate() {
         let Some((t, pair)) = two_hosts(&format!("mig_rfault{n}"), Image::OnBoth)? else {
@@ -782,27 +785,34 @@ fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<(
         };
         let (id, src, guard_a) = run_counter(&t, &pair.a)?;
         let rx = receive_as(&pair.b.warren.dying_at(&bin, point), &pair.b, PORT, &[], &[])?;
-        let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
+        let target = format!("{}:{PORT}", pair.b.addr);
+        let sent = send(&pair.a, &[], &id, &target)?;
         let got = rx.join().expect("receive thread")?;
         ensure!(got.code() == Some(128 + libc::SIGKILL), "{point}: receive did not die there: {got}");
+        ensure!(!sent.success(), "{point}: send reported success without the target's word: {sent}");
         let (on_a, runs_a, on_b, runs_b) = whereabouts(&pair, &id, point)?;
-        eprintln!("{point}: send {:?}; on A {on_a} (runs {runs_a}), on B {on_b} (runs {runs_b})", sent.code());
+        eprintln!("{point}: {}; on A {on_a} (runs {runs_a}), on B {on_b} (runs {runs_b})", sent.error_line());
+        let spool = pair.b.work.join(&id);
+        ensure!(spool.is_dir(), "{point}: the dead receiver left no spool");
         let dst = pair.b.bundles.join(&id);
-        let _ = std::fs::remove_dir_all(pair.b.work.join(&id));
         if on_a {
             ensure!(runs_a, "{point}: the source rolled back: {sent}");
-            if on_b {
-                pair.b.warren.cmd(&["delete", "--force", &id])?.ok()?;
-            }
-            if dst.exists() {
-                pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
-            }
             assert_counts_on(&pair.a, &id, &src)?;
-            remove_counter(&pair.a, guard_a, &src)?;
+            // The next receive reaps B's unreported copy and spool, and takes the container.
+            let rx = receive(&pair.b, PORT)?;
+            send(&pair.a, &[], &id, &target)?.ok().with_context(|| format!("{point}: send again"))?;
+            rx.join().expect("receive thread")?.ok().with_context(|| format!("{point}: receive again"))?;
+            ensure!(!spool.exists(), "{point}: the spool was not reaped");
+            keep_on_b(&pair, &id, guard_a, true, &dst)?;
         } else {
+            // A receiver starting up reaps the spool; the copy was reported, so it stays.
+            let rx = receive(&pair.b, PORT)?;
+            ensure!(!spool.exists(), "{point}: the spool was not reaped");
+            raw_exchange(&pair, b"not a migration".to_vec())?;
+            ensure!(!rx.join().expect("receive thread")?.success(), "{point}: the receiver took a bad stream");
             keep_on_b(&pair, &id, guard_a, runs_b, &dst)?;
-            assert_host_empty(&pair.a)?;
         }
+        assert_host_empty(&pair.a).with_context(|| point.to_string())?;
         assert_host_empty(&pair.b).with_context(|| point.to_string())?;
         drop(pair);
         t.assert_no_leftovers();
@@ -873,7 +883,7 @@ fn clients_without_a_key_are_refused_with_one_line() -> Result<()> {
     // The stream as it was before TLS: plain TCP.
     let rx = receive(&pair.b, PORT)?;
     let hello = json!({"id": t.id("x"), "rootfs": "Plain", "criu": {}});
-    let mut bytes = b"WARREN-MIGRATE/1".to_vec();
+    let mut bytes = b"WARREN-MIGRATE/2".to_vec();
     bytes.extend(frame(1, &serde_json::to_vec(&hello)?));
     raw_exchange(&pair, bytes)?;
     let got = rx.join().expect("receive thread")?;

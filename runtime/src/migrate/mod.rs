@@ -15,6 +15,7 @@
 mod policy;
 mod receive;
 mod send;
+mod spool;
 pub mod tls;
 pub mod wire;
 
@@ -26,7 +27,7 @@ use crate::container::ContainerError;
 pub use policy::{cap_name, Policy, PolicyError};
 pub use receive::{listen, ReceiveOptions, ReceiveReport};
 pub use send::{SendOptions, SendReport};
-pub use wire::Part;
+pub use wire::{Part, Resumed};
 
 /// How long either end waits for the other before it gives up (and rolls back).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +99,10 @@ pub enum MigrateError {
     RolledBack { id: String, cause: Box<MigrateError> },
     #[error("container {id} was removed here, but the target did not hear so ({cause}): it is restored there and stopped; start it there with `warren kill --all {id} CONT`")]
     CommitLost { id: String, cause: Box<MigrateError> },
+    #[error("container {id} was moved to the target, but the target did not confirm that it runs there ({cause}); see `warren state {id}` there, and if it is stopped start it with `warren kill --all {id} CONT`")]
+    ResumeUnconfirmed { id: String, cause: Box<MigrateError> },
+    #[error("container {id} was moved to the target but stays stopped there: {reason}; start it there with `warren kill --all {id} CONT`")]
+    NotResumed { id: String, reason: String },
     #[error("the source resumed container {id} (it gave up the move): the copy here is removed")]
     SourceAborted { id: String },
     #[error("container {id} is restored here but stopped: the source did not say whether it removed its copy ({cause}); if it is gone there, start it with `warren kill --all {id} CONT`, else remove it with `warren delete -f {id}`")]

@@ -11,8 +11,9 @@ use warren_images::digest::Digest;
 use warren_images::store::{Receiving, Store};
 
 use super::policy::Policy;
+use super::spool::{self, Spool};
 use super::tls::{self, Tls};
-use super::wire::{Answer, Hello, Incoming, Outcome, Part, RootfsOffer};
+use super::wire::{Answer, Hello, Incoming, Outcome, Part, Resumed, RootfsOffer};
 use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointError, CriuCommon, RestoreOptions};
 use crate::container::{ConsoleTarget, ContainerError, Runtime};
@@ -53,38 +54,25 @@ pub fn listen(addr: &str) -> Result<TcpListener, MigrateError> {
     TcpListener::bind(addr).map_err(|source| MigrateError::Listen { addr: addr.into(), source })
 }
 
-/// What this host made for an incoming container, undone unless the restore is reported.
+/// What this host made for an incoming container (listed in its spool's record), undone unless
+/// the restore is reported.
 struct Made<'a> {
     rt: &'a Runtime,
     store: &'a Store,
     /// Keeps the image's layers (present and received) from collection until it is recorded.
     lease: Option<Receiving<'a>>,
-    staging: PathBuf,
-    bundle: Option<(PathBuf, bool)>,
-    image_added: Option<String>,
-    container: Option<String>,
+    spool: Spool,
+}
+
+impl Made<'_> {
+    fn staging(&self) -> &Path {
+        self.spool.dir()
+    }
 }
 
 impl Drop for Made<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.container.take() {
-            let _ = self.rt.delete(&id, true);
-        }
-        match self.bundle.take() {
-            Some((dir, true)) => {
-                let _ = warren_images::bundle::remove(self.store, &dir);
-            }
-            Some((dir, false)) => {
-                let _ = warren_images::bundle::remove_plain(&dir);
-            }
-            None => {}
-        }
-        // Without a record, the layers it brought go with the lease; with one, with the record.
-        drop(self.lease.take());
-        if let Some(name) = self.image_added.take() {
-            let _ = self.store.remove(&name);
-        }
-        let _ = std::fs::remove_dir_all(&self.staging);
+        self.spool.record.undo(self.rt, self.store, self.lease.take());
     }
 }
 
@@ -112,24 +100,33 @@ impl Runtime {
         let mut end = TargetEnd::new(stream, from)?;
         let hello = end.read_hello()?;
         let store = Store::open(&opts.store)?;
-        let staging = opts.work.join(&hello.id);
         let bundle_dir = opts.bundles.join(&hello.id);
-        let (missing, lease) = match self.admit(&hello, &store, &staging, &bundle_dir) {
+        let work_lock = spool::lock_work(&opts.work)?;
+        self.reap_locked(&opts.work, &store)?;
+        let admitted = self
+            .admit(&hello, &store, &bundle_dir)
+            .and_then(|(missing, lease)| Ok((missing, lease, Spool::create(&opts.work, &hello.id)?)));
+        drop(work_lock);
+        let (missing, lease, spool) = match admitted {
             Ok(admitted) => admitted,
-            Err(reason) => {
+            Err(e) => {
+                let reason = match e {
+                    MigrateError::Refused { reason } => reason,
+                    other => other.to_string(),
+                };
                 end.answer(&Answer::Refuse { reason: reason.clone() })?;
                 return Err(MigrateError::Refused { reason });
             }
         };
-        let mut made =
-            Made { rt: self, store: &store, lease, staging, bundle: None, image_added: None, container: None };
-        std::fs::create_dir_all(made.staging.join("criu")).map_err(io_err(&made.staging))?;
+        let mut made = Made { rt: self, store: &store, lease, spool };
         end.answer(&Answer::Accept { missing_layers: missing.clone() })?;
         failpoint("migrate-receive.accepted");
         let result = self.take_container(&mut end, &hello, &missing, &mut made, &bundle_dir, opts);
         match result {
             Ok((pid, restore, layers)) => {
                 // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
+                made.spool.record.reported = true;
+                made.spool.save()?;
                 end.report(&Outcome::Restored { pid, restore_ms: restore.as_millis() as u64 })?;
                 failpoint("migrate-receive.reported");
                 let committed = end.wait_for_commit();
@@ -137,14 +134,20 @@ impl Runtime {
                     return Err(MigrateError::SourceAborted { id: hello.id });
                 }
                 // Committed, or unknown: either way this copy stays (stopped while unknown).
-                made.container = None;
-                made.bundle = None;
-                made.image_added = None;
+                made.spool.record = Default::default();
                 if let Err(e) = committed {
                     return Err(MigrateError::Unconfirmed { id: hello.id, cause: Box::new(e) });
                 }
                 failpoint("migrate-receive.committed");
-                self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true)?;
+                if let Err(e) = self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true) {
+                    let _ = end.confirm(&Resumed::Stopped { reason: e.to_string() });
+                    return Err(e.into());
+                }
+                failpoint("migrate-receive.resumed");
+                // It runs here whether or not the source hears so (it then says where to look).
+                if let Err(e) = end.confirm(&Resumed::Running) {
+                    log::warn!("migrate receive {}: telling the source that it runs: {e}", hello.id);
+                }
                 Ok(ReceiveReport { id: hello.id, pid, from: end.peer().into(), layers_received: layers, restore })
             }
             Err(e) => {
@@ -160,22 +163,20 @@ impl Runtime {
         &self,
         hello: &Hello,
         store: &'s Store,
-        staging: &Path,
         bundle: &Path,
-    ) -> Result<(Vec<Digest>, Option<Receiving<'s>>), String> {
-        crate::spec::validate_id(&hello.id).map_err(|e| e.to_string())?;
+    ) -> Result<(Vec<Digest>, Option<Receiving<'s>>), MigrateError> {
+        let refuse = |reason: String| MigrateError::Refused { reason };
+        crate::spec::validate_id(&hello.id).map_err(|e| refuse(e.to_string()))?;
         if self.dir(&hello.id).exists() {
-            return Err(format!("container {} already exists on this host", hello.id));
+            return Err(refuse(format!("container {} already exists on this host", hello.id)));
         }
-        for (what, path) in [("bundle", bundle), ("staging directory", staging)] {
-            if path.exists() {
-                return Err(format!("{what} {} already exists on this host", path.display()));
-            }
+        if bundle.exists() {
+            return Err(refuse(format!("bundle {} already exists on this host", bundle.display())));
         }
         match &hello.rootfs {
             RootfsOffer::Image(image) => {
-                let lease = store.begin_receive(image).map_err(|e| e.to_string())?;
-                let missing = lease.missing_layers().map_err(|e| e.to_string())?;
+                let lease = store.begin_receive(image).map_err(|e| refuse(e.to_string()))?;
+                let missing = lease.missing_layers().map_err(|e| refuse(e.to_string()))?;
                 Ok((missing, Some(lease)))
             }
             RootfsOffer::Plain => Ok((Vec::new(), None)),
@@ -206,21 +207,23 @@ impl Runtime {
                 let blob = got.image_config.ok_or(MigrateError::MissingPart { part: Part::ImageConfig })?;
                 let lease = made.lease.as_mut().ok_or(MigrateError::UnwantedPart { part: Part::ImageConfig })?;
                 if lease.receive_image(&blob)? {
-                    made.image_added = Some(image.name.clone());
+                    made.spool.record.image_added = Some(image.name.clone());
                 }
-                made.bundle = Some((bundle_dir.to_path_buf(), true));
+                made.spool.record.bundle = Some((bundle_dir.to_path_buf(), true));
+                made.spool.save()?;
                 warren_images::bundle::receive(made.store, bundle_dir, &image.name, &config, tar)?;
             }
             RootfsOffer::Plain => {
-                made.bundle = Some((bundle_dir.to_path_buf(), false));
+                made.spool.record.bundle = Some((bundle_dir.to_path_buf(), false));
+                made.spool.save()?;
                 warren_images::bundle::receive_plain(bundle_dir, &config, tar)?;
             }
         }
         let _ = std::fs::remove_file(&rootfs_tar);
         let restore = RestoreOptions {
             id: hello.id.clone(),
-            image_path: made.staging.join("criu"),
-            work_path: Some(made.staging.clone()),
+            image_path: made.staging().join("criu"),
+            work_path: Some(made.staging().to_path_buf()),
             pid_file: None,
             console: opts.console_socket.clone().map(ConsoleTarget::Socket),
             no_pivot: false,
@@ -236,8 +239,9 @@ impl Runtime {
         };
         let t = Instant::now();
         let bundle = crate::spec::Bundle::load(bundle_dir).map_err(ContainerError::from)?;
+        made.spool.record.container = Some(hello.id.clone());
+        made.spool.save()?;
         let restored = self.restore(&restore, bundle).map_err(|e| keep_restore_log(e, &opts.work, &hello.id))?;
-        made.container = Some(hello.id.clone());
         failpoint("migrate-receive.restored");
         Ok((restored.pid, t.elapsed(), got.layers))
     }
@@ -288,8 +292,8 @@ fn receive_parts(
                     return Err(unwanted());
                 }
                 pending.remove(0);
-                let path = made.staging.join("layer.tar");
-                spool(end, &part, &path)?;
+                let path = made.spool.dir().join("layer.tar");
+                spool_part(end, &part, &path)?;
                 receive_layer(lease, image, chain, &path)?;
                 got.layers += 1;
             }
@@ -313,11 +317,11 @@ fn receive_parts(
                 if got.rootfs_tar.is_some() || image != (part == Part::Upper) {
                     return Err(unwanted());
                 }
-                let path = made.staging.join("rootfs.tar");
-                spool(end, &part, &path)?;
+                let path = made.staging().join("rootfs.tar");
+                spool_part(end, &part, &path)?;
                 got.rootfs_tar = Some(path);
             }
-            Part::Criu(name) => spool(end, &part, &made.staging.join("criu").join(name))?,
+            Part::Criu(name) => spool_part(end, &part, &made.staging().join("criu").join(name))?,
         }
     }
 }
@@ -329,7 +333,7 @@ fn check_config(bytes: &[u8], policy: &Policy) -> Result<(), MigrateError> {
 }
 
 /// Writes a part to a new file (a name that comes twice is refused by `create_new`).
-fn spool(end: &mut TargetEnd, part: &Part, path: &Path) -> Result<(), MigrateError> {
+fn spool_part(end: &mut TargetEnd, part: &Part, path: &Path) -> Result<(), MigrateError> {
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
             MigrateError::UnwantedPart { part: part.clone() }

@@ -2,7 +2,6 @@
 //! delete here (then commit) only when the target has restored the container; otherwise
 //! resume it here.
 
-use std::io::IsTerminal;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use warren_images::store::Store;
 use warren_images::transfer::{self, ImageRef};
 
 use super::tls::Tls;
-use super::wire::{Answer, CriuFlags, Hello, Outcome, Part, RootfsOffer};
+use super::wire::{Answer, CriuFlags, Hello, Outcome, Part, Resumed, RootfsOffer};
 use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointOptions, CriuCommon};
 use crate::container::{Locked, Runtime};
@@ -32,8 +31,8 @@ pub struct SendOptions {
     pub work: PathBuf,
     pub criu: CriuCommon,
     pub timeout: Duration,
-    /// Print progress on stderr (when it is a terminal).
-    pub progress: bool,
+    /// Told the part bytes sent so far (content, on the wire) after each part of the dump.
+    pub progress: Option<Box<dyn Fn(u64, u64)>>,
 }
 
 /// What a migration took.
@@ -117,13 +116,21 @@ impl Runtime {
         failpoint("migrate-send.deleted");
         end.commit().map_err(|e| MigrateError::CommitLost { id: id.into(), cause: Box::new(e) })?;
         failpoint("migrate-send.committed");
+        let resumed = end.wait_for_resumed();
         let frozen = frozen_at.elapsed();
-        // From here on an error must not resume it here: it runs there.
-        if image.is_some() {
-            if let Err(cause) = warren_images::bundle::remove(&store, &bundle) {
-                let cause = Box::new(cause.into());
-                return Err(MigrateError::SourceLeftovers { id: id.into(), target_pid: outcome.0, cause });
-            }
+        // The copy here is gone for good: so goes its bundle, whatever the target said.
+        let leftovers = match &image {
+            Some(_) => warren_images::bundle::remove(&store, &bundle).err(),
+            None => None,
+        };
+        match resumed {
+            Ok(Resumed::Running) => {}
+            Ok(Resumed::Stopped { reason }) => return Err(MigrateError::NotResumed { id: id.into(), reason }),
+            Err(e) => return Err(MigrateError::ResumeUnconfirmed { id: id.into(), cause: Box::new(e) }),
+        }
+        if let Some(cause) = leftovers {
+            let cause = Box::new(cause.into());
+            return Err(MigrateError::SourceLeftovers { id: id.into(), target_pid: outcome.0, cause });
         }
         Ok(SendReport {
             frozen,
@@ -161,7 +168,6 @@ impl Runtime {
         failpoint("migrate-send.dumped");
         let dump = t.elapsed();
         let config = &c.state.config;
-        let progress = Progress::new(opts.progress);
         end.send_part(Part::Config, |w| write_all(w, &serde_json::to_vec_pretty(&config).expect("spec serializes")))?;
         match rootfs {
             Rootfs::Upper(dir) => end.send_part(Part::Upper, |w| tree(w, dir))?,
@@ -170,11 +176,12 @@ impl Runtime {
         for name in criu_files(dump_dir)? {
             let path = dump_dir.join(&name);
             end.send_part(Part::Criu(name), |w| copy_file(w, &path))?;
-            progress.show(end.sent);
+            if let Some(progress) = &opts.progress {
+                progress(end.sent.0, end.sent.1);
+            }
         }
         end.send_manifest()?;
         failpoint("migrate-send.parts-sent");
-        progress.done(end.sent);
         match end.wait_for_outcome()? {
             Outcome::Restored { pid, restore_ms } => Ok((dump, (pid, restore_ms))),
             Outcome::Failed { reason } => Err(MigrateError::TargetFailed { reason }),
@@ -290,36 +297,4 @@ fn criu_files(dir: &Path) -> Result<Vec<String>, MigrateError> {
     }
     names.sort();
     Ok(names)
-}
-
-/// Bytes sent and their rate, on one updated stderr line when it is a terminal.
-struct Progress {
-    on: bool,
-    start: Instant,
-}
-
-impl Progress {
-    fn new(wanted: bool) -> Progress {
-        Progress { on: wanted && std::io::stderr().is_terminal(), start: Instant::now() }
-    }
-
-    fn show(&self, (bytes, wire): (u64, u64)) {
-        if self.on {
-            let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-            let mib = |b: u64| b as f64 / (1 << 20) as f64;
-            eprint!(
-                "\rsent {:.1} MiB ({:.1} MiB on the wire), {:.1} MiB/s   ",
-                mib(bytes),
-                mib(wire),
-                mib(bytes) / secs
-            );
-        }
-    }
-
-    fn done(&self, sent: (u64, u64)) {
-        if self.on {
-            self.show(sent);
-            eprintln!();
-        }
-    }
 }

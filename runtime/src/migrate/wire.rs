@@ -16,11 +16,13 @@
 //!   -- delete the copy here --
 //!   Commit (or Abort, giving up)         ->
 //!                                           -- SIGCONT: it runs there --
+//!                                        <- Resumed (running | stopped, why)
 //! ```
 //!
 //! The restored container stays stopped until the commit, so it never runs on both hosts: if
 //! the outcome is lost the source resumes its copy (and says Abort if it still can), and a
-//! target that hears neither keeps its copy stopped for the operator.
+//! target that hears neither keeps its copy stopped for the operator. The source reports
+//! success only on hearing that it runs there; without that word it says where it may be.
 
 use std::io::{BufWriter, Read, Write};
 
@@ -31,7 +33,7 @@ use warren_images::transfer::ImageRef;
 
 use super::MigrateError;
 
-pub const MAGIC: &[u8; 16] = b"WARREN-MIGRATE/1";
+pub const MAGIC: &[u8; 16] = b"WARREN-MIGRATE/2";
 /// Uncompressed bytes per data frame.
 const CHUNK: usize = 1 << 20;
 /// No frame is larger: a compressed chunk that grew, or a control message.
@@ -50,6 +52,7 @@ enum Tag {
     Outcome = 7,
     Commit = 8,
     Abort = 9,
+    Resumed = 10,
 }
 
 impl Tag {
@@ -64,6 +67,7 @@ impl Tag {
             Tag::Outcome,
             Tag::Commit,
             Tag::Abort,
+            Tag::Resumed,
         ]
         .into_iter()
         .find(|t| *t as u8 == b)
@@ -161,6 +165,13 @@ pub enum Outcome {
     Failed {
         reason: String,
     },
+}
+
+/// After the commit: whether the target let the container run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Resumed {
+    Running,
+    Stopped { reason: String },
 }
 
 /// Frames in both directions on one connection.
@@ -305,6 +316,11 @@ impl<S: Read + Write> SourceEnd<S> {
     pub fn commit(&mut self) -> Result<(), MigrateError> {
         self.framed.write(Tag::Commit, b"{}")?;
         self.framed.flush()
+    }
+
+    /// After the commit: whether the container runs on the target.
+    pub fn wait_for_resumed(&mut self) -> Result<Resumed, MigrateError> {
+        self.framed.read_json(Tag::Resumed)
     }
 
     /// The copy here runs again: the target must drop its copy. Best effort (the stream may be
@@ -474,6 +490,12 @@ impl<S: Read + Write> TargetEnd<S> {
 
     pub fn report(&mut self, outcome: &Outcome) -> Result<(), MigrateError> {
         self.framed.write_json(Tag::Outcome, outcome)?;
+        self.framed.flush()
+    }
+
+    /// After the commit: whether the container runs here now.
+    pub fn confirm(&mut self, resumed: &Resumed) -> Result<(), MigrateError> {
+        self.framed.write_json(Tag::Resumed, resumed)?;
         self.framed.flush()
     }
 

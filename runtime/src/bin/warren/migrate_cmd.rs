@@ -1,7 +1,7 @@
 //! `warren migrate keygen|send|receive`: cold migration of a running container to another
 //! host, over mutual TLS between pinned identities.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -152,9 +152,13 @@ fn send(
             ..Default::default()
         },
         timeout,
-        progress: true,
+        progress: std::io::stderr().is_terminal().then(progress_line),
     };
-    let r = rt.migrate_send(&a.id, &opts)?;
+    let r = rt.migrate_send(&a.id, &opts);
+    if opts.progress.is_some() {
+        eprintln!();
+    }
+    let r = r?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if a.format == OutputFormat::Json {
         let json = serde_json::json!({
@@ -180,6 +184,16 @@ fn send(
     Ok(0)
 }
 
+/// Bytes sent and their rate, on one stderr line that each call rewrites.
+fn progress_line() -> Box<dyn Fn(u64, u64)> {
+    let start = std::time::Instant::now();
+    Box::new(move |bytes, wire| {
+        let secs = start.elapsed().as_secs_f64().max(1e-3);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        eprint!("\rsent {:.1} MiB ({:.1} MiB on the wire), {:.1} MiB/s   ", mib(bytes), mib(wire), mib(bytes) / secs);
+    })
+}
+
 fn receive(
     rt: &Runtime,
     cmd: &MigrateCmd,
@@ -189,6 +203,10 @@ fn receive(
     criu: Option<&Path>,
 ) -> Result<i32> {
     let tls = a.tls.load()?;
+    let store = warren_images::store::Store::open(&cmd.store)?;
+    for id in rt.reap_abandoned_receives(&work, &store)? {
+        eprintln!("warren migrate receive: removed what a receiver that died left of {id}");
+    }
     let listener = migrate::listen(&a.listen)?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
