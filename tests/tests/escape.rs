@@ -301,6 +301,68 @@ fn exec_sees_only_stdio_and_preserved_fds() -> Result<()> {
     Ok(())
 }
 
+/// The combinations the tests above leave out, for the init and for exec: detached with and
+/// without a terminal, each with and without a preserved fd; exec into a container whose init
+/// has a terminal, with and without one of its own. Each process writes its report to a file.
+#[test]
+fn every_terminal_and_detach_combination_sees_only_stdio_and_preserved_fds() -> Result<()> {
+    let t = Test::new("fds_combos");
+    let (a, b) = host_files(&t)?;
+    let console = ConsoleSocket::new(t.dir())?;
+    let sock = console.path.to_string_lossy().to_string();
+    let mut masters = Vec::new();
+    for (terminal, preserve) in [(false, 0), (false, 1), (true, 0), (true, 1)] {
+        let what = format!("init terminal={terminal} --preserve-fds {preserve}");
+        let bundle = probe_bundle(&t, &["sh", "-c", "/bin/probe fds /tmp/fds; exec sleep 100"], &DOCKER_CAPS)?;
+        bundle.edit(|c| c["process"]["terminal"] = json!(terminal))?;
+        let (path, rootfs) = (bundle.path().to_string_lossy().to_string(), bundle.rootfs());
+        let id = t.id(&format!("i{}{preserve}", u8::from(terminal)));
+        let p = preserve.to_string();
+        let mut args = vec!["create", "--preserve-fds", &p, "--bundle", &path];
+        if terminal {
+            args.extend(["--console-socket", &sock]);
+        }
+        args.push(&id);
+        let out = t.warren.cmd_with_fds(&args, &[&a, &b])?;
+        let c = t.warren.adopt(&id);
+        out.ok().with_context(|| what.clone())?;
+        if terminal {
+            masters.push(console.masters.recv_timeout(Duration::from_secs(5)).context("no pty master")?);
+        }
+        c.start()?.ok()?;
+        let want: Vec<i32> = (0..3 + preserve).collect();
+        let r = FdReport::parse(&wait_file(&rootfs.join("tmp/fds"), Duration::from_secs(10))?)?;
+        r.check(&want, &rootfs, "/").with_context(|| what.clone())?;
+        if terminal {
+            r.check_terminal().with_context(|| what.clone())?;
+        }
+        for (exec_tty, exec_preserve) in [(false, 0), (false, 1), (true, 0), (true, 1)] {
+            let what = format!("{what}, exec -d terminal={exec_tty} --preserve-fds {exec_preserve}");
+            let report = format!("/tmp/exec-fds-{}{exec_preserve}", u8::from(exec_tty));
+            let ep = exec_preserve.to_string();
+            let mut args = vec!["exec", "-d", "--preserve-fds", &ep];
+            if exec_tty {
+                args.extend(["-t", "--console-socket", &sock]);
+            }
+            args.extend([id.as_str(), "/bin/probe", "fds", &report]);
+            t.warren.cmd_with_fds(&args, &[&a, &b])?.ok().with_context(|| what.clone())?;
+            if exec_tty {
+                masters.push(console.masters.recv_timeout(Duration::from_secs(5)).context("no pty master")?);
+            }
+            let host_report = rootfs.join(report.trim_start_matches('/'));
+            let r = FdReport::parse(&wait_file(&host_report, Duration::from_secs(10))?)?;
+            let want: Vec<i32> = (0..3 + exec_preserve).collect();
+            r.check(&want, &rootfs, "/").with_context(|| what.clone())?;
+            if exec_tty {
+                r.check_terminal().with_context(|| what.clone())?;
+            }
+        }
+        drop(c);
+    }
+    t.assert_no_leftovers();
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // A bind mount's target swapped for a symlink to the host while containers are made
 
