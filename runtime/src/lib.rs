@@ -13,6 +13,7 @@ pub mod features;
 pub mod hooks;
 pub mod idlist;
 pub mod init;
+pub mod intel_rdt;
 pub mod mempolicy;
 pub mod migrate;
 pub mod namespaces;

@@ -19,6 +19,8 @@ pub enum SpecError {
     MemoryPolicy(#[from] crate::mempolicy::MemPolicyError),
     #[error("config.json: {0}")]
     Affinity(#[from] crate::affinity::AffinityError),
+    #[error("config.json: {0}")]
+    IntelRdt(#[from] crate::intel_rdt::IntelRdtError),
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
@@ -92,6 +94,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     // before anything exists.
     crate::mempolicy::MemPolicy::from_spec(spec)?;
     crate::affinity::ExecAffinity::from_process(process)?;
+    crate::intel_rdt::check(spec)?;
     Ok(())
 }
 

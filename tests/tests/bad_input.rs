@@ -250,3 +250,16 @@ fn bad_exec_cpu_affinity() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn intel_rdt_without_resctrl() -> Result<()> {
+    if std::fs::read_to_string("/proc/filesystems")?.contains("resctrl") {
+        eprintln!("skipped: this host has resctrl");
+        return Ok(());
+    }
+    create_fails(
+        "bad_rdt",
+        |c| c["linux"]["intelRdt"] = json!({"closID": "wt", "l3CacheSchema": "L3:0=f"}),
+        &["linux.intelRdt: resctrl is not mounted on this host"],
+    )
+}
