@@ -80,7 +80,10 @@ mod tests {
     use super::*;
 
     fn process(affinity: serde_json::Value) -> Result<Process, serde_json::Error> {
-        serde_json::from_value(serde_json::json!({"cwd": "/", "args": ["true"], "execCPUAffinity": affinity}))
+        let user = serde_json::json!({"uid": 0, "gid": 0});
+        serde_json::from_value(
+            serde_json::json!({"cwd": "/", "args": ["true"], "user": user, "execCPUAffinity": affinity}),
+        )
     }
 
     #[test]
