@@ -1,11 +1,13 @@
 //! The runtime's operations on containers (create, start, state, kill,
 //! delete, pause, resume, ps, exec), each under the container's lock.
 
+use crate::affinity::ExecAffinity;
 use crate::cgroups::stats::Stats;
 use crate::cgroups::{Cgroup, CgroupError};
 use crate::failpoint::failpoint;
 use crate::hooks::{self, HookKind};
 use crate::init::{CreateSetup, InitConfig};
+use crate::mempolicy::MemPolicy;
 use crate::namespaces::NamespacePlan;
 use crate::spawn::{InitProcess, SpawnError};
 use crate::spec::{Bundle, SpecError};
@@ -40,6 +42,10 @@ pub enum ContainerError {
     Console(#[from] crate::console::ConsoleError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error(transparent)]
+    MemoryPolicy(#[from] crate::mempolicy::MemPolicyError),
+    #[error(transparent)]
+    Affinity(#[from] crate::affinity::AffinityError),
     #[error("container not running")]
     NotRunning { id: String },
     #[error("cannot start a container that has stopped")]
@@ -283,6 +289,8 @@ impl Runtime {
             cgroup_ready: false,
             console_fd: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
+            mempolicy: MemPolicy::from_spec(&bundle.spec)?,
+            affinity: ExecAffinity::from_process(bundle.spec.process().as_ref().expect("validated"))?,
         };
         // The init starts and makes its namespaces while we build the cgroup.
         guard.cgroup = Some(cgroup.clone());
@@ -487,10 +495,16 @@ impl Runtime {
         if opts.process.terminal().unwrap_or(false) && opts.console.is_none() {
             return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
         }
+        // The exec'd process joins by setns: it inherits neither the init's
+        // memory policy nor its affinity, so it gets both from the config.
+        let affinity = ExecAffinity::from_process(&opts.process)?;
+        let mempolicy = MemPolicy::from_spec(&c.state.config)?;
         let mut spec = c.state.config.clone();
         spec.set_process(Some(opts.process));
         let console = connect_console(opts.console.as_ref())?;
         let config = InitConfig {
+            mempolicy,
+            affinity,
             namespaces: NamespacePlan::for_exec(&spec, c.state.pid),
             spec: spec.clone(),
             create: None,

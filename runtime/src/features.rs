@@ -106,7 +106,9 @@ pub fn features() -> Value {
             },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
+            // Refused at create (see intel_rdt.rs), whether resctrl is there or not.
             "intelRdt": {"enabled": false},
+            "memoryPolicy": {"modes": crate::mempolicy::MODES, "flags": crate::mempolicy::FLAGS},
             "mountExtensions": {"idmap": {"enabled": false}}
         },
         "annotations": {
@@ -200,5 +202,15 @@ mod tests {
             let spec = crate::spec::parse(&text, std::path::Path::new("config.json")).unwrap();
             crate::spec::validate(&spec).unwrap();
         }
+    }
+
+    #[test]
+    fn features_document_has_the_spec_types() {
+        let f: oci_spec::runtime::Features = serde_json::from_value(features()).unwrap();
+        let linux = f.linux().as_ref().unwrap();
+        let mp = linux.memory_policy().as_ref().unwrap();
+        assert!(mp.modes().as_ref().unwrap().iter().any(|m| m == "MPOL_BIND"));
+        assert_eq!(mp.flags().as_ref().unwrap().len(), 3);
+        assert_eq!(linux.intel_rdt().as_ref().unwrap().enabled(), &Some(false));
     }
 }

@@ -3,8 +3,10 @@
 //! stage 2, which (as pid 1 of a new pid namespace) builds the container's
 //! view and finally execs the user's program.
 
+use crate::affinity::{AffinityError, ExecAffinity};
 use crate::cgroups::Cgroup;
 use crate::hooks::{self, HookKind};
+use crate::mempolicy::{MemPolicy, MemPolicyError};
 use crate::namespaces::NamespacePlan;
 use crate::sync::Channel;
 use crate::{console, process, rootfs, seccomp};
@@ -34,6 +36,10 @@ pub enum InitError {
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error(transparent)]
+    MemoryPolicy(#[from] MemPolicyError),
+    #[error(transparent)]
+    Affinity(#[from] AffinityError),
     #[error("{step}: {source}")]
     Sys { step: &'static str, source: std::io::Error },
 }
@@ -69,6 +75,10 @@ pub struct InitConfig {
     /// Inherited --console-socket connection, when process.terminal is set.
     pub console_fd: Option<RawFd>,
     pub preserve_fds: u32,
+    /// linux.memoryPolicy, checked by the runtime against the host's nodes.
+    pub mempolicy: Option<MemPolicy>,
+    /// process.execCPUAffinity, parsed.
+    pub affinity: ExecAffinity,
 }
 
 impl InitConfig {
@@ -103,6 +113,8 @@ fn stage1(chan: &mut Channel) -> Result<(), InitError> {
     for fd in cfg.inherited_fds() {
         let _ = crate::sys::set_cloexec(fd);
     }
+    // Before any cgroup join (execCPUAffinity.initial's whole point).
+    cfg.affinity.apply_initial()?;
     // The cgroup must be joined while we still see and may write the host's
     // cgroupfs: before joining other namespaces or leaving the host's user
     // namespace. Otherwise join late, so the runtime's cgroup set-up overlaps
@@ -269,6 +281,13 @@ fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> 
         None => None,
     };
     process::drop_bounding(process)?;
+    // Inside the cgroup since the fork; set here rather than right before
+    // exec so that a refusal still reaches the caller of create or exec.
+    // Nothing between here and exec moves the process or resets either.
+    cfg.affinity.apply_final()?;
+    if let Some(policy) = &cfg.mempolicy {
+        policy.apply()?;
+    }
     Ok(Prepared { exec_fifo, program, seccomp, state_json })
 }
 

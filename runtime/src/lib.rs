@@ -1,6 +1,7 @@
 //! Warren's engine: everything the `warren` binary (and later the shim) does,
 //! as a library. The binary only parses arguments and dispatches here.
 
+pub mod affinity;
 pub mod atomic_file;
 pub mod cgroups;
 pub mod checkpoint;
@@ -10,7 +11,10 @@ pub mod events;
 pub mod failpoint;
 pub mod features;
 pub mod hooks;
+pub mod idlist;
 pub mod init;
+pub mod intel_rdt;
+pub mod mempolicy;
 pub mod migrate;
 pub mod namespaces;
 pub mod process;

@@ -15,6 +15,12 @@ pub enum SpecError {
     Invalid { field: String, message: String },
     #[error("config.json: root.path: rootfs {path} does not exist or is not a directory")]
     MissingRootfs { path: PathBuf },
+    #[error("config.json: {0}")]
+    MemoryPolicy(#[from] crate::mempolicy::MemPolicyError),
+    #[error("config.json: {0}")]
+    Affinity(#[from] crate::affinity::AffinityError),
+    #[error("config.json: {0}")]
+    IntelRdt(#[from] crate::intel_rdt::IntelRdtError),
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
@@ -84,6 +90,11 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_namespace(spec, LinuxNamespaceType::Uts) {
         return Err(invalid("hostname", "setting it needs a new uts namespace"));
     }
+    // Checked here too (the init applies them), so that a bad value fails
+    // before anything exists.
+    crate::mempolicy::MemPolicy::from_spec(spec)?;
+    crate::affinity::ExecAffinity::from_process(process)?;
+    crate::intel_rdt::check(spec)?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Bad input: each case must fail with a non-zero exit and a one-line error
 //! on stderr that names what is wrong, and leave nothing behind.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
@@ -209,5 +209,57 @@ fn failure_half_way_through_create_leaves_nothing() -> Result<()> {
             }))
         },
         &["/nonexistent/warren-src"],
+    )
+}
+
+#[test]
+fn bad_memory_policies() -> Result<()> {
+    // Refused by the runtime's own checks, and (the last) by the kernel in the init.
+    let cases = [
+        json!({"mode": "MPOL_DEFAULT", "nodes": "0"}),
+        json!({"mode": "MPOL_LOCAL", "nodes": "0"}),
+        json!({"mode": "MPOL_BIND"}),
+        json!({"mode": "MPOL_BIND", "nodes": "1"}),
+        json!({"mode": "MPOL_BIND", "nodes": "0-x"}),
+        json!({"mode": "MPOL_BIND", "nodes": "0", "flags": ["MPOL_F_BOGUS"]}),
+        json!({"mode": "MPOL_BOGUS", "nodes": "0"}),
+        json!({"mode": "MPOL_BIND", "nodes": "0", "flags": ["MPOL_F_STATIC_NODES", "MPOL_F_RELATIVE_NODES"]}),
+        json!({"mode": "MPOL_INTERLEAVE", "nodes": "0", "flags": ["MPOL_F_NUMA_BALANCING"]}),
+    ];
+    for (i, policy) in cases.into_iter().enumerate() {
+        let name = format!("bad_mempolicy{i}");
+        create_fails(&name, |c| c["linux"]["memoryPolicy"] = policy.clone(), &["linux.memoryPolicy"])
+            .with_context(|| format!("{policy}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_exec_cpu_affinity() -> Result<()> {
+    // Bad syntax, a backwards range, and a CPU this 2-CPU host lacks (refused by the kernel).
+    let cases = [
+        (json!({"initial": "x"}), "process.execCPUAffinity.initial"),
+        (json!({"final": "1-0"}), "process.execCPUAffinity.final"),
+        (json!({"initial": "7"}), "process.execCPUAffinity.initial"),
+        (json!({"initial": "0", "final": "7"}), "process.execCPUAffinity.final"),
+    ];
+    for (i, (affinity, field)) in cases.into_iter().enumerate() {
+        let name = format!("bad_affinity{i}");
+        create_fails(&name, |c| c["process"]["execCPUAffinity"] = affinity.clone(), &[field])
+            .with_context(|| format!("{affinity}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn intel_rdt_without_resctrl() -> Result<()> {
+    if std::fs::read_to_string("/proc/filesystems")?.contains("resctrl") {
+        eprintln!("skipped: this host has resctrl");
+        return Ok(());
+    }
+    create_fails(
+        "bad_rdt",
+        |c| c["linux"]["intelRdt"] = json!({"closID": "wt", "l3CacheSchema": "L3:0=f"}),
+        &["linux.intelRdt: resctrl is not mounted on this host"],
     )
 }

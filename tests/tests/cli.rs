@@ -198,6 +198,12 @@ fn features_document() -> Result<()> {
     let ns: Vec<&str> = v["linux"]["namespaces"].as_array().context("ns")?.iter().filter_map(|n| n.as_str()).collect();
     ensure!(ns.contains(&"time") && ns.contains(&"user") && ns.contains(&"cgroup"), "{v}");
     ensure!(v["linux"]["seccomp"]["enabled"] == true, "{v}");
+    let mp = &v["linux"]["memoryPolicy"];
+    let modes: Vec<&str> = mp["modes"].as_array().context("modes")?.iter().filter_map(|m| m.as_str()).collect();
+    ensure!(modes.contains(&"MPOL_BIND") && modes.contains(&"MPOL_LOCAL") && modes.len() == 7, "{v}");
+    ensure!(mp["flags"].as_array().context("flags")?.len() == 3, "{v}");
+    // Not implemented: intelRdt is refused at create, so never reported as enabled.
+    ensure!(v["linux"]["intelRdt"]["enabled"] == false, "{v}");
     Ok(())
 }
 

@@ -266,6 +266,26 @@ pub fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
     check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(|_| ())
 }
 
+/// set_mempolicy(2) for the calling thread (and what it forks and execs).
+/// `mode` may carry MPOL_F_* flags; `nodes` is a nodemask of 64-bit words.
+pub fn set_mempolicy(mode: i32, nodes: &[u64]) -> io::Result<()> {
+    let ptr = if nodes.is_empty() { std::ptr::null() } else { nodes.as_ptr() };
+    // The kernel reads maxnode - 1 bits (an off-by-one kept for its ABI).
+    let maxnode = nodes.len() as libc::c_ulong * 64 + 1;
+    // SAFETY: `ptr` is null or points at `nodes`, which holds the
+    // (maxnode - 1) bits the kernel reads; nothing is written.
+    check(unsafe { libc::syscall(libc::SYS_set_mempolicy, mode, ptr, if ptr.is_null() { 0 } else { maxnode }) })
+        .map(|_| ())
+}
+
+/// sched_setaffinity(2) of the calling thread: `cpus` is a cpu_set_t-style
+/// mask of 64-bit words (the kernel treats missing high words as zero).
+pub fn set_cpu_affinity(cpus: &[u64]) -> io::Result<()> {
+    // SAFETY: the pointer and byte length describe the live slice `cpus`; the kernel only reads it.
+    check(unsafe { libc::syscall(libc::SYS_sched_setaffinity, 0, std::mem::size_of_val(cpus), cpus.as_ptr()) })
+        .map(|_| ())
+}
+
 /// umask(2).
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.
