@@ -107,7 +107,8 @@ pub fn features() -> Value {
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}}
+            "mountExtensions": {"idmap": {"enabled": false}},
+            "netDevices": {"enabled": true}
         },
         "annotations": {
             "org.opencontainers.runc.checkpoint.enabled": "false",

@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod init;
 pub mod migrate;
 pub mod namespaces;
+pub mod netdev;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
