@@ -133,6 +133,9 @@ fn net_device_into_joined_namespace_stays_there() -> Result<()> {
     Ok(())
 }
 
+/// A change to config.json.
+type Edit<'a> = Box<dyn Fn(&mut Value) + 'a>;
+
 /// Each bad config fails create with one line naming the field, and leaves the interface on the
 /// host as it was.
 #[test]
@@ -144,7 +147,7 @@ fn net_device_errors_leave_it_on_host() -> Result<()> {
         c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "network");
         net_devices(c, json!({ &name: {} }));
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, String)> = vec![
+    let cases: Vec<(&str, Edit, String)> = vec![
         ("missing", Box::new(|c| net_devices(c, json!({"wndmissing0": {}}))), "linux.netDevices.wndmissing0".into()),
         ("taken", Box::new(|c| net_devices(c, json!({ &name: {"name": "lo"} }))), format!("linux.netDevices.{name}")),
         ("invalid", Box::new(|c| net_devices(c, json!({ &name: {"name": "a/b"} }))), format!("{name}.name")),
