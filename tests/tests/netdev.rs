@@ -188,3 +188,21 @@ fn features_list_net_devices() -> Result<()> {
     ensure!(f["linux"]["netDevices"]["enabled"] == json!(true), "{f}");
     Ok(())
 }
+
+/// A name with `%d` is a template: the kernel picks the first free number in the container.
+#[test]
+fn net_device_name_template() -> Result<()> {
+    let t = Test::new("netdev_template");
+    let d = Veth::new(&t)?;
+    let b = t.bundle(&["true"])?;
+    b.edit(|c| net_devices(c, json!({ &d.name: {"name": "wnet%d"} })))?;
+    let c = t.create(&t.id("c"), &b)?;
+    let net = format!("--net=/proc/{}/ns/net", c.pid()?);
+    let out = host(&t, "nsenter", &[&net, "ip", "addr", "show", "dev", "wnet0"])?;
+    d.check_listing(&out.ok()?.stdout, "wnet0")?;
+    c.kill("KILL")?.ok()?;
+    c.wait_status("stopped", Duration::from_secs(5))?;
+    c.delete()?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
