@@ -236,7 +236,7 @@ impl Runtime {
         // Ours only while it has no state: a directory another create made (or took over) has.
         let lock = lock_abandoned(&dir).ok_or_else(|| StateError::Exists { id: id.to_string() })?;
         failpoint("create.state-dir-claimed");
-        let guard = CreateGuard { dir: dir.clone(), cgroup: None, init: None, armed: true };
+        let guard = CreateGuard { dir: dir.clone(), cgroup: None, init: None, netdevs: None, armed: true };
         let st = State {
             id: id.to_string(),
             pid: 0,
@@ -303,7 +303,17 @@ impl Runtime {
         failpoint("create.cgroup-made");
         init.cgroup_ready()?;
         log::debug!("create {}: cgroup made", opts.id);
-        let pid = init.wait_for_child_ready(&bundle.spec, |pid| {
+        // The network namespace exists once the container process does: interfaces move in
+        // then, before the hooks run, and the guard puts them back if create fails later.
+        let net_devices = crate::netdev::requested(&bundle.spec);
+        let netdevs = &mut guard.netdevs;
+        let move_devices = |pid| {
+            if !net_devices.is_empty() {
+                netdevs.insert(crate::netdev::NetDevices::of_pid(pid)?).move_all(&net_devices)?;
+            }
+            Ok(())
+        };
+        let pid = init.wait_for_child_ready(&bundle.spec, move_devices, |pid| {
             st.pid = pid;
             st.pid_start_time = crate::sys::process_start_time(pid).unwrap_or(0);
             // Hooks run with the pid recorded, so `state` answers during them.
@@ -516,7 +526,7 @@ impl Runtime {
         let mut init = InitProcess::spawn(config)?;
         drop(console);
         failpoint("exec.init-spawned");
-        let pid = match init.wait_for_child_ready(&spec, |_| String::new()) {
+        let pid = match init.wait_for_child_ready(&spec, |_| Ok(()), |_| String::new()) {
             Ok(pid) => pid,
             Err(e) => {
                 init.kill();
@@ -695,6 +705,8 @@ pub(crate) struct CreateGuard {
     dir: PathBuf,
     pub(crate) cgroup: Option<Cgroup>,
     init: Option<InitProcess>,
+    /// Interfaces moved into the container (`linux.netDevices`), to move back.
+    netdevs: Option<crate::netdev::NetDevices>,
     pub(crate) armed: bool,
 }
 
@@ -705,6 +717,10 @@ impl Drop for CreateGuard {
         }
         if let Some(init) = &mut self.init {
             init.kill();
+        }
+        // The namespace outlives the killed init: `netdevs` holds it open.
+        if let Some(devs) = &mut self.netdevs {
+            devs.undo();
         }
         if let Some(cg) = &self.cgroup {
             let _ = cg.signal_all(libc::SIGKILL);

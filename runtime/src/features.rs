@@ -109,7 +109,8 @@ pub fn features() -> Value {
             // Refused at create (see intel_rdt.rs), whether resctrl is there or not.
             "intelRdt": {"enabled": false},
             "memoryPolicy": {"modes": crate::mempolicy::MODES, "flags": crate::mempolicy::FLAGS},
-            "mountExtensions": {"idmap": {"enabled": false}}
+            "mountExtensions": {"idmap": {"enabled": false}},
+            "netDevices": {"enabled": true}
         },
         "annotations": {
             "org.opencontainers.runc.checkpoint.enabled": "false",

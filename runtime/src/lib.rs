@@ -17,6 +17,7 @@ pub mod intel_rdt;
 pub mod mempolicy;
 pub mod migrate;
 pub mod namespaces;
+pub mod netdev;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

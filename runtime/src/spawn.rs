@@ -31,6 +31,8 @@ pub enum SpawnError {
     Sync(#[from] SyncError),
     #[error(transparent)]
     Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    NetDev(#[from] crate::netdev::NetDevError),
     #[error("container init did not report its pid")]
     NoPid,
 }
@@ -119,11 +121,13 @@ impl InitProcess {
         Ok(self.chan.cgroup_ready()?)
     }
 
-    /// Serves the init's requests until it is ready. `state_for_hooks` is
-    /// called with the container pid and returns the state JSON for hooks.
+    /// Serves the init's requests until it is ready. `on_pid` is called once the container
+    /// process exists in its namespaces, before any hook; `state_for_hooks` is called with
+    /// the container pid and returns the state JSON for hooks.
     pub fn wait_for_child_ready(
         &mut self,
         spec: &Spec,
+        mut on_pid: impl FnMut(i32) -> Result<(), SpawnError>,
         mut state_for_hooks: impl FnMut(i32) -> String,
     ) -> Result<i32, SpawnError> {
         loop {
@@ -133,7 +137,10 @@ impl InitProcess {
                     crate::failpoint::failpoint("spawn.id-maps-written");
                     self.chan.id_maps_written()?;
                 }
-                FromInit::Pid { pid } => self.pid = Some(pid),
+                FromInit::Pid { pid } => {
+                    self.pid = Some(pid);
+                    on_pid(pid)?;
+                }
                 FromInit::RunCreateRuntimeHooks => {
                     let state = state_for_hooks(self.pid.ok_or(SpawnError::NoPid)?);
                     hooks::run_all(HookKind::Prestart, spec, &state)?;

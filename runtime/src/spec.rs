@@ -86,6 +86,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
         for (i, d) in linux.devices().iter().flatten().enumerate() {
             check_container_path(d.path(), &format!("linux.devices[{i}].path"))?;
         }
+        validate_net_devices(spec)?;
     }
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_namespace(spec, LinuxNamespaceType::Uts) {
         return Err(invalid("hostname", "setting it needs a new uts namespace"));
@@ -141,6 +142,35 @@ fn validate_namespaces(spec: &Spec) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// `linux.netDevices`: valid interface names, a network namespace to move them into, and no
+/// two of them under one name in the container.
+fn validate_net_devices(spec: &Spec) -> Result<(), SpecError> {
+    let devs = spec.linux().as_ref().and_then(|l| l.net_devices().as_ref());
+    let Some(devs) = devs.filter(|d| !d.is_empty()) else { return Ok(()) };
+    if !has_namespace(spec, LinuxNamespaceType::Network) {
+        return Err(invalid(
+            "linux.netDevices",
+            "moving interfaces needs a network namespace (linux.namespaces has none)",
+        ));
+    }
+    let mut names = HashSet::new();
+    let sorted: std::collections::BTreeMap<_, _> = devs.iter().collect();
+    for (key, dev) in sorted {
+        let field = format!("linux.netDevices.{key}");
+        if !crate::netdev::valid_name(key, false) {
+            return Err(invalid(field, format!("{key:?} is not a valid interface name")));
+        }
+        let name = crate::netdev::container_name(key, dev);
+        if !crate::netdev::valid_name(name, true) {
+            return Err(invalid(field + ".name", format!("{name:?} is not a valid interface name")));
+        }
+        if !name.contains('%') && !names.insert(name) {
+            return Err(invalid(field + ".name", format!("another device is named {name} in the container too")));
+        }
+    }
+    Ok(())
+}
+
 pub fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
     namespace(spec, typ).is_some()
 }
@@ -184,6 +214,25 @@ mod tests {
         let text = br#"{"ociVersion":"1.2.0","linux":{"namespaces":[{"type":"bogus"}]}}"#;
         let err = parse(text, Path::new("c.json")).unwrap_err().to_string();
         assert!(err.contains("linux.namespaces[0].type"), "{err}");
+    }
+
+    #[test]
+    fn net_devices_checked() {
+        let check = |linux: &str| {
+            let text = format!(
+                r#"{{"ociVersion":"1.3.0","process":{{"args":["sh"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"linux":{linux}}}"#
+            );
+            validate(&parse(text.as_bytes(), Path::new("c.json")).unwrap()).map_err(|e| e.to_string())
+        };
+        let netns = r#""namespaces":[{"type":"network"}]"#;
+        assert!(check(&format!(r#"{{{netns},"netDevices":{{"d0":{{"name":"eth0"}},"d1":{{}}}}}}"#)).is_ok());
+        let err = check(r#"{"netDevices":{"d0":{}}}"#).unwrap_err();
+        assert!(err.contains("linux.netDevices:") && err.contains("network namespace"), "{err}");
+        let err = check(&format!(r#"{{{netns},"netDevices":{{"d0":{{"name":"bad/name"}}}}}}"#)).unwrap_err();
+        assert!(err.contains("linux.netDevices.d0.name"), "{err}");
+        let err =
+            check(&format!(r#"{{{netns},"netDevices":{{"d0":{{"name":"x"}},"d1":{{"name":"x"}}}}}}"#)).unwrap_err();
+        assert!(err.contains("linux.netDevices.d1.name"), "{err}");
     }
 
     #[test]

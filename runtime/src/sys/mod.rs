@@ -2,6 +2,7 @@
 //! Every `unsafe` block of the crate that talks to the kernel lives under here.
 
 pub mod bpf;
+pub mod netlink;
 pub mod seccomp;
 
 use std::ffi::CString;
