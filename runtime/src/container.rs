@@ -290,7 +290,9 @@ impl Runtime {
             console_fd: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: opts.preserve_fds,
             mempolicy: MemPolicy::from_spec(&bundle.spec)?,
-            affinity: ExecAffinity::from_process(bundle.spec.process().as_ref().expect("validated"))?,
+            // runtime-spec: execCPUAffinity "is not applicable to the container's init process"
+            // (runc agrees); `exec` takes it from the container's process (see `exec`).
+            affinity: ExecAffinity::default(),
         };
         // The init starts and makes its namespaces while we build the cgroup.
         guard.cgroup = Some(cgroup.clone());
