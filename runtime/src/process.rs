@@ -190,12 +190,25 @@ fn cstrings(items: &[String]) -> Vec<CString> {
     items.iter().filter_map(|s| CString::new(s.as_bytes()).ok()).collect()
 }
 
+/// $HOME when the config sets none: the user's home in the container's
+/// /etc/passwd (we are inside the rootfs by now), as runc does, else "/".
+fn default_home(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[2].parse() == Ok(uid))
+        .map(|f| f[5].to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into())
+}
+
 /// execve of the container's program; returns only on failure.
 pub fn exec(process: &Process, program: &Path) -> ProcessError {
     let args = cstrings(&process.args().clone().unwrap_or_default());
     let mut env = process.env().clone().unwrap_or_default();
     if env_value(&env, "HOME").is_none() {
-        env.push("HOME=/".into());
+        env.push(format!("HOME={}", default_home(process.user().uid())));
     }
     let env = cstrings(&env);
     let name = program.display().to_string();
