@@ -153,6 +153,19 @@ fn diff(name: &str, runc: &str, warren: &str) -> Vec<String> {
     out
 }
 
+/// A line each variation's report must contain.
+const EXPECT: [(&str, &str); 9] = [
+    ("default", "NoNewPrivs: 1"),
+    ("user", "Groups: 5 65534"),
+    ("nopasswd", "env: HOME=/\n"),
+    ("caps", "CapAmb: 0000000000002001"),
+    ("rlimits", "Max open files 256 512 files"),
+    ("mounts", "mount: /mnt/b ro,nosuid,nodev,noexec"),
+    ("devices", "device: mynull writable"),
+    ("sysctl", "sysctl: net/ipv4/ip_forward 1"),
+    ("limits", "cgroup: pids/pids.max 100"),
+];
+
 type Edit = Box<dyn Fn(&mut Value)>;
 
 fn variations(bind_src: &Path) -> Vec<(&'static str, Edit)> {
@@ -166,6 +179,8 @@ fn variations(bind_src: &Path) -> Vec<(&'static str, Edit)> {
                 c["process"]["cwd"] = json!("/tmp");
             }),
         ),
+        // No /etc/passwd entry: HOME falls back to "/".
+        ("nopasswd", Box::new(|c: &mut Value| c["process"]["user"] = json!({"uid": 4242, "gid": 4242}))),
         (
             "caps",
             Box::new(|c: &mut Value| {
@@ -239,6 +254,11 @@ fn same_world_as_runc() -> Result<()> {
     for (name, edit) in variations(&bind_src) {
         let (r, w) = both(&t, name, &*edit)?;
         diffs.extend(diff(name, &r, &w));
+        // Agreement alone could be two identical failures: each variation
+        // must also show the thing it sets.
+        if let Some((_, want)) = EXPECT.iter().find(|(n, _)| *n == name) {
+            diffs.extend((!w.contains(want)).then(|| format!("{name}: warren's report lacks {want:?}")));
+        }
     }
     t.assert_no_leftovers();
     anyhow::ensure!(diffs.is_empty(), "warren differs from runc:\n{}", diffs.join("\n"));
