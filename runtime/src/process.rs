@@ -192,8 +192,17 @@ fn cstrings(items: &[String]) -> Vec<CString> {
 
 /// $HOME when the config sets none: the user's home in the container's
 /// /etc/passwd (we are inside the rootfs by now), as runc does, else "/".
+/// The file is the container's: only a regular one is read (a FIFO there must
+/// not hang the process), and at most 1 MiB of it.
 fn default_home(uid: u32) -> String {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut passwd = String::new();
+    if let Ok(f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/etc/passwd") {
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            let _ = f.take(1 << 20).read_to_string(&mut passwd);
+        }
+    }
     passwd
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
