@@ -3,15 +3,12 @@
 //! stage 2, which (as pid 1 of a new pid namespace) builds the container's
 //! view and finally execs the user's program.
 
-use crate::affinity::{AffinityError, ExecAffinity};
-use crate::cgroups::Cgroup;
+use crate::affinity::AffinityError;
 use crate::hooks::{self, HookKind};
-use crate::mempolicy::{MemPolicy, MemPolicyError};
-use crate::namespaces::NamespacePlan;
-use crate::sync::Channel;
+use crate::mempolicy::MemPolicyError;
+use crate::sync::{Channel, InitConfig};
 use crate::{console, process, rootfs, seccomp};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
-use serde::{Deserialize, Serialize};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -46,50 +43,6 @@ pub enum InitError {
 
 fn sys_err(step: &'static str) -> impl FnOnce(std::io::Error) -> InitError {
     move |source| InitError::Sys { step, source }
-}
-
-/// What a new container needs beyond the process: where its rootfs is and
-/// how `start` will release it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CreateSetup {
-    pub rootfs: PathBuf,
-    pub bundle: PathBuf,
-    /// Inherited read end of the exec fifo: `start` writes one byte into it.
-    pub exec_fifo_fd: RawFd,
-    pub no_pivot: bool,
-    pub no_new_keyring: bool,
-}
-
-/// Everything the init gets from the runtime, in the first sync message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InitConfig {
-    /// For exec, the container's config with `process` replaced.
-    pub spec: Spec,
-    pub namespaces: NamespacePlan,
-    /// None for exec: the process joins a container that is already set up.
-    pub create: Option<CreateSetup>,
-    pub cgroup: Option<Cgroup>,
-    /// False while the runtime still builds the cgroup: the init then waits
-    /// for CgroupReady before it joins (the two overlap for a faster create).
-    pub cgroup_ready: bool,
-    /// Inherited --console-socket connection, when process.terminal is set.
-    pub console_fd: Option<RawFd>,
-    pub preserve_fds: u32,
-    /// linux.memoryPolicy, checked by the runtime against the host's nodes.
-    pub mempolicy: Option<MemPolicy>,
-    /// process.execCPUAffinity, parsed.
-    pub affinity: ExecAffinity,
-}
-
-impl InitConfig {
-    /// Descriptors the init inherits from the runtime (besides stdio).
-    pub fn inherited_fds(&self) -> Vec<RawFd> {
-        self.console_fd.into_iter().chain(self.create.as_ref().map(|c| c.exec_fifo_fd)).collect()
-    }
-
-    fn process(&self) -> &Process {
-        self.spec.process().as_ref().expect("validated by the runtime")
-    }
 }
 
 /// Entry point of `warren init`: never returns.

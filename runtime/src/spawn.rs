@@ -11,7 +11,8 @@
 //! Spawning is fork+exec through std's Command, safe from a threaded caller.
 
 use crate::hooks::{self, HookKind};
-use crate::init::{InitConfig, SYNC_FD_ENV};
+use crate::init::SYNC_FD_ENV;
+use crate::sync::InitConfig;
 use crate::sync::{Channel, FromInit, SyncError};
 use oci_spec::runtime::{LinuxIdMapping, Spec};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -3,11 +3,16 @@
 //! message is a length-prefixed JSON value of [`ToInit`] or [`FromInit`], and
 //! the methods below read as the protocol's steps.
 
-use crate::init::InitConfig;
+use crate::affinity::ExecAffinity;
+use crate::cgroups::Cgroup;
+use crate::mempolicy::MemPolicy;
+use crate::namespaces::NamespacePlan;
+use oci_spec::runtime::{Process, Spec};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -22,6 +27,50 @@ pub enum SyncError {
     /// The init reported a failure: its message goes to the user unchanged.
     #[error("{message}")]
     Init { message: String },
+}
+
+/// What a new container needs beyond the process: where its rootfs is and
+/// how `start` will release it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateSetup {
+    pub rootfs: PathBuf,
+    pub bundle: PathBuf,
+    /// Inherited read end of the exec fifo: `start` writes one byte into it.
+    pub exec_fifo_fd: RawFd,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+}
+
+/// Everything the init gets from the runtime, in the first sync message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    /// For exec, the container's config with `process` replaced.
+    pub spec: Spec,
+    pub namespaces: NamespacePlan,
+    /// None for exec: the process joins a container that is already set up.
+    pub create: Option<CreateSetup>,
+    pub cgroup: Option<Cgroup>,
+    /// False while the runtime still builds the cgroup: the init then waits
+    /// for CgroupReady before it joins (the two overlap for a faster create).
+    pub cgroup_ready: bool,
+    /// Inherited --console-socket connection, when process.terminal is set.
+    pub console_fd: Option<RawFd>,
+    pub preserve_fds: u32,
+    /// linux.memoryPolicy, checked by the runtime against the host's nodes.
+    pub mempolicy: Option<MemPolicy>,
+    /// process.execCPUAffinity, parsed.
+    pub affinity: ExecAffinity,
+}
+
+impl InitConfig {
+    /// Descriptors the init inherits from the runtime (besides stdio).
+    pub fn inherited_fds(&self) -> Vec<RawFd> {
+        self.console_fd.into_iter().chain(self.create.as_ref().map(|c| c.exec_fifo_fd)).collect()
+    }
+
+    pub(crate) fn process(&self) -> &Process {
+        self.spec.process().as_ref().expect("validated by the runtime")
+    }
 }
 
 /// Messages the runtime sends to the init.
