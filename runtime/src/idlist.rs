@@ -1,6 +1,7 @@
 //! The kernel's list format for CPU and NUMA node numbers ("0-3,7"), as
 //! config.json uses it for `process.execCPUAffinity` and
-//! `linux.memoryPolicy.nodes`, parsed into the bitmask the syscalls take.
+//! `linux.memoryPolicy.nodes` and the cpuset controller use it, parsed into the bitmask
+//! the syscalls take.
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,11 @@ impl IdSet {
 
     pub fn words(&self) -> &[u64] {
         &self.words
+    }
+
+    /// The members, smallest first.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.words.len() as u32 * 64).filter(|&n| self.contains(n))
     }
 }
 

@@ -92,24 +92,7 @@ fn allowed(candidates: &[PathBuf], fallback: &Path) -> Option<(PathBuf, String)>
 /// Parses the kernel's list format, "0-3,7" (whitespace around items allowed); None if
 /// malformed or naming an id above [`MAX_ID`].
 pub fn parse_list(text: &str) -> Option<BTreeSet<u32>> {
-    let mut ids = BTreeSet::new();
-    if text.trim().is_empty() {
-        return Some(ids);
-    }
-    for item in text.trim().split(',').map(str::trim) {
-        let (first, last): (u32, u32) = match item.split_once('-') {
-            Some((first, last)) => (first.trim().parse().ok()?, last.trim().parse().ok()?),
-            None => {
-                let id = item.parse().ok()?;
-                (id, id)
-            }
-        };
-        if first > last || last > MAX_ID {
-            return None;
-        }
-        ids.extend(first..=last);
-    }
-    Some(ids)
+    crate::idlist::IdSet::parse(text, MAX_ID).ok().map(|set| set.ids().collect())
 }
 
 #[cfg(test)]
