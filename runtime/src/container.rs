@@ -275,6 +275,8 @@ impl Runtime {
             .map_err(io_err(&fifo))?
             .into();
         let console = connect_console(opts.console.as_ref())?;
+        // Built here, privileged and on the host, and attached by the init inside its namespace.
+        let rootfs_mount = bundle.overlay.as_ref().map(|o| o.detached_mount()).transpose().map_err(SpecError::from)?;
         let config = InitConfig {
             spec: bundle.spec.clone(),
             namespaces: NamespacePlan::for_spec(&bundle.spec),
@@ -284,6 +286,7 @@ impl Runtime {
                 exec_fifo_fd: fifo_rd.as_raw_fd(),
                 no_pivot: opts.no_pivot,
                 no_new_keyring: opts.no_new_keyring,
+                rootfs_mount_fd: rootfs_mount.as_ref().map(|m| m.as_raw_fd()),
             }),
             cgroup: Some(cgroup.clone()),
             cgroup_ready: false,
@@ -299,6 +302,7 @@ impl Runtime {
         let init = guard.init.insert(InitProcess::spawn(config)?);
         drop(console);
         drop(fifo_rd);
+        drop(rootfs_mount);
         log::debug!("create {}: init spawned", opts.id);
         failpoint("create.init-spawned");
         prepare_cgroup(&cgroup, &bundle.spec)?;
