@@ -580,6 +580,12 @@ fn a_bundle_mounted_in_its_container_checkpoints_and_restores() -> Result<()> {
     let dir = t.dir().join("b1");
     let counter = "i=0; while :; do i=$((i+1)); echo $i > /c.new; mv /c.new /count; sleep 0.05; done";
     im.bundle_sh("bb:1", &dir, &["--mount-in-container"], counter)?;
+    // A mount on a path the image lacks: criu makes its mount point again at restore.
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    cfg["mounts"].as_array_mut().context("mounts")?.push(serde_json::json!(
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}));
+    std::fs::write(&path, serde_json::to_vec(&cfg)?)?;
     let (id, b) = (t.id("c"), dir.to_string_lossy().into_owned());
     let c = t.warren.adopt(&id);
     t.cmd(&["run", "-d", "--bundle", &b, &id])?.ok()?;
@@ -594,6 +600,8 @@ fn a_bundle_mounted_in_its_container_checkpoints_and_restores() -> Result<()> {
     wait_counter_above(&count, at_restore + 5, std::time::Duration::from_secs(10))?;
     let ours = mounts_under(t.dir());
     ensure!(ours.is_empty(), "restore left host mounts: {ours:?}");
+    let stray: Vec<_> = std::fs::read_dir(dir.join("rootfs"))?.flatten().map(|e| e.file_name()).collect();
+    ensure!(stray.is_empty(), "the host's rootfs dir is not empty after restore: {stray:?}");
     drop(c);
     im.rm_bundle(&dir)?.ok()?;
     t.assert_no_leftovers();

@@ -94,13 +94,17 @@ impl Runtime {
             None => crate::sys::bind_self_in_new_mount_ns(&root),
         });
         failpoint("restore.before-criu");
-        criu::run(
+        let ran = criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
             &args,
             plan.work.join("restore.log"),
             "restore",
             Some(pre),
-        )?;
+        );
+        if bundle.overlay.is_some() {
+            crate::rootfs::overlay::remove_stand_ins(&bundle.rootfs);
+        }
+        ran?;
         failpoint("restore.after-criu");
         let pid = read_pid(&pid_path)?;
         let _ = std::fs::remove_file(&pid_path);

@@ -21,6 +21,9 @@ pub struct RootfsOverlay {
     pub lower: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// `index=off` (containerd's snapshotter asks for it): no inode index, whatever the
+    /// kernel's default, so a later mount of the same upper dir is not refused as in use.
+    pub index_off: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +53,18 @@ impl RootfsOverlay {
 
     pub fn parse(text: &str) -> Result<RootfsOverlay, OverlayError> {
         let (mut lower, mut upper, mut work) = (None, None, None);
+        let mut index_off = false;
         for part in text.split(',') {
+            if part == "index=off" {
+                index_off = true;
+                continue;
+            }
             let (key, value) = part.split_once('=').ok_or_else(|| syntax(format!("{part:?} is not KEY=VALUE")))?;
             let slot = match key {
                 "lowerdir" => &mut lower,
                 "upperdir" => &mut upper,
                 "workdir" => &mut work,
-                _ => return Err(syntax(format!("unknown key {key:?} (lowerdir, upperdir, workdir)"))),
+                _ => return Err(syntax(format!("unknown key {key:?} (lowerdir, upperdir, workdir, index=off)"))),
             };
             if slot.replace(value).is_some() {
                 return Err(syntax(format!("{key} given twice")));
@@ -70,6 +78,7 @@ impl RootfsOverlay {
             lower,
             upper: PathBuf::from(need(upper, "upperdir")?),
             work: PathBuf::from(need(work, "workdir")?),
+            index_off,
         };
         for p in overlay.lower.iter().chain([&overlay.upper, &overlay.work]) {
             if !p.is_absolute() {
@@ -82,7 +91,8 @@ impl RootfsOverlay {
     /// The annotation's value for this overlay.
     pub fn to_annotation(&self) -> String {
         let lower: Vec<String> = self.lower.iter().map(|p| p.display().to_string()).collect();
-        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), self.upper.display(), self.work.display())
+        let index = if self.index_off { ",index=off" } else { "" };
+        format!("lowerdir={},upperdir={},workdir={}{index}", lower.join(":"), self.upper.display(), self.work.display())
     }
 
     /// Every directory must exist before anything of the container is made.
@@ -105,8 +115,35 @@ impl RootfsOverlay {
     /// The overlay as a mount that no namespace holds yet (see the module doc).
     pub fn detached_mount(&self) -> Result<std::os::fd::OwnedFd, OverlayError> {
         let lower: Vec<&Path> = self.lower.iter().map(PathBuf::as_path).collect();
-        crate::sys::detached_overlay(&lower, &self.upper, &self.work).map_err(|source| OverlayError::Mount { source })
+        crate::sys::detached_overlay(&lower, &self.upper, &self.work, self.index_off)
+            .map_err(|source| OverlayError::Mount { source })
     }
+}
+
+/// Removes the empty directories and files criu's restore makes under the host's `rootfs`
+/// directory (mount points of the restored mounts, made below the attached overlay rather
+/// than in it), so that it stays the empty directory it is: containerd removes a bundle's
+/// rootfs with rmdir. Nothing with content is touched, nor anything on another file system.
+pub fn remove_stand_ins(rootfs: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(rootfs) else { return };
+    fn walk(dir: &Path, dev: u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.dev() != dev {
+                continue;
+            }
+            if meta.is_dir() {
+                walk(&path, dev);
+                let _ = std::fs::remove_dir(&path);
+            } else if meta.is_file() && meta.len() == 0 {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    walk(rootfs, top.dev());
 }
 
 #[cfg(test)]
@@ -120,6 +157,10 @@ mod tests {
         assert_eq!(o.lower, vec![PathBuf::from("/s/l2"), PathBuf::from("/s/l1")]);
         assert_eq!(o.upper, PathBuf::from("/b/upper"));
         assert_eq!(o.to_annotation(), text);
+        let containerd = "index=off,workdir=/s/9/work,upperdir=/s/9/fs,lowerdir=/s/1/fs";
+        let o = RootfsOverlay::parse(containerd).unwrap();
+        assert!(o.index_off);
+        assert_eq!(o.to_annotation(), "lowerdir=/s/1/fs,upperdir=/s/9/fs,workdir=/s/9/work,index=off");
     }
 
     #[test]
@@ -127,6 +168,7 @@ mod tests {
         for bad in [
             "lowerdir=/a,upperdir=/u",
             "lowerdir=/a,upperdir=/u,workdir=/w,index=on",
+            "lowerdir=/a,upperdir=/u,workdir=/w,metacopy=on",
             "lowerdir=/a,lowerdir=/b,upperdir=/u,workdir=/w",
             "lowerdir=a,upperdir=/u,workdir=/w",
             "lowerdir=/a,upperdir=/u,workdir",
@@ -134,5 +176,20 @@ mod tests {
             let e = RootfsOverlay::parse(bad).unwrap_err().to_string();
             assert!(e.starts_with("annotations[\"org.warren.rootfs.overlay\"]: "), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn stand_ins_go_and_content_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("run/lock")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hosts"), b"").unwrap();
+        std::fs::create_dir_all(root.join("kept")).unwrap();
+        std::fs::write(root.join("kept/note"), b"mine").unwrap();
+        remove_stand_ins(root);
+        let left: Vec<_> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("kept")]);
+        assert_eq!(std::fs::read(root.join("kept/note")).unwrap(), b"mine");
     }
 }

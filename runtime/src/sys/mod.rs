@@ -185,7 +185,7 @@ pub fn bind_self_in_new_mount_ns(path: &std::ffi::CStr) -> io::Result<()> {
 
 /// A new overlayfs mount that is attached nowhere (fsopen, fsconfig, fsmount): no mount
 /// namespace's table holds it until `move_mount` puts it somewhere. `lowers` top first.
-pub fn detached_overlay(lowers: &[&Path], upper: &Path, work: &Path) -> io::Result<OwnedFd> {
+pub fn detached_overlay(lowers: &[&Path], upper: &Path, work: &Path, index_off: bool) -> io::Result<OwnedFd> {
     const FSCONFIG_SET_STRING: u32 = 1;
     const FSCONFIG_CMD_CREATE: u32 = 6;
     const FSOPEN_CLOEXEC: u32 = 1;
@@ -220,6 +220,9 @@ pub fn detached_overlay(lowers: &[&Path], upper: &Path, work: &Path) -> io::Resu
     }
     set(c"upperdir", Some(&cstr(upper)?))?;
     set(c"workdir", Some(&cstr(work)?))?;
+    if index_off {
+        set(c"index", Some(&CString::from(c"off")))?;
+    }
     // What mountinfo and df show as the source, as for `mount -t overlay overlay`.
     set(c"source", Some(&CString::from(c"overlay")))?;
     set(c"", None)?;
