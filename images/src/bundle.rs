@@ -100,9 +100,10 @@ fn populate(dir: &Path, image: &Image, base: Value, opts: &BundleOptions) -> Res
             rootfs::mount_overlay(image.layer_dirs(), &upper, &work, &root)?;
         }
     }
-    // With the overlay left to the runtime, the image's files (for the user's ids) are read
-    // through a mount that is attached nowhere and goes when `view` is dropped.
-    let view = match opts.mount_in_container && !opts.copy {
+    // With the overlay left to the runtime, the image's files (for the user's ids, when it
+    // names one) are read through a mount that is attached nowhere and goes with `view`.
+    let names_user = image.config().config().as_ref().and_then(|c| c.user().as_deref()).is_some_and(|u| !u.is_empty());
+    let view = match opts.mount_in_container && !opts.copy && names_user {
         true => Some(rootfs::detached_overlay(image.layer_dirs(), &dir.join("upper"), &dir.join("work"))?),
         false => None,
     };

@@ -470,6 +470,13 @@ fn image_config_becomes_the_process() -> Result<()> {
     ensure!(out.ok()?.stdout.ends_with("/tmp\n1\n1\n1\n"), "{out}");
     im.rm_bundle(&b)?.ok()?;
     ensure!(!b.exists(), "bind volume dirs kept the bundle dir");
+    // The same user, read from the image's files without a host mount.
+    im.bundle("cfg:1", &b, &["--mount-in-container"], &[])?.ok()?;
+    let cfg: Value = serde_json::from_slice(&std::fs::read(b.join("config.json"))?)?;
+    ensure!(cfg["process"]["user"]["uid"] == 1 && cfg["process"]["user"]["gid"] == 1, "{cfg}");
+    let out = im.run("c3", &b)?;
+    ensure!(out.ok()?.stdout == "hello-from-env\n/tmp\n1\n1\n1\n", "{out}");
+    im.rm_bundle(&b)?.ok()?;
     t.assert_no_leftovers();
     Ok(())
 }
