@@ -20,6 +20,8 @@ pub enum SpecError {
     #[error("config.json: {0}")]
     Affinity(#[from] crate::affinity::AffinityError),
     #[error("config.json: {0}")]
+    MemoryMerge(#[from] crate::memory_merge::MemoryMergeError),
+    #[error("config.json: {0}")]
     IntelRdt(#[from] crate::intel_rdt::IntelRdtError),
 }
 
@@ -96,6 +98,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     crate::mempolicy::MemPolicy::from_spec(spec)?;
     crate::affinity::ExecAffinity::from_process(process)?;
     crate::intel_rdt::check(spec)?;
+    crate::memory_merge::requested(spec)?;
     Ok(())
 }
 
