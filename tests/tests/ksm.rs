@@ -93,6 +93,12 @@ fn the_merge_flag_reaches_container_and_exec() -> Result<()> {
     let out = c.exec(&[], &["cat", "/proc/self/ksm_stat"])?;
     ensure!(out.ok()?.stdout.contains("ksm_merge_any: yes"), "exec'd process: {out}");
     drop(c);
+    let fresh = t.dir().join("fresh");
+    std::fs::create_dir(&fresh)?;
+    let fresh_dir = fresh.display().to_string();
+    t.cmd(&["spec", "--bundle", &fresh_dir, "--plan", "shared", "--plans-dir", &plans])?.ok()?;
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(fresh.join("config.json"))?)?;
+    ensure!(config["annotations"][ANNOTATION] == "true", "spec --plan: {}", config["annotations"]);
     apply("own")?.ok()?;
     let annotations = b.config()?["annotations"].clone();
     ensure!(annotations == json!({"org.example.tenant": "t1"}), "{annotations}");

@@ -84,7 +84,7 @@ pub fn run(a: &PlanArgs) -> Result<i32> {
 pub fn with_plan(mut config: Value, name: &str, sources: &PlanSources, bundle: &Path) -> Result<Value> {
     let catalog = Catalog::discover(sources.plans_dir.as_deref())?;
     let host = HostConfig::discover(sources.host_config.as_deref())?;
-    set_resources(&mut config, catalog.get(name)?, &host, bundle, Path::new("config.json"))?;
+    set_plan(&mut config, catalog.get(name)?, &host, bundle, Path::new("config.json"))?;
     Ok(config)
 }
 
@@ -95,7 +95,7 @@ fn apply_to_bundle(bundle: &Path, plan: &Plan, host: &HostConfig) -> Result<()> 
     let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
     let mut config: Value = serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let rootfs = rootfs_of(&config, bundle);
-    set_resources(&mut config, plan, host, &rootfs, &path)?;
+    set_plan(&mut config, plan, host, &rootfs, &path)?;
     let mut out = serde_json::to_vec_pretty(&config)?;
     out.push(b'\n');
     replace_file(&path, &out)
@@ -104,7 +104,7 @@ fn apply_to_bundle(bundle: &Path, plan: &Plan, host: &HostConfig) -> Result<()> 
 /// Only linux.resources is read as OCI resources and written back, and the plan's annotation
 /// set or removed: the rest of the config stays as it was, fields this runtime does not know
 /// included.
-fn set_resources(config: &mut Value, plan: &Plan, host: &HostConfig, rootfs: &Path, path: &Path) -> Result<()> {
+fn set_plan(config: &mut Value, plan: &Plan, host: &HostConfig, rootfs: &Path, path: &Path) -> Result<()> {
     let Some(root) = config.as_object_mut() else {
         anyhow::bail!("{}: not a JSON object", path.display());
     };
