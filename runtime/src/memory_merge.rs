@@ -47,6 +47,16 @@ pub fn warn_if_ksmd_stopped(id: &str) {
     }
 }
 
+/// CRIU restores the processes' memory but not their merge-any flag (checked on 6.18: a
+/// restored container's process shows `ksm_merge_any: no`), and no syscall sets it on another
+/// process: a restored container is warned about. Processes exec'd into it later have it.
+pub fn warn_not_restored(id: &str) {
+    log::warn!(
+        "container {id}: {MEMORY_MERGE_ANNOTATION} is true, but the restored processes are not merged: \
+         CRIU does not restore PR_SET_MEMORY_MERGE (processes exec'd into the container later are)"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
