@@ -11,6 +11,7 @@ use crate::store::{BundleRecord, Image, Store, StoreError};
 use crate::unpack::{self, Tree, UnpackError};
 use serde_json::Value;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +40,17 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
     move |source| BundleError::Io { path: path.to_path_buf(), source }
 }
 
+/// Where the runtime finds the overlay it mounts inside the container (`mount_in_container`).
+pub const OVERLAY_ANNOTATION: &str = "org.warren.rootfs.overlay";
+
 /// How to make the bundle.
 pub struct BundleOptions {
     pub image: String,
     /// A copy of the merged layers instead of an overlay mount.
     pub copy: bool,
+    /// The overlay is not mounted here but by the runtime, inside the container's mount
+    /// namespace, from the annotation `org.warren.rootfs.overlay` (see warren's `rootfs::overlay`).
+    pub mount_in_container: bool,
     /// Replaces the image's Cmd when not empty.
     pub args: Vec<String>,
     pub terminal: bool,
@@ -89,20 +96,35 @@ fn populate(dir: &Path, image: &Image, base: Value, opts: &BundleOptions) -> Res
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         mkdir(&upper, 0o755)?;
         mkdir(&work, 0o700)?;
-        rootfs::mount_overlay(image.layer_dirs(), &upper, &work, &root)?;
+        if !opts.mount_in_container {
+            rootfs::mount_overlay(image.layer_dirs(), &upper, &work, &root)?;
+        }
     }
+    // With the overlay left to the runtime, the image's files (for the user's ids) are read
+    // through a mount that is attached nowhere and goes when `view` is dropped.
+    let view = match opts.mount_in_container && !opts.copy {
+        true => Some(rootfs::detached_overlay(image.layer_dirs(), &dir.join("upper"), &dir.join("work"))?),
+        false => None,
+    };
+    let rootfs_view =
+        view.as_ref().map_or(root.clone(), |fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
     let inputs = SpecInputs {
         base,
         image_name: image.record().name(),
         image_digest: image.record().digest().as_str(),
         config: image.config(),
         bundle: dir,
+        rootfs: &rootfs_view,
         args: &opts.args,
         terminal: opts.terminal,
         read_only: opts.read_only,
         volumes: opts.volumes,
     };
-    let (spec, volume_dirs) = spec::generate(&inputs)?;
+    let (mut spec, volume_dirs) = spec::generate(&inputs)?;
+    if opts.mount_in_container && !opts.copy {
+        let options = rootfs::annotation_options(image.layer_dirs(), &dir.join("upper"), &dir.join("work"))?;
+        spec["annotations"][OVERLAY_ANNOTATION] = Value::String(options);
+    }
     for v in volume_dirs {
         let p = dir.join(v);
         std::fs::create_dir_all(&p).map_err(io_err(&p))?;
@@ -165,10 +187,11 @@ pub fn remove(store: &Store, dir: &Path) -> Result<(), BundleError> {
 }
 
 /// Makes the bundle at `dir` from a bundle of another host: `config_json`
-/// verbatim as `DIR/config.json`, `DIR/upper` unpacked from `upper_tar`
+/// as `DIR/config.json` (with this host's overlay annotation, if it had one), `DIR/upper` unpacked from `upper_tar`
 /// (`transfer::write_layer_tar` of the sender's upper dir, read to its end)
 /// over the layers of image `image_name` (so its `.wh.` entries white out
-/// the image's paths), and the overlay mounted on `DIR/rootfs`; recorded as
+/// the image's paths), and the overlay mounted on `DIR/rootfs` (unless the
+/// runtime is to mount it); recorded as
 /// `create` records, so that [`remove`] removes it. `dir` must be missing or
 /// empty. The store's lock is held only to record and to undo: not while
 /// the tar comes in. On error, what it made is gone (mount, dirs, record).
@@ -212,13 +235,38 @@ fn receive_overlay(dir: &Path, image: &Image, config_json: &[u8], upper_tar: imp
     mkdir(&upper, 0o755)?;
     mkdir(&work, 0o700)?;
     unpack_tar(&upper, image.layer_dirs(), upper_tar)?;
-    rootfs::mount_overlay(image.layer_dirs(), &upper, &work, &root)?;
+    // The sender's overlay paths mean nothing here (and must not pick host dirs): a bundle
+    // whose runtime mounts the overlay gets this host's, the others are mounted now.
+    let mut config = parse_config(dir, config_json)?;
+    let in_container = annotations_of(&mut config).remove(OVERLAY_ANNOTATION).is_some();
+    if in_container {
+        let options = rootfs::annotation_options(image.layer_dirs(), &upper, &work)?;
+        annotations_of(&mut config).insert(OVERLAY_ANNOTATION.into(), Value::String(options));
+    } else {
+        rootfs::mount_overlay(image.layer_dirs(), &upper, &work, &root)?;
+    }
+    write_config(dir, &config)
+}
+
+fn parse_config(dir: &Path, config_json: &[u8]) -> Result<serde_json::Map<String, Value>, BundleError> {
+    serde_json::from_slice(config_json).map_err(|source| BundleError::Config { dir: dir.to_path_buf(), source })
+}
+
+fn annotations_of(config: &mut serde_json::Map<String, Value>) -> &mut serde_json::Map<String, Value> {
+    let a = config.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+    if !a.is_object() {
+        *a = Value::Object(Default::default());
+    }
+    a.as_object_mut().expect("made an object above")
+}
+
+fn write_config(dir: &Path, config: &serde_json::Map<String, Value>) -> Result<(), BundleError> {
     let path = dir.join("config.json");
-    std::fs::write(&path, config_json).map_err(io_err(&path))
+    std::fs::write(&path, serde_json::to_vec_pretty(config).expect("JSON serializes")).map_err(io_err(&path))
 }
 
 /// Makes a plain bundle at `dir` (missing or empty) from another host's:
-/// `config_json` verbatim as `DIR/config.json` and `DIR/rootfs` unpacked
+/// `config_json` as `DIR/config.json` (without an overlay annotation) and `DIR/rootfs` unpacked
 /// from `rootfs_tar` (read to its end; no whiteouts: there is nothing below).
 /// No store record: [`remove_plain`] removes it. On error, what it made is gone.
 pub fn receive_plain(dir: &Path, config_json: &[u8], rootfs_tar: impl Read) -> Result<PathBuf, BundleError> {
@@ -239,8 +287,10 @@ fn receive_rootfs(dir: &Path, config_json: &[u8], rootfs_tar: impl Read) -> Resu
     let root = dir.join("rootfs");
     mkdir(&root, 0o755)?;
     unpack_tar(&root, &[], rootfs_tar)?;
-    let path = dir.join("config.json");
-    std::fs::write(&path, config_json).map_err(io_err(&path))
+    // A plain bundle has no overlay: the sender must not pick this host's dirs for one.
+    let mut config = parse_config(dir, config_json)?;
+    annotations_of(&mut config).remove(OVERLAY_ANNOTATION);
+    write_config(dir, &config)
 }
 
 /// Removes a bundle [`receive_plain`] made: `DIR/rootfs`, `DIR/config.json`,

@@ -46,6 +46,21 @@ pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<
     Ok(data)
 }
 
+/// The overlayfs options for `layers` (bottom first) as the runtime's annotation carries
+/// them: overlayfs' syntax, without the one-page limit of mount(2) (the runtime mounts with
+/// one fsconfig parameter per layer).
+pub fn annotation_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<String, RootfsError> {
+    let lower: Vec<&str> = layers.iter().rev().map(|l| option_path(l)).collect::<Result<_, _>>()?;
+    Ok(format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), option_path(upper)?, option_path(work)?))
+}
+
+/// The overlay of `layers` (bottom first) as a mount attached nowhere (see `sys::detached_overlay`).
+pub fn detached_overlay(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<std::os::fd::OwnedFd, RootfsError> {
+    let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
+    crate::sys::detached_overlay(&lowers, upper, work)
+        .map_err(|source| RootfsError::Mount { target: upper.to_path_buf(), source })
+}
+
 /// Mounts overlayfs at `target`: `layers` (bottom first) under `upper`.
 /// mount(2) where its one page of options holds the layers, else the new
 /// mount API with one parameter per layer.

@@ -40,9 +40,10 @@ pub struct SpecInputs<'a> {
     pub image_name: &'a str,
     pub image_digest: &'a str,
     pub config: &'a ImageConfiguration,
-    /// The bundle directory: its rootfs has /etc/passwd and /etc/group, and
-    /// bind volumes go in it.
+    /// The bundle directory: bind volumes go in it.
     pub bundle: &'a Path,
+    /// The merged image files as the container will see them (/etc/passwd, /etc/group).
+    pub rootfs: &'a Path,
     /// Replaces the image's Cmd when not empty.
     pub args: &'a [String],
     pub terminal: bool,
@@ -72,13 +73,18 @@ pub fn generate(inp: &SpecInputs) -> Result<(Value, Vec<String>), SpecError> {
     let cwd = cfg.working_dir().clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
     process["cwd"] = json!(if cwd.starts_with('/') { cwd } else { format!("/{cwd}") });
     let user = cfg.user().clone().unwrap_or_default();
-    process["user"] = resolve_user(&user, &inp.bundle.join("rootfs")).map_err(|why| match why {
+    process["user"] = resolve_user(&user, inp.rootfs).map_err(|why| match why {
         UserError::Read(file, source) => SpecError::Read { image: image.clone(), file, source },
         UserError::Invalid(why) => SpecError::User { image: image.clone(), user: user.clone(), why },
     })?;
     spec["root"] = json!({"path": "rootfs", "readonly": inp.read_only});
     let annotations = annotations(&mut spec);
     for (k, v) in cfg.labels().clone().unwrap_or_default() {
+        // An image must not choose the host directories its rootfs is mounted from.
+        if k == crate::bundle::OVERLAY_ANNOTATION {
+            log::warn!("image {image}: label {k} ignored");
+            continue;
+        }
         annotations.insert(k, json!(v));
     }
     if let Some(sig) = cfg.stop_signal() {

@@ -102,20 +102,7 @@ fn fsconfig(fs: &OwnedFd, cmd: libc::c_uint, key: Option<&CStr>, value: Option<&
 /// (`lowers`, top first) is its own "lowerdir+" parameter (Linux 6.8), so the
 /// layer count is not bounded by mount(2)'s one page of options.
 pub fn mount_overlay_fsconfig(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
-    let name = cstring(b"overlay")?;
-    // SAFETY: fsopen(2) with a NUL-terminated file system name.
-    let fs = fd_result(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
-    let set = |key: &[u8], path: &Path| {
-        fsconfig(&fs, FSCONFIG_SET_STRING, Some(&cstring(key)?), Some(&cstring(path.as_os_str().as_bytes())?))
-    };
-    for l in lowers {
-        set(b"lowerdir+", l)?;
-    }
-    set(b"upperdir", upper)?;
-    set(b"workdir", work)?;
-    fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
-    // SAFETY: fsmount(2) on the configured context; no attribute flags.
-    let mnt = fd_result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    let mnt = detached_overlay(lowers, upper, work)?;
     let to = cstring(target.as_os_str().as_bytes())?;
     let empty = cstring(b"")?;
     // SAFETY: move_mount(2) of the detached mount fd onto `to`, both strings
@@ -130,4 +117,23 @@ pub fn mount_overlay_fsconfig(lowers: &[&Path], upper: &Path, work: &Path, targe
             MOVE_MOUNT_F_EMPTY_PATH,
         )
     })
+}
+
+/// An overlayfs mount attached nowhere: readable through `/proc/self/fd/N`,
+/// gone when the descriptor is closed. `lowers` top first.
+pub fn detached_overlay(lowers: &[&Path], upper: &Path, work: &Path) -> io::Result<OwnedFd> {
+    let name = cstring(b"overlay")?;
+    // SAFETY: fsopen(2) with a NUL-terminated file system name.
+    let fs = fd_result(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let set = |key: &[u8], path: &Path| {
+        fsconfig(&fs, FSCONFIG_SET_STRING, Some(&cstring(key)?), Some(&cstring(path.as_os_str().as_bytes())?))
+    };
+    for l in lowers {
+        set(b"lowerdir+", l)?;
+    }
+    set(b"upperdir", upper)?;
+    set(b"workdir", work)?;
+    fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
+    // SAFETY: fsmount(2) on the configured context; no attribute flags.
+    fd_result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })
 }

@@ -277,6 +277,8 @@ impl Runtime {
             .map_err(io_err(&fifo))?
             .into();
         let console = connect_console(opts.console.as_ref())?;
+        // Built here, privileged and on the host, and attached by the init inside its namespace.
+        let rootfs_mount = bundle.overlay.as_ref().map(|o| o.detached_mount()).transpose().map_err(SpecError::from)?;
         let memory_merge = crate::memory_merge::requested(&bundle.spec)?;
         if memory_merge {
             crate::memory_merge::warn_if_ksmd_stopped(&opts.id);
@@ -290,6 +292,7 @@ impl Runtime {
                 exec_fifo_fd: fifo_rd.as_raw_fd(),
                 no_pivot: opts.no_pivot,
                 no_new_keyring: opts.no_new_keyring,
+                rootfs_mount_fd: rootfs_mount.as_ref().map(|m| m.as_raw_fd()),
             }),
             cgroup: Some(cgroup.clone()),
             cgroup_ready: false,
@@ -306,6 +309,7 @@ impl Runtime {
         let init = guard.init.insert(InitProcess::spawn(config)?);
         drop(console);
         drop(fifo_rd);
+        drop(rootfs_mount);
         log::debug!("create {}: init spawned", opts.id);
         failpoint("create.init-spawned");
         prepare_cgroup(&cgroup, &bundle.spec)?;

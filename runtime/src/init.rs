@@ -198,6 +198,7 @@ fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> 
                 || cfg.namespaces.joins(LinuxNamespaceType::User),
             cgroup: cfg.cgroup.as_ref(),
             root_is_rslave: cfg.namespaces.mount_ns_made,
+            rootfs_mount: create.rootfs_mount_fd,
         };
         // SAFETY: the runtime handed us this descriptor; nothing else here owns it.
         exec_fifo = Some(unsafe { OwnedFd::from_raw_fd(create.exec_fifo_fd) });

@@ -14,9 +14,9 @@ const KSM_RUN: &str = "/sys/kernel/mm/ksm/run";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryMergeError {
-    #[error("annotations.{annotation}: {value:?} is neither \"true\" nor \"false\"")]
+    #[error("annotations[{annotation:?}]: {value:?} is neither \"true\" nor \"false\"")]
     Value { annotation: &'static str, value: String },
-    #[error("annotations.{annotation}: the kernel refuses PR_SET_MEMORY_MERGE (KSM needs Linux 6.4+ built with CONFIG_KSM): {source}")]
+    #[error("annotations[{annotation:?}]: the kernel refuses PR_SET_MEMORY_MERGE (KSM needs Linux 6.4+ built with CONFIG_KSM): {source}")]
     Refused { annotation: &'static str, source: std::io::Error },
 }
 
@@ -75,7 +75,10 @@ mod tests {
         assert!(requested(&spec_with(Some("true"))).unwrap());
         for bad in ["yes", "1", "True", " true", ""] {
             let err = requested(&spec_with(Some(bad))).unwrap_err().to_string();
-            assert_eq!(err, format!("annotations.org.warren.memory.merge: {bad:?} is neither \"true\" nor \"false\""));
+            assert_eq!(
+                err,
+                format!("annotations[\"org.warren.memory.merge\"]: {bad:?} is neither \"true\" nor \"false\"")
+            );
         }
     }
 }

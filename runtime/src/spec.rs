@@ -1,6 +1,7 @@
 //! Loading and checking a bundle's config.json before anything is created,
 //! so bad input fails with a message naming the field and leaves nothing behind.
 
+use crate::rootfs::overlay::RootfsOverlay;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
@@ -23,6 +24,8 @@ pub enum SpecError {
     MemoryMerge(#[from] crate::memory_merge::MemoryMergeError),
     #[error("config.json: {0}")]
     IntelRdt(#[from] crate::intel_rdt::IntelRdtError),
+    #[error("config.json: {0}")]
+    Overlay(#[from] crate::rootfs::overlay::OverlayError),
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
@@ -35,6 +38,8 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub rootfs: PathBuf,
     pub spec: Spec,
+    /// The overlay the init mounts at `rootfs` in its own namespace (`rootfs::overlay`).
+    pub overlay: Option<RootfsOverlay>,
 }
 
 impl Bundle {
@@ -50,7 +55,11 @@ impl Bundle {
             return Err(SpecError::MissingRootfs { path: rootfs });
         }
         validate(&spec)?;
-        Ok(Bundle { dir, rootfs, spec })
+        let overlay = rootfs_overlay(&spec)?;
+        if let Some(o) = &overlay {
+            o.check_dirs()?;
+        }
+        Ok(Bundle { dir, rootfs, spec, overlay })
     }
 }
 
@@ -98,8 +107,17 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     crate::mempolicy::MemPolicy::from_spec(spec)?;
     crate::affinity::ExecAffinity::from_process(process)?;
     crate::intel_rdt::check(spec)?;
+    if rootfs_overlay(spec)?.is_some() && !has_new_namespace(spec, LinuxNamespaceType::Mount) {
+        return Err(invalid("annotations[\"org.warren.rootfs.overlay\"]", "needs a new mount namespace"));
+    }
     crate::memory_merge::requested(spec)?;
     Ok(())
+}
+
+/// The overlay the config's annotation asks for (syntax only).
+pub fn rootfs_overlay(spec: &Spec) -> Result<Option<RootfsOverlay>, SpecError> {
+    let annotations = spec.annotations().iter().flatten();
+    Ok(RootfsOverlay::from_annotations(annotations)?)
 }
 
 /// Container paths must be absolute and must not climb out with `..`.

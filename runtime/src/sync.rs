@@ -39,6 +39,8 @@ pub struct CreateSetup {
     pub exec_fifo_fd: RawFd,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
+    /// Inherited detached overlay mount (`rootfs::overlay`) to attach at `rootfs`.
+    pub rootfs_mount_fd: Option<RawFd>,
 }
 
 /// Everything the init gets from the runtime, in the first sync message.
@@ -67,7 +69,9 @@ pub struct InitConfig {
 impl InitConfig {
     /// Descriptors the init inherits from the runtime (besides stdio).
     pub fn inherited_fds(&self) -> Vec<RawFd> {
-        self.console_fd.into_iter().chain(self.create.as_ref().map(|c| c.exec_fifo_fd)).collect()
+        let create = self.create.as_ref();
+        let from_create = create.map(|c| c.exec_fifo_fd).into_iter().chain(create.and_then(|c| c.rootfs_mount_fd));
+        self.console_fd.into_iter().chain(from_create).collect()
     }
 
     pub(crate) fn process(&self) -> &Process {

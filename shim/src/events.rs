@@ -65,13 +65,13 @@ pub struct Events {
 impl Events {
     /// Connects to containerd's ttrpc `address` and starts the sender thread.
     pub fn start(address: &str, namespace: String) -> std::io::Result<Events> {
-        let fd = containerd_shim::util::connect(address).map_err(std::io::Error::other)?;
-        let client = EventsClient::new(Client::new(fd).map_err(std::io::Error::other)?);
+        let client = connect(address)?;
         let (tx, rx) = channel();
+        let address = address.to_string();
         std::thread::Builder::new()
             .name("events".into())
             .stack_size(crate::SMALL_STACK)
-            .spawn(move || send_all(rx, client, &namespace))?;
+            .spawn(move || send_all(rx, Connection { address, client: Some(client) }, &namespace))?;
         Ok(Events { tx })
     }
 
@@ -89,8 +89,62 @@ impl Events {
     }
 }
 
-fn send_all(rx: Receiver<Queued>, client: EventsClient, namespace: &str) {
-    for queued in rx {
+fn connect(address: &str) -> std::io::Result<EventsClient> {
+    let fd = containerd_shim::util::connect(address).map_err(std::io::Error::other)?;
+    Ok(EventsClient::new(Client::new(fd).map_err(std::io::Error::other)?))
+}
+
+/// How long the connection to containerd stays open after the last event. An open ttrpc
+/// client polls its socket every 10 ms, which across hundreds of idle shims is real CPU;
+/// events come in bursts (create, start, exit, delete), so it is opened again when needed.
+const IDLE_CLOSE: Duration = Duration::from_secs(2);
+
+/// containerd's events service, connected while events flow.
+struct Connection {
+    address: String,
+    client: Option<EventsClient>,
+}
+
+impl Connection {
+    /// Sends `req`, once more on a new connection if the one kept open has broken meanwhile.
+    fn forward(&mut self, req: &ForwardRequest) -> Result<(), String> {
+        let reused = self.client.is_some();
+        let sent = self.forward_once(req);
+        if sent.is_err() && reused {
+            return self.forward_once(req);
+        }
+        sent
+    }
+
+    fn forward_once(&mut self, req: &ForwardRequest) -> Result<(), String> {
+        let client = match &mut self.client {
+            Some(c) => c,
+            None => self.client.insert(connect(&self.address).map_err(|e| e.to_string())?),
+        };
+        let sent = client.forward(Context::default(), req).map(drop).map_err(|e| e.to_string());
+        if sent.is_err() {
+            self.client = None;
+        }
+        sent
+    }
+}
+
+fn send_all(rx: Receiver<Queued>, mut conn: Connection, namespace: &str) {
+    loop {
+        let queued = match conn.client {
+            Some(_) => match rx.recv_timeout(IDLE_CLOSE) {
+                Ok(q) => q,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    conn.client = None;
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(q) => q,
+                Err(_) => return,
+            },
+        };
         match queued {
             Queued::Event(event) => {
                 let (topic, name, value) = event.encode();
@@ -106,7 +160,7 @@ fn send_all(rx: Receiver<Queued>, client: EventsClient, namespace: &str) {
                     ..Default::default()
                 };
                 let req = ForwardRequest { envelope: MessageField::some(envelope), ..Default::default() };
-                if let Err(e) = client.forward(Context::default(), &req) {
+                if let Err(e) = conn.forward(&req) {
                     log::warn!("publish {topic}: {e}");
                 }
             }

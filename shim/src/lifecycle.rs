@@ -34,8 +34,12 @@ impl Service {
         let runtime = config::from_options(req.options.as_ref(), &self.namespace)?;
         config::save(&bundle, &runtime)?;
         let rootfs = bundle.join("rootfs");
-        let mounted = !req.rootfs.is_empty();
-        if mounted {
+        let in_container = mounts::as_overlay_annotation(&req.rootfs);
+        let mounted = !req.rootfs.is_empty() && in_container.is_none();
+        if let Some(value) = in_container {
+            std::fs::create_dir_all(&rootfs).map_err(ShimError::io(&rootfs))?;
+            mounts::annotate_bundle(&bundle, value)?;
+        } else if mounted {
             mounts::mount_rootfs(&req.rootfs, &rootfs)?;
         }
         failpoint("shim.create.rootfs-mounted");

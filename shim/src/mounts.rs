@@ -1,5 +1,8 @@
-//! The rootfs containerd hands over with Create (typically one overlay from its snapshotter),
-//! mounted on BUNDLE/rootfs before `warren create` and unmounted at delete.
+//! The rootfs containerd hands over with Create (typically one overlay from its snapshotter).
+//! One plain overlay is left to the runtime, which mounts it inside the container's own mount
+//! namespace (`warren::rootfs::overlay`), so the host's mount table does not grow with
+//! containers; anything else is mounted on BUNDLE/rootfs before `warren create` and unmounted
+//! at delete.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +10,31 @@ use containerd_shim::protos::types::mount::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{Result, ShimError};
+
+/// containerd's rootfs as the runtime's overlay annotation, when it is one overlay of
+/// nothing but lower, upper and work dirs (and `index=off`).
+pub fn as_overlay_annotation(mounts: &[Mount]) -> Option<String> {
+    let [m] = mounts else { return None };
+    if m.type_ != "overlay" {
+        return None;
+    }
+    let overlay = warren::rootfs::overlay::RootfsOverlay::parse(&m.options.join(",")).ok()?;
+    Some(overlay.to_annotation())
+}
+
+/// Puts the overlay annotation into BUNDLE/config.json (a new file renamed over it).
+pub fn annotate_bundle(bundle: &Path, value: String) -> Result<()> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(ShimError::io(&path))?;
+    let json_err = |source| ShimError::Json { path: path.clone(), source };
+    let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text).map_err(json_err)?;
+    let annotations = config.entry("annotations").or_insert_with(|| serde_json::json!({}));
+    if let Some(a) = annotations.as_object_mut() {
+        a.insert(warren::rootfs::overlay::ANNOTATION.into(), serde_json::Value::String(value));
+    }
+    let bytes = serde_json::to_vec(&config).map_err(json_err)?;
+    warren::atomic_file::write(&path, &bytes, 0o644).map_err(ShimError::io(&path))
+}
 
 /// Mounts `mounts` in order on `target` (created if missing). Undoes what it did on failure.
 pub fn mount_rootfs(mounts: &[Mount], target: &Path) -> Result<()> {

@@ -507,3 +507,103 @@ fn concurrent_imports_and_bundles_take_turns() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn a_bundle_mounted_in_its_container_adds_nothing_to_the_host_mount_table() -> Result<()> {
+    let t = Test::new("img_private");
+    let im = Images::new(&t);
+    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    let counter = "i=$(cat /root/n 2>/dev/null || echo 0); echo $((i+1)) > /root/n; exec sleep 1000";
+    im.bundle_sh("bb:1", &dir, &["--mount-in-container"], counter)?;
+    let cfg: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    let overlay = cfg["annotations"]["org.warren.rootfs.overlay"].as_str().context("no overlay annotation")?;
+    ensure!(overlay.contains(&format!("upperdir={}", dir.join("upper").display())), "{overlay}");
+    ensure!(mounts_under(&dir).is_empty(), "bundle create mounted something on the host");
+    ensure!(std::fs::read_dir(dir.join("rootfs"))?.next().is_none(), "rootfs on the host is not empty");
+    for round in 1..=2 {
+        let id = t.id(&format!("c{round}"));
+        t.cmd(&["run", "-d", "--bundle", &dir.to_string_lossy(), &id])?.ok()?;
+        let c = t.warren.adopt(&id);
+        // (Other tests run beside this one: only what is under this test's dir is ours.)
+        let ours = mounts_under(t.dir());
+        ensure!(ours.is_empty(), "a running container added host mounts: {ours:?}");
+        // The container's own root is the overlay, and what it wrote lives in the upper dir.
+        let n = c.exec(&[], &["cat", "/root/n"])?;
+        ensure!(n.ok()?.stdout == format!("{round}\n"), "round {round}: {n}");
+        let root = c.exec(&[], &["awk", "$5 == \"/\" { print $9 }", "/proc/self/mountinfo"])?;
+        ensure!(root.ok()?.stdout == "overlay\n", "{root}");
+        ensure!(std::fs::read_to_string(dir.join("upper/root/n"))? == format!("{round}\n"), "not in upper");
+        c.kill("KILL")?.ok()?;
+        c.wait_status("stopped", std::time::Duration::from_secs(10))?;
+        c.delete()?.ok()?;
+    }
+    im.rm_bundle(&dir)?.ok()?;
+    ensure!(!dir.exists(), "bundle dir remains");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn a_bad_overlay_annotation_is_one_line_and_leaves_nothing() -> Result<()> {
+    let t = Test::new("img_badoverlay");
+    let b = t.bundle(&["true"])?;
+    let upper = t.dir().join("up");
+    std::fs::create_dir_all(&upper)?;
+    let cases = [
+        ("lowerdir=/x,upperdir=/u", "workdir is missing".to_string()),
+        ("lowerdir=/x,upperdir=/u,workdir=/w,index=on", "unknown key \"index\"".to_string()),
+        (
+            &*format!("lowerdir=/nonexistent-layer,upperdir={0},workdir={0}", upper.display()),
+            "lowerdir /nonexistent-layer: No such file or directory".to_string(),
+        ),
+    ];
+    for (value, want) in cases {
+        b.edit(|cfg| cfg["annotations"]["org.warren.rootfs.overlay"] = Value::String(value.to_string()))?;
+        let out = t.warren.try_create(&t.id("c"), &b, &[])?;
+        let line = out.failed()?.error_line();
+        ensure!(line.starts_with("warren: config.json: annotations[\"org.warren.rootfs.overlay\"]: "), "{out}");
+        ensure!(line.contains(&want), "{value}: want {want:?}: {out}");
+        t.assert_no_leftovers();
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bundle_mounted_in_its_container_checkpoints_and_restores() -> Result<()> {
+    if !have_criu()? {
+        return Ok(());
+    }
+    let t = Test::new("img_private_cr");
+    let im = Images::new(&t);
+    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    let counter = "i=0; while :; do i=$((i+1)); echo $i > /c.new; mv /c.new /count; sleep 0.05; done";
+    im.bundle_sh("bb:1", &dir, &["--mount-in-container"], counter)?;
+    // A mount on a path the image lacks: criu makes its mount point again at restore.
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    cfg["mounts"].as_array_mut().context("mounts")?.push(serde_json::json!(
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}));
+    std::fs::write(&path, serde_json::to_vec(&cfg)?)?;
+    let (id, b) = (t.id("c"), dir.to_string_lossy().into_owned());
+    let c = t.warren.adopt(&id);
+    t.cmd(&["run", "-d", "--bundle", &b, &id])?.ok()?;
+    let count = dir.join("upper/count");
+    let before = wait_counter_above(&count, 5, std::time::Duration::from_secs(10))?;
+    let images = t.dir().join("ck").to_string_lossy().into_owned();
+    t.cmd(&["checkpoint", "--image-path", &images, &id])?.ok().context("checkpoint")?;
+    t.cmd(&["restore", "--detach", "--bundle", &b, "--image-path", &images, &id])?.ok().context("restore")?;
+    // It goes on from its memory, not from 0, on the overlay the restore attached.
+    let at_restore = read_counter(&count)?;
+    ensure!(at_restore >= before, "counter went back: {before} -> {at_restore}");
+    wait_counter_above(&count, at_restore + 5, std::time::Duration::from_secs(10))?;
+    let ours = mounts_under(t.dir());
+    ensure!(ours.is_empty(), "restore left host mounts: {ours:?}");
+    let stray: Vec<_> = std::fs::read_dir(dir.join("rootfs"))?.flatten().map(|e| e.file_name()).collect();
+    ensure!(stray.is_empty(), "the host's rootfs dir is not empty after restore: {stray:?}");
+    drop(c);
+    im.rm_bundle(&dir)?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}

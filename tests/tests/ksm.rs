@@ -123,7 +123,7 @@ fn a_bad_annotation_value_is_refused() -> Result<()> {
         out.failed()?;
         let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         ensure!(lines.len() == 1, "want one line: {out}");
-        let want = format!("annotations.{ANNOTATION}: {value:?} is neither \"true\" nor \"false\"");
+        let want = format!("annotations[{ANNOTATION:?}]: {value:?} is neither \"true\" nor \"false\"");
         ensure!(lines[0].contains(&want), "want {want:?}: {out}");
     }
     t.assert_no_leftovers();

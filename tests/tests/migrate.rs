@@ -47,9 +47,15 @@ fn import(host: &FakeHost) -> Result<()> {
 
 /// An image bundle on `host` running the counter, with limits and a hostname.
 fn counter_bundle(host: &FakeHost, id: &str) -> Result<PathBuf> {
+    counter_bundle_with(host, id, &[])
+}
+
+/// The same with `bundle create` flags.
+fn counter_bundle_with(host: &FakeHost, id: &str, flags: &[&str]) -> Result<PathBuf> {
     let dir = host.bundles.join(id);
     let d = dir.to_string_lossy().into_owned();
-    host.store_cmd("bundle", &["create", "--image", IMAGE, &d, "--", "sh", "-c", COUNTER])?.ok()?;
+    let args = [&["create", "--image", IMAGE], flags, &[&d, "--", "sh", "-c", COUNTER]].concat();
+    host.store_cmd("bundle", &args)?.ok()?;
     let path = dir.join("config.json");
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     cfg["hostname"] = json!("moved-box");
@@ -289,6 +295,47 @@ fn a_counting_container_moves_to_the_other_host() -> Result<()> {
     assert_host_empty(&pair.a)?;
     ensure!(pair.a.warren.cmd(&["state", &id])?.failed().is_ok(), "state on A");
 
+    drop(guard_b);
+    pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
+    assert_host_empty(&pair.b)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn a_bundle_mounted_in_its_container_moves_and_gets_the_targets_paths() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_private", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let id = t.id("c");
+    let src = counter_bundle_with(&pair.a, &id, &["--mount-in-container"])?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    // Nothing is mounted on the host: what the counter writes is read from its upper dir.
+    wait_counter_above(&src.join("upper/count"), 10, Duration::from_secs(10))?;
+    ensure!(mounts_under(&src).is_empty(), "A mounted the rootfs on the host");
+
+    let rx = receive(&pair.b, PORT)?;
+    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
+    let got = rx.join().expect("receive thread")?;
+    sent.ok().context("send")?;
+    got.ok().context("receive")?;
+    std::mem::forget(guard_a);
+    let guard_b = pair.b.warren.adopt(&id);
+
+    let dst = pair.b.bundles.join(&id);
+    let cfg: Value = serde_json::from_slice(&std::fs::read(dst.join("config.json"))?)?;
+    let overlay = cfg["annotations"]["org.warren.rootfs.overlay"].as_str().context("no overlay annotation on B")?;
+    ensure!(overlay.contains(&format!("upperdir={}", dst.join("upper").display())), "B's overlay: {overlay}");
+    ensure!(!overlay.contains(&*src.to_string_lossy()), "B's overlay names A's paths: {overlay}");
+    ensure!(mounts_under(&dst).is_empty(), "B mounted the rootfs on the host");
+    let at_arrival = read_counter(&dst.join("upper/count"))?;
+    let later = wait_counter_above(&dst.join("upper/count"), at_arrival + 5, Duration::from_secs(10))?;
+    assert_log_complete(&std::fs::read_to_string(dst.join("upper/log"))?, later)?;
+    assert_host_empty(&pair.a)?;
+
+    ensure!(!src.exists(), "A kept the moved container's bundle");
     drop(guard_b);
     pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
     assert_host_empty(&pair.b)?;

@@ -11,7 +11,7 @@ use super::{external_mounts, CheckpointError, CheckpointInfo, CriuCommon, Stdio}
 use crate::cgroups::Cgroup;
 use crate::container::{connect_console, prepare_cgroup, write_pid_file, ConsoleTarget, ContainerError, Runtime};
 use crate::failpoint::failpoint;
-use crate::spec::Bundle;
+use crate::spec::{Bundle, SpecError};
 use crate::state;
 
 pub struct RestoreOptions {
@@ -87,17 +87,27 @@ impl Runtime {
         let args = criu::restore_args(&plan, &opts.common);
         let root = CString::new(bundle.rootfs.as_os_str().as_bytes())
             .map_err(|_| CheckpointError::BadImage { path: bundle.rootfs.clone(), reason: "NUL in path".into() })?;
-        // criu needs the root to be a mount point: a bind in a mount namespace of its own,
-        // which goes away with it (the container keeps its own reference).
-        let pre: criu::PreExec = Box::new(move || crate::sys::bind_self_in_new_mount_ns(&root));
+        // criu needs the root to be a mount point: a bind (or the bundle's overlay, made
+        // here while privileged) in a mount namespace of its own, which goes away with it
+        // (the container keeps its own reference).
+        let overlay = bundle.overlay.as_ref().map(|o| o.detached_mount()).transpose().map_err(SpecError::from)?;
+        let overlay_fd = overlay.as_ref().map(|m| m.as_raw_fd());
+        let pre: criu::PreExec = Box::new(move || match overlay_fd {
+            Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root),
+            None => crate::sys::bind_self_in_new_mount_ns(&root),
+        });
         failpoint("restore.before-criu");
-        criu::run(
+        let ran = criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
             &args,
             plan.work.join("restore.log"),
             "restore",
             Some(pre),
-        )?;
+        );
+        if bundle.overlay.is_some() {
+            crate::rootfs::overlay::remove_stand_ins(&bundle.rootfs);
+        }
+        ran?;
         failpoint("restore.after-criu");
         let pid = read_pid(&pid_path)?;
         let _ = std::fs::remove_file(&pid_path);

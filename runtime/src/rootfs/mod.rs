@@ -10,6 +10,7 @@ mod cgroupfs;
 mod devices;
 pub use devices::DEFAULT_DEVICES;
 pub mod options;
+pub mod overlay;
 
 use crate::cgroups::Cgroup;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -49,6 +50,8 @@ pub struct RootfsContext<'a> {
     /// "/" is recursively slave already (the runtime made this mount
     /// namespace that way before the init ran).
     pub root_is_rslave: bool,
+    /// A detached overlay mount (`overlay`) that becomes the rootfs mount.
+    pub rootfs_mount: Option<std::os::fd::RawFd>,
 }
 
 /// "/proc/self/fd/N": the mount target for an fd opened inside the rootfs.
@@ -192,7 +195,10 @@ pub fn prepare(ctx: &RootfsContext) -> Result<(), RootfsError> {
         do_mount(None, Path::new("/"), None, prop, None, Path::new("/"))?;
     }
     // pivot_root needs the new root to be a mount point.
-    do_mount(Some(ctx.rootfs), ctx.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, ctx.rootfs)?;
+    match ctx.rootfs_mount {
+        Some(fd) => attach_rootfs(fd, ctx.rootfs)?,
+        None => do_mount(Some(ctx.rootfs), ctx.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, ctx.rootfs)?,
+    }
     let root = File::open(ctx.rootfs).map_err(path_err(ctx.rootfs))?;
     let mut dev_bound = false;
     for m in ctx.spec.mounts().iter().flatten() {
@@ -209,6 +215,16 @@ pub fn prepare(ctx: &RootfsContext) -> Result<(), RootfsError> {
         open_target(&root, p.cwd(), false)?;
     }
     Ok(())
+}
+
+/// Attaches the runtime's detached overlay at `rootfs` (in this, the container's, namespace).
+fn attach_rootfs(fd: std::os::fd::RawFd, rootfs: &Path) -> Result<(), RootfsError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the runtime handed us this descriptor for this one use; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let target = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes())
+        .map_err(|_| path_err(rootfs)(std::io::ErrorKind::InvalidInput.into()))?;
+    crate::sys::attach_mount(fd.as_raw_fd(), &target).map_err(path_err(rootfs))
 }
 
 fn mount_one(ctx: &RootfsContext, root: &File, m: &Mount) -> Result<(), RootfsError> {

@@ -76,6 +76,7 @@ impl World {
         let opts = BundleOptions {
             image: NAME.into(),
             copy: false,
+            mount_in_container: false,
             args: Vec::new(),
             terminal: false,
             read_only: false,
@@ -316,6 +317,7 @@ fn bundles_without_an_image_travel_whole() {
     let opts = BundleOptions {
         image: NAME.into(),
         copy: true,
+        mount_in_container: false,
         args: Vec::new(),
         terminal: false,
         read_only: false,

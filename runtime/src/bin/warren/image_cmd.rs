@@ -90,6 +90,10 @@ pub struct BundleCreateArgs {
     /// Copy the image's files into rootfs instead of mounting an overlay
     #[arg(long)]
     pub copy: bool,
+    /// Mount the overlay only inside the container's own mount namespace, at each create:
+    /// the host's mount table does not grow with tenants (only warren can run such a bundle)
+    #[arg(long, conflicts_with = "copy")]
+    pub mount_in_container: bool,
     /// Give the process a terminal
     #[arg(short, long)]
     pub tty: bool,
@@ -229,6 +233,7 @@ pub fn bundle(cmd: BundleCmd) -> Result<i32> {
             let opts = BundleOptions {
                 image: a.image.clone(),
                 copy: a.copy,
+                mount_in_container: a.mount_in_container,
                 args: a.args.clone(),
                 terminal: a.tty,
                 read_only: a.read_only,
