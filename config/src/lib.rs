@@ -27,5 +27,5 @@ pub use device::BlockDevice;
 pub use error::ConfigError;
 pub use host::{HostConfig, DEFAULT_HOST_FILE, HOST_FILE_ENV};
 pub use plan::{IoLimits, Plan, CPU_PERIOD_US, MIN_MEMORY};
-pub use resources::{apply_plan, apply_plan_to_resources};
+pub use resources::{apply_plan, apply_plan_to_annotations, apply_plan_to_resources, MEMORY_MERGE_ANNOTATION};
 pub use units::{Rate, Size};

@@ -59,6 +59,7 @@ struct CpuFile {
 struct MemoryFile {
     limit: Option<Size>,
     swap: Option<Size>,
+    merge: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -86,6 +87,8 @@ pub struct Plan {
     shares: Option<u64>,
     memory: u64,
     swap: u64,
+    /// Kernel same-page merging (KSM) of the container's anonymous memory.
+    merge: bool,
     io: IoLimits,
     pids: u64,
 }
@@ -107,7 +110,9 @@ impl Plan {
         let cpu = file.cpu.unwrap_or_default();
         let cpus = check.cpus(check.required(CPUS, cpu.cpus)?)?;
         let shares = cpu.shares.map(|n| check.integer(CPU_SHARES, n, SHARES)).transpose()?;
-        let (memory, swap) = check.memory(file.memory.unwrap_or_default())?;
+        let memory_file = file.memory.unwrap_or_default();
+        let merge = memory_file.merge.unwrap_or(false);
+        let (memory, swap) = check.memory(memory_file)?;
         let io = check.io(file.io.unwrap_or_default())?;
         let pids = check.required(PIDS_LIMIT, file.pids.unwrap_or_default().limit)?;
         let pids = check.integer(PIDS_LIMIT, pids, 1..=i64::MAX)?;
@@ -120,6 +125,7 @@ impl Plan {
             shares,
             memory,
             swap,
+            merge,
             io,
             pids,
         })
@@ -161,6 +167,12 @@ impl Plan {
     /// Swap on top of [`Plan::memory`], in bytes (0: none).
     pub fn swap(&self) -> u64 {
         self.swap
+    }
+
+    /// Whether the container's anonymous memory is offered to KSM (`memory.merge`): the
+    /// runtime sets PR_SET_MEMORY_MERGE on its processes.
+    pub fn memory_merge(&self) -> bool {
+        self.merge
     }
 
     pub fn io(&self) -> &IoLimits {

@@ -1,5 +1,6 @@
-//! A plan as OCI `linux.resources`, and its merge into a container's config.
+//! A plan as OCI `linux.resources` (and an annotation), and its merge into a container's config.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use oci_spec::runtime::{
@@ -62,13 +63,34 @@ impl Plan {
     }
 }
 
-/// Writes `plan` into `spec`'s linux.resources, as [`apply_plan_to_resources`] does. On
-/// error `spec` is unchanged.
+/// The annotation that asks the runtime to offer the container's anonymous memory to the
+/// kernel's same-page merging (KSM): "true" or "false". It is an annotation because OCI has no
+/// field for it; a plan with `memory.merge = true` sets it.
+pub const MEMORY_MERGE_ANNOTATION: &str = "org.warren.memory.merge";
+
+/// Writes `plan` into `spec`: its linux.resources as [`apply_plan_to_resources`] does, and its
+/// annotations as [`apply_plan_to_annotations`] does. On error `spec` is unchanged.
 pub fn apply_plan(spec: &mut Spec, plan: &Plan, host: &HostConfig, rootfs: &Path) -> Result<(), ConfigError> {
     let mut resources = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap_or_default();
     apply_plan_to_resources(&mut resources, plan, host, rootfs)?;
     spec.linux_mut().get_or_insert_with(Linux::default).set_resources(Some(resources));
+    // A config without annotations gets none unless the plan needs one.
+    if plan.memory_merge() || spec.annotations().is_some() {
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        apply_plan_to_annotations(&mut annotations, plan);
+        spec.set_annotations(Some(annotations));
+    }
     Ok(())
+}
+
+/// Sets [`MEMORY_MERGE_ANNOTATION`] to "true" when `plan` merges memory and removes it when
+/// not, so that applying a plan again (or another one) gives exactly that plan's config.
+pub fn apply_plan_to_annotations(annotations: &mut HashMap<String, String>, plan: &Plan) {
+    if plan.memory_merge() {
+        annotations.insert(MEMORY_MERGE_ANNOTATION.to_string(), "true".to_string());
+    } else {
+        annotations.remove(MEMORY_MERGE_ANNOTATION);
+    }
 }
 
 /// Writes `plan` over `resources`. The plan's values win; everything else there (devices,

@@ -46,6 +46,8 @@ pub enum ContainerError {
     MemoryPolicy(#[from] crate::mempolicy::MemPolicyError),
     #[error(transparent)]
     Affinity(#[from] crate::affinity::AffinityError),
+    #[error(transparent)]
+    MemoryMerge(#[from] crate::memory_merge::MemoryMergeError),
     #[error("container not running")]
     NotRunning { id: String },
     #[error("cannot start a container that has stopped")]
@@ -277,6 +279,10 @@ impl Runtime {
         let console = connect_console(opts.console.as_ref())?;
         // Built here, privileged and on the host, and attached by the init inside its namespace.
         let rootfs_mount = bundle.overlay.as_ref().map(|o| o.detached_mount()).transpose().map_err(SpecError::from)?;
+        let memory_merge = crate::memory_merge::requested(&bundle.spec)?;
+        if memory_merge {
+            crate::memory_merge::warn_if_ksmd_stopped(&opts.id);
+        }
         let config = InitConfig {
             spec: bundle.spec.clone(),
             namespaces: NamespacePlan::for_spec(&bundle.spec),
@@ -296,6 +302,7 @@ impl Runtime {
             // runtime-spec: execCPUAffinity "is not applicable to the container's init process"
             // (runc agrees); `exec` takes it from the container's process (see `exec`).
             affinity: ExecAffinity::default(),
+            memory_merge,
         };
         // The init starts and makes its namespaces while we build the cgroup.
         guard.cgroup = Some(cgroup.clone());
@@ -515,12 +522,15 @@ impl Runtime {
         // memory policy nor its affinity, so it gets both from the config.
         let affinity = ExecAffinity::from_process(&opts.process)?;
         let mempolicy = MemPolicy::from_spec(&c.state.config)?;
+        // Nor its KSM flag (an exec'd process is no child of the container's).
+        let memory_merge = crate::memory_merge::requested(&c.state.config)?;
         let mut spec = c.state.config.clone();
         spec.set_process(Some(opts.process));
         let console = connect_console(opts.console.as_ref())?;
         let config = InitConfig {
             mempolicy,
             affinity,
+            memory_merge,
             namespaces: NamespacePlan::for_exec(&spec, c.state.pid),
             spec: spec.clone(),
             create: None,

@@ -114,7 +114,9 @@ pub fn features() -> Value {
         },
         "annotations": {
             "org.opencontainers.runc.checkpoint.enabled": "true",
-            "dev.warren.version": env!("CARGO_PKG_VERSION")
+            "dev.warren.version": env!("CARGO_PKG_VERSION"),
+            // Known annotations with their default (KSM merging, crate::memory_merge).
+            (warren_config::MEMORY_MERGE_ANNOTATION): "false"
         }
     })
 }

@@ -37,6 +37,8 @@ pub enum InitError {
     MemoryPolicy(#[from] MemPolicyError),
     #[error(transparent)]
     Affinity(#[from] AffinityError),
+    #[error(transparent)]
+    MemoryMerge(#[from] crate::memory_merge::MemoryMergeError),
     #[error("{step}: {source}")]
     Sys { step: &'static str, source: std::io::Error },
 }
@@ -241,6 +243,11 @@ fn prepare(chan: &mut Channel, cfg: &InitConfig) -> Result<Prepared, InitError> 
     cfg.affinity.apply_final()?;
     if let Some(policy) = &cfg.mempolicy {
         policy.apply()?;
+    }
+    // Also here rather than at exec, for the same reason: a kernel without KSM fails create.
+    // The flag is the mm's and survives exec (6.7+): the program gets it.
+    if cfg.memory_merge {
+        crate::memory_merge::enable()?;
     }
     Ok(Prepared { exec_fifo, program, seccomp, state_json })
 }

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod idlist;
 pub mod init;
 pub mod intel_rdt;
+pub mod memory_merge;
 pub mod mempolicy;
 pub mod migrate;
 pub mod namespaces;

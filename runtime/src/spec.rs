@@ -21,6 +21,8 @@ pub enum SpecError {
     #[error("config.json: {0}")]
     Affinity(#[from] crate::affinity::AffinityError),
     #[error("config.json: {0}")]
+    MemoryMerge(#[from] crate::memory_merge::MemoryMergeError),
+    #[error("config.json: {0}")]
     IntelRdt(#[from] crate::intel_rdt::IntelRdtError),
     #[error("config.json: {0}")]
     Overlay(#[from] crate::rootfs::overlay::OverlayError),
@@ -108,6 +110,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     if rootfs_overlay(spec)?.is_some() && !has_new_namespace(spec, LinuxNamespaceType::Mount) {
         return Err(invalid("annotations[\"org.warren.rootfs.overlay\"]", "needs a new mount namespace"));
     }
+    crate::memory_merge::requested(spec)?;
     Ok(())
 }
 

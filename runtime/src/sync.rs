@@ -62,6 +62,8 @@ pub struct InitConfig {
     pub mempolicy: Option<MemPolicy>,
     /// process.execCPUAffinity, parsed.
     pub affinity: ExecAffinity,
+    /// The container asks for KSM merging of its memory (crate::memory_merge).
+    pub memory_merge: bool,
 }
 
 impl InitConfig {

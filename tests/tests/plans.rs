@@ -163,20 +163,24 @@ fn plan_apply_rewrites_the_resources_only() -> Result<()> {
 fn plan_list_and_show() -> Result<()> {
     let t = Test::new("plan_list");
     let s = Sources::new(&t)?;
-    s.plan_file("tiny", "[cpu]\ncpus = 0.1\n[memory]\nlimit = \"64MiB\"\n[pids]\nlimit = 32\n")?;
+    s.plan_file("tiny", "[cpu]\ncpus = 0.1\n[memory]\nlimit = \"64MiB\"\nmerge = true\n[pids]\nlimit = 32\n")?;
     let out = t.cmd(&[&["plan"][..], &s.flags(), &["list"]].concat())?;
     out.ok()?;
     let rows: Vec<Vec<&str>> = out.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
-    ensure!(rows[0] == ["NAME", "CPUS", "MEMORY", "SWAP", "IO", "PIDS"], "{out}");
-    ensure!(rows[1] == ["tiny", "0.1", "64MiB", "0B", "-", "32"], "{out}");
-    ensure!(rows[3][..4] == ["small", "0.5", "512MiB", "256MiB"] && rows[3].last() == Some(&"256"), "{out}");
+    ensure!(rows[0] == ["NAME", "CPUS", "MEMORY", "SWAP", "MERGE", "IO", "PIDS"], "{out}");
+    ensure!(rows[1] == ["tiny", "0.1", "64MiB", "0B", "yes", "-", "32"], "{out}");
+    ensure!(rows[3][..5] == ["small", "0.5", "512MiB", "256MiB", "no"] && rows[3].last() == Some(&"256"), "{out}");
     let out = t.cmd(&[&["plan"][..], &s.flags(), &["list", "--format", "json"]].concat())?;
     let plans: Value = serde_json::from_str(&out.ok()?.stdout)?;
     let names: Vec<&str> = plans.as_array().context("array")?.iter().filter_map(|p| p["name"].as_str()).collect();
     ensure!(names == ["tiny", "nano", "small", "medium", "large"], "{names:?}");
     ensure!(plans[2]["memory"] == json!(512u64 << 20) && plans[2]["io"]["read_iops"] == json!(1000));
+    ensure!(plans[0]["merge"] == json!(true) && plans[2]["merge"] == json!(false), "{plans}");
     let out = t.cmd(&[&["plan"][..], &s.flags(), &["show", "small"]].concat())?;
     ensure!(out.ok()?.stdout.contains("quota 50000 us per 100000 us"), "{out}");
+    ensure!(out.stdout.contains("\nmerge:       no "), "{out}");
+    let out = t.cmd(&[&["plan"][..], &s.flags(), &["show", "tiny"]].concat())?;
+    ensure!(out.ok()?.stdout.contains("\nmerge:       yes "), "{out}");
     let out = t.cmd(&[&["plan"][..], &s.flags(), &["show", "huge"]].concat())?;
     ensure!(out.failed()?.error_line().contains("no plan named \"huge\""), "{out}");
     Ok(())

@@ -161,3 +161,16 @@ fn unknown_keys_and_bad_syntax_are_refused() {
         assert!(!err.contains('\n'), "one line: {err}");
     }
 }
+
+#[test]
+fn memory_merge_is_off_unless_asked() {
+    assert!(!parse(GOOD).unwrap().memory_merge());
+    let merged = edited("swap = \"128MiB\"", "swap = \"128MiB\"\nmerge = true");
+    assert!(parse(&merged).unwrap().memory_merge());
+    let off = edited("swap = \"128MiB\"", "swap = \"128MiB\"\nmerge = false");
+    assert!(!parse(&off).unwrap().memory_merge());
+    // A string is not a boolean: "yes" or "true" in quotes would hide a typo's reading.
+    let quoted = edited("swap = \"128MiB\"", "swap = \"128MiB\"\nmerge = \"true\"");
+    let err = parse(&quoted).unwrap_err();
+    assert!(err.starts_with("t.toml: memory.merge: "), "{err}");
+}

@@ -82,3 +82,25 @@ fn auto_is_the_disk_under_the_rootfs() {
     let root = crate::device::whole_disk(crate::device::backing(Path::new("/")).unwrap()).unwrap();
     assert_eq!(disks, [root]);
 }
+
+#[test]
+fn memory_merge_is_an_annotation_set_and_removed_by_the_plan() {
+    let merging =
+        Plan::parse("m", "[cpu]\ncpus = 1\n[memory]\nlimit = \"64MiB\"\nmerge = true\n[pids]\nlimit = 8\n", "m.toml")
+            .unwrap();
+    let host = HostConfig::parse("[io]\ndevices = []\n", "h.toml").unwrap();
+    let mut spec = SpecBuilder::default().build().unwrap();
+    spec.set_annotations(Some([("org.example.tenant".to_string(), "t1".to_string())].into()));
+    apply_plan(&mut spec, &merging, &host, Path::new("/")).unwrap();
+    let annotations = spec.annotations().clone().unwrap();
+    assert_eq!(annotations.get(MEMORY_MERGE_ANNOTATION).map(String::as_str), Some("true"));
+    assert_eq!(annotations.get("org.example.tenant").map(String::as_str), Some("t1"), "others kept");
+    // Re-applying a plan without merge takes the annotation out again.
+    apply_plan(&mut spec, &small(), &host, Path::new("/")).unwrap();
+    let annotations = spec.annotations().clone().unwrap();
+    assert_eq!(annotations.len(), 1, "{annotations:?}");
+    // A config without annotations gets none from a plan that needs none.
+    spec.set_annotations(None);
+    apply_plan(&mut spec, &small(), &host, Path::new("/")).unwrap();
+    assert!(spec.annotations().is_none());
+}

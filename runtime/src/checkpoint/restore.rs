@@ -51,6 +51,9 @@ impl Runtime {
         if info.has_terminal() && opts.console.is_none() {
             return Err(ContainerError::NoConsoleSocket { id: opts.id.clone() });
         }
+        if crate::memory_merge::requested(&bundle.spec)? {
+            crate::memory_merge::warn_not_restored(&opts.id);
+        }
         let (lock, mut guard, mut st) = self.register(&opts.id, &bundle)?;
         let cgroup = st.cgroup.clone().expect("set by register");
         guard.cgroup = Some(cgroup.clone());

@@ -306,6 +306,13 @@ pub fn set_no_new_privs() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long).map(|_| ())
 }
 
+/// prctl(PR_SET_MEMORY_MERGE, 1): KSM may merge any anonymous page of this process, not
+/// only madvise(MADV_MERGEABLE)'d ones. Linux 6.4+; the flag survives fork, and exec from 6.7.
+pub fn set_memory_merge() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) } as libc::c_long).map(|_| ())
+}
+
 /// prctl(PR_SET_KEEPCAPS, 1): keep permitted capabilities across setuid.
 pub fn set_keep_caps() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.

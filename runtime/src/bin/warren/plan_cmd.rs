@@ -40,7 +40,7 @@ pub enum PlanFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum PlanCommand {
-    /// List the plans: name, CPUs, memory, swap, I/O limits, pids
+    /// List the plans: name, CPUs, memory, swap, memory merging, I/O limits, pids
     List {
         #[arg(short, long, value_enum, default_value = "table")]
         format: PlanFormat,
@@ -51,7 +51,7 @@ pub enum PlanCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         format: PlanFormat,
     },
-    /// Write a plan's resources into a bundle's config.json (replaced atomically; untouched on error)
+    /// Write a plan's resources (and annotation) into a bundle's config.json (replaced atomically; untouched on error)
     Apply {
         /// Path to the bundle directory
         #[arg(short, long, default_value = ".")]
@@ -84,7 +84,7 @@ pub fn run(a: &PlanArgs) -> Result<i32> {
 pub fn with_plan(mut config: Value, name: &str, sources: &PlanSources, bundle: &Path) -> Result<Value> {
     let catalog = Catalog::discover(sources.plans_dir.as_deref())?;
     let host = HostConfig::discover(sources.host_config.as_deref())?;
-    set_resources(&mut config, catalog.get(name)?, &host, bundle, Path::new("config.json"))?;
+    set_plan(&mut config, catalog.get(name)?, &host, bundle, Path::new("config.json"))?;
     Ok(config)
 }
 
@@ -95,15 +95,16 @@ fn apply_to_bundle(bundle: &Path, plan: &Plan, host: &HostConfig) -> Result<()> 
     let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
     let mut config: Value = serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let rootfs = rootfs_of(&config, bundle);
-    set_resources(&mut config, plan, host, &rootfs, &path)?;
+    set_plan(&mut config, plan, host, &rootfs, &path)?;
     let mut out = serde_json::to_vec_pretty(&config)?;
     out.push(b'\n');
     replace_file(&path, &out)
 }
 
-/// Only linux.resources is read as OCI resources and written back: the rest of the config
-/// stays as it was, fields this runtime does not know included.
-fn set_resources(config: &mut Value, plan: &Plan, host: &HostConfig, rootfs: &Path, path: &Path) -> Result<()> {
+/// Only linux.resources is read as OCI resources and written back, and the plan's annotation
+/// set or removed: the rest of the config stays as it was, fields this runtime does not know
+/// included.
+fn set_plan(config: &mut Value, plan: &Plan, host: &HostConfig, rootfs: &Path, path: &Path) -> Result<()> {
     let Some(root) = config.as_object_mut() else {
         anyhow::bail!("{}: not a JSON object", path.display());
     };
@@ -116,6 +117,25 @@ fn set_resources(config: &mut Value, plan: &Plan, host: &HostConfig, rootfs: &Pa
         .map_err(|e| anyhow::anyhow!("{}: linux.resources.{}: {}", path.display(), e.path(), e.inner()))?;
     warren_config::apply_plan_to_resources(&mut resources, plan, host, rootfs)?;
     linux.insert("resources".to_string(), serde_json::to_value(&resources)?);
+    set_annotations(root, plan, path)
+}
+
+/// The plan's annotation (memory.merge) in, or out when the plan does not set it: the same
+/// as the library's apply_plan_to_annotations, on the JSON so that nothing else changes.
+fn set_annotations(root: &mut serde_json::Map<String, Value>, plan: &Plan, path: &Path) -> Result<()> {
+    let key = warren_config::MEMORY_MERGE_ANNOTATION;
+    if !plan.memory_merge() && !root.contains_key("annotations") {
+        return Ok(());
+    }
+    let annotations = root.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+    let Some(annotations) = annotations.as_object_mut() else {
+        anyhow::bail!("{}: annotations: not an object", path.display());
+    };
+    if plan.memory_merge() {
+        annotations.insert(key.to_string(), Value::from("true"));
+    } else {
+        annotations.remove(key);
+    }
     Ok(())
 }
 
@@ -133,10 +153,17 @@ fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 fn print_table<'a>(plans: impl Iterator<Item = &'a Plan>) {
-    println!("{:<12} {:>6} {:>10} {:>10} {:<40} {:>6}", "NAME", "CPUS", "MEMORY", "SWAP", "IO", "PIDS");
+    println!("{:<12} {:>6} {:>10} {:>10} {:>5} {:<40} {:>6}", "NAME", "CPUS", "MEMORY", "SWAP", "MERGE", "IO", "PIDS");
     for p in plans {
         let (memory, swap) = (Size::from_bytes(p.memory()), Size::from_bytes(p.swap()));
-        println!("{:<12} {:>6} {memory:>10} {swap:>10} {:<40} {:>6}", p.name(), p.cpus(), io_summary(p), p.pids());
+        let merge = yes_no(p.memory_merge());
+        println!(
+            "{:<12} {:>6} {memory:>10} {swap:>10} {merge:>5} {:<40} {:>6}",
+            p.name(),
+            p.cpus(),
+            io_summary(p),
+            p.pids()
+        );
     }
 }
 
@@ -160,6 +187,14 @@ fn io_summary(p: &Plan) -> String {
     }
 }
 
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
 fn print_plan(p: &Plan) {
     let size = Size::from_bytes;
     println!("name:        {}", p.name());
@@ -173,6 +208,7 @@ fn print_plan(p: &Plan) {
     }
     println!("memory:      {}", size(p.memory()));
     println!("swap:        {} (memory + swap: {})", size(p.swap()), size(p.memory() + p.swap()));
+    println!("merge:       {} (KSM of anonymous memory)", yes_no(p.memory_merge()));
     println!("io:          {}", io_summary(p));
     println!("pids:        {}", p.pids());
 }
