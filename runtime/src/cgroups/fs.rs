@@ -15,8 +15,12 @@ use std::time::Duration;
 
 use super::CgroupError;
 
-/// How often [`remove_tree`] retries an rmdir that fails with EBUSY, and how long it sleeps in between.
-const RMDIR_BUSY_RETRIES: u32 = 50;
+/// How often [`remove_tree`] retries an rmdir that fails with EBUSY, and how long it sleeps in between:
+/// up to 10 s. A killed container's last process leaves its cgroups only at the end of its exit,
+/// after its mount namespace is torn down; with the rootfs overlay inside that namespace, the
+/// overlay's unmount syncs the upper file system, which took over a second on ext4 for the
+/// first delete after 1000 starts (bench/density).
+const RMDIR_BUSY_RETRIES: u32 = 500;
 const RMDIR_BUSY_SLEEP: Duration = Duration::from_millis(20);
 
 pub fn read(path: &Path) -> Result<String, CgroupError> {
