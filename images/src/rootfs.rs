@@ -57,8 +57,19 @@ pub fn annotation_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Resu
 /// The overlay of `layers` (bottom first) as a mount attached nowhere (see `sys::detached_overlay`).
 pub fn detached_overlay(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<std::os::fd::OwnedFd, RootfsError> {
     let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
-    crate::sys::detached_overlay(&lowers, upper, work)
+    crate::sys::detached_overlay(&lowers, upper, work, false)
         .map_err(|source| RootfsError::Mount { target: upper.to_path_buf(), source })
+}
+
+/// The same for lower dirs listed top first, as overlayfs' options list them (the runtime's
+/// `org.warren.rootfs.overlay`), with `index=off` when asked.
+pub fn detached_overlay_listed(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    index_off: bool,
+) -> io::Result<std::os::fd::OwnedFd> {
+    crate::sys::detached_overlay(lowers, upper, work, index_off)
 }
 
 /// Mounts overlayfs at `target`: `layers` (bottom first) under `upper`.

@@ -102,7 +102,7 @@ fn fsconfig(fs: &OwnedFd, cmd: libc::c_uint, key: Option<&CStr>, value: Option<&
 /// (`lowers`, top first) is its own "lowerdir+" parameter (Linux 6.8), so the
 /// layer count is not bounded by mount(2)'s one page of options.
 pub fn mount_overlay_fsconfig(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
-    let mnt = detached_overlay(lowers, upper, work)?;
+    let mnt = detached_overlay(lowers, upper, work, false)?;
     let to = cstring(target.as_os_str().as_bytes())?;
     let empty = cstring(b"")?;
     // SAFETY: move_mount(2) of the detached mount fd onto `to`, both strings
@@ -120,19 +120,27 @@ pub fn mount_overlay_fsconfig(lowers: &[&Path], upper: &Path, work: &Path, targe
 }
 
 /// An overlayfs mount attached nowhere: readable through `/proc/self/fd/N`,
-/// gone when the descriptor is closed. `lowers` top first.
-pub fn detached_overlay(lowers: &[&Path], upper: &Path, work: &Path) -> io::Result<OwnedFd> {
+/// gone when the descriptor is closed, until `move_mount` puts it somewhere.
+/// `lowers` top first; `index_off` sets `index=off` whatever the kernel's default.
+pub fn detached_overlay(lowers: &[&Path], upper: &Path, work: &Path, index_off: bool) -> io::Result<OwnedFd> {
     let name = cstring(b"overlay")?;
     // SAFETY: fsopen(2) with a NUL-terminated file system name.
     let fs = fd_result(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
-    let set = |key: &[u8], path: &Path| {
-        fsconfig(&fs, FSCONFIG_SET_STRING, Some(&cstring(key)?), Some(&cstring(path.as_os_str().as_bytes())?))
-    };
-    for l in lowers {
-        set(b"lowerdir+", l)?;
+    let set =
+        |key: &[u8], value: &[u8]| fsconfig(&fs, FSCONFIG_SET_STRING, Some(&cstring(key)?), Some(&cstring(value)?));
+    // One parameter per layer ("lowerdir+", 6.8) has no page limit; older kernels take the list.
+    let per_layer: io::Result<()> = lowers.iter().try_for_each(|l| set(b"lowerdir+", l.as_os_str().as_bytes()));
+    if per_layer.is_err() {
+        let list: Vec<&[u8]> = lowers.iter().map(|l| l.as_os_str().as_bytes()).collect();
+        set(b"lowerdir", &list.join(&b':'))?;
     }
-    set(b"upperdir", upper)?;
-    set(b"workdir", work)?;
+    set(b"upperdir", upper.as_os_str().as_bytes())?;
+    set(b"workdir", work.as_os_str().as_bytes())?;
+    if index_off {
+        set(b"index", b"off")?;
+    }
+    // What mountinfo and df show as the source, as for `mount -t overlay overlay`.
+    set(b"source", b"overlay")?;
     fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
     // SAFETY: fsmount(2) on the configured context; no attribute flags.
     fd_result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })

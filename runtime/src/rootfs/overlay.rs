@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const ANNOTATION: &str = "org.warren.rootfs.overlay";
+pub use warren_images::bundle::OVERLAY_ANNOTATION as ANNOTATION;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsOverlay {
@@ -115,7 +115,7 @@ impl RootfsOverlay {
     /// The overlay as a mount that no namespace holds yet (see the module doc).
     pub fn detached_mount(&self) -> Result<std::os::fd::OwnedFd, OverlayError> {
         let lower: Vec<&Path> = self.lower.iter().map(PathBuf::as_path).collect();
-        crate::sys::detached_overlay(&lower, &self.upper, &self.work, self.index_off)
+        warren_images::rootfs::detached_overlay_listed(&lower, &self.upper, &self.work, self.index_off)
             .map_err(|source| OverlayError::Mount { source })
     }
 }

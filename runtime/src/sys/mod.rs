@@ -183,55 +183,6 @@ pub fn bind_self_in_new_mount_ns(path: &std::ffi::CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// A new overlayfs mount that is attached nowhere (fsopen, fsconfig, fsmount): no mount
-/// namespace's table holds it until `move_mount` puts it somewhere. `lowers` top first.
-pub fn detached_overlay(lowers: &[&Path], upper: &Path, work: &Path, index_off: bool) -> io::Result<OwnedFd> {
-    const FSCONFIG_SET_STRING: u32 = 1;
-    const FSCONFIG_CMD_CREATE: u32 = 6;
-    const FSOPEN_CLOEXEC: u32 = 1;
-    const FSMOUNT_CLOEXEC: u32 = 1;
-    // SAFETY: fsopen(2) with a NUL-terminated file system name and a flag.
-    let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) })?;
-    // SAFETY: fsopen returned a new descriptor that nothing else owns.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
-    let set = |key: &std::ffi::CStr, value: Option<&CString>| {
-        let (cmd, v) = match value {
-            Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
-            None => (FSCONFIG_CMD_CREATE, std::ptr::null()),
-        };
-        let k = if value.is_some() { key.as_ptr() } else { std::ptr::null() };
-        // SAFETY: fsconfig(2) on our context with NUL-terminated strings (or nulls for CREATE).
-        check(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k, v, 0) }).map(|_| ())
-    };
-    // One parameter per layer ("lowerdir+", 6.8) has no page limit; older kernels take the list.
-    let mut per_layer = Ok(());
-    for l in lowers {
-        per_layer = set(c"lowerdir+", Some(&cstr(l)?));
-        if per_layer.is_err() {
-            break;
-        }
-    }
-    if per_layer.is_err() {
-        let list: Vec<&str> = lowers.iter().map(|l| l.to_str().unwrap_or("")).collect();
-        set(
-            c"lowerdir",
-            Some(&CString::new(list.join(":")).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?),
-        )?;
-    }
-    set(c"upperdir", Some(&cstr(upper)?))?;
-    set(c"workdir", Some(&cstr(work)?))?;
-    if index_off {
-        set(c"index", Some(&CString::from(c"off")))?;
-    }
-    // What mountinfo and df show as the source, as for `mount -t overlay overlay`.
-    set(c"source", Some(&CString::from(c"overlay")))?;
-    set(c"", None)?;
-    // SAFETY: fsmount(2) on the created context; no attribute flags.
-    let mnt = check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
-    // SAFETY: fsmount returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(mnt as RawFd) })
-}
-
 /// Attaches the detached mount `fd` at `target` in the caller's mount namespace.
 /// Async-signal-safe (one syscall): it also runs between fork and exec.
 pub fn attach_mount(fd: RawFd, target: &std::ffi::CStr) -> io::Result<()> {
