@@ -521,7 +521,9 @@ fn a_bundle_mounted_in_its_container_adds_nothing_to_the_host_mount_table() -> R
     let im = Images::new(&t);
     im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
-    let counter = "i=$(cat /root/n 2>/dev/null || echo 0); echo $((i+1)) > /root/n; exec sleep 1000";
+    // Written through a rename, so a reader never sees it half-written.
+    let counter =
+        "i=$(cat /root/n 2>/dev/null || echo 0); echo $((i+1)) > /root/n.new; mv /root/n.new /root/n; exec sleep 1000";
     im.bundle_sh("bb:1", &dir, &["--mount-in-container"], counter)?;
     let cfg: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
     let overlay = cfg["annotations"]["org.warren.rootfs.overlay"].as_str().context("no overlay annotation")?;
@@ -535,6 +537,9 @@ fn a_bundle_mounted_in_its_container_adds_nothing_to_the_host_mount_table() -> R
         // (Other tests run beside this one: only what is under this test's dir is ours.)
         let ours = mounts_under(t.dir());
         ensure!(ours.is_empty(), "a running container added host mounts: {ours:?}");
+        // `run -d` returns once the process is started, not once it has written: wait for it.
+        let seen = wait_counter_above(&dir.join("upper/root/n"), round - 1, std::time::Duration::from_secs(10))?;
+        ensure!(seen == round, "round {round}: the counter says {seen}");
         // The container's own root is the overlay, and what it wrote lives in the upper dir.
         let n = c.exec(&[], &["cat", "/root/n"])?;
         ensure!(n.ok()?.stdout == format!("{round}\n"), "round {round}: {n}");
