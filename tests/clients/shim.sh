@@ -280,8 +280,9 @@ else
 	fi
 	n1=$(count_of ck1 r1)
 	check "the restored counter goes on from its checkpoint (>= $before, got '$n1')" [ "${n1:-0}" -ge "$before" ]
-	# A counter started anew would be at about 5 a second later.
-	sleep 1
+	# A counter started anew would be at about 7 then (5 a second); a slow
+	# machine still counts 3 in 1.5 s.
+	sleep 1.5
 	n2=$(count_of ck1 r1b)
 	check "... and counts on a second later (>= $((before + 3)), got '$n2')" [ "${n2:-0}" -ge $((before + 3)) ]
 	out=$(C task exec --fifo-dir "$FIFO" --exec-id r2 ck1 sh -c 'tr "\0" " " </proc/1/cmdline' </dev/null 2>"$ERR")
@@ -455,7 +456,8 @@ if wait_for 10 status_is rob1 RUNNING; then
 			 | .linux.cgroupsPath = \$cg | .annotations[\"io.kubernetes.cri.sandbox-id\"] = \$g | $2" \
 			"$WCL_TMP/config.json" >"$WCL_TMP/$1.json"
 	}
-	HS=5.$RANDOM
+	# Long enough for ps and exec to answer on a slow, loaded machine.
+	HS=8.$RANDOM
 	spec_of rob3 ".hooks.createRuntime = [{\"path\": \"/bin/sleep\", \"args\": [\"sleep\", \"$HS\"]}]"
 	C run -d --config "$WCL_TMP/rob3.json" "${RT[@]}" rob3 </dev/null >"$WCL_TMP/rob3.out" 2>&1 &
 	rp=$!
@@ -475,7 +477,7 @@ if wait_for 10 status_is rob1 RUNNING; then
 	spec_of rob4 '.linux.namespaces |= map(select(.type != "pid"))'
 	C run -d --config "$WCL_TMP/rob4.json" "${RT[@]}" rob4 </dev/null >/dev/null 2>"$ERR"
 	if wait_for 10 status_is rob4 RUNNING; then
-		LS=5.$RANDOM
+		LS=20.$RANDOM
 		flock -x "$SROOT/$NS/rob4" sleep "$LS" &
 		lp=$!
 		wait_for 5 pgrep -f "^sleep $LS\$" >/dev/null
@@ -487,6 +489,7 @@ if wait_for 10 status_is rob1 RUNNING; then
 		during=$(kill -0 "$lp" 2>/dev/null && echo yes)
 		check "rob4 (no pid namespace) died while its state lock was held: its state ($st), ps and exec of rob1 (rc $rc) answered while the lock was still held (${during:-no})" \
 			[ "$st/$rc/$during" = STOPPED/0/yes ]
+		pkill -f "^sleep $LS\$"; kill "$lp" 2>/dev/null
 		wait "$lp"
 	else
 		bad "rob4 (no pid namespace) did not run: $(short "$(cat "$ERR")")"
