@@ -284,7 +284,7 @@ else
 	# machine still counts 3 in 1.5 s.
 	sleep 1.5
 	n2=$(count_of ck1 r1b)
-	check "... and counts on a second later (>= $((before + 3)), got '$n2')" [ "${n2:-0}" -ge $((before + 3)) ]
+	check "... and counts on 1.5 s later (>= $((before + 3)), got '$n2')" [ "${n2:-0}" -ge $((before + 3)) ]
 	out=$(C task exec --fifo-dir "$FIFO" --exec-id r2 ck1 sh -c 'tr "\0" " " </proc/1/cmdline' </dev/null 2>"$ERR")
 	same "ctr task exec in the restored task: pid 1 is the counter" "sh -c $CNT " "$out" "$ERR"
 	st=$(wstate ck1)
