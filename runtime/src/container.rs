@@ -278,7 +278,12 @@ impl Runtime {
             .into();
         let console = connect_console(opts.console.as_ref())?;
         // Built here, privileged and on the host, and attached by the init inside its namespace.
-        let rootfs_mount = bundle.overlay.as_ref().map(|o| o.detached_mount()).transpose().map_err(SpecError::from)?;
+        let rootfs_mount = bundle
+            .overlay
+            .as_ref()
+            .map(|o| o.detached_mount(crate::spec::IdMaps::of_spec(&bundle.spec).as_ref()))
+            .transpose()
+            .map_err(SpecError::from)?;
         let memory_merge = crate::memory_merge::requested(&bundle.spec)?;
         if memory_merge {
             crate::memory_merge::warn_if_ksmd_stopped(&opts.id);

@@ -14,7 +14,7 @@ use crate::hooks::{self, HookKind};
 use crate::init::SYNC_FD_ENV;
 use crate::sync::InitConfig;
 use crate::sync::{Channel, FromInit, SyncError};
-use oci_spec::runtime::{LinuxIdMapping, Spec};
+use oci_spec::runtime::Spec;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -167,17 +167,12 @@ impl InitProcess {
     }
 }
 
-fn map_text(maps: &[LinuxIdMapping]) -> String {
-    maps.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect()
-}
-
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), SpawnError> {
-    let linux = spec.linux().as_ref();
-    let uid = linux.and_then(|l| l.uid_mappings().clone()).unwrap_or_default();
-    let gid = linux.and_then(|l| l.gid_mappings().clone()).unwrap_or_default();
-    let write = |file: &'static str, text: String| {
+    let maps = crate::spec::IdMaps::of_spec(spec)
+        .unwrap_or(crate::spec::IdMaps { uid_map: String::new(), gid_map: String::new() });
+    let write = |file: &'static str, text: &str| {
         std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|source| SpawnError::IdMap { pid, file, source })
     };
-    write("uid_map", map_text(&uid))?;
-    write("gid_map", map_text(&gid))
+    write("uid_map", &maps.uid_map)?;
+    write("gid_map", &maps.gid_map)
 }

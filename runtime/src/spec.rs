@@ -107,11 +107,42 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     crate::mempolicy::MemPolicy::from_spec(spec)?;
     crate::affinity::ExecAffinity::from_process(process)?;
     crate::intel_rdt::check(spec)?;
-    if rootfs_overlay(spec)?.is_some() && !has_new_namespace(spec, LinuxNamespaceType::Mount) {
-        return Err(invalid("annotations[\"org.warren.rootfs.overlay\"]", "needs a new mount namespace"));
+    if let Some(overlay) = rootfs_overlay(spec)? {
+        let field = "annotations[\"org.warren.rootfs.overlay\"]";
+        if !has_new_namespace(spec, LinuxNamespaceType::Mount) {
+            return Err(invalid(field, "needs a new mount namespace"));
+        }
+        if overlay.idmap && IdMaps::of_spec(spec).is_none() {
+            return Err(invalid(field, "idmap needs a new user namespace (linux.uidMappings, gidMappings)"));
+        }
     }
     crate::memory_merge::requested(spec)?;
     Ok(())
+}
+
+/// The id maps of a container that makes its own user namespace, as /proc/PID/uid_map and
+/// gid_map take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMaps {
+    pub uid_map: String,
+    pub gid_map: String,
+}
+
+impl IdMaps {
+    /// None for a container without a new user namespace.
+    pub fn of_spec(spec: &Spec) -> Option<IdMaps> {
+        let linux = spec.linux().as_ref()?;
+        let new_userns =
+            linux.namespaces().iter().flatten().any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_none());
+        if !new_userns {
+            return None;
+        }
+        let text = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> String {
+            let maps = maps.as_deref().unwrap_or_default();
+            maps.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect()
+        };
+        Some(IdMaps { uid_map: text(linux.uid_mappings()), gid_map: text(linux.gid_mappings()) })
+    }
 }
 
 /// The overlay the config's annotation asks for (syntax only).

@@ -619,3 +619,50 @@ fn a_bundle_mounted_in_its_container_checkpoints_and_restores() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn idmapped_lowers_give_a_user_namespaced_container_the_shared_layers_as_its_own() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = Test::new("img_idmap");
+    let im = Images::new(&t);
+    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    let dir = t.dir().join("b1");
+    let script = "stat -c '%u:%g' /bin/busybox; touch /bin/mine; stat -c '%u:%g' /bin/mine; cat /proc/self/uid_map";
+    im.bundle_sh("bb:1", &dir, &["--mount-in-container"], script)?;
+    // Root in the container is host id 300000: it must be able to reach root.path.
+    for d in [t.dir(), &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let base = 300_000u32;
+    std::os::unix::fs::chown(dir.join("upper"), Some(base), Some(base))?;
+    let bundle_cfg = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&bundle_cfg)?)?;
+    let overlay = cfg["annotations"]["org.warren.rootfs.overlay"].as_str().context("no overlay annotation")?;
+    let plain = overlay.to_string();
+    cfg["annotations"]["org.warren.rootfs.overlay"] = Value::String(format!("{plain},idmap"));
+    let map = serde_json::json!([{"containerID": 0, "hostID": base, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = map.clone();
+    cfg["linux"]["gidMappings"] = map;
+    cfg["linux"]["namespaces"].as_array_mut().context("namespaces")?.push(serde_json::json!({"type": "user"}));
+    std::fs::write(&bundle_cfg, serde_json::to_vec(&cfg)?)?;
+    let out = im.run("c1", &dir)?;
+    let lines: Vec<String> =
+        out.ok()?.stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    // The layer's files (host root's on disk) are the container root's; what it writes is
+    // host id 300000's in the upper dir, and the shared layer is unchanged.
+    ensure!(lines == ["0:0", "0:0", "0 300000 65536"], "{lines:?}");
+    let mine = std::fs::metadata(dir.join("upper/bin/mine"))?;
+    ensure!((mine.uid(), mine.gid()) == (base, base), "upper file owned by {}:{}", mine.uid(), mine.gid());
+    let layer = std::fs::metadata(plain.split(['=', ',']).nth(1).context("lowerdir")?)?;
+    ensure!(layer.uid() == 0, "the shared layer changed owner");
+    // Without a user namespace, idmap is refused in one line naming the annotation.
+    cfg["linux"]["namespaces"].as_array_mut().context("namespaces")?.retain(|n| n["type"] != "user");
+    cfg["linux"].as_object_mut().context("linux")?.retain(|k, _| !k.ends_with("Mappings"));
+    std::fs::write(&bundle_cfg, serde_json::to_vec(&cfg)?)?;
+    let out = im.run("c2", &dir)?;
+    let line = out.failed()?.error_line();
+    ensure!(line.contains("org.warren.rootfs.overlay") && line.contains("idmap needs a new user namespace"), "{out}");
+    im.rm_bundle(&dir)?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}

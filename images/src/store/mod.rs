@@ -168,7 +168,9 @@ impl Store {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        // Absolute: its layer paths go into bundles' config.json, read from another cwd.
+        let root = root.canonicalize().map_err(io_err(root))?;
+        Ok(Store { root })
     }
 
     pub fn root(&self) -> &Path {

@@ -90,7 +90,12 @@ impl Runtime {
         // criu needs the root to be a mount point: a bind (or the bundle's overlay, made
         // here while privileged) in a mount namespace of its own, which goes away with it
         // (the container keeps its own reference).
-        let overlay = bundle.overlay.as_ref().map(|o| o.detached_mount()).transpose().map_err(SpecError::from)?;
+        let overlay = bundle
+            .overlay
+            .as_ref()
+            .map(|o| o.detached_mount(crate::spec::IdMaps::of_spec(&bundle.spec).as_ref()))
+            .transpose()
+            .map_err(SpecError::from)?;
         let overlay_fd = overlay.as_ref().map(|m| m.as_raw_fd());
         let pre: criu::PreExec = Box::new(move || match overlay_fd {
             Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root),

@@ -11,8 +11,10 @@
 //! attaches it at `root.path` inside its new namespace.
 
 use serde::{Deserialize, Serialize};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::spec::IdMaps;
 pub use warren_images::bundle::OVERLAY_ANNOTATION as ANNOTATION;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +26,10 @@ pub struct RootfsOverlay {
     /// `index=off` (containerd's snapshotter asks for it): no inode index, whatever the
     /// kernel's default, so a later mount of the same upper dir is not refused as in use.
     pub index_off: bool,
+    /// `idmap` (Warren's own): each lower dir is mounted through the container's
+    /// `linux.uidMappings`/`gidMappings`, so that a shared image layer owned by host root
+    /// reads as owned by the container's root without a chowned copy per container.
+    pub idmap: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +40,10 @@ pub enum OverlayError {
     Dir { key: &'static str, path: PathBuf, source: std::io::Error },
     #[error("annotations[\"{ANNOTATION}\"]: mount the overlay: {source}")]
     Mount { source: std::io::Error },
+    #[error("annotations[\"{ANNOTATION}\"]: idmap: {message}")]
+    Idmap { message: String },
+    #[error("annotations[\"{ANNOTATION}\"]: idmap lowerdir {path}: {source}")]
+    IdmapLayer { path: PathBuf, source: std::io::Error },
 }
 
 fn syntax(message: impl Into<String>) -> OverlayError {
@@ -53,10 +63,10 @@ impl RootfsOverlay {
 
     pub fn parse(text: &str) -> Result<RootfsOverlay, OverlayError> {
         let (mut lower, mut upper, mut work) = (None, None, None);
-        let mut index_off = false;
+        let (mut index_off, mut idmap) = (false, false);
         for part in text.split(',') {
-            if part == "index=off" {
-                index_off = true;
+            if part == "index=off" || part == "idmap" {
+                *(if part == "idmap" { &mut idmap } else { &mut index_off }) = true;
                 continue;
             }
             let (key, value) = part.split_once('=').ok_or_else(|| syntax(format!("{part:?} is not KEY=VALUE")))?;
@@ -64,7 +74,9 @@ impl RootfsOverlay {
                 "lowerdir" => &mut lower,
                 "upperdir" => &mut upper,
                 "workdir" => &mut work,
-                _ => return Err(syntax(format!("unknown key {key:?} (lowerdir, upperdir, workdir, index=off)"))),
+                _ => {
+                    return Err(syntax(format!("unknown key {key:?} (lowerdir, upperdir, workdir, index=off, idmap)")))
+                }
             };
             if slot.replace(value).is_some() {
                 return Err(syntax(format!("{key} given twice")));
@@ -79,6 +91,7 @@ impl RootfsOverlay {
             upper: PathBuf::from(need(upper, "upperdir")?),
             work: PathBuf::from(need(work, "workdir")?),
             index_off,
+            idmap,
         };
         for p in overlay.lower.iter().chain([&overlay.upper, &overlay.work]) {
             if !p.is_absolute() {
@@ -92,7 +105,9 @@ impl RootfsOverlay {
     pub fn to_annotation(&self) -> String {
         let lower: Vec<String> = self.lower.iter().map(|p| p.display().to_string()).collect();
         let index = if self.index_off { ",index=off" } else { "" };
-        format!("lowerdir={},upperdir={},workdir={}{index}", lower.join(":"), self.upper.display(), self.work.display())
+        let idmap = if self.idmap { ",idmap" } else { "" };
+        let (upper, work) = (self.upper.display(), self.work.display());
+        format!("lowerdir={},upperdir={upper},workdir={work}{index}{idmap}", lower.join(":"))
     }
 
     /// Every directory must exist before anything of the container is made.
@@ -112,11 +127,36 @@ impl RootfsOverlay {
         Ok(())
     }
 
-    /// The overlay as a mount that no namespace holds yet (see the module doc).
-    pub fn detached_mount(&self) -> Result<std::os::fd::OwnedFd, OverlayError> {
-        let lower: Vec<&Path> = self.lower.iter().map(PathBuf::as_path).collect();
+    /// The overlay as a mount that no namespace holds yet (see the module doc); with `idmap`,
+    /// its lower dirs are idmapped clones through `maps` (the container's user namespace).
+    pub fn detached_mount(&self, maps: Option<&IdMaps>) -> Result<std::os::fd::OwnedFd, OverlayError> {
+        let clones = match (self.idmap, maps) {
+            (false, _) => Vec::new(),
+            (true, None) => {
+                let message = "needs a new user namespace with linux.uidMappings and gidMappings".to_string();
+                return Err(OverlayError::Idmap { message });
+            }
+            (true, Some(maps)) => self.idmapped_lowers(maps)?,
+        };
+        // The clones are attached nowhere: overlayfs reaches them through their fds' magic links.
+        let clone_paths: Vec<PathBuf> =
+            clones.iter().map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))).collect();
+        let named = if self.idmap { &clone_paths } else { &self.lower };
+        let lower: Vec<&Path> = named.iter().map(PathBuf::as_path).collect();
         warren_images::rootfs::detached_overlay_listed(&lower, &self.upper, &self.work, self.index_off)
             .map_err(|source| OverlayError::Mount { source })
+    }
+
+    fn idmapped_lowers(&self, maps: &IdMaps) -> Result<Vec<std::os::fd::OwnedFd>, OverlayError> {
+        let userns = crate::sys::userns_with_maps(&maps.uid_map, &maps.gid_map)
+            .map_err(|e| OverlayError::Idmap { message: format!("a user namespace with the container's maps: {e}") })?;
+        self.lower
+            .iter()
+            .map(|path| {
+                crate::sys::idmapped_clone(path, userns.as_raw_fd())
+                    .map_err(|source| OverlayError::IdmapLayer { path: path.clone(), source })
+            })
+            .collect()
     }
 }
 
@@ -161,6 +201,10 @@ mod tests {
         let o = RootfsOverlay::parse(containerd).unwrap();
         assert!(o.index_off);
         assert_eq!(o.to_annotation(), "lowerdir=/s/1/fs,upperdir=/s/9/fs,workdir=/s/9/work,index=off");
+        let idmapped = "lowerdir=/s/l1,upperdir=/b/upper,workdir=/b/work,idmap";
+        let o = RootfsOverlay::parse(idmapped).unwrap();
+        assert!(o.idmap && !o.index_off);
+        assert_eq!(o.to_annotation(), idmapped);
     }
 
     #[test]

@@ -471,6 +471,84 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         .map(|_| ())
 }
 
+/// A user namespace with the given `uid_map` and `gid_map` texts, held by the returned fd
+/// alone: a child unshares it, the maps are written, the namespace opened, and the child
+/// exits. What idmapped mounts take (`mount_setattr`'s userns_fd).
+pub fn userns_with_maps(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    let (ready_rd, ready_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (go_rd, go_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (go_wr_raw, go_rd_raw, ready_wr_raw) = (go_wr.as_raw_fd(), go_rd.as_raw_fd(), ready_wr.as_raw_fd());
+    // SAFETY: the child makes only async-signal-safe raw syscalls (close, unshare, write,
+    // read, _exit), so this is sound even from a multi-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; the fds are the child's copies of the pipes made here.
+        unsafe {
+            libc::close(go_wr_raw);
+            let ok = [u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0)];
+            libc::write(ready_wr_raw, ok.as_ptr().cast(), 1);
+            let mut b = [0u8; 1];
+            libc::read(go_rd_raw, b.as_mut_ptr().cast(), 1);
+            libc::_exit(0)
+        }
+    }
+    check(pid as libc::c_long)?;
+    drop((ready_wr, go_rd));
+    let made = (|| {
+        let mut ok = [0u8; 1];
+        let n = nix::unistd::read(ready_rd.as_raw_fd(), &mut ok)?;
+        if n != 1 || ok[0] != 1 {
+            return Err(io::Error::other("the child could not unshare its user namespace"));
+        }
+        std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)?;
+        std::fs::File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from)
+    })();
+    drop(go_wr);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    made
+}
+
+/// A detached copy (open_tree OPEN_TREE_CLONE) of the mount at `path` whose file ownership
+/// is seen through `userns`'s id mapping (MOUNT_ATTR_IDMAP): id 0 on disk shows as the
+/// host id the namespace maps 0 to.
+pub fn idmapped_clone(path: &Path, userns: RawFd) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let p = cstr(path)?;
+    // SAFETY: open_tree(2) with a NUL-terminated path; it returns a new fd or -1.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    // SAFETY: the fd is new and ours alone.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns as u64 };
+    // SAFETY: `attr` is a live, fully initialised mount_attr whose size we pass.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(tree)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
