@@ -19,6 +19,27 @@ const BUILTIN_NAME: &str = "built-in host.toml";
 #[serde(deny_unknown_fields)]
 struct HostFile {
     io: Option<IoFile>,
+    tenants: Option<TenantsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    first_id: Option<u32>,
+    ranges: Option<u32>,
+}
+
+/// How many ids each tenant's user namespace maps (uid and gid alike), as LXC and podman do.
+pub const IDS_PER_TENANT: u32 = 65536;
+const DEFAULT_FIRST_ID: u32 = 1_000_000;
+const DEFAULT_RANGES: u32 = 1024;
+
+/// The host ids tenants' user namespaces are mapped to: `ranges` ranges of
+/// [`IDS_PER_TENANT`] from `first_id` on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IdPool {
+    pub first_id: u32,
+    pub ranges: u32,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +64,7 @@ enum DeviceEntry {
 pub struct HostConfig {
     source: String,
     io_devices: Vec<(String, DeviceEntry)>,
+    id_pool: IdPool,
 }
 
 impl HostConfig {
@@ -68,6 +90,7 @@ impl HostConfig {
 
     pub fn parse(text: &str, source: &str) -> Result<HostConfig, ConfigError> {
         let file: HostFile = toml_file::parse(text, source)?;
+        let id_pool = id_pool(file.tenants, source)?;
         let entries = file.io.and_then(|io| io.devices).unwrap_or_else(|| vec!["auto".to_string()]);
         let io_devices = entries
             .into_iter()
@@ -80,7 +103,12 @@ impl HostConfig {
                 Ok((text, entry))
             })
             .collect::<Result<_, ConfigError>>()?;
-        Ok(HostConfig { source: source.to_string(), io_devices })
+        Ok(HostConfig { source: source.to_string(), io_devices, id_pool })
+    }
+
+    /// The host ids tenants get (tenants.first_id, tenants.ranges).
+    pub fn id_pool(&self) -> IdPool {
+        self.id_pool
     }
 
     /// The disks that a plan's I/O limits apply to, for a container whose rootfs is at
@@ -105,6 +133,31 @@ impl HostConfig {
         }
         Ok(disks)
     }
+}
+
+fn id_pool(file: Option<TenantsFile>, source: &str) -> Result<IdPool, ConfigError> {
+    let (first, ranges) = file.map_or((None, None), |t| (t.first_id, t.ranges));
+    let pool = IdPool { first_id: first.unwrap_or(DEFAULT_FIRST_ID), ranges: ranges.unwrap_or(DEFAULT_RANGES) };
+    let bad = |field: &'static str, reason: &str| ConfigError::Invalid {
+        file: source.to_string(),
+        field,
+        value: match field {
+            "tenants.first_id" => pool.first_id.to_string(),
+            _ => pool.ranges.to_string(),
+        },
+        reason: reason.to_string(),
+    };
+    if pool.first_id == 0 {
+        return Err(bad("tenants.first_id", "is host root, never a tenant's id"));
+    }
+    if pool.ranges == 0 {
+        return Err(bad("tenants.ranges", "leaves no room for a tenant"));
+    }
+    let end = u64::from(pool.first_id) + u64::from(pool.ranges) * u64::from(IDS_PER_TENANT);
+    if end > u64::from(u32::MAX) {
+        return Err(bad("tenants.ranges", "run past the largest id, 4294967295"));
+    }
+    Ok(pool)
 }
 
 fn parse_entry(text: &str) -> Result<DeviceEntry, &'static str> {
@@ -149,6 +202,22 @@ mod tests {
             ("[cpu]\nperiod = 1\n", "h.toml: cpu: unknown field `cpu`"),
         ];
         for (text, want) in cases {
+            let err = HostConfig::parse(text, "h.toml").unwrap_err().to_string();
+            assert!(err.starts_with(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn tenant_id_pool_defaults_and_bounds() {
+        let pool = HostConfig::parse("", "h.toml").unwrap().id_pool();
+        assert_eq!(pool, IdPool { first_id: 1_000_000, ranges: 1024 });
+        let pool = HostConfig::parse("[tenants]\nfirst_id = 200000\nranges = 2\n", "h.toml").unwrap().id_pool();
+        assert_eq!(pool, IdPool { first_id: 200_000, ranges: 2 });
+        for (text, want) in [
+            ("[tenants]\nfirst_id = 0\n", "h.toml: tenants.first_id: 0 is host root"),
+            ("[tenants]\nranges = 0\n", "h.toml: tenants.ranges: 0 leaves no room"),
+            ("[tenants]\nranges = 70000\n", "h.toml: tenants.ranges: 70000 run past the largest id"),
+        ] {
             let err = HostConfig::parse(text, "h.toml").unwrap_err().to_string();
             assert!(err.starts_with(want), "{text}: {err}");
         }

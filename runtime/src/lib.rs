@@ -27,4 +27,5 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod sys;
+pub mod tenant;
 pub mod wait;

@@ -32,7 +32,7 @@ pub use cgroupfs::{cgroup_dir, cpu_bandwidth, cpu_weight, hierarchy_root, is_cgr
 pub use cmd::{command, pass_fds, run_with_deadline, Out};
 pub use console::ConsoleSocket;
 pub use host::{FakeHost, HostPair, NetNs};
-pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under};
+pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under, processes, ProcMatch};
 pub use loopdev::{loop_devices_under, LoopDevice};
 pub use probe::install_probe;
 pub use serde_json::json;

@@ -89,6 +89,8 @@ pub enum Command {
     Image(crate::image_cmd::ImageCmd),
     /// Bundles made from images: create, rm
     Bundle(crate::image_cmd::BundleCmd),
+    /// Tenants: VPS-style containers made from an image with a plan, supervised
+    Tenant(crate::tenant_cmd::TenantCmd),
     /// Move a running container to another host (send), or take one (receive)
     Migrate(crate::migrate_cmd::MigrateCmd),
     /// Print the features this runtime implements (runtime-spec features.md)

@@ -36,6 +36,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plan(a) => crate::plan_cmd::run(&a),
         Command::Image(a) => crate::image_cmd::image(a),
         Command::Bundle(a) => crate::image_cmd::bundle(a),
+        Command::Tenant(a) => crate::tenant_cmd::tenant(&cli.root, a),
         Command::Update(a) => update(&rt, &a),
         Command::Events(a) => events_cmd::events(&rt, &a),
         Command::Checkpoint(a) => checkpoint_cmd::checkpoint(&rt, &a, criu.as_deref()),

@@ -8,6 +8,7 @@ mod image_cmd;
 mod logging;
 mod migrate_cmd;
 mod plan_cmd;
+mod tenant_cmd;
 
 fn main() {
     // The container init is exec'd by the runtime itself: skip clap and logging.
@@ -45,7 +46,7 @@ fn main() {
 
 /// The error and its causes on one line. The library's errors name their cause in their own
 /// message already: a cause whose text is there is not repeated.
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

@@ -1,0 +1,365 @@
+//! `warren tenant`: VPS-style tenants for a hosting operator (the library's `tenant`).
+
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use warren::container::Runtime;
+use warren::tenant::supervise::{self, SupervisorStatus};
+use warren::tenant::{NewTenant, Restart, Tenant, Tenants, Volume};
+use warren_config::HostConfig;
+use warren_images::store::{Store, DEFAULT_STORE};
+
+/// The fd on which a supervisor tells `start` whether its tenant runs.
+const READY_FD_ENV: &str = "WARREN_TENANT_READY_FD";
+
+#[derive(Args, Debug)]
+pub struct TenantCmd {
+    /// Directory of the image store (tenants live in its `tenants/`)
+    #[arg(long, global = true, default_value = DEFAULT_STORE)]
+    pub store: PathBuf,
+    #[command(flatten)]
+    pub plan_sources: crate::plan_cmd::PlanSources,
+    #[command(subcommand)]
+    pub command: TenantCommand,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum RestartArg {
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum TenantFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Make a tenant from an image with a plan (not started)
+    Create(CreateArgs),
+    /// Start a tenant under its supervisor
+    Start { name: String },
+    /// Stop a tenant: SIGTERM, then SIGKILL after the timeout
+    Stop {
+        name: String,
+        /// Seconds between SIGTERM and SIGKILL
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Stop and start a tenant
+    Restart {
+        name: String,
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Stop a tenant and remove it, its bundle and its writable layer
+    Destroy {
+        name: String,
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// List the tenants with their state and usage
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: TenantFormat,
+    },
+    /// Print what a tenant wrote on stdout and stderr
+    Logs {
+        name: String,
+        /// Keep printing what it writes
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running tenant (`warren exec` on its container)
+    Exec {
+        name: String,
+        /// Allocate a terminal
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(required = true, last = true)]
+        args: Vec<String>,
+    },
+    /// Start every tenant that should run and has no supervisor (after a reboot)
+    Boot,
+    /// The supervisor of one tenant (run by `start`)
+    #[command(hide = true)]
+    Supervise { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Image in the store
+    #[arg(long)]
+    pub image: String,
+    /// Hosting plan (`warren plan list`)
+    #[arg(long)]
+    pub plan: String,
+    /// Host name inside (default: the tenant's name)
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// HOST:CONTAINER[:ro] bind mount (repeatable)
+    #[arg(long = "volume", short = 'v')]
+    pub volumes: Vec<String>,
+    /// When the supervisor starts it again after its init ends
+    #[arg(long, value_enum, default_value = "on-failure")]
+    pub restart: RestartArg,
+    /// Command instead of the image's
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn tenant(root: &Path, cmd: TenantCmd) -> Result<i32> {
+    let store = Store::open(&cmd.store)?;
+    let tenants = Tenants::open(&store)?;
+    let rt = Runtime::new(root);
+    let timeout = |s: u64| Duration::from_secs(s);
+    match cmd.command {
+        TenantCommand::Create(a) => create(&store, &tenants, &cmd.plan_sources, a)?,
+        TenantCommand::Start { name } => start(&tenants, root, &cmd.store, &name)?,
+        TenantCommand::Stop { name, timeout: t } => stop(&tenants, &rt, &name, timeout(t))?,
+        TenantCommand::Restart { name, timeout: t } => {
+            stop(&tenants, &rt, &name, timeout(t))?;
+            start(&tenants, root, &cmd.store, &name)?
+        }
+        TenantCommand::Destroy { name, timeout: t } => tenants.destroy(&store, &rt, &name, timeout(t))?,
+        TenantCommand::List { format } => list(&tenants, &rt, format)?,
+        TenantCommand::Logs { name, follow } => logs(&tenants, &name, follow)?,
+        TenantCommand::Exec { name, tty, args } => return exec(&tenants, root, &name, tty, &args),
+        TenantCommand::Boot => return boot(&tenants, root, &cmd.store),
+        TenantCommand::Supervise { name } => supervise_main(&tenants, &rt, &name)?,
+    }
+    Ok(0)
+}
+
+fn create(store: &Store, tenants: &Tenants, sources: &crate::plan_cmd::PlanSources, a: CreateArgs) -> Result<()> {
+    warren::tenant::validate_name(&a.name)?;
+    let volumes = a.volumes.iter().map(|v| Volume::parse(v)).collect::<Result<Vec<_>, _>>()?;
+    let host = HostConfig::discover(sources.host_config.as_deref())?;
+    // The plan's "auto" disk is the one the store (and so the tenant's upper dir) is on.
+    let base = crate::plan_cmd::with_plan(warren::features::default_spec(false), &a.plan, sources, store.root())?;
+    let restart = match a.restart {
+        RestartArg::Never => Restart::Never,
+        RestartArg::OnFailure => Restart::OnFailure,
+        RestartArg::Always => Restart::Always,
+    };
+    let new =
+        NewTenant { name: a.name, image: a.image, plan: a.plan, hostname: a.hostname, volumes, restart, args: a.args };
+    let t = tenants.create(store, &new, base, host.id_pool())?;
+    println!("{}", t.name);
+    Ok(())
+}
+
+/// Marks it wanted and hands it to a new supervisor, which reports when the container runs.
+fn start(tenants: &Tenants, root: &Path, store: &Path, name: &str) -> Result<()> {
+    let mut t = tenants.get(name)?;
+    t.want_running = true;
+    tenants.save(&t)?;
+    if supervise::is_supervised(tenants, name)? {
+        return Ok(());
+    }
+    let started = spawn_supervisor(tenants, root, store, name);
+    if started.is_err() {
+        t.want_running = false;
+        tenants.save(&t)?;
+    }
+    started
+}
+
+fn spawn_supervisor(tenants: &Tenants, root: &Path, store: &Path, name: &str) -> Result<()> {
+    let log = tenants.console_log(name);
+    let console = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log)
+        .with_context(|| log.display().to_string())?;
+    let (rd, wr) = nix::unistd::pipe()?;
+    let wr_raw = wr.as_raw_fd();
+    let exe = std::env::current_exe().context("the warren binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--root").arg(root).arg("--log").arg(tenants.dir(name).join("supervisor.log"));
+    cmd.args(["tenant", "--store"]).arg(store).args(["supervise", name]);
+    cmd.env(READY_FD_ENV, wr_raw.to_string());
+    cmd.stdin(std::process::Stdio::null()).stdout(console.try_clone()?).stderr(console);
+    // SAFETY: setsid and fcntl are async-signal-safe; the fd is the pipe's write end, open here.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            let flags = libc::fcntl(wr_raw, libc::F_GETFD);
+            libc::fcntl(wr_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().context("spawn the tenant's supervisor")?;
+    drop(wr);
+    let mut answer = String::new();
+    std::fs::File::from(rd).read_to_string(&mut answer)?;
+    if answer == "ok" {
+        // It lives on as a daemon; init (or the host's subreaper) reaps it when it ends.
+        std::mem::forget(child);
+        return Ok(());
+    }
+    let _ = child.wait();
+    let message = if answer.is_empty() { "its supervisor ended before the tenant ran".to_string() } else { answer };
+    Err(warren::tenant::TenantError::Supervisor { name: name.to_string(), message }.into())
+}
+
+fn supervise_main(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<()> {
+    let fd: i32 =
+        std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok()).context("run by `tenant start` only")?;
+    std::env::remove_var(READY_FD_ENV);
+    // SAFETY: `start` passed this fd, open and ours alone; it is closed once written.
+    let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let mut pipe = Some(std::fs::File::from(pipe));
+    supervise::supervise(tenants, rt, name, |r| {
+        if let Some(mut p) = pipe.take() {
+            let _ = p.write_all(match &r {
+                Ok(()) => b"ok",
+                Err(e) => e.as_bytes(),
+            });
+        }
+    })?;
+    Ok(())
+}
+
+fn stop(tenants: &Tenants, rt: &Runtime, name: &str, timeout: Duration) -> Result<()> {
+    let mut t = tenants.get(name)?;
+    t.want_running = false;
+    tenants.save(&t)?;
+    supervise::stop(tenants, rt, name, timeout)?;
+    Ok(())
+}
+
+fn boot(tenants: &Tenants, root: &Path, store: &Path) -> Result<i32> {
+    let mut failed = 0;
+    for t in tenants.list()?.into_iter().filter(|t| t.want_running) {
+        if supervise::is_supervised(tenants, &t.name)? {
+            continue;
+        }
+        match start(tenants, root, store, &t.name) {
+            Ok(()) => println!("{}: started", t.name),
+            Err(e) => {
+                failed += 1;
+                println!("{}: {}", t.name, crate::one_line(&e));
+            }
+        }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn exec(tenants: &Tenants, root: &Path, name: &str, tty: bool, args: &[String]) -> Result<i32> {
+    tenants.get(name)?;
+    let exe = std::env::current_exe().context("the warren binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--root").arg(root).arg("exec");
+    if tty {
+        cmd.arg("-t");
+    }
+    cmd.arg(name).args(args);
+    let status = cmd.status().context("warren exec")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+fn logs(tenants: &Tenants, name: &str, follow: bool) -> Result<()> {
+    tenants.get(name)?;
+    let path = tenants.console_log(name);
+    let mut f = match std::fs::File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => return Ok(()),
+        r => r.with_context(|| path.display().to_string())?,
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        std::io::copy(&mut f, &mut out)?;
+        out.flush()?;
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // A log truncated under us starts over.
+        if f.stream_position()? > f.metadata()?.len() {
+            f.rewind()?;
+        }
+    }
+}
+
+/// One row of `list`: the record, what its supervisor and container say.
+#[derive(serde::Serialize)]
+struct Row {
+    #[serde(flatten)]
+    tenant: Tenant,
+    state: &'static str,
+    supervised: bool,
+    #[serde(flatten)]
+    status: SupervisorStatus,
+    uptime_s: Option<u64>,
+    memory_used: Option<u64>,
+    memory_limit: Option<u64>,
+    pids: Option<u64>,
+}
+
+fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
+    let supervised = supervise::is_supervised(tenants, &t.name)?;
+    let container = rt.state(&t.name).ok();
+    let running = container.as_ref().is_some_and(|s| s.status.to_string() == "running");
+    let state = match (running, supervised) {
+        (true, true) => "running",
+        (true, false) => "running-unsupervised",
+        (false, true) => "restarting",
+        (false, false) => "stopped",
+    };
+    let status = supervise::read_status(tenants, &t.name);
+    let stats = if running { rt.stats(&t.name).ok() } else { None };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(Row {
+        uptime_s: running.then(|| now.saturating_sub(status.started)),
+        memory_used: stats.as_ref().map(|s| s.memory.usage.usage),
+        memory_limit: stats.as_ref().map(|s| s.memory.usage.limit),
+        pids: stats.as_ref().map(|s| s.pids.current),
+        tenant: t,
+        state,
+        supervised,
+        status,
+    })
+}
+
+fn list(tenants: &Tenants, rt: &Runtime, format: TenantFormat) -> Result<()> {
+    let rows = tenants.list()?.into_iter().map(|t| row(tenants, rt, t)).collect::<Result<Vec<_>>>()?;
+    if format == TenantFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mib = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0));
+    println!(
+        "{:<16} {:<20} {:<8} {:>10} {:>8} {:>8} {:>5} {:>8} {:>8}",
+        "NAME", "STATE", "PLAN", "IDS", "PID", "MEMORY", "PIDS", "UPTIME", "RESTARTS"
+    );
+    for r in rows {
+        let uptime = r.uptime_s.map_or("-".to_string(), |s| format!("{s}s"));
+        let pids = r.pids.map_or("-".to_string(), |p| p.to_string());
+        let pid = if r.status.pid > 0 { r.status.pid.to_string() } else { "-".to_string() };
+        println!(
+            "{:<16} {:<20} {:<8} {:>10} {:>8} {:>8} {:>5} {:>8} {:>8}",
+            r.tenant.name,
+            r.state,
+            r.tenant.plan,
+            r.tenant.ids,
+            pid,
+            mib(r.memory_used),
+            pids,
+            uptime,
+            r.status.restarts
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Tenants: VPS-style containers an operator makes with one command. A tenant is a record
+//! (`STORE/tenants/NAME/tenant.json`) and a bundle made from an image on the store's shared
+//! layers, run in its own user namespace on a host id range of its own (`ids`), with its
+//! lower layers idmapped (no chowned copy), and kept running by a supervisor
+//! (`supervise`) according to its restart policy.
+//!
+//! Layout of `STORE/tenants/NAME/` (0711, so that the tenant's root can reach `root/`):
+//! `tenant.json` (0600), `bundle/` (0700: config.json and the overlay's upper and work dirs),
+//! `root/` (the empty mount point the container's overlay is attached on, inside its own
+//! mount namespace only), `console.log` (what the tenant writes on stdout and stderr),
+//! `supervisor.lock` (flocked by its supervisor) and `status.json` (the supervisor's).
+
+pub mod ids;
+pub mod supervise;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use warren_config::IdPool;
+use warren_images::bundle::{self, BundleError, BundleOptions};
+use warren_images::spec::Volumes;
+use warren_images::store::Store;
+
+use crate::container::{ContainerError, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error(
+        "tenant name {name:?} is invalid: use lowercase letters, digits and '-', starting with a letter, at most 63"
+    )]
+    Name { name: String },
+    #[error("tenant {name}: already exists")]
+    Exists { name: String },
+    #[error("tenant {name}: no such tenant")]
+    NotFound { name: String },
+    #[error(
+        "tenant {name}: the id pool is exhausted ({ranges} ranges of 65536 from {first_id}: host.toml tenants.ranges)"
+    )]
+    PoolExhausted { name: String, first_id: u32, ranges: u32 },
+    #[error("--volume {spec:?}: {reason}")]
+    Volume { spec: String, reason: String },
+    #[error("tenant {name}: {message}")]
+    Supervisor { name: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Record { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TenantError + '_ {
+    move |source| TenantError::Io { path: path.to_path_buf(), source }
+}
+
+/// When the supervisor starts a tenant again after its init ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// A host path bind-mounted into the tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// `HOST:CONTAINER[:ro|:rw]`, both absolute, the host path existing.
+    pub fn parse(spec: &str) -> Result<Volume, TenantError> {
+        let bad = |reason: &str| TenantError::Volume { spec: spec.to_string(), reason: reason.to_string() };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (host, container, read_only) = match parts.as_slice() {
+            [h, c] => (h, c, false),
+            [h, c, "ro"] => (h, c, true),
+            [h, c, "rw"] => (h, c, false),
+            _ => return Err(bad("is not HOST:CONTAINER[:ro|:rw]")),
+        };
+        let (host, container) = (PathBuf::from(host), PathBuf::from(container));
+        if !host.is_absolute() || !container.is_absolute() {
+            return Err(bad("both paths must be absolute"));
+        }
+        if container.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(bad("the container path must not contain .."));
+        }
+        if !host.exists() {
+            return Err(bad("the host path does not exist"));
+        }
+        Ok(Volume { host, container, read_only })
+    }
+}
+
+/// A tenant as recorded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Tenant {
+    pub name: String,
+    pub image: String,
+    pub plan: String,
+    pub hostname: String,
+    pub volumes: Vec<Volume>,
+    pub restart: Restart,
+    /// The first host id of its range: its root is this id on the host.
+    pub ids: u32,
+    /// Whether it should be running: set by start and stop, read by `boot` after a reboot.
+    pub want_running: bool,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+/// What `create` is asked for.
+pub struct NewTenant {
+    pub name: String,
+    pub image: String,
+    pub plan: String,
+    pub hostname: Option<String>,
+    pub volumes: Vec<Volume>,
+    pub restart: Restart,
+    /// Replaces the image's command when not empty.
+    pub args: Vec<String>,
+}
+
+/// Tenant names are container ids, host names and file names at once: the strictest of them.
+pub fn validate_name(name: &str) -> Result<(), TenantError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TenantError::Name { name: name.to_string() })
+    }
+}
+
+/// The tenants of one store.
+pub struct Tenants {
+    dir: PathBuf,
+}
+
+/// The registry's lock: held while a tenant is made or removed, so that two never get one range.
+pub struct RegistryLock(#[allow(dead_code)] Flock<File>);
+
+impl Tenants {
+    pub fn open(store: &Store) -> Result<Tenants, TenantError> {
+        // A tenant's root must reach its mount point `STORE/tenants/NAME/root` through dirs
+        // the host owns: the store becomes traversable (0711), and so everything else in it
+        // is made private first (the layers hold the images' set-id files).
+        for sub in ["tmp", "layers", "blobs", "images", "bundles"] {
+            let p = store.root().join(sub);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&p))?;
+        }
+        let root = store.root();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711)).map_err(io_err(root))?;
+        let dir = store.root().join("tenants");
+        std::fs::DirBuilder::new().recursive(true).mode(0o711).create(&dir).map_err(io_err(&dir))?;
+        Ok(Tenants { dir })
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    pub fn bundle(&self, name: &str) -> PathBuf {
+        self.dir(name).join("bundle")
+    }
+    pub fn console_log(&self, name: &str) -> PathBuf {
+        self.dir(name).join("console.log")
+    }
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("tenant.json")
+    }
+
+    pub fn lock(&self) -> Result<RegistryLock, TenantError> {
+        let path = self.dir.join(".lock");
+        let f = File::options().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map(RegistryLock)
+            .map_err(|(_, e)| TenantError::Io { path, source: e.into() })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Tenant, TenantError> {
+        validate_name(name)?;
+        let path = self.record_path(name);
+        let text = match std::fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TenantError::NotFound { name: name.to_string() })
+            }
+            r => r.map_err(io_err(&path))?,
+        };
+        serde_json::from_slice(&text).map_err(|source| TenantError::Record { path, source })
+    }
+
+    pub fn save(&self, t: &Tenant) -> Result<(), TenantError> {
+        let path = self.record_path(&t.name);
+        let text = serde_json::to_vec_pretty(t).expect("a tenant serializes");
+        crate::atomic_file::write_durable(&path, &text, 0o600).map_err(io_err(&path))
+    }
+
+    /// Every tenant with a record, by name.
+    pub fn list(&self) -> Result<Vec<Tenant>, TenantError> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| validate_name(n).is_ok())
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            match self.get(&name) {
+                Ok(t) => out.push(t),
+                // A directory without a record is a create that was cut short: no tenant.
+                Err(TenantError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the tenant, then makes its bundle: on any error nothing of it is left.
+    /// `base` is the runtime's default config with the plan's resources in it.
+    pub fn create(&self, store: &Store, new: &NewTenant, base: Value, pool: IdPool) -> Result<Tenant, TenantError> {
+        validate_name(&new.name)?;
+        let _lock = self.lock()?;
+        let dir = self.dir(&new.name);
+        match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(TenantError::Exists { name: new.name.clone() })
+            }
+            r => r.map_err(io_err(&dir))?,
+        }
+        let made = self.make(store, new, base, pool);
+        if made.is_err() {
+            let _ = bundle::remove(store, &self.bundle(&new.name));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        made
+    }
+
+    fn make(&self, store: &Store, new: &NewTenant, base: Value, pool: IdPool) -> Result<Tenant, TenantError> {
+        let taken: Vec<u32> = self.list()?.iter().map(|t| t.ids).collect();
+        let ids = ids::pick(pool, &taken).ok_or_else(|| TenantError::PoolExhausted {
+            name: new.name.clone(),
+            first_id: pool.first_id,
+            ranges: pool.ranges,
+        })?;
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let tenant = Tenant {
+            name: new.name.clone(),
+            image: new.image.clone(),
+            plan: new.plan.clone(),
+            hostname: new.hostname.clone().unwrap_or_else(|| new.name.clone()),
+            volumes: new.volumes.clone(),
+            restart: new.restart,
+            ids,
+            want_running: false,
+            created,
+        };
+        // The record first: it holds the id range while the rest is made.
+        self.save(&tenant)?;
+        let root = self.dir(&new.name).join("root");
+        std::fs::DirBuilder::new().mode(0o755).create(&root).map_err(io_err(&root))?;
+        let opts = BundleOptions {
+            image: new.image.clone(),
+            copy: false,
+            mount_in_container: true,
+            args: new.args.clone(),
+            terminal: false,
+            read_only: false,
+            volumes: Volumes::Tmpfs,
+        };
+        let dir = bundle::create(store, &self.bundle(&new.name), base, &opts)?;
+        let upper = dir.join("upper");
+        std::os::unix::fs::chown(&upper, Some(ids), Some(ids)).map_err(io_err(&upper))?;
+        self.write_config(&tenant, &dir, &root)?;
+        Ok(tenant)
+    }
+
+    /// The bundle's config made a tenant's: its own user namespace on its range, the lower
+    /// layers idmapped, the overlay attached on `root`, its host name and volumes.
+    fn write_config(&self, t: &Tenant, dir: &Path, root: &Path) -> Result<(), TenantError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read(&path).map_err(io_err(&path))?;
+        let mut cfg: Value =
+            serde_json::from_slice(&text).map_err(|source| TenantError::Record { path: path.clone(), source })?;
+        tenant_config(&mut cfg, t, root);
+        let text = serde_json::to_vec_pretty(&cfg).expect("a config serializes");
+        crate::atomic_file::write_durable(&path, &text, 0o600).map_err(io_err(&path))
+    }
+
+    /// Stops it (see `supervise::stop`), removes its bundle and then its record, which returns
+    /// its id range to the pool. A destroy cut short leaves the record: run it again.
+    pub fn destroy(
+        &self,
+        store: &Store,
+        rt: &Runtime,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), TenantError> {
+        let mut t = self.get(name)?;
+        t.want_running = false;
+        self.save(&t)?;
+        supervise::stop(self, rt, name, timeout)?;
+        let _lock = self.lock()?;
+        let b = self.bundle(name);
+        if b.exists() {
+            match bundle::remove(store, &b) {
+                Err(BundleError::NotOurs { .. }) => {}
+                r => r?,
+            }
+        }
+        let dir = self.dir(name);
+        for entry in ["root", "bundle", "console.log", "status.json", "supervisor.lock", "supervisor.log"] {
+            let p = dir.join(entry);
+            let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            match gone {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&p)(e)),
+                _ => {}
+            }
+        }
+        let record = self.record_path(name);
+        std::fs::remove_file(&record).map_err(io_err(&record))?;
+        std::fs::remove_dir(&dir).map_err(io_err(&dir))
+    }
+}
+
+fn tenant_config(cfg: &mut Value, t: &Tenant, root: &Path) {
+    cfg["root"] = serde_json::json!({ "path": root, "readonly": false });
+    cfg["hostname"] = Value::String(t.hostname.clone());
+    cfg["linux"]["uidMappings"] = ids::mapping(t.ids);
+    cfg["linux"]["gidMappings"] = ids::mapping(t.ids);
+    if let Some(ns) = cfg["linux"]["namespaces"].as_array_mut() {
+        if !ns.iter().any(|n| n["type"] == "user") {
+            ns.push(serde_json::json!({ "type": "user" }));
+        }
+    }
+    let key = warren_images::bundle::OVERLAY_ANNOTATION;
+    if let Some(v) = cfg["annotations"][key].as_str() {
+        let idmapped = format!("{v},idmap");
+        cfg["annotations"][key] = Value::String(idmapped);
+    }
+    if let Some(mounts) = cfg["mounts"].as_array_mut() {
+        for v in &t.volumes {
+            let mode = if v.read_only { "ro" } else { "rw" };
+            mounts.push(serde_json::json!({
+                "destination": v.container, "type": "bind", "source": v.host,
+                "options": ["rbind", "nosuid", "nodev", mode],
+            }));
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `warren tenant`: a tenant's life from the built-in busybox image, its uid isolation on
+//! the host, its supervisor's restart policy after kill -9, a simulated reboot brought back
+//! by `tenant boot`, and bad input refused whole.
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use warren_tests::*;
+
+fn busybox_archive() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new(ws.join("scripts/make-busybox-image.sh")).output().unwrap();
+        assert!(out.status.success(), "make-busybox-image.sh: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("busybox-oci.tar")
+    })
+}
+
+/// A store in the test's dir with the busybox image, and the tenant verbs on it.
+struct Host<'a> {
+    t: &'a Test,
+    store: String,
+    host_config: Option<String>,
+}
+
+impl<'a> Host<'a> {
+    fn new(t: &'a Test) -> Result<Host<'a>> {
+        let store = t.dir().join("store").to_string_lossy().into_owned();
+        t.cmd(&["image", "--store", &store, "import", "--name", "bb:1", &busybox_archive().to_string_lossy()])?.ok()?;
+        Ok(Host { t, store, host_config: None })
+    }
+
+    fn tenant(&self, args: &[&str]) -> Result<Out> {
+        let mut v = vec!["tenant", "--store", &self.store];
+        if let Some(h) = &self.host_config {
+            v.extend_from_slice(&["--host-config", h]);
+        }
+        v.extend_from_slice(args);
+        self.t.warren.cmd_for(&v, Duration::from_secs(60))
+    }
+
+    fn list(&self) -> Result<Vec<Value>> {
+        Ok(serde_json::from_str(&self.tenant(&["list", "--format", "json"])?.ok()?.stdout)?)
+    }
+
+    fn row(&self, name: &str) -> Result<Value> {
+        self.list()?.into_iter().find(|r| r["name"] == name).with_context(|| format!("{name} not listed"))
+    }
+
+    /// Polls `list` until `ok` holds for the tenant's row.
+    fn wait_row(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let row = self.row(name)?;
+            if ok(&row) {
+                return Ok(row);
+            }
+            ensure!(Instant::now() < end, "{name}: not {what} after 20 s: {row}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn tenants_dir(&self) -> PathBuf {
+        Path::new(&self.store).join("tenants")
+    }
+}
+
+fn running(r: &Value) -> bool {
+    r["state"] == "running"
+}
+
+#[test]
+fn a_tenant_lives_isolated_on_its_own_ids_and_is_restarted_after_kill_9() -> Result<()> {
+    let t = Test::new("tenants");
+    let h = Host::new(&t)?;
+    // The store's dirs must be traversable for the tenant's root (its mount point is there).
+    std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
+    let vol = t.dir().join("vol");
+    std::fs::create_dir(&vol)?;
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777))?;
+    std::fs::write(vol.join("secret"), "host only\n")?;
+    std::fs::set_permissions(vol.join("secret"), std::fs::Permissions::from_mode(0o600))?;
+    let name = t.id("a");
+    let script = "echo started $(hostname) $(id -u); touch /vol/made-by-tenant; \
+                  cat /vol/secret 2>/dev/null && echo READ-SECRET; exec sleep 1000";
+    let volume = format!("{}:/vol", vol.display());
+    let create = ["create", &name, "--image", "bb:1", "--plan", "nano", "--hostname", "shop", "-v", &volume];
+    h.tenant(&[&create[..], &["--restart", "always", "--", "sh", "-c", script]].concat())?.ok()?;
+    ensure!(h.row(&name)?["state"] == "stopped", "a new tenant is not started");
+    h.tenant(&["start", &name])?.ok()?;
+    let row = h.wait_row(&name, "running", running)?;
+    let base = row["ids"].as_u64().context("ids")? as u32;
+    ensure!(base == 1_000_000, "the first tenant gets the pool's first range: {row}");
+    // Its root is host id `base`: what it makes in a bind-mounted dir is base's, and a 0600
+    // file of host root's stays unreadable.
+    let made = vol.join("made-by-tenant");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !made.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let meta = std::fs::metadata(&made).context("the tenant's file")?;
+    ensure!((meta.uid(), meta.gid()) == (base, base), "owned by {}:{}", meta.uid(), meta.gid());
+    let logs = h.tenant(&["logs", &name])?;
+    let logs = &logs.ok()?.stdout;
+    ensure!(logs.contains("started shop 0") && !logs.contains("READ-SECRET"), "{logs}");
+    // The plan's limit is in its cgroup, and exec reaches it.
+    let pid = row["pid"].as_i64().context("pid")? as i32;
+    let limit = read_knob(&knob_path(pid, "memory", "memory.limit_in_bytes", "memory.max")?)?;
+    ensure!(limit.trim() == (256u64 << 20).to_string(), "memory limit {limit}");
+    let out = h.tenant(&["exec", &name, "--", "sh", "-c", "id -u; cat /proc/self/uid_map"])?;
+    let ids: Vec<String> = out.ok()?.stdout.split_whitespace().map(String::from).collect();
+    ensure!(ids == ["0", "0", &base.to_string(), "65536"], "{ids:?}");
+    // kill -9 of its init: the supervisor starts it again.
+    // SAFETY: kill(2) of the tenant's init, which this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let row = h.wait_row(&name, "restarted", |r| running(r) && r["pid"] != pid && r["restarts"] == 1)?;
+    ensure!(row["last_exit"] == 137, "{row}");
+    h.tenant(&["stop", &name, "--timeout", "1"])?.ok()?;
+    let row = h.row(&name)?;
+    ensure!(row["state"] == "stopped" && !row["supervised"].as_bool().unwrap_or(true), "{row}");
+    h.tenant(&["destroy", &name])?.ok()?;
+    ensure!(h.list()?.is_empty(), "destroyed but listed");
+    ensure!(!h.tenants_dir().join(&name).exists(), "its directory remains");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn tenant_boot_brings_back_what_should_run_after_a_simulated_reboot() -> Result<()> {
+    let t = Test::new("tenboot");
+    let h = Host::new(&t)?;
+    std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
+    let names = [t.id("a"), t.id("b"), t.id("c")];
+    for n in &names {
+        let args = ["create", n, "--image", "bb:1", "--plan", "nano", "--restart", "never", "--", "sleep", "1000"];
+        h.tenant(&args)?.ok()?;
+    }
+    // a and b run, c was never started.
+    for n in &names[..2] {
+        h.tenant(&["start", n])?.ok()?;
+        h.wait_row(n, "running", running)?;
+    }
+    // The reboot: every supervisor and container process dies, /run's state is gone, the store stays.
+    let rows = h.list()?;
+    for r in &rows {
+        if let Some(pid) = r["pid"].as_i64().filter(|p| *p > 0) {
+            // SAFETY: kill(2) of this test's tenants' inits.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    for (pid, _) in processes(&ProcMatch { paths: &[t.dir().to_path_buf()], roots: &[], ids: &[] }) {
+        // SAFETY: kill(2) of this test's supervisors (their command lines name its dir).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for n in &names[..2] {
+        // What the kernel would have taken with it: the cgroups (empty now).
+        for d in cgroup_dirs(n) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    std::fs::remove_dir_all(t.warren.root())?;
+    let out = h.tenant(&["boot"])?;
+    let text = &out.ok()?.stdout;
+    ensure!(text.lines().count() == 2 && !text.contains(&names[2]), "{text}");
+    for n in &names[..2] {
+        h.wait_row(n, "running again", running)?;
+    }
+    ensure!(h.row(&names[2])?["state"] == "stopped", "c was started");
+    // A second boot finds nothing to do.
+    ensure!(h.tenant(&["boot"])?.ok()?.stdout.is_empty(), "boot started a supervised tenant again");
+    for n in &names {
+        h.tenant(&["destroy", n, "--timeout", "1"])?.ok()?;
+    }
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn bad_tenant_input_is_one_line_and_leaves_nothing() -> Result<()> {
+    let t = Test::new("tenbad");
+    let mut h = Host::new(&t)?;
+    let pool = t.dir().join("host.toml");
+    std::fs::write(&pool, "[tenants]\nfirst_id = 300000\nranges = 1\n")?;
+    h.host_config = Some(pool.to_string_lossy().into_owned());
+    let a = t.id("a");
+    let b = t.id("b");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["create", &a, "--image", "bb:1", "--plan", "huge"], "no plan named \"huge\"".into()),
+        (vec!["create", &a, "--image", "nope:1", "--plan", "nano"], "nope:1".into()),
+        (vec!["create", "Bad_Name", "--image", "bb:1", "--plan", "nano"], "tenant name \"Bad_Name\" is invalid".into()),
+        (
+            vec!["create", &a, "--image", "bb:1", "--plan", "nano", "-v", "relative:/x"],
+            "--volume \"relative:/x\": both paths must be absolute".into(),
+        ),
+        (vec!["start", &a], format!("tenant {a}: no such tenant")),
+    ];
+    for (args, want) in &cases {
+        let out = h.tenant(args)?;
+        let line = out.failed()?.error_line();
+        ensure!(line.contains(want.as_str()), "{args:?}: want {want:?}: {out}");
+        ensure!(out.stderr.lines().count() == 1, "{out}");
+        ensure!(h.list()?.is_empty(), "{args:?} left a tenant");
+    }
+    // The pool has one range: the first tenant takes it, the second is refused whole, and
+    // the range comes back when the first is destroyed.
+    h.tenant(&["create", &a, "--image", "bb:1", "--plan", "nano"])?.ok()?;
+    let out = h.tenant(&["create", &a, "--image", "bb:1", "--plan", "nano"])?;
+    ensure!(out.failed()?.error_line().contains(&format!("tenant {a}: already exists")), "{out}");
+    let out = h.tenant(&["create", &b, "--image", "bb:1", "--plan", "nano"])?;
+    ensure!(out.failed()?.error_line().contains("the id pool is exhausted"), "{out}");
+    ensure!(!h.tenants_dir().join(&b).exists(), "the refused tenant left its dir");
+    ensure!(h.row(&a)?["ids"] == 300_000, "ids");
+    h.tenant(&["destroy", &a])?.ok()?;
+    h.tenant(&["create", &b, "--image", "bb:1", "--plan", "nano"])?.ok()?;
+    ensure!(h.row(&b)?["ids"] == 300_000, "the range was not returned");
+    h.tenant(&["destroy", &b])?.ok()?;
+    let bundles = std::fs::read_dir(Path::new(&h.store).join("bundles"))?.count();
+    ensure!(bundles == 0, "{bundles} bundle records left in the store");
+    t.assert_no_leftovers();
+    Ok(())
+}
