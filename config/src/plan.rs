@@ -34,6 +34,10 @@ const WRITE_BPS: &str = "io.write_bps";
 const READ_IOPS: &str = "io.read_iops";
 const WRITE_IOPS: &str = "io.write_iops";
 const PIDS_LIMIT: &str = "pids.limit";
+const DISK_LIMIT: &str = "disk.limit";
+/// The smallest writable layer a tenant's disk may have: an ext4 image smaller than this is
+/// mostly its own metadata.
+pub const MIN_DISK: u64 = 16 << 20;
 
 // The file as written: everything optional here, so that a missing value gets an error
 // naming it (serde's would name only the key, not its table).
@@ -45,6 +49,13 @@ struct PlanFile {
     memory: Option<MemoryFile>,
     io: Option<IoFile>,
     pids: Option<PidsFile>,
+    disk: Option<DiskFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DiskFile {
+    limit: Option<Size>,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,6 +102,8 @@ pub struct Plan {
     merge: bool,
     io: IoLimits,
     pids: u64,
+    /// The size of a tenant's writable layer, in bytes (`None`: not limited).
+    disk: Option<u64>,
 }
 
 /// A plan's block I/O limits, each per device; `None`: not limited.
@@ -117,6 +130,7 @@ impl Plan {
         let pids = check.required(PIDS_LIMIT, file.pids.unwrap_or_default().limit)?;
         let pids = check.integer(PIDS_LIMIT, pids, 1..=i64::MAX)?;
         let description = check.description(file.description)?;
+        let disk = file.disk.unwrap_or_default().limit.map(|d| check.disk(d)).transpose()?;
         Ok(Plan {
             name: name.to_string(),
             source: source.to_string(),
@@ -128,6 +142,7 @@ impl Plan {
             merge,
             io,
             pids,
+            disk,
         })
     }
 
@@ -182,6 +197,11 @@ impl Plan {
     /// The most tasks (processes and threads) the container may have.
     pub fn pids(&self) -> u64 {
         self.pids
+    }
+
+    /// The size of a tenant's writable layer in bytes, if the plan limits it.
+    pub fn disk(&self) -> Option<u64> {
+        self.disk
     }
 }
 
@@ -278,6 +298,13 @@ impl Check<'_> {
             return Err(self.invalid(MEMORY_SWAP, swap, "plus memory.limit is too large"));
         }
         Ok((limit.bytes(), swap.bytes()))
+    }
+
+    fn disk(&self, limit: Size) -> Result<u64, ConfigError> {
+        if limit.bytes() < MIN_DISK {
+            return Err(self.invalid(DISK_LIMIT, limit, "is below the 16MiB floor"));
+        }
+        Ok(limit.bytes())
     }
 
     fn description(&self, text: Option<String>) -> Result<Option<String>, ConfigError> {

@@ -164,6 +164,14 @@ fn tenant_boot_brings_back_what_should_run_after_a_simulated_reboot() -> Result<
         }
     }
     std::fs::remove_dir_all(t.warren.root())?;
+    // And the mounts: each tenant's disk (its bundle dir).
+    for n in &names {
+        let b = h.tenants_dir().join(n).join("bundle");
+        let path = std::ffi::CString::new(b.to_string_lossy().as_bytes())?;
+        // SAFETY: umount2(2) with a NUL-terminated path; MNT_DETACH = 2.
+        ensure!(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0, "umount {}", b.display());
+        ensure!(!b.join("config.json").exists(), "{n}: disk still mounted");
+    }
     let out = h.tenant(&["boot"])?;
     let text = &out.ok()?.stdout;
     ensure!(text.lines().count() == 2 && !text.contains(&names[2]), "{text}");
@@ -221,6 +229,58 @@ fn bad_tenant_input_is_one_line_and_leaves_nothing() -> Result<()> {
     h.tenant(&["destroy", &b])?.ok()?;
     let bundles = std::fs::read_dir(Path::new(&h.store).join("bundles"))?.count();
     ensure!(bundles == 0, "{bundles} bundle records left in the store");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn writing_past_the_disk_limit_is_enospc_and_the_neighbour_goes_on() -> Result<()> {
+    let t = Test::new("tendisk");
+    let h = Host::new(&t)?;
+    std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
+    let (a, b) = (t.id("a"), t.id("b"));
+    // a fills its disk; b, beside it, writes after a is full.
+    let fill = "dd if=/dev/zero of=/fill bs=1M count=32 2>/tmp/dd.err; echo dd=$?; \
+                grep -o 'No space left on device' /tmp/dd.err; exec sleep 1000";
+    let write = "while [ ! -e /go ]; do sleep 0.1; done; dd if=/dev/zero of=/f bs=1M count=4 2>/dev/null; \
+                 echo dd=$?; exec sleep 1000";
+    for (n, script) in [(&a, fill), (&b, write)] {
+        let args = ["create", n, "--image", "bb:1", "--plan", "nano", "--disk", "16MiB", "--", "sh", "-c", script];
+        h.tenant(&args)?.ok()?;
+        h.tenant(&["start", n])?.ok()?;
+    }
+    let logs_of = |n: &str| -> Result<String> { Ok(h.tenant(&["logs", n])?.ok()?.stdout.clone()) };
+    let end = Instant::now() + Duration::from_secs(20);
+    while !logs_of(&a)?.contains("dd=") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = logs_of(&a)?;
+    ensure!(logs.contains("dd=1") && logs.contains("No space left on device"), "{logs}");
+    let row = h.row(&a)?;
+    let (used, size) =
+        (row["disk_used"].as_u64().context("disk_used")?, row["disk_size"].as_u64().context("disk_size")?);
+    ensure!(size <= 16 << 20 && used > size * 9 / 10, "a's disk: {used} of {size}");
+    h.tenant(&["exec", &b, "--", "touch", "/go"])?.ok()?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !logs_of(&b)?.contains("dd=") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(logs_of(&b)?.contains("dd=0"), "b could not write: {}", logs_of(&b)?);
+    // The image files hold what was written, not more than their limit.
+    for n in [&a, &b] {
+        let img = h.tenants_dir().join(n).join("disk.img");
+        let m = std::fs::metadata(&img)?;
+        ensure!(
+            m.len() == 16 << 20 && m.blocks() * 512 <= 17 << 20,
+            "{}: {} bytes on disk",
+            img.display(),
+            m.blocks() * 512
+        );
+    }
+    for n in [&a, &b] {
+        h.tenant(&["destroy", n, "--timeout", "1"])?.ok()?;
+    }
+    ensure!(loop_devices_under(t.dir()).is_empty(), "a loop device is left");
     t.assert_no_leftovers();
     Ok(())
 }

@@ -174,3 +174,13 @@ fn memory_merge_is_off_unless_asked() {
     let err = parse(&quoted).unwrap_err();
     assert!(err.starts_with("t.toml: memory.merge: "), "{err}");
 }
+
+#[test]
+fn a_disk_limit_is_optional_and_has_a_floor() {
+    assert_eq!(parse(GOOD).unwrap().disk(), None);
+    let with = format!("{GOOD}\n[disk]\nlimit = \"1GiB\"\n");
+    assert_eq!(parse(&with).unwrap().disk(), Some(1 << 30));
+    let small = format!("{GOOD}\n[disk]\nlimit = \"8MiB\"\n");
+    let err = parse(&small).unwrap_err();
+    assert!(err.starts_with("t.toml: disk.limit: 8MiB is below the 16MiB floor"), "{err}");
+}

@@ -549,6 +549,60 @@ pub fn idmapped_clone(path: &Path, userns: RawFd) -> io::Result<OwnedFd> {
     Ok(tree)
 }
 
+/// Attaches `file` to a free loop device with LOOP_CONFIGURE and LO_FLAGS_AUTOCLEAR (the
+/// device frees itself when its last user, the mount, goes). Returns the device's path and
+/// an open fd of it, which keeps it attached until the mount holds it.
+pub fn attach_loop(file: &std::fs::File) -> io::Result<(std::path::PathBuf, OwnedFd)> {
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+    const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    #[repr(C)]
+    struct LoopInfo64 {
+        device: u64,
+        inode: u64,
+        rdevice: u64,
+        offset: u64,
+        sizelimit: u64,
+        number: u32,
+        encrypt_type: u32,
+        encrypt_key_size: u32,
+        flags: u32,
+        file_name: [u8; 64],
+        crypt_name: [u8; 64],
+        encrypt_key: [u8; 32],
+        init: [u64; 2],
+    }
+    #[repr(C)]
+    struct LoopConfig {
+        fd: u32,
+        block_size: u32,
+        info: LoopInfo64,
+        reserved: [u64; 8],
+    }
+    let ctl = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control")?;
+    // Another process may take the free device first: then ask again.
+    for _ in 0..16 {
+        // SAFETY: ioctl on the loop-control fd; LOOP_CTL_GET_FREE takes no argument.
+        let n = check(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) } as libc::c_long)?;
+        let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let dev: OwnedFd = std::fs::OpenOptions::new().read(true).write(true).open(&path)?.into();
+        // SAFETY: all-zero is a valid loop_config (plain integers and byte arrays).
+        let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
+        cfg.fd = file.as_raw_fd() as u32;
+        cfg.info.flags = LO_FLAGS_AUTOCLEAR;
+        // SAFETY: LOOP_CONFIGURE reads one live, initialised loop_config.
+        let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        if rc == 0 {
+            return Ok((path, dev));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            return Err(err);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EBUSY))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //! mount namespace only), `console.log` (what the tenant writes on stdout and stderr),
 //! `supervisor.lock` (flocked by its supervisor) and `status.json` (the supervisor's).
 
+pub mod disk;
 pub mod ids;
 pub mod supervise;
 
@@ -44,6 +45,8 @@ pub enum TenantError {
     PoolExhausted { name: String, first_id: u32, ranges: u32 },
     #[error("--volume {spec:?}: {reason}")]
     Volume { spec: String, reason: String },
+    #[error("{path}: {message}")]
+    Disk { path: PathBuf, message: String },
     #[error("tenant {name}: {message}")]
     Supervisor { name: String, message: String },
     #[error("{path}: {source}")]
@@ -113,6 +116,9 @@ pub struct Tenant {
     pub restart: Restart,
     /// The first host id of its range: its root is this id on the host.
     pub ids: u32,
+    /// The size of its writable layer's disk in bytes (`disk`), None: not limited.
+    #[serde(default)]
+    pub disk: Option<u64>,
     /// Whether it should be running: set by start and stop, read by `boot` after a reboot.
     pub want_running: bool,
     /// Seconds since the epoch.
@@ -129,6 +135,8 @@ pub struct NewTenant {
     pub restart: Restart,
     /// Replaces the image's command when not empty.
     pub args: Vec<String>,
+    /// The disk limit of its writable layer (the plan's `disk.limit`).
+    pub disk: Option<u64>,
 }
 
 /// Tenant names are container ids, host names and file names at once: the strictest of them.
@@ -176,6 +184,25 @@ impl Tenants {
     pub fn console_log(&self, name: &str) -> PathBuf {
         self.dir(name).join("console.log")
     }
+    fn disk_image(&self, name: &str) -> PathBuf {
+        self.dir(name).join("disk.img")
+    }
+
+    /// Mounts the tenant's disk on its bundle dir unless it is (after a reboot, before a start).
+    pub fn mount_disk(&self, t: &Tenant) -> Result<(), TenantError> {
+        let b = self.bundle(&t.name);
+        if t.disk.is_none() || disk::is_mounted(&b) {
+            return Ok(());
+        }
+        disk::mount_on(&self.disk_image(&t.name), &b)
+    }
+
+    /// Bytes used on its disk and the disk's size, while mounted.
+    pub fn disk_usage(&self, t: &Tenant) -> Option<(u64, u64)> {
+        let b = self.bundle(&t.name);
+        (t.disk.is_some() && disk::is_mounted(&b)).then(|| disk::usage(&b).ok()).flatten()
+    }
+
     fn record_path(&self, name: &str) -> PathBuf {
         self.dir(name).join("tenant.json")
     }
@@ -242,6 +269,7 @@ impl Tenants {
         let made = self.make(store, new, base, pool);
         if made.is_err() {
             let _ = bundle::remove(store, &self.bundle(&new.name));
+            let _ = disk::unmount(&self.bundle(&new.name));
             let _ = std::fs::remove_dir_all(&dir);
         }
         made
@@ -262,6 +290,7 @@ impl Tenants {
             hostname: new.hostname.clone().unwrap_or_else(|| new.name.clone()),
             volumes: new.volumes.clone(),
             restart: new.restart,
+            disk: new.disk,
             ids,
             want_running: false,
             created,
@@ -279,6 +308,17 @@ impl Tenants {
             read_only: false,
             volumes: Volumes::Tmpfs,
         };
+        if let Some(size) = new.disk {
+            let (b, image) = (self.bundle(&new.name), self.disk_image(&new.name));
+            std::fs::DirBuilder::new().mode(0o700).create(&b).map_err(io_err(&b))?;
+            disk::make(&image, size)?;
+            disk::mount_on(&image, &b)?;
+            // The bundle takes an empty directory.
+            let lost = b.join("lost+found");
+            std::fs::remove_dir(&lost).map_err(io_err(&lost))?;
+            // Its root dir covers the 0700 bundle dir: private as that was.
+            std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&b))?;
+        }
         let dir = bundle::create(store, &self.bundle(&new.name), base, &opts)?;
         let upper = dir.join("upper");
         std::os::unix::fs::chown(&upper, Some(ids), Some(ids)).map_err(io_err(&upper))?;
@@ -319,8 +359,9 @@ impl Tenants {
                 r => r?,
             }
         }
+        disk::unmount(&b)?;
         let dir = self.dir(name);
-        for entry in ["root", "bundle", "console.log", "status.json", "supervisor.lock", "supervisor.log"] {
+        for entry in ["root", "bundle", "disk.img", "console.log", "status.json", "supervisor.lock", "supervisor.log"] {
             let p = dir.join(entry);
             let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             match gone {

@@ -211,4 +211,6 @@ fn print_plan(p: &Plan) {
     println!("merge:       {} (KSM of anonymous memory)", yes_no(p.memory_merge()));
     println!("io:          {}", io_summary(p));
     println!("pids:        {}", p.pids());
+    let disk = p.disk().map_or("not limited".to_string(), |d| format!("{} (a tenant's writable layer)", size(d)));
+    println!("disk:        {disk}");
 }

@@ -110,6 +110,9 @@ pub struct CreateArgs {
     /// HOST:CONTAINER[:ro] bind mount (repeatable)
     #[arg(long = "volume", short = 'v')]
     pub volumes: Vec<String>,
+    /// Size of its writable layer (e.g. 2GiB), instead of the plan's disk.limit
+    #[arg(long, value_parser = warren_config::Size::parse)]
+    pub disk: Option<warren_config::Size>,
     /// When the supervisor starts it again after its init ends
     #[arg(long, value_enum, default_value = "on-failure")]
     pub restart: RestartArg,
@@ -147,13 +150,26 @@ fn create(store: &Store, tenants: &Tenants, sources: &crate::plan_cmd::PlanSourc
     let host = HostConfig::discover(sources.host_config.as_deref())?;
     // The plan's "auto" disk is the one the store (and so the tenant's upper dir) is on.
     let base = crate::plan_cmd::with_plan(warren::features::default_spec(false), &a.plan, sources, store.root())?;
+    let plan = warren_config::Catalog::discover(sources.plans_dir.as_deref())?.get(&a.plan)?.disk();
+    let disk = match a.disk.map(|d| d.bytes()) {
+        Some(d) if d < warren_config::MIN_DISK => anyhow::bail!("--disk: {d} bytes is below the 16MiB floor"),
+        given => given.or(plan),
+    };
     let restart = match a.restart {
         RestartArg::Never => Restart::Never,
         RestartArg::OnFailure => Restart::OnFailure,
         RestartArg::Always => Restart::Always,
     };
-    let new =
-        NewTenant { name: a.name, image: a.image, plan: a.plan, hostname: a.hostname, volumes, restart, args: a.args };
+    let new = NewTenant {
+        name: a.name,
+        image: a.image,
+        plan: a.plan,
+        hostname: a.hostname,
+        volumes,
+        restart,
+        args: a.args,
+        disk,
+    };
     let t = tenants.create(store, &new, base, host.id_pool())?;
     println!("{}", t.name);
     Ok(())
@@ -167,6 +183,7 @@ fn start(tenants: &Tenants, root: &Path, store: &Path, name: &str) -> Result<()>
     if supervise::is_supervised(tenants, name)? {
         return Ok(());
     }
+    tenants.mount_disk(&t)?;
     let started = spawn_supervisor(tenants, root, store, name);
     if started.is_err() {
         t.want_running = false;
@@ -306,6 +323,8 @@ struct Row {
     memory_used: Option<u64>,
     memory_limit: Option<u64>,
     pids: Option<u64>,
+    disk_used: Option<u64>,
+    disk_size: Option<u64>,
 }
 
 fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
@@ -320,12 +339,15 @@ fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
     };
     let status = supervise::read_status(tenants, &t.name);
     let stats = if running { rt.stats(&t.name).ok() } else { None };
+    let disk = tenants.disk_usage(&t);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Ok(Row {
         uptime_s: running.then(|| now.saturating_sub(status.started)),
         memory_used: stats.as_ref().map(|s| s.memory.usage.usage),
         memory_limit: stats.as_ref().map(|s| s.memory.usage.limit),
         pids: stats.as_ref().map(|s| s.pids.current),
+        disk_used: disk.map(|d| d.0),
+        disk_size: disk.map(|d| d.1),
         tenant: t,
         state,
         supervised,
@@ -339,27 +361,19 @@ fn list(tenants: &Tenants, rt: &Runtime, format: TenantFormat) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    let head = ["NAME", "STATE", "PLAN", "IDS", "PID", "MEMORY", "PIDS", "DISK", "UPTIME", "RESTARTS"];
+    let [a, b, c, d, e, f, g, h, i, j] = head;
+    println!("{a:<16} {b:<20} {c:<8} {d:>10} {e:>8} {f:>8} {g:>5} {h:>15} {i:>8} {j:>8}");
     let mib = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0));
-    println!(
-        "{:<16} {:<20} {:<8} {:>10} {:>8} {:>8} {:>5} {:>8} {:>8}",
-        "NAME", "STATE", "PLAN", "IDS", "PID", "MEMORY", "PIDS", "UPTIME", "RESTARTS"
-    );
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
     for r in rows {
-        let uptime = r.uptime_s.map_or("-".to_string(), |s| format!("{s}s"));
-        let pids = r.pids.map_or("-".to_string(), |p| p.to_string());
-        let pid = if r.status.pid > 0 { r.status.pid.to_string() } else { "-".to_string() };
-        println!(
-            "{:<16} {:<20} {:<8} {:>10} {:>8} {:>8} {:>5} {:>8} {:>8}",
-            r.tenant.name,
-            r.state,
-            r.tenant.plan,
-            r.tenant.ids,
-            pid,
-            mib(r.memory_used),
-            pids,
-            uptime,
-            r.status.restarts
-        );
+        let uptime = dash(r.uptime_s.map(|s| format!("{s}s")));
+        let pids = dash(r.pids.map(|p| p.to_string()));
+        let pid = dash((r.status.pid > 0).then(|| r.status.pid.to_string()));
+        let disk = dash(r.disk_used.zip(r.disk_size).map(|(u, s)| format!("{}/{}", mib(Some(u)), mib(Some(s)))));
+        let (name, state, plan, ids, mem, restarts) =
+            (&r.tenant.name, r.state, &r.tenant.plan, r.tenant.ids, mib(r.memory_used), r.status.restarts);
+        println!("{name:<16} {state:<20} {plan:<8} {ids:>10} {pid:>8} {mem:>8} {pids:>5} {disk:>15} {uptime:>8} {restarts:>8}");
     }
     Ok(())
 }

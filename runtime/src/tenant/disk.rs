@@ -1,0 +1,74 @@
+//! A tenant's disk quota: its bundle directory (config.json and the overlay's upper and work
+//! dirs, so everything the tenant writes) is an ext4 file system in a sparse image file of
+//! the plan's `disk.limit`, loop-mounted. Writing past it fails with ENOSPC inside the
+//! tenant while its neighbours and the host go on; the host's disk holds only the blocks
+//! written (the mount passes discards down, so deleted files give their blocks back).
+//! The store here is on ext4, which has project quotas only when made with them, so an
+//! image per tenant is the mechanism that works on any host file system.
+
+use std::io;
+use std::path::Path;
+use std::process::Command;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::TenantError;
+
+fn disk_err(path: &Path, message: impl Into<String>) -> TenantError {
+    TenantError::Disk { path: path.to_path_buf(), message: message.into() }
+}
+
+/// Makes `image` (0600, sparse) of `size` bytes with an empty ext4 file system in it.
+pub fn make(image: &Path, size: u64) -> Result<(), TenantError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(image)
+        .map_err(|e| disk_err(image, e.to_string()))?;
+    f.set_len(size).map_err(|e| disk_err(image, e.to_string()))?;
+    drop(f);
+    // No blocks reserved for root (-m 0): the whole limit is the tenant's.
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(image)
+        .output()
+        .map_err(|e| disk_err(image, format!("mkfs.ext4: {e} (e2fsprogs)")))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
+        return Err(disk_err(image, format!("mkfs.ext4: {text}")));
+    }
+    Ok(())
+}
+
+/// Mounts `image` on `target` (nosuid, nodev: set-id files in an upper dir run only in the
+/// tenant, through its overlay) through a loop device that frees itself at unmount.
+pub fn mount_on(image: &Path, target: &Path) -> Result<(), TenantError> {
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).open(image).map_err(|e| disk_err(image, e.to_string()))?;
+    let (dev, _held) = crate::sys::attach_loop(&file).map_err(|e| disk_err(image, format!("loop device: {e}")))?;
+    mount(Some(&dev), target, Some("ext4"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("discard"))
+        .map_err(|e| disk_err(target, format!("mount {}: {e}", dev.display())))
+}
+
+/// Whether something is mounted on `path` (its device differs from its parent's).
+pub fn is_mounted(path: &Path) -> bool {
+    warren_images::rootfs::is_mount_point(path).unwrap_or(false)
+}
+
+/// Unmounts `target`; Ok when nothing is mounted there.
+pub fn unmount(target: &Path) -> Result<(), TenantError> {
+    if !is_mounted(target) {
+        return Ok(());
+    }
+    umount2(target, MntFlags::UMOUNT_NOFOLLOW).map_err(|e| disk_err(target, format!("unmount: {e}")))
+}
+
+/// Bytes used and the file system's size, from statvfs of the mounted disk.
+pub fn usage(target: &Path) -> io::Result<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(target)?;
+    let frag = st.fragment_size();
+    let (blocks, free) = (st.blocks(), st.blocks_free());
+    Ok(((blocks - free) * frag, blocks * frag))
+}
