@@ -20,6 +20,42 @@ const BUILTIN_NAME: &str = "built-in host.toml";
 struct HostFile {
     io: Option<IoFile>,
     tenants: Option<TenantsFile>,
+    network: Option<NetworkFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    bridge: Option<String>,
+    subnet: Option<String>,
+    masquerade: Option<bool>,
+    cni_path: Option<PathBuf>,
+}
+
+/// Tenants' network: one host bridge, addresses from one subnet (CNI's bridge and
+/// host-local plugins), outbound traffic masqueraded when `masquerade`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantNetwork {
+    pub bridge: String,
+    /// IPv4 network address and prefix length.
+    pub subnet: (std::net::Ipv4Addr, u8),
+    pub masquerade: bool,
+    /// Where the CNI plugins are (Debian's containernetworking-plugins: /usr/lib/cni).
+    pub cni_path: PathBuf,
+}
+
+impl TenantNetwork {
+    /// Whether `ip` is a host address of the subnet (not its network or broadcast address).
+    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
+        let (net, len) = self.subnet;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let (ip, net) = (u32::from(ip), u32::from(net));
+        ip & mask == net && ip != net && ip != net | !mask
+    }
+
+    pub fn subnet_text(&self) -> String {
+        format!("{}/{}", self.subnet.0, self.subnet.1)
+    }
 }
 
 #[derive(Deserialize)]
@@ -65,6 +101,7 @@ pub struct HostConfig {
     source: String,
     io_devices: Vec<(String, DeviceEntry)>,
     id_pool: IdPool,
+    network: TenantNetwork,
 }
 
 impl HostConfig {
@@ -91,6 +128,7 @@ impl HostConfig {
     pub fn parse(text: &str, source: &str) -> Result<HostConfig, ConfigError> {
         let file: HostFile = toml_file::parse(text, source)?;
         let id_pool = id_pool(file.tenants, source)?;
+        let network = network(file.network.unwrap_or_default(), source)?;
         let entries = file.io.and_then(|io| io.devices).unwrap_or_else(|| vec!["auto".to_string()]);
         let io_devices = entries
             .into_iter()
@@ -103,7 +141,12 @@ impl HostConfig {
                 Ok((text, entry))
             })
             .collect::<Result<_, ConfigError>>()?;
-        Ok(HostConfig { source: source.to_string(), io_devices, id_pool })
+        Ok(HostConfig { source: source.to_string(), io_devices, id_pool, network })
+    }
+
+    /// The tenants' bridge network ([network]).
+    pub fn network(&self) -> &TenantNetwork {
+        &self.network
     }
 
     /// The host ids tenants get (tenants.first_id, tenants.ranges).
@@ -158,6 +201,29 @@ fn id_pool(file: Option<TenantsFile>, source: &str) -> Result<IdPool, ConfigErro
         return Err(bad("tenants.ranges", "run past the largest id, 4294967295"));
     }
     Ok(pool)
+}
+
+fn network(file: NetworkFile, source: &str) -> Result<TenantNetwork, ConfigError> {
+    let bad = |field: &'static str, value: &str, reason: &str| ConfigError::Invalid {
+        file: source.to_string(),
+        field,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let bridge = file.bridge.unwrap_or_else(|| "warren0".to_string());
+    let name_ok =
+        (1..=15).contains(&bridge.len()) && bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return Err(bad("network.bridge", &bridge, "is not an interface name (1-15 letters, digits, '-', '_', '.')"));
+    }
+    let text = file.subnet.unwrap_or_else(|| "10.77.0.0/16".to_string());
+    let parsed = text.split_once('/').and_then(|(a, l)| Some((a.parse().ok()?, l.parse::<u8>().ok()?)));
+    let subnet = match parsed {
+        Some((addr, len)) if (8..=30).contains(&len) => (addr, len),
+        _ => return Err(bad("network.subnet", &text, "is not an IPv4 subnet A.B.C.D/LEN with LEN from 8 to 30")),
+    };
+    let cni_path = file.cni_path.unwrap_or_else(|| PathBuf::from("/usr/lib/cni"));
+    Ok(TenantNetwork { bridge, subnet, masquerade: file.masquerade.unwrap_or(true), cni_path })
 }
 
 fn parse_entry(text: &str) -> Result<DeviceEntry, &'static str> {
@@ -217,6 +283,22 @@ mod tests {
             ("[tenants]\nfirst_id = 0\n", "h.toml: tenants.first_id: 0 is host root"),
             ("[tenants]\nranges = 0\n", "h.toml: tenants.ranges: 0 leaves no room"),
             ("[tenants]\nranges = 70000\n", "h.toml: tenants.ranges: 70000 run past the largest id"),
+        ] {
+            let err = HostConfig::parse(text, "h.toml").unwrap_err().to_string();
+            assert!(err.starts_with(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn tenant_network_defaults_and_checks() {
+        let net = HostConfig::parse("", "h.toml").unwrap().network().clone();
+        assert_eq!((net.bridge.as_str(), net.subnet_text(), net.masquerade), ("warren0", "10.77.0.0/16".into(), true));
+        assert!(net.contains("10.77.3.4".parse().unwrap()));
+        assert!(!net.contains("10.77.0.0".parse().unwrap()) && !net.contains("10.77.255.255".parse().unwrap()));
+        assert!(!net.contains("10.78.0.1".parse().unwrap()));
+        for (text, want) in [
+            ("[network]\nsubnet = \"10.1.0.0\"\n", "h.toml: network.subnet: 10.1.0.0 is not an IPv4 subnet"),
+            ("[network]\nbridge = \"a-very-long-bridge-name\"\n", "h.toml: network.bridge: a-very-long"),
         ] {
             let err = HostConfig::parse(text, "h.toml").unwrap_err().to_string();
             assert!(err.starts_with(want), "{text}: {err}");

@@ -25,7 +25,7 @@ mod units;
 pub use catalog::{Catalog, DEFAULT_PLANS_DIR, PLANS_DIR_ENV};
 pub use device::BlockDevice;
 pub use error::ConfigError;
-pub use host::{HostConfig, IdPool, DEFAULT_HOST_FILE, HOST_FILE_ENV, IDS_PER_TENANT};
+pub use host::{HostConfig, IdPool, TenantNetwork, DEFAULT_HOST_FILE, HOST_FILE_ENV, IDS_PER_TENANT};
 pub use plan::{IoLimits, Plan, CPU_PERIOD_US, MIN_DISK, MIN_MEMORY};
 pub use resources::{apply_plan, apply_plan_to_annotations, apply_plan_to_resources, MEMORY_MERGE_ANNOTATION};
 pub use units::{Rate, Size};

@@ -328,6 +328,11 @@ impl Test {
 
     /// A container id unique to this test and process, e.g.
     /// `wt-hostname-1234-c`; remembered for the leftover check.
+    /// The name given to `Test::new`, which every `id` carries.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn id(&self, suffix: &str) -> String {
         let id = format!("wt-{}-{}-{suffix}", self.name, std::process::id());
         self.ids.lock().unwrap().push(id.clone());

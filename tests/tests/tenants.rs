@@ -20,25 +20,31 @@ fn busybox_archive() -> &'static Path {
     })
 }
 
-/// A store in the test's dir with the busybox image, and the tenant verbs on it.
+/// A store in the test's dir with the busybox image, and the tenant verbs on it. Its
+/// host.toml gives it a bridge and subnet of its own (test `k` of this file), removed at drop.
 struct Host<'a> {
     t: &'a Test,
     store: String,
-    host_config: Option<String>,
+    host_config: String,
+    bridge: String,
+    subnet: String,
 }
 
 impl<'a> Host<'a> {
-    fn new(t: &'a Test) -> Result<Host<'a>> {
+    fn new(t: &'a Test, k: u32, extra: &str) -> Result<Host<'a>> {
         let store = t.dir().join("store").to_string_lossy().into_owned();
         t.cmd(&["image", "--store", &store, "import", "--name", "bb:1", &busybox_archive().to_string_lossy()])?.ok()?;
-        Ok(Host { t, store, host_config: None })
+        let pid = std::process::id();
+        let bridge = format!("wtb{}x{k}", pid % 100_000);
+        let subnet = format!("10.{}.{}", 200 + k, pid % 250);
+        let host_config = t.dir().join("host.toml");
+        let text = format!("{extra}\n[network]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}.0/24\"\n");
+        std::fs::write(&host_config, text)?;
+        Ok(Host { t, store, host_config: host_config.to_string_lossy().into_owned(), bridge, subnet })
     }
 
     fn tenant(&self, args: &[&str]) -> Result<Out> {
-        let mut v = vec!["tenant", "--store", &self.store];
-        if let Some(h) = &self.host_config {
-            v.extend_from_slice(&["--host-config", h]);
-        }
+        let mut v = vec!["tenant", "--store", &self.store, "--host-config", &self.host_config];
         v.extend_from_slice(args);
         self.t.warren.cmd_for(&v, Duration::from_secs(60))
     }
@@ -69,6 +75,40 @@ impl<'a> Host<'a> {
     }
 }
 
+impl Drop for Host<'_> {
+    /// The bridge, and whatever NAT rules a failed test's tenants left (their DEL never ran).
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let ours = format!("id: \\\"wt-{}-{}-", self.t.name(), std::process::id());
+        let script = format!(
+            r#"iptables -t nat -S | grep -F -- '{ours}' | grep '^-A' | while read -r rule; do
+                 eval "iptables -t nat -D ${{rule#-A }}"; done
+               for c in $(iptables -t nat -S | awk '/^-N CNI-[0-9a-f]{{24}}$/ {{print $2}}'); do
+                 [ -z "$(iptables -t nat -S "$c" | grep '^-A')" ] && iptables -t nat -X "$c"; done"#
+        );
+        let _ = std::process::Command::new("sh").arg("-c").arg(script).output();
+    }
+}
+
+/// Whether portmap's shared chains are in the nat table (it adds them once, never removes them).
+fn portmap_chains_present() -> bool {
+    std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Removes portmap's shared chains and the jumps to them: what a test that added them leaves.
+fn remove_portmap_chains() {
+    let script = r#"
+        iptables -t nat -D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+        iptables -t nat -D OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+        iptables -t nat -D POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
+        for c in CNI-HOSTPORT-DNAT CNI-HOSTPORT-MASQ CNI-HOSTPORT-SETMARK; do
+            iptables -t nat -F $c; iptables -t nat -X $c; done"#;
+    let _ = std::process::Command::new("sh").arg("-c").arg(script).output();
+}
+
 fn running(r: &Value) -> bool {
     r["state"] == "running"
 }
@@ -76,7 +116,7 @@ fn running(r: &Value) -> bool {
 #[test]
 fn a_tenant_lives_isolated_on_its_own_ids_and_is_restarted_after_kill_9() -> Result<()> {
     let t = Test::new("tenants");
-    let h = Host::new(&t)?;
+    let h = Host::new(&t, 0, "")?;
     // The store's dirs must be traversable for the tenant's root (its mount point is there).
     std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
     let vol = t.dir().join("vol");
@@ -132,7 +172,9 @@ fn a_tenant_lives_isolated_on_its_own_ids_and_is_restarted_after_kill_9() -> Res
 #[test]
 fn tenant_boot_brings_back_what_should_run_after_a_simulated_reboot() -> Result<()> {
     let t = Test::new("tenboot");
-    let h = Host::new(&t)?;
+    // Without masquerade: a reboot would take the bridge plugin's rules with it, a simulated one does not.
+    let h = Host::new(&t, 1, "")?;
+    std::fs::write(&h.host_config, std::fs::read_to_string(&h.host_config)? + "masquerade = false\n")?;
     std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
     let names = [t.id("a"), t.id("b"), t.id("c")];
     for n in &names {
@@ -191,10 +233,7 @@ fn tenant_boot_brings_back_what_should_run_after_a_simulated_reboot() -> Result<
 #[test]
 fn bad_tenant_input_is_one_line_and_leaves_nothing() -> Result<()> {
     let t = Test::new("tenbad");
-    let mut h = Host::new(&t)?;
-    let pool = t.dir().join("host.toml");
-    std::fs::write(&pool, "[tenants]\nfirst_id = 300000\nranges = 1\n")?;
-    h.host_config = Some(pool.to_string_lossy().into_owned());
+    let h = Host::new(&t, 2, "[tenants]\nfirst_id = 300000\nranges = 1\n")?;
     let a = t.id("a");
     let b = t.id("b");
     let cases: Vec<(Vec<&str>, String)> = vec![
@@ -236,7 +275,7 @@ fn bad_tenant_input_is_one_line_and_leaves_nothing() -> Result<()> {
 #[test]
 fn writing_past_the_disk_limit_is_enospc_and_the_neighbour_goes_on() -> Result<()> {
     let t = Test::new("tendisk");
-    let h = Host::new(&t)?;
+    let h = Host::new(&t, 3, "")?;
     std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
     let (a, b) = (t.id("a"), t.id("b"));
     // a fills its disk; b, beside it, writes after a is full.
@@ -281,6 +320,89 @@ fn writing_past_the_disk_limit_is_enospc_and_the_neighbour_goes_on() -> Result<(
         h.tenant(&["destroy", n, "--timeout", "1"])?.ok()?;
     }
     ensure!(loop_devices_under(t.dir()).is_empty(), "a loop device is left");
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// `GET /` over TCP from the host, the body.
+fn http_get(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+fn http_get_soon(addr: &str) -> Result<String> {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        match http_get(addr).with_context(|| format!("GET http://{addr}/")) {
+            Ok(body) if !body.is_empty() => return Ok(body),
+            r if Instant::now() >= end => return r.and_then(|b| Err(anyhow::anyhow!("{addr}: empty reply {b:?}"))),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[test]
+fn tenants_on_the_bridge_reach_each_other_the_host_reaches_them_and_ports_are_published() -> Result<()> {
+    let t = Test::new("tennet");
+    let h = Host::new(&t, 4, "")?;
+    let portmap_before = portmap_chains_present();
+    std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
+    let (a, b) = (t.id("a"), t.id("b"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let publish = format!("{port}:80");
+    let serve = format!("mkdir -p /www; echo hello-from-{a} > /www/index.html; exec httpd -f -p 80 -h /www");
+    let args = ["create", &a, "--image", "bb:1", "--plan", "nano", "-p", &publish, "--", "sh", "-c", &serve];
+    h.tenant(&args)?.ok()?;
+    h.tenant(&["create", &b, "--image", "bb:1", "--plan", "nano", "--", "sleep", "1000"])?.ok()?;
+    for n in [&a, &b] {
+        h.tenant(&["start", n])?.ok()?;
+    }
+    let ra = h.wait_row(&a, "running", running)?;
+    let rb = h.wait_row(&b, "running", running)?;
+    let (ip_a, ip_b) = (ra["ip"].as_str().context("a's ip")?, rb["ip"].as_str().context("b's ip")?);
+    ensure!(ip_a != ip_b && ip_a.starts_with(&h.subnet) && ip_b.starts_with(&h.subnet), "{ip_a} {ip_b}");
+    let want = format!("hello-from-{a}\n");
+    // The host reaches a tenant, a tenant reaches its neighbour, and the published port answers.
+    ensure!(http_get_soon(&format!("{ip_a}:80"))? == want, "host to tenant");
+    let out = h.tenant(&["exec", &b, "--", "wget", "-qO-", &format!("http://{ip_a}/")])?;
+    ensure!(out.ok()?.stdout == want, "tenant to tenant: {out}");
+    ensure!(http_get_soon(&format!("127.0.0.1:{port}"))? == want, "published port");
+    // An address that is taken is refused at create, naming its tenant.
+    let c = t.id("c");
+    let out = h.tenant(&["create", &c, "--image", "bb:1", "--plan", "nano", "--ip", ip_a])?;
+    ensure!(out.failed()?.error_line().contains(&format!("--ip {ip_a}: is tenant {a}'s")), "{out}");
+    let out = h.tenant(&["create", &c, "--image", "bb:1", "--plan", "nano", "--ip", "192.0.2.9"])?;
+    ensure!(out.failed()?.error_line().contains("is not a host address of"), "{out}");
+    // Restarted after kill -9, it keeps its address.
+    let pid = ra["pid"].as_i64().context("pid")? as i32;
+    // SAFETY: kill(2) of the tenant's init, which this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let again = h.wait_row(&a, "restarted", |r| running(r) && r["restarts"] == 1)?;
+    ensure!(again["ip"] == ip_a && again["mac"] == ra["mac"] && ra["mac"].is_string(), "{ra}\n{again}");
+    ensure!(http_get_soon(&format!("{ip_a}:80"))? == want, "after the restart");
+    for n in [&a, &b] {
+        h.tenant(&["destroy", n, "--timeout", "1"])?.ok()?;
+    }
+    // Nothing of them on the host: no veth on the bridge, no lease, no rule naming them.
+    let veths = std::process::Command::new("ip").args(["-o", "link", "show", "master", &h.bridge]).output()?;
+    ensure!(veths.stdout.is_empty(), "veths left: {}", String::from_utf8_lossy(&veths.stdout));
+    let leases: Vec<String> = std::fs::read_dir(h.tenants_dir().join(".cni/warren"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    ensure!(leases.is_empty(), "leases left: {leases:?}");
+    let rules = std::process::Command::new("iptables").args(["-t", "nat", "-S"]).output()?;
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    ensure!(!rules.contains(&a) && !rules.contains(&b), "rules left:\n{rules}");
+    if !portmap_before {
+        remove_portmap_chains();
+    }
     t.assert_no_leftovers();
     Ok(())
 }

@@ -12,6 +12,7 @@
 
 pub mod disk;
 pub mod ids;
+pub mod net;
 pub mod supervise;
 
 use std::fs::File;
@@ -45,6 +46,12 @@ pub enum TenantError {
     PoolExhausted { name: String, first_id: u32, ranges: u32 },
     #[error("--volume {spec:?}: {reason}")]
     Volume { spec: String, reason: String },
+    #[error("--publish {spec:?}: is not HOST_PORT:CONTAINER_PORT[/tcp|/udp]")]
+    Publish { spec: String },
+    #[error("--ip {ip}: {reason}")]
+    Ip { ip: std::net::Ipv4Addr, reason: String },
+    #[error("network: {plugin} {command}: {message}")]
+    Network { plugin: String, command: String, message: String },
     #[error("{path}: {message}")]
     Disk { path: PathBuf, message: String },
     #[error("tenant {name}: {message}")]
@@ -119,6 +126,16 @@ pub struct Tenant {
     /// The size of its writable layer's disk in bytes (`disk`), None: not limited.
     #[serde(default)]
     pub disk: Option<u64>,
+    /// On the host bridge (`network.json` in its dir), with this address once it has one.
+    #[serde(default)]
+    pub network: bool,
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Its interface's MAC address, kept across restarts once it has one.
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub publish: Vec<net::Publish>,
     /// Whether it should be running: set by start and stop, read by `boot` after a reboot.
     pub want_running: bool,
     /// Seconds since the epoch.
@@ -137,6 +154,10 @@ pub struct NewTenant {
     pub args: Vec<String>,
     /// The disk limit of its writable layer (the plan's `disk.limit`).
     pub disk: Option<u64>,
+    /// The host's tenant network, None: only a loopback interface.
+    pub network: Option<warren_config::TenantNetwork>,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub publish: Vec<net::Publish>,
 }
 
 /// Tenant names are container ids, host names and file names at once: the strictest of them.
@@ -184,6 +205,16 @@ impl Tenants {
     pub fn console_log(&self, name: &str) -> PathBuf {
         self.dir(name).join("console.log")
     }
+    /// The CNI plugin list of a networked tenant.
+    pub fn network_list(&self, name: &str) -> PathBuf {
+        self.dir(name).join("network.json")
+    }
+
+    /// The last ADD's result, until its DEL.
+    pub fn network_added(&self, name: &str) -> PathBuf {
+        self.dir(name).join("net.json")
+    }
+
     fn disk_image(&self, name: &str) -> PathBuf {
         self.dir(name).join("disk.img")
     }
@@ -276,7 +307,11 @@ impl Tenants {
     }
 
     fn make(&self, store: &Store, new: &NewTenant, base: Value, pool: IdPool) -> Result<Tenant, TenantError> {
-        let taken: Vec<u32> = self.list()?.iter().map(|t| t.ids).collect();
+        let others = self.list()?;
+        if let Some(net) = &new.network {
+            check_ip(net, new.ip, &others)?;
+        }
+        let taken: Vec<u32> = others.iter().map(|t| t.ids).collect();
         let ids = ids::pick(pool, &taken).ok_or_else(|| TenantError::PoolExhausted {
             name: new.name.clone(),
             first_id: pool.first_id,
@@ -291,12 +326,22 @@ impl Tenants {
             volumes: new.volumes.clone(),
             restart: new.restart,
             disk: new.disk,
+            network: new.network.is_some(),
+            ip: new.ip,
+            mac: None,
+            publish: new.publish.clone(),
             ids,
             want_running: false,
             created,
         };
         // The record first: it holds the id range while the rest is made.
         self.save(&tenant)?;
+        if let Some(net) = &new.network {
+            let list = net::conflist(net, &self.dir.join(".cni"));
+            let path = self.network_list(&new.name);
+            let text = serde_json::to_vec_pretty(&list).expect("a conflist serializes");
+            crate::atomic_file::write_durable(&path, &text, 0o600).map_err(io_err(&path))?;
+        }
         let root = self.dir(&new.name).join("root");
         std::fs::DirBuilder::new().mode(0o755).create(&root).map_err(io_err(&root))?;
         let opts = BundleOptions {
@@ -351,6 +396,7 @@ impl Tenants {
         t.want_running = false;
         self.save(&t)?;
         supervise::stop(self, rt, name, timeout)?;
+        supervise::release_network(self, name, "")?;
         let _lock = self.lock()?;
         let b = self.bundle(name);
         if b.exists() {
@@ -361,7 +407,17 @@ impl Tenants {
         }
         disk::unmount(&b)?;
         let dir = self.dir(name);
-        for entry in ["root", "bundle", "disk.img", "console.log", "status.json", "supervisor.lock", "supervisor.log"] {
+        for entry in [
+            "root",
+            "bundle",
+            "disk.img",
+            "network.json",
+            "net.json",
+            "console.log",
+            "status.json",
+            "supervisor.lock",
+            "supervisor.log",
+        ] {
             let p = dir.join(entry);
             let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             match gone {
@@ -372,6 +428,26 @@ impl Tenants {
         let record = self.record_path(name);
         std::fs::remove_file(&record).map_err(io_err(&record))?;
         std::fs::remove_dir(&dir).map_err(io_err(&dir))
+    }
+}
+
+/// A requested address must be a host address of the subnet and no other tenant's.
+fn check_ip(
+    net: &warren_config::TenantNetwork,
+    ip: Option<std::net::Ipv4Addr>,
+    others: &[Tenant],
+) -> Result<(), TenantError> {
+    let Some(ip) = ip else { return Ok(()) };
+    if !net.contains(ip) {
+        return Err(TenantError::Ip { ip, reason: format!("is not a host address of {}", net.subnet_text()) });
+    }
+    let gateway = std::net::Ipv4Addr::from(u32::from(net.subnet.0) + 1);
+    if ip == gateway {
+        return Err(TenantError::Ip { ip, reason: "is the bridge's own address".into() });
+    }
+    match others.iter().find(|t| t.ip == Some(ip)) {
+        Some(t) => Err(TenantError::Ip { ip, reason: format!("is tenant {}'s", t.name) }),
+        None => Ok(()),
     }
 }
 

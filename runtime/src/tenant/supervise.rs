@@ -9,7 +9,7 @@
 //! it a new supervisor, which adopts the running container.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use super::net::Call;
 use super::{Restart, TenantError, Tenants};
 use crate::container::{ContainerError, CreateOptions, Runtime};
 use crate::state::{StateError, Status};
@@ -92,9 +93,13 @@ pub fn supervise(
                 (status.pid, status.started) = (run.pid(), now());
                 write_status(tenants, name, &status)?;
                 status.last_exit = run.wait();
+                if let Err(e) = release_network(tenants, name, &run.netns_path()) {
+                    log::warn!("tenant {name}: {e}");
+                }
+                log::info!("tenant {name}: init {} ended: {:?}", run.pid(), status.last_exit);
+                drop(run);
                 status.pid = 0;
                 write_status(tenants, name, &status)?;
-                log::info!("tenant {name}: init {} ended: {:?}", run.pid(), status.last_exit);
             }
             Err(e) => match ready.take() {
                 Some(r) => {
@@ -140,47 +145,53 @@ fn sleep_while_wanted(tenants: &Tenants, name: &str, d: Duration) -> bool {
     true
 }
 
-/// A running container: started by us (our child) or found running (adopted).
-enum Run {
-    Ours(i32),
-    Adopted(i32),
+/// A running container: started by us (our child) or found running (adopted), with its
+/// network namespace held open while it is attached to the tenant network.
+struct Run {
+    pid: i32,
+    ours: bool,
+    netns: Option<OwnedFd>,
 }
 
 impl Run {
     fn pid(&self) -> i32 {
-        match self {
-            Run::Ours(p) | Run::Adopted(p) => *p,
-        }
+        self.pid
     }
 
     /// Waits for the init to end: its exit code (128 + signal when killed), None for an
     /// adopted one, whose status goes to its original parent.
     fn wait(&self) -> Option<i32> {
-        match self {
-            Run::Ours(pid) => loop {
+        if self.ours {
+            return loop {
                 match waitpid(Pid::from_raw(-1), None) {
-                    Ok(WaitStatus::Exited(p, code)) if p.as_raw() == *pid => return Some(code),
-                    Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == *pid => return Some(128 + sig as i32),
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(_) => return None,
+                    Ok(WaitStatus::Exited(p, code)) if p.as_raw() == self.pid => break Some(code),
+                    Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == self.pid => break Some(128 + sig as i32),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break None,
                 }
-            },
-            Run::Adopted(pid) => {
-                if let Ok(fd) = crate::sys::pidfd_open(*pid) {
-                    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                    // SAFETY: one valid pollfd, its count 1; -1: no timeout.
-                    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
-                }
-                None
-            }
+            };
         }
+        if let Ok(fd) = crate::sys::pidfd_open(self.pid) {
+            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, its count 1; -1: no timeout.
+            while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+        }
+        None
+    }
+
+    /// The held namespace as a path the CNI plugins (our children) can open.
+    fn netns_path(&self) -> String {
+        self.netns.as_ref().map_or(String::new(), |fd| format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd()))
     }
 }
 
 fn run_once(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<Run, TenantError> {
     match rt.state(name) {
-        Ok(s) if matches!(s.status, Status::Running | Status::Paused) => return Ok(Run::Adopted(s.pid)),
+        Ok(s) if matches!(s.status, Status::Running | Status::Paused) => {
+            let mut run = Run { pid: s.pid, ours: false, netns: None };
+            attach_network(tenants, name, &mut run, true)?;
+            return Ok(run);
+        }
         Ok(_) => rt.delete(name, true)?,
         Err(ContainerError::State(StateError::NotFound { .. })) => {}
         Err(e) => return Err(e.into()),
@@ -195,11 +206,63 @@ fn run_once(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<Run, TenantEr
         preserve_fds: 0,
     };
     let pid = rt.create(&opts)?;
-    if let Err(e) = rt.start(name) {
+    let mut run = Run { pid, ours: true, netns: None };
+    let attached = attach_network(tenants, name, &mut run, false);
+    if let Err(e) = attached.and_then(|()| rt.start(name).map_err(Into::into)) {
+        let _ = release_network(tenants, name, &run.netns_path());
         let _ = rt.delete(name, true);
-        return Err(e.into());
+        return Err(e);
     }
-    Ok(Run::Ours(pid))
+    Ok(run)
+}
+
+/// Puts a networked tenant's container on the tenant network (CNI ADD), unless `adopted`
+/// finds it there already; a DEL a killed supervisor missed is done first.
+fn attach_network(tenants: &Tenants, name: &str, run: &mut Run, adopted: bool) -> Result<(), TenantError> {
+    let list_path = tenants.network_list(name);
+    if !list_path.exists() {
+        return Ok(());
+    }
+    let ns = format!("/proc/{}/ns/net", run.pid);
+    run.netns = Some(File::open(&ns).map_err(super::io_err(Path::new(&ns)))?.into());
+    let added = tenants.network_added(name);
+    if adopted && added.exists() {
+        return Ok(());
+    }
+    release_network(tenants, name, "")?;
+    let list = read_json(&list_path)?;
+    let t = tenants.get(name)?;
+    let netns = run.netns_path();
+    let call = Call { list: &list, id: name, netns: &netns, ip: t.ip, mac: t.mac.as_deref(), publish: &t.publish };
+    let result = call.add()?;
+    let text = serde_json::to_vec(&result).expect("a result serializes");
+    crate::atomic_file::write(&added, &text, 0o600).map_err(super::io_err(&added))?;
+    if t.ip.is_none() || t.mac.is_none() {
+        // The first address and MAC become the tenant's: asked for again at every start.
+        let mut t = tenants.get(name)?;
+        t.ip = t.ip.or_else(|| super::net::address(&result));
+        t.mac = t.mac.or_else(|| super::net::mac(&result));
+        tenants.save(&t)?;
+    }
+    Ok(())
+}
+
+/// CNI DEL of the last ADD, if one is recorded; `netns` "" once the namespace is gone.
+pub fn release_network(tenants: &Tenants, name: &str, netns: &str) -> Result<(), TenantError> {
+    let added_path = tenants.network_added(name);
+    if !added_path.exists() {
+        return Ok(());
+    }
+    let list = read_json(&tenants.network_list(name))?;
+    let added = read_json(&added_path)?;
+    let t = tenants.get(name)?;
+    Call { list: &list, id: name, netns, ip: t.ip, mac: t.mac.as_deref(), publish: &t.publish }.del(Some(&added))?;
+    std::fs::remove_file(&added_path).map_err(super::io_err(&added_path))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, TenantError> {
+    let text = std::fs::read(path).map_err(super::io_err(path))?;
+    serde_json::from_slice(&text).map_err(|source| TenantError::Record { path: path.to_path_buf(), source })
 }
 
 fn remove_container(rt: &Runtime, name: &str) -> Result<(), TenantError> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use warren::container::Runtime;
+use warren::tenant::net::Publish;
 use warren::tenant::supervise::{self, SupervisorStatus};
 use warren::tenant::{NewTenant, Restart, Tenant, Tenants, Volume};
 use warren_config::HostConfig;
@@ -34,6 +35,12 @@ pub enum RestartArg {
     Never,
     OnFailure,
     Always,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum NetworkArg {
+    Bridge,
+    None,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -113,6 +120,15 @@ pub struct CreateArgs {
     /// Size of its writable layer (e.g. 2GiB), instead of the plan's disk.limit
     #[arg(long, value_parser = warren_config::Size::parse)]
     pub disk: Option<warren_config::Size>,
+    /// `bridge`: an address on the host's tenant bridge (host.toml [network]); `none`: loopback only
+    #[arg(long, value_enum, default_value = "bridge")]
+    pub network: NetworkArg,
+    /// Its address on the bridge (default: the next free one, kept across restarts)
+    #[arg(long)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// HOST_PORT:CONTAINER_PORT[/tcp|/udp] forwarded from the host (repeatable)
+    #[arg(long = "publish", short = 'p')]
+    pub publish: Vec<String>,
     /// When the supervisor starts it again after its init ends
     #[arg(long, value_enum, default_value = "on-failure")]
     pub restart: RestartArg,
@@ -147,6 +163,10 @@ pub fn tenant(root: &Path, cmd: TenantCmd) -> Result<i32> {
 fn create(store: &Store, tenants: &Tenants, sources: &crate::plan_cmd::PlanSources, a: CreateArgs) -> Result<()> {
     warren::tenant::validate_name(&a.name)?;
     let volumes = a.volumes.iter().map(|v| Volume::parse(v)).collect::<Result<Vec<_>, _>>()?;
+    let publish = a.publish.iter().map(|p| Publish::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    if a.network == NetworkArg::None && (a.ip.is_some() || !publish.is_empty()) {
+        anyhow::bail!("--ip and --publish need --network bridge");
+    }
     let host = HostConfig::discover(sources.host_config.as_deref())?;
     // The plan's "auto" disk is the one the store (and so the tenant's upper dir) is on.
     let base = crate::plan_cmd::with_plan(warren::features::default_spec(false), &a.plan, sources, store.root())?;
@@ -169,6 +189,9 @@ fn create(store: &Store, tenants: &Tenants, sources: &crate::plan_cmd::PlanSourc
         restart,
         args: a.args,
         disk,
+        network: (a.network == NetworkArg::Bridge).then(|| host.network().clone()),
+        ip: a.ip,
+        publish,
     };
     let t = tenants.create(store, &new, base, host.id_pool())?;
     println!("{}", t.name);
@@ -361,9 +384,9 @@ fn list(tenants: &Tenants, rt: &Runtime, format: TenantFormat) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let head = ["NAME", "STATE", "PLAN", "IDS", "PID", "MEMORY", "PIDS", "DISK", "UPTIME", "RESTARTS"];
-    let [a, b, c, d, e, f, g, h, i, j] = head;
-    println!("{a:<16} {b:<20} {c:<8} {d:>10} {e:>8} {f:>8} {g:>5} {h:>15} {i:>8} {j:>8}");
+    let head = ["NAME", "STATE", "PLAN", "IP", "IDS", "PID", "MEMORY", "PIDS", "DISK", "UPTIME", "RESTARTS"];
+    let [a, b, c, k, d, e, f, g, h, i, j] = head;
+    println!("{a:<16} {b:<20} {c:<8} {k:<15} {d:>10} {e:>8} {f:>8} {g:>5} {h:>15} {i:>8} {j:>8}");
     let mib = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0));
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
     for r in rows {
@@ -371,9 +394,12 @@ fn list(tenants: &Tenants, rt: &Runtime, format: TenantFormat) -> Result<()> {
         let pids = dash(r.pids.map(|p| p.to_string()));
         let pid = dash((r.status.pid > 0).then(|| r.status.pid.to_string()));
         let disk = dash(r.disk_used.zip(r.disk_size).map(|(u, s)| format!("{}/{}", mib(Some(u)), mib(Some(s)))));
+        let ip = dash(r.tenant.ip.map(|ip| ip.to_string()));
         let (name, state, plan, ids, mem, restarts) =
             (&r.tenant.name, r.state, &r.tenant.plan, r.tenant.ids, mib(r.memory_used), r.status.restarts);
-        println!("{name:<16} {state:<20} {plan:<8} {ids:>10} {pid:>8} {mem:>8} {pids:>5} {disk:>15} {uptime:>8} {restarts:>8}");
+        println!(
+            "{name:<16} {state:<20} {plan:<8} {ip:<15} {ids:>10} {pid:>8} {mem:>8} {pids:>5} {disk:>15} {uptime:>8} {restarts:>8}"
+        );
     }
     Ok(())
 }

@@ -1,0 +1,202 @@
+//! Tenants' networking through CNI plugins (the containernetworking-plugins binaries), run as
+//! the CNI spec says: the network's plugin list is called in order for ADD with each one's
+//! result passed to the next (`prevResult`), and in reverse order for DEL with the ADD's
+//! result. The list is written once per tenant at create (`network.json`): a host bridge
+//! with host-local addresses, and portmap for published ports.
+//!
+//! The supervisor keeps the container's network namespace open from ADD to DEL, so that
+//! DEL finds the interfaces (and the bridge plugin removes the masquerade rules it added)
+//! even though the init has exited; an ADD's result is kept in `net.json` until its DEL,
+//! so that a DEL missed by a killed supervisor is done before the next ADD.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use warren_config::TenantNetwork;
+
+use super::TenantError;
+
+const CNI_VERSION: &str = "1.0.0";
+const IFNAME: &str = "eth0";
+
+/// A published port: HOST_PORT on the host forwarded to CONTAINER_PORT in the tenant.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub udp: bool,
+}
+
+impl Publish {
+    /// `HOST:CONTAINER[/tcp|/udp]`.
+    pub fn parse(text: &str) -> Result<Publish, TenantError> {
+        let bad = || TenantError::Publish { spec: text.to_string() };
+        let (ports, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+        let (h, c) = ports.split_once(':').ok_or_else(bad)?;
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        let udp = match proto {
+            "tcp" => false,
+            "udp" => true,
+            _ => return Err(bad()),
+        };
+        Ok(Publish { host_port: port(h)?, container_port: port(c)?, udp })
+    }
+}
+
+/// The plugin list for `net`, IPAM leases kept under `data_dir`.
+pub fn conflist(net: &TenantNetwork, data_dir: &Path) -> Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": "warren",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": net.masquerade,
+                "hairpinMode": true, "capabilities": { "mac": true },
+                "ipam": {
+                    "type": "host-local", "ranges": [[{ "subnet": net.subnet_text() }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": data_dir,
+                },
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
+        ],
+        "cniPath": net.cni_path,
+    })
+}
+
+/// One call of a network's plugins.
+pub struct Call<'a> {
+    pub list: &'a Value,
+    /// The CNI container id: stable per tenant.
+    pub id: &'a str,
+    /// A path to the network namespace ("" for a DEL after it is gone).
+    pub netns: &'a str,
+    pub ip: Option<Ipv4Addr>,
+    /// The interface's MAC address to keep (neighbours' ARP caches stay right across restarts).
+    pub mac: Option<&'a str>,
+    pub publish: &'a [Publish],
+}
+
+impl Call<'_> {
+    /// ADD: the final result.
+    pub fn add(&self) -> Result<Value, TenantError> {
+        let mut prev: Option<Value> = None;
+        for plugin in self.plugins() {
+            prev = Some(self.exec("ADD", plugin, prev.as_ref())?);
+        }
+        Ok(prev.unwrap_or(Value::Null))
+    }
+
+    /// DEL in reverse order with the ADD's result; every plugin is called even when one fails,
+    /// and the first error is returned.
+    pub fn del(&self, added: Option<&Value>) -> Result<(), TenantError> {
+        let mut first = None;
+        for plugin in self.plugins().iter().rev() {
+            if let Err(e) = self.exec("DEL", plugin, added) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn plugins(&self) -> Vec<&Value> {
+        self.list["plugins"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+    }
+
+    fn exec(&self, command: &str, plugin: &Value, prev: Option<&Value>) -> Result<Value, TenantError> {
+        let kind = plugin["type"].as_str().unwrap_or_default();
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = self.list["cniVersion"].clone();
+        conf["name"] = self.list["name"].clone();
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        if plugin["capabilities"]["portMappings"] == true {
+            let maps: Vec<Value> = self
+                .publish
+                .iter()
+                .map(|p| {
+                    json!({"hostPort": p.host_port, "containerPort": p.container_port,
+                                "protocol": if p.udp { "udp" } else { "tcp" }})
+                })
+                .collect();
+            conf["runtimeConfig"] = json!({ "portMappings": maps });
+        }
+        if let (true, Some(mac)) = (plugin["capabilities"]["mac"] == true, self.mac) {
+            conf["runtimeConfig"] = json!({ "mac": mac });
+        }
+        let cni_path = PathBuf::from(self.list["cniPath"].as_str().unwrap_or("/usr/lib/cni"));
+        let mut args = "IgnoreUnknown=1".to_string();
+        if let Some(ip) = self.ip {
+            args.push_str(&format!(";IP={ip}"));
+        }
+        let fail =
+            |message: String| TenantError::Network { plugin: kind.to_string(), command: command.into(), message };
+        let mut child = Command::new(cni_path.join(kind))
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", self.id)
+            .env("CNI_NETNS", self.netns)
+            .env("CNI_IFNAME", IFNAME)
+            .env("CNI_PATH", &cni_path)
+            .env("CNI_ARGS", args)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("{}: {e}", cni_path.join(kind).display())))?;
+        let input = serde_json::to_vec(&conf).expect("a plugin config serializes");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&input);
+        }
+        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if !out.status.success() {
+            let msg = result["msg"].as_str().map(str::to_string);
+            let detail = result["details"].as_str().map(|d| format!(": {d}")).unwrap_or_default();
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
+            return Err(fail(msg.map(|m| format!("{m}{detail}")).unwrap_or(stderr)));
+        }
+        Ok(result)
+    }
+}
+
+/// The MAC address of the container's interface in an ADD's result.
+pub fn mac(result: &Value) -> Option<String> {
+    let ifaces = result["interfaces"].as_array()?;
+    let eth0 = ifaces.iter().find(|i| i["name"] == IFNAME && i["sandbox"].is_string())?;
+    eth0["mac"].as_str().map(str::to_string)
+}
+
+/// The first IPv4 address of an ADD's result.
+pub fn address(result: &Value) -> Option<Ipv4Addr> {
+    let ips = result["ips"].as_array()?;
+    ips.iter().filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok()).next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_specs_parse_and_bad_ones_are_refused() {
+        assert_eq!(Publish::parse("8080:80").unwrap(), Publish { host_port: 8080, container_port: 80, udp: false });
+        assert!(Publish::parse("53:53/udp").unwrap().udp);
+        for bad in ["80", "0:80", "x:80", "80:80/sctp", "70000:80"] {
+            assert!(Publish::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_address_comes_from_the_result() {
+        let r = json!({"ips": [{"address": "10.77.0.5/16", "gateway": "10.77.0.1"}]});
+        assert_eq!(address(&r), Some(Ipv4Addr::new(10, 77, 0, 5)));
+        assert_eq!(address(&json!({})), None);
+        let r = json!({"interfaces": [{"name": "br0", "mac": "aa"}, {"name": "eth0", "mac": "bb", "sandbox": "/x"}]});
+        assert_eq!(mac(&r).as_deref(), Some("bb"));
+    }
+}
