@@ -10,6 +10,10 @@
 #      plan, its live usage (`events --stats`), a live limit change
 #      (`update`), and (when criu works here) a checkpoint and a restore that
 #      goes on counting from where it was.
+#   4. two tenants the operator's way (`warren tenant`): each unprivileged on
+#      its own host id range, with a disk quota and an address on a demo
+#      bridge; one serves a page, the other fetches it, the host too; one is
+#      killed with -9 and its supervisor brings it back on the same address.
 # Everything (bundles, warren's state via --root) lives in one temp dir that
 # is removed on exit, also on failure.
 set -euo pipefail
@@ -35,6 +39,10 @@ cleanup() {
 		"$W" --root "$STATE" delete --force "$c" >/dev/null 2>&1
 	done
 	"$W" bundle --store "$T/store" rm "$T/tenant" >/dev/null 2>&1
+	for c in web shop; do
+		"$W" --root "$STATE" tenant --store "$T/store" --host-config "$T/host.toml" destroy --timeout 1 "$c-$$" >/dev/null 2>&1
+	done
+	ip link del "wdemo$$" >/dev/null 2>&1
 	rm -rf -- "$T"
 	[ "$rc" -eq 0 ] && say "demo done" || say "demo FAILED (exit $rc)"
 	exit "$rc"
@@ -114,3 +122,31 @@ else
 fi
 run "$W" --root "$STATE" delete --force "$ID-t"
 run "$W" bundle --store "$T/store" rm "$T/tenant"
+
+say "two tenants that talk to each other (warren tenant)"
+# The demo's own bridge and subnet, so that it leaves nothing on the host.
+printf '[network]\nbridge = "wdemo%s"\nsubnet = "10.250.%s.0/24"\n' $$ $(($$ % 250)) >"$T/host.toml"
+TN=("$W" --root "$STATE" tenant --store "$T/store" --host-config "$T/host.toml")
+SERVE='mkdir -p /www; echo "hello from $(hostname), root here is host uid $(cat /proc/self/uid_map | awk "{print \$2}")" >/www/index.html; exec httpd -f -p 80 -h /www'
+run "${TN[@]}" create "web-$$" --image warren/busybox:latest --plan nano --disk 64MiB -- sh -c "$SERVE"
+run "${TN[@]}" create "shop-$$" --image warren/busybox:latest --plan nano --disk 64MiB -- sleep 100000
+run "${TN[@]}" start "web-$$"
+run "${TN[@]}" start "shop-$$"
+run "${TN[@]}" list
+WEB_IP=$("${TN[@]}" list --format json | jq -r ".[] | select(.name == \"web-$$\") | .ip")
+sleep 0.5
+run "${TN[@]}" exec "shop-$$" -- wget -qO- "http://$WEB_IP/"
+printf '$ wget -qO- http://%s/   (from the host)\n' "$WEB_IP"
+wget -qO- "http://$WEB_IP/" 2>/dev/null || busybox wget -qO- "http://$WEB_IP/"
+printf '$ kill -9 <init of web-%s>\n' $$
+kill -9 "$("${TN[@]}" list --format json | jq -r ".[] | select(.name == \"web-$$\") | .pid")"
+for _ in $(seq 50); do
+	r=$("${TN[@]}" list --format json | jq -r ".[] | select(.name == \"web-$$\") | \"\(.state) \(.restarts)\"")
+	[ "$r" = "running 1" ] && break
+	sleep 0.2
+done
+run "${TN[@]}" list
+sleep 0.5
+run "${TN[@]}" exec "shop-$$" -- wget -qO- "http://$WEB_IP/"
+run "${TN[@]}" destroy --timeout 1 "web-$$"
+run "${TN[@]}" destroy --timeout 1 "shop-$$"
