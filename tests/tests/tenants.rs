@@ -406,3 +406,47 @@ fn tenants_on_the_bridge_reach_each_other_the_host_reaches_them_and_ports_are_pu
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn set_changes_a_running_tenants_limits_all_or_nothing_and_for_its_next_start() -> Result<()> {
+    let t = Test::new("tenset");
+    let h = Host::new(&t, 5, "")?;
+    std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
+    let a = t.id("a");
+    // 24 MiB in tmpfs: charged to its memory cgroup and, without swap, not reclaimable.
+    let script = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 2>/dev/null; echo filled; exec sleep 1000";
+    let args = ["create", &a, "--image", "bb:1", "--plan", "nano", "--network", "none", "--", "sh", "-c", script];
+    h.tenant(&args)?.ok()?;
+    h.tenant(&["start", &a])?.ok()?;
+    let pid = h.wait_row(&a, "running", running)?["pid"].as_i64().context("pid")? as i32;
+    let end = Instant::now() + Duration::from_secs(10);
+    while !h.tenant(&["logs", &a])?.stdout.contains("filled") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let memory = || -> Result<String> {
+        Ok(read_knob(&knob_path(pid, "memory", "memory.limit_in_bytes", "memory.max")?)?.trim().to_string())
+    };
+    let pids =
+        || -> Result<String> { Ok(read_knob(&knob_path(pid, "pids", "pids.max", "pids.max")?)?.trim().to_string()) };
+    h.tenant(&["set", &a, "--memory", "64MiB", "--pids", "20"])?.ok()?;
+    ensure!(memory()? == (64u64 << 20).to_string() && pids()? == "20", "{} {}", memory()?, pids()?);
+    // Below what it uses: the kernel refuses the memory limit, and the pids limit written
+    // before it is put back; config.json is unchanged.
+    let config = h.tenants_dir().join(&a).join("bundle/config.json");
+    let before = std::fs::read(&config)?;
+    let out = h.tenant(&["set", &a, "--pids", "30", "--memory", "8MiB"])?;
+    ensure!(out.failed()?.error_line().contains("memory"), "{out}");
+    ensure!(memory()? == (64u64 << 20).to_string() && pids()? == "20", "not all or nothing: {} {}", memory()?, pids()?);
+    ensure!(std::fs::read(&config)? == before, "config.json changed");
+    // A plan: its limits now and at the next start.
+    h.tenant(&["set", &a, "--plan", "small"])?.ok()?;
+    ensure!(memory()? == (512u64 << 20).to_string() && pids()? == "256", "{} {}", memory()?, pids()?);
+    ensure!(h.row(&a)?["plan"] == "small", "plan not recorded");
+    h.tenant(&["restart", &a, "--timeout", "0"])?.ok()?;
+    let pid = h.wait_row(&a, "running", running)?["pid"].as_i64().context("pid")? as i32;
+    let limit = read_knob(&knob_path(pid, "memory", "memory.limit_in_bytes", "memory.max")?)?;
+    ensure!(limit.trim() == (512u64 << 20).to_string(), "after restart: {limit}");
+    h.tenant(&["destroy", &a, "--timeout", "0"])?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}

@@ -104,7 +104,7 @@ fn apply_to_bundle(bundle: &Path, plan: &Plan, host: &HostConfig) -> Result<()> 
 /// Only linux.resources is read as OCI resources and written back, and the plan's annotation
 /// set or removed: the rest of the config stays as it was, fields this runtime does not know
 /// included.
-fn set_plan(config: &mut Value, plan: &Plan, host: &HostConfig, rootfs: &Path, path: &Path) -> Result<()> {
+pub(crate) fn set_plan(config: &mut Value, plan: &Plan, host: &HostConfig, rootfs: &Path, path: &Path) -> Result<()> {
     let Some(root) = config.as_object_mut() else {
         anyhow::bail!("{}: not a JSON object", path.display());
     };

@@ -79,6 +79,8 @@ pub enum TenantCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: TenantFormat,
     },
+    /// Change a tenant's limits: live when it runs, and for its next start (all or nothing)
+    Set(SetArgs),
     /// Print what a tenant wrote on stdout and stderr
     Logs {
         name: String,
@@ -100,6 +102,23 @@ pub enum TenantCommand {
     /// The supervisor of one tenant (run by `start`)
     #[command(hide = true)]
     Supervise { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    pub name: String,
+    /// Another plan: its CPU, memory, I/O and pids limits
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Memory limit (e.g. 512MiB), its swap allowance kept
+    #[arg(long, value_parser = warren_config::Size::parse)]
+    pub memory: Option<warren_config::Size>,
+    /// CPUs of time per 100 ms period (e.g. 0.5)
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Most tasks
+    #[arg(long)]
+    pub pids: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +171,7 @@ pub fn tenant(root: &Path, cmd: TenantCmd) -> Result<i32> {
         }
         TenantCommand::Destroy { name, timeout: t } => tenants.destroy(&store, &rt, &name, timeout(t))?,
         TenantCommand::List { format } => list(&tenants, &rt, format)?,
+        TenantCommand::Set(a) => set(&tenants, &rt, &cmd.plan_sources, store.root(), &a)?,
         TenantCommand::Logs { name, follow } => logs(&tenants, &name, follow)?,
         TenantCommand::Exec { name, tty, args } => return exec(&tenants, root, &name, tty, &args),
         TenantCommand::Boot => return boot(&tenants, root, &cmd.store),
@@ -278,6 +298,79 @@ fn stop(tenants: &Tenants, rt: &Runtime, name: &str, timeout: Duration) -> Resul
     t.want_running = false;
     tenants.save(&t)?;
     supervise::stop(tenants, rt, name, timeout)?;
+    Ok(())
+}
+
+/// The new limits go to the running container first (`update`: all or nothing, put back on
+/// any failure), then into its config.json (replaced atomically) and record.
+fn set(
+    tenants: &Tenants,
+    rt: &Runtime,
+    sources: &crate::plan_cmd::PlanSources,
+    store: &Path,
+    a: &SetArgs,
+) -> Result<()> {
+    let mut t = tenants.get(&a.name)?;
+    if a.plan.is_none() && a.memory.is_none() && a.cpus.is_none() && a.pids.is_none() {
+        anyhow::bail!("tenant {}: set what? (--plan, --memory, --cpus, --pids)", a.name);
+    }
+    let path = tenants.bundle(&a.name).join("config.json");
+    let text = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let mut config: serde_json::Value = serde_json::from_slice(&text)?;
+    if let Some(name) = &a.plan {
+        let catalog = warren_config::Catalog::discover(sources.plans_dir.as_deref())?;
+        let host = HostConfig::discover(sources.host_config.as_deref())?;
+        crate::plan_cmd::set_plan(&mut config, catalog.get(name)?, &host, store, &path)?;
+    }
+    let mut r: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(config["linux"]["resources"].clone()).context("linux.resources")?;
+    overrides(&mut r, a)?;
+    config["linux"]["resources"] = serde_json::to_value(&r)?;
+    let running =
+        rt.state(&a.name).is_ok_and(|s| s.status.to_string() == "running" || s.status.to_string() == "paused");
+    if running {
+        rt.update(&a.name, &r)?;
+    }
+    let out = serde_json::to_vec_pretty(&config)?;
+    warren::atomic_file::write_durable(&path, &out, 0o600).with_context(|| path.display().to_string())?;
+    if let Some(plan) = &a.plan {
+        t.plan = plan.clone();
+        tenants.save(&t)?;
+    }
+    Ok(())
+}
+
+fn overrides(r: &mut oci_spec::runtime::LinuxResources, a: &SetArgs) -> Result<()> {
+    if let Some(m) = a.memory {
+        let limit = i64::try_from(m.bytes()).context("--memory")?;
+        if m.bytes() < warren_config::MIN_MEMORY {
+            anyhow::bail!("--memory: {m} is below the 6MiB floor");
+        }
+        let mut mem = r.memory().clone().unwrap_or_default();
+        // The swap allowance on top of the limit stays what it was.
+        let extra = match (mem.limit(), mem.swap()) {
+            (Some(l), Some(s)) if s >= l => Some(s - l),
+            _ => None,
+        };
+        mem.set_limit(Some(limit));
+        mem.set_swap(extra.map(|e| limit + e));
+        r.set_memory(Some(mem));
+    }
+    if let Some(cpus) = a.cpus {
+        if !(0.01..=8192.0).contains(&cpus) {
+            anyhow::bail!("--cpus: {cpus} is not from 0.01 to 8192");
+        }
+        let mut cpu = r.cpu().clone().unwrap_or_default();
+        cpu.set_period(Some(warren_config::CPU_PERIOD_US));
+        cpu.set_quota(Some((cpus * warren_config::CPU_PERIOD_US as f64).round() as i64));
+        r.set_cpu(Some(cpu));
+    }
+    if let Some(p) = a.pids {
+        if p < 1 {
+            anyhow::bail!("--pids: {p} is not above 0");
+        }
+        r.set_pids(Some(oci_spec::runtime::LinuxPidsBuilder::default().limit(p).build()?));
+    }
     Ok(())
 }
 
