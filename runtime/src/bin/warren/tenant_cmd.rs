@@ -346,7 +346,7 @@ fn overrides(r: &mut oci_spec::runtime::LinuxResources, a: &SetArgs) -> Result<(
         if m.bytes() < warren_config::MIN_MEMORY {
             anyhow::bail!("--memory: {m} is below the 6MiB floor");
         }
-        let mut mem = r.memory().clone().unwrap_or_default();
+        let mut mem = (*r.memory()).unwrap_or_default();
         // The swap allowance on top of the limit stays what it was.
         let extra = match (mem.limit(), mem.swap()) {
             (Some(l), Some(s)) if s >= l => Some(s - l),
