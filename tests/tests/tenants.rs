@@ -296,6 +296,16 @@ fn writing_past_the_disk_limit_is_enospc_and_the_neighbour_goes_on() -> Result<(
     let logs = logs_of(&a)?;
     ensure!(logs.contains("dd=1") && logs.contains("No space left on device"), "{logs}");
     let row = h.row(&a)?;
+    // The plan's write limit (nano: 10MB/s) is on the loop device its writes go through first.
+    let dev = std::fs::metadata(h.tenants_dir().join(&a).join("bundle"))?.dev();
+    let loop_dev = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let pid = row["pid"].as_i64().context("pid")? as i32;
+    let throttle = read_knob(&knob_path(pid, "blkio", "blkio.throttle.write_bps_device", "io.max")?)?;
+    ensure!(
+        loop_dev.starts_with("7:")
+            && throttle.lines().any(|l| l.starts_with(&format!("{loop_dev} ")) && l.contains("10000000")),
+        "{loop_dev} not throttled: {throttle}"
+    );
     let (used, size) =
         (row["disk_used"].as_u64().context("disk_used")?, row["disk_size"].as_u64().context("disk_size")?);
     ensure!(size <= 16 << 20 && used > size * 9 / 10, "a's disk: {used} of {size}");

@@ -65,10 +65,63 @@ pub fn unmount(target: &Path) -> Result<(), TenantError> {
     umount2(target, MntFlags::UMOUNT_NOFOLLOW).map_err(|e| disk_err(target, format!("unmount: {e}")))
 }
 
+/// The loop devices' major number.
+const LOOP_MAJOR: u64 = 7;
+
+/// Adds, beside each throttle entry of `block_io` (OCI linux.resources.blockIO), the same
+/// limit for the loop device `major:minor`, replacing entries for another loop device.
+/// Returns whether anything changed.
+pub fn retarget_throttles(block_io: &mut serde_json::Value, major: u32, minor: u32) -> bool {
+    let mut changed = false;
+    for key in ["throttleReadBpsDevice", "throttleWriteBpsDevice", "throttleReadIOPSDevice", "throttleWriteIOPSDevice"]
+    {
+        let Some(list) = block_io.get_mut(key).and_then(|v| v.as_array_mut()) else { continue };
+        let is_loop = |e: &serde_json::Value| e["major"].as_u64() == Some(LOOP_MAJOR);
+        let wanted: Vec<serde_json::Value> = list
+            .iter()
+            .filter(|e| !is_loop(e))
+            .map(|e| {
+                let mut l = e.clone();
+                (l["major"], l["minor"]) = (major.into(), minor.into());
+                l
+            })
+            .collect();
+        let present: Vec<&serde_json::Value> = list.iter().filter(|e| is_loop(e)).collect();
+        if present.len() != wanted.len() || present.iter().zip(&wanted).any(|(a, b)| *a != b) {
+            list.retain(|e| !is_loop(e));
+            list.extend(wanted);
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// Bytes used and the file system's size, from statvfs of the mounted disk.
 pub fn usage(target: &Path) -> io::Result<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(target)?;
     let frag = st.fragment_size();
     let (blocks, free) = (st.blocks(), st.blocks_free());
     Ok(((blocks - free) * frag, blocks * frag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn throttles_follow_the_loop_device() {
+        let mut b = json!({"throttleWriteBpsDevice": [{"major": 254, "minor": 0, "rate": 10}]});
+        assert!(retarget_throttles(&mut b, 7, 3));
+        assert_eq!(
+            b["throttleWriteBpsDevice"],
+            json!([{"major": 254, "minor": 0, "rate": 10}, {"major": 7, "minor": 3, "rate": 10}])
+        );
+        assert!(!retarget_throttles(&mut b, 7, 3), "already there");
+        assert!(retarget_throttles(&mut b, 7, 9), "another loop device after a reboot");
+        assert_eq!(b["throttleWriteBpsDevice"][1], json!({"major": 7, "minor": 9, "rate": 10}));
+        assert_eq!(b["throttleWriteBpsDevice"].as_array().unwrap().len(), 2);
+        let mut none = json!(null);
+        assert!(!retarget_throttles(&mut none, 7, 1));
+    }
 }

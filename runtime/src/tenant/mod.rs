@@ -225,7 +225,26 @@ impl Tenants {
         if t.disk.is_none() || disk::is_mounted(&b) {
             return Ok(());
         }
-        disk::mount_on(&self.disk_image(&t.name), &b)
+        disk::mount_on(&self.disk_image(&t.name), &b)?;
+        self.throttle_disk(&t.name)
+    }
+
+    /// The plan's I/O limits also on the tenant's loop device: what it writes goes through
+    /// that device first, whose number may change at each mount (after a reboot).
+    fn throttle_disk(&self, name: &str) -> Result<(), TenantError> {
+        use std::os::unix::fs::MetadataExt;
+        let b = self.bundle(name);
+        let dev = std::fs::metadata(&b).map_err(io_err(&b))?.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let path = b.join("config.json");
+        let text = std::fs::read(&path).map_err(io_err(&path))?;
+        let mut cfg: Value =
+            serde_json::from_slice(&text).map_err(|source| TenantError::Record { path: path.clone(), source })?;
+        if disk::retarget_throttles(&mut cfg["linux"]["resources"]["blockIO"], major, minor) {
+            let text = serde_json::to_vec_pretty(&cfg).expect("a config serializes");
+            crate::atomic_file::write_durable(&path, &text, 0o600).map_err(io_err(&path))?;
+        }
+        Ok(())
     }
 
     /// Bytes used on its disk and the disk's size, while mounted.
@@ -368,6 +387,9 @@ impl Tenants {
         let upper = dir.join("upper");
         std::os::unix::fs::chown(&upper, Some(ids), Some(ids)).map_err(io_err(&upper))?;
         self.write_config(&tenant, &dir, &root)?;
+        if new.disk.is_some() {
+            self.throttle_disk(&new.name)?;
+        }
         Ok(tenant)
     }
 

@@ -81,6 +81,14 @@ pub enum TenantCommand {
     },
     /// Change a tenant's limits: live when it runs, and for its next start (all or nothing)
     Set(SetArgs),
+    /// The list, redrawn every interval until interrupted
+    Top {
+        /// Seconds between redraws
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// An interactive shell in a running tenant (`exec -t NAME -- sh`)
+    Enter { name: String },
     /// Print what a tenant wrote on stdout and stderr
     Logs {
         name: String,
@@ -170,7 +178,9 @@ pub fn tenant(root: &Path, cmd: TenantCmd) -> Result<i32> {
             start(&tenants, root, &cmd.store, &name)?
         }
         TenantCommand::Destroy { name, timeout: t } => tenants.destroy(&store, &rt, &name, timeout(t))?,
-        TenantCommand::List { format } => list(&tenants, &rt, format)?,
+        TenantCommand::List { format } => list(&tenants, &rt, format, Duration::from_millis(250))?,
+        TenantCommand::Top { interval } => top(&tenants, &rt, interval)?,
+        TenantCommand::Enter { name } => return exec(&tenants, root, &name, true, &["sh".to_string()]),
         TenantCommand::Set(a) => set(&tenants, &rt, &cmd.plan_sources, store.root(), &a)?,
         TenantCommand::Logs { name, follow } => logs(&tenants, &name, follow)?,
         TenantCommand::Exec { name, tty, args } => return exec(&tenants, root, &name, tty, &args),
@@ -441,6 +451,24 @@ struct Row {
     pids: Option<u64>,
     disk_used: Option<u64>,
     disk_size: Option<u64>,
+    /// Over the sampling interval: CPU time as a percentage of one CPU, bytes read and
+    /// written per second (all disks).
+    cpu_percent: Option<f64>,
+    read_bps: Option<u64>,
+    write_bps: Option<u64>,
+}
+
+/// Counters of one running tenant at one instant, for rates.
+struct Sample {
+    cpu_ns: u64,
+    read: u64,
+    write: u64,
+}
+
+fn sample(rt: &Runtime, name: &str) -> Option<Sample> {
+    let s = rt.stats(name).ok()?;
+    let bytes = |op: &str| s.blkio.io_service_bytes_recursive.iter().filter(|e| e.op == op).map(|e| e.value).sum();
+    Some(Sample { cpu_ns: s.cpu.usage.total, read: bytes("Read"), write: bytes("Write") })
 }
 
 fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
@@ -464,6 +492,9 @@ fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
         pids: stats.as_ref().map(|s| s.pids.current),
         disk_used: disk.map(|d| d.0),
         disk_size: disk.map(|d| d.1),
+        cpu_percent: None,
+        read_bps: None,
+        write_bps: None,
         tenant: t,
         state,
         supervised,
@@ -471,28 +502,75 @@ fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
     })
 }
 
-fn list(tenants: &Tenants, rt: &Runtime, format: TenantFormat) -> Result<()> {
-    let rows = tenants.list()?.into_iter().map(|t| row(tenants, rt, t)).collect::<Result<Vec<_>>>()?;
+/// The rows, with rates from two samples `over` apart (one sleep for all tenants).
+fn rows(tenants: &Tenants, rt: &Runtime, over: Duration) -> Result<Vec<Row>> {
+    let all = tenants.list()?;
+    let first: Vec<Option<Sample>> = all.iter().map(|t| sample(rt, &t.name)).collect();
+    let start = std::time::Instant::now();
+    if first.iter().any(Option::is_some) {
+        std::thread::sleep(over);
+    }
+    let mut out = Vec::new();
+    for (t, before) in all.into_iter().zip(first) {
+        let after = before.as_ref().and_then(|_| sample(rt, &t.name));
+        let secs = start.elapsed().as_secs_f64();
+        let mut r = row(tenants, rt, t)?;
+        if let (Some(b), Some(a)) = (before, after) {
+            r.cpu_percent = Some(((a.cpu_ns.saturating_sub(b.cpu_ns)) as f64 / 1e9 / secs * 1000.0).round() / 10.0);
+            r.read_bps = Some((a.read.saturating_sub(b.read) as f64 / secs) as u64);
+            r.write_bps = Some((a.write.saturating_sub(b.write) as f64 / secs) as u64);
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn list(tenants: &Tenants, rt: &Runtime, format: TenantFormat, over: Duration) -> Result<()> {
+    let rows = rows(tenants, rt, over)?;
     if format == TenantFormat::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let head = ["NAME", "STATE", "PLAN", "IP", "IDS", "PID", "MEMORY", "PIDS", "DISK", "UPTIME", "RESTARTS"];
-    let [a, b, c, k, d, e, f, g, h, i, j] = head;
-    println!("{a:<16} {b:<20} {c:<8} {k:<15} {d:>10} {e:>8} {f:>8} {g:>5} {h:>15} {i:>8} {j:>8}");
-    let mib = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0));
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+fn table(rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let head = ["NAME", "STATE", "PLAN", "IP", "CPU%", "MEMORY", "DISK", "IO R/W /s", "PIDS", "UPTIME", "RESTARTS"];
+    let [a, b, c, d, e, f, g, h, i, j, k] = head;
+    let _ = writeln!(out, "{a:<16} {b:<12} {c:<7} {d:<15} {e:>5} {f:>15} {g:>15} {h:>15} {i:>5} {j:>8} {k:>8}");
+    let mib = |b: u64| format!("{:.1}M", b as f64 / 1048576.0);
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
     for r in rows {
         let uptime = dash(r.uptime_s.map(|s| format!("{s}s")));
         let pids = dash(r.pids.map(|p| p.to_string()));
-        let pid = dash((r.status.pid > 0).then(|| r.status.pid.to_string()));
-        let disk = dash(r.disk_used.zip(r.disk_size).map(|(u, s)| format!("{}/{}", mib(Some(u)), mib(Some(s)))));
+        let mem = dash(r.memory_used.zip(r.memory_limit).map(|(u, l)| format!("{}/{}", mib(u), mib(l))));
+        let disk = dash(r.disk_used.zip(r.disk_size).map(|(u, s)| format!("{}/{}", mib(u), mib(s))));
+        let io = dash(r.read_bps.zip(r.write_bps).map(|(rd, wr)| format!("{}/{}", mib(rd), mib(wr))));
+        let cpu = dash(r.cpu_percent.map(|c| format!("{c:.1}")));
         let ip = dash(r.tenant.ip.map(|ip| ip.to_string()));
-        let (name, state, plan, ids, mem, restarts) =
-            (&r.tenant.name, r.state, &r.tenant.plan, r.tenant.ids, mib(r.memory_used), r.status.restarts);
-        println!(
-            "{name:<16} {state:<20} {plan:<8} {ip:<15} {ids:>10} {pid:>8} {mem:>8} {pids:>5} {disk:>15} {uptime:>8} {restarts:>8}"
+        let (name, state, plan, restarts) = (&r.tenant.name, r.state, &r.tenant.plan, r.status.restarts);
+        let state = if state == "running-unsupervised" { "unsupervised" } else { state };
+        let _ = writeln!(
+            out,
+            "{name:<16} {state:<12} {plan:<7} {ip:<15} {cpu:>5} {mem:>15} {disk:>15} {io:>15} {pids:>5} {uptime:>8} {restarts:>8}"
         );
     }
-    Ok(())
+    out
+}
+
+/// `list` redrawn in place every `interval` seconds (the rates over that interval).
+fn top(tenants: &Tenants, rt: &Runtime, interval: f64) -> Result<()> {
+    if !(0.1..=3600.0).contains(&interval) {
+        anyhow::bail!("--interval: {interval} is not from 0.1 to 3600 seconds");
+    }
+    let mut out = std::io::stdout();
+    loop {
+        let text = table(&rows(tenants, rt, Duration::from_secs_f64(interval))?);
+        // Home, the table, and clear what a longer earlier table left below it.
+        write!(out, "\x1b[H\x1b[2J{text}")?;
+        out.flush()?;
+    }
 }
