@@ -273,3 +273,30 @@ fn repeated_flags_last_one_wins() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+#[test]
+fn man_pages_and_completions_come_from_the_command_line() -> Result<()> {
+    let t = Test::new("docs");
+    let dir = t.dir().join("man");
+    t.cmd(&["man", &dir.to_string_lossy()])?.ok()?;
+    let page = std::fs::read_to_string(dir.join("warren-tenant-create.1"))?;
+    ensure!(page.contains(".SH SYNOPSIS") && page.contains("\\-\\-image"), "{page}");
+    for verb in ["warren.1", "warren-create.1", "warren-tenant-set.1", "warren-image-import.1"] {
+        ensure!(dir.join(verb).exists(), "no {verb}");
+    }
+    ensure!(!dir.join("warren-tenant-supervise.1").exists(), "a hidden verb got a page");
+    let script = t.cmd(&["completion", "bash"])?;
+    let path = t.dir().join("warren.bash");
+    std::fs::write(&path, &script.ok()?.stdout)?;
+    // Completing `warren tenant cr` in bash offers `create`.
+    let probe = format!(
+        "source {}; COMP_WORDS=(warren tenant cr); COMP_CWORD=2; COMP_LINE='warren tenant cr'; COMP_POINT=16; \
+         _warren warren cr tenant; echo \"${{COMPREPLY[@]}}\"",
+        path.display()
+    );
+    let out = std::process::Command::new("bash").arg("-c").arg(probe).output()?;
+    let words = String::from_utf8_lossy(&out.stdout);
+    ensure!(words.split_whitespace().any(|w| w == "create"), "completions: {words:?}");
+    t.assert_no_leftovers();
+    Ok(())
+}

@@ -89,6 +89,13 @@ pub enum Command {
     Image(crate::image_cmd::ImageCmd),
     /// Bundles made from images: create, rm
     Bundle(crate::image_cmd::BundleCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (one per verb) into a directory
+    Man { dir: PathBuf },
     /// Tenants: VPS-style containers made from an image with a plan, supervised
     Tenant(crate::tenant_cmd::TenantCmd),
     /// Move a running container to another host (send), or take one (receive)

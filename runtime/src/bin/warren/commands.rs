@@ -37,6 +37,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Image(a) => crate::image_cmd::image(a),
         Command::Bundle(a) => crate::image_cmd::bundle(a),
         Command::Tenant(a) => crate::tenant_cmd::tenant(&cli.root, a),
+        Command::Completion { shell } => crate::docs_cmd::completion(shell),
+        Command::Man { dir } => crate::docs_cmd::man(&dir),
         Command::Update(a) => update(&rt, &a),
         Command::Events(a) => events_cmd::events(&rt, &a),
         Command::Checkpoint(a) => checkpoint_cmd::checkpoint(&rt, &a, criu.as_deref()),

@@ -3,6 +3,7 @@
 mod checkpoint_cmd;
 mod cli;
 mod commands;
+mod docs_cmd;
 mod events_cmd;
 mod image_cmd;
 mod logging;
