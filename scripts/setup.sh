@@ -12,10 +12,13 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # busybox-static: the test image; runc/crun/containerd/podman/conmon/docker.io/
 # umoci/skopeo: reference runtime and real clients; uidmap/iproute2/jq: tests
-# and scripts; iptables: CRIU locks the network with it; libseccomp-dev/pkg-config/build-essential: building.
+# and scripts; iptables: CRIU locks the network with it, and tenants' CNI plugins NAT with it;
+# containernetworking-plugins: tenants' bridge, host-local and portmap; e2fsprogs: tenants'
+# disk images (mkfs.ext4); libseccomp-dev/pkg-config/build-essential: building.
 PACKAGES=(
 	busybox-static runc containerd podman conmon docker.io crun umoci skopeo
 	uidmap iproute2 iptables jq libseccomp-dev pkg-config build-essential
+	containernetworking-plugins e2fsprogs
 	ca-certificates procps util-linux
 )
 
