@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod digest;
+pub mod pull;
 pub mod rootfs;
 pub mod source;
 pub mod spec;

@@ -666,3 +666,106 @@ fn idmapped_lowers_give_a_user_namespaced_container_the_shared_layers_as_its_own
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// Debian's docker-registry on a free 127.0.0.1 port, its storage in `dir`; killed on drop.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+    data: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Result<Registry> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let data = dir.join("registry");
+        let config = dir.join("registry.yml");
+        let text = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            data.display()
+        );
+        std::fs::write(&config, text)?;
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("docker-registry (scripts/setup.sh installs it)")?;
+        let reg = Registry { child, addr, data };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(&reg.addr).is_err() {
+            ensure!(std::time::Instant::now() < end, "the registry did not listen on {}", reg.addr);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(reg)
+    }
+
+    fn push(&self, archive: &Path, name: &str) -> Result<()> {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{}/{name}", self.addr))
+            .output()?;
+        ensure!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn image_pull_from_a_registry_verifies_and_shares_the_layers() -> Result<()> {
+    let t = Test::new("img_pull");
+    let im = Images::new(&t);
+    let reg = Registry::start(t.dir())?;
+    reg.push(&busybox().join("busybox-oci.tar"), "tools/busybox:1")?;
+    let name = format!("{}/tools/busybox:1", reg.addr);
+    let out = im.cmd("image", &["pull", &name])?;
+    ensure!(out.ok()?.stdout.starts_with(&format!("{name} sha256:")), "{out}");
+    ensure!(im.names()? == [name.clone()], "{:?}", im.names()?);
+    // The same image imported from its archive shares the pulled layer.
+    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    ensure!(im.layers() == 1, "{} layers", im.layers());
+    let dir = t.dir().join("b1");
+    im.bundle_sh(&name, &dir, &[], "echo pulled-and-running")?;
+    let run = im.run("c1", &dir)?;
+    ensure!(run.ok()?.stdout == "pulled-and-running\n", "{run}");
+    im.rm_bundle(&dir)?.ok()?;
+    // A tag the registry lacks, and a blob altered in the registry's storage: one line
+    // each, and the store is as it was.
+    let out = im.cmd("image", &["pull", &format!("{}/tools/busybox:2", reg.addr)])?;
+    ensure!(out.failed()?.error_line().contains("manifest unknown"), "{out}");
+    reg.push(&busybox().join("busybox-oci.tar"), "other/busybox:1")?;
+    let blobs = reg.data.join("docker/registry/v2/blobs/sha256");
+    let mut altered = 0;
+    for prefix in std::fs::read_dir(&blobs)?.flatten() {
+        for blob in std::fs::read_dir(prefix.path())?.flatten() {
+            let data = blob.path().join("data");
+            if std::fs::metadata(&data)?.len() > 100_000 {
+                let mut bytes = std::fs::read(&data)?;
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0xff;
+                std::fs::write(&data, bytes)?;
+                altered += 1;
+            }
+        }
+    }
+    ensure!(altered == 1, "{altered} layer blobs altered");
+    let out = im.cmd("image", &["pull", &format!("{}/other/busybox:1", reg.addr)])?;
+    let line = out.failed()?.error_line();
+    ensure!(line.contains("digest sha256:") && line.contains("expected sha256:"), "{out}");
+    ensure!(im.names()?.len() == 2, "{:?}", im.names()?);
+    let parent = t.dir();
+    let temp: Vec<_> =
+        std::fs::read_dir(parent)?.flatten().filter(|e| e.file_name().to_string_lossy().contains("pull")).collect();
+    ensure!(temp.is_empty(), "a pull's temp dir is left");
+    drop(reg);
+    t.assert_no_leftovers();
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! `warren image ...` and `warren bundle ...`: the image store's verbs
 //! (flags here, the work in the warren-images library).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,8 @@ pub enum ImageCommand {
     /// List the images in the store
     #[command(alias = "ls")]
     List(ImageListArgs),
+    /// Pull an image from an OCI distribution registry (HOST[:PORT]/NAME[:TAG|@DIGEST])
+    Pull(PullArgs),
     /// Remove images (their layers stay while other images or bundles use them)
     Rm {
         #[arg(required = true)]
@@ -42,6 +44,17 @@ pub struct ImportArgs {
     #[arg(long = "ref")]
     pub refname: Option<String>,
     pub path: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Name to store the image under (default: the reference, HOST/NAME:TAG)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Plain HTTP, not HTTPS (a registry on localhost gets plain HTTP anyway)
+    #[arg(long)]
+    pub insecure: bool,
+    pub reference: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -120,6 +133,7 @@ pub fn image(cmd: ImageCmd) -> Result<i32> {
     match cmd.command {
         ImageCommand::Import(a) => import(&store, &a),
         ImageCommand::List(a) => list(&store, &a),
+        ImageCommand::Pull(a) => pull(&store, &a),
         ImageCommand::Rm { names } => {
             for name in &names {
                 let layers = store.remove(name)?;
@@ -130,10 +144,46 @@ pub fn image(cmd: ImageCmd) -> Result<i32> {
     }
 }
 
+/// Into a private temp dir beside the store (same file system, removed whatever happens),
+/// then imported from there like any OCI layout.
+fn pull(store: &Store, a: &PullArgs) -> Result<i32> {
+    use warren_images::pull::{self, Reference};
+    let r = Reference::parse(&a.reference)?;
+    let parent = store.root().parent().unwrap_or(Path::new("/var/tmp"));
+    let dir = TempDir::new(parent, &format!(".warren-pull-{}", std::process::id()))?;
+    let mut bar = ProgressBar::new("pulling", std::io::stderr().is_terminal());
+    let got = pull::pull(&r, &dir.0, a.insecure, &mut |p| bar.update(Progress { done: p.done, total: p.total }));
+    bar.finish();
+    got?;
+    let opts = ImportOptions { name: Some(a.name.clone().unwrap_or_else(|| r.name())), ..Default::default() };
+    let record = store.import(&dir.0, &opts, &mut |_| {})?;
+    println!("{} {}", record.name(), record.digest());
+    Ok(0)
+}
+
+/// A directory removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: &Path, name: &str) -> Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = parent.join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| path.display().to_string())?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn import(store: &Store, a: &ImportArgs) -> Result<i32> {
     let mut opts = ImportOptions { name: a.name.clone(), ..Default::default() };
     opts.select.refname = a.refname.clone();
-    let mut bar = ProgressBar::new(std::io::stderr().is_terminal());
+    let mut bar = ProgressBar::new("importing", std::io::stderr().is_terminal());
     let record = store.import(&a.path, &opts, &mut |p| bar.update(p));
     bar.finish();
     let record = record?;
@@ -144,6 +194,7 @@ fn import(store: &Store, a: &ImportArgs) -> Result<i32> {
 /// Import progress on stderr when it is a terminal (nothing otherwise):
 /// redrawn at most every REDRAW, and always at the end.
 struct ProgressBar {
+    label: &'static str,
     tty: bool,
     start: Instant,
     drawn: Option<Instant>,
@@ -152,15 +203,15 @@ struct ProgressBar {
 const REDRAW: Duration = Duration::from_millis(100);
 
 impl ProgressBar {
-    fn new(tty: bool) -> Self {
-        ProgressBar { tty, start: Instant::now(), drawn: None }
+    fn new(label: &'static str, tty: bool) -> Self {
+        ProgressBar { label, tty, start: Instant::now(), drawn: None }
     }
 
     fn update(&mut self, p: Progress) {
         let now = Instant::now();
         let due = self.drawn.is_none_or(|t| now - t >= REDRAW) || p.done >= p.total;
         if self.tty && due {
-            let line = progress_line(p, now - self.start);
+            let line = progress_line(self.label, p, now - self.start);
             // \r back to the line's start, \x1b[K clears what a longer line left.
             eprint!("\r{line}\x1b[K");
             let _ = std::io::stderr().flush();
@@ -175,8 +226,8 @@ impl ProgressBar {
     }
 }
 
-/// `importing [#####-----]  50%  12.0/24.0 MiB  8.0 MiB/s`.
-fn progress_line(p: Progress, elapsed: Duration) -> String {
+/// `importing [#####-----]  50%  12.0/24.0 MiB  8.0 MiB/s` (or `pulling`).
+fn progress_line(label: &str, p: Progress, elapsed: Duration) -> String {
     const WIDTH: u64 = 24;
     let frac = if p.total == 0 { 1.0 } else { p.done.min(p.total) as f64 / p.total as f64 };
     let full = (frac * WIDTH as f64) as u64;
@@ -184,7 +235,7 @@ fn progress_line(p: Progress, elapsed: Duration) -> String {
     let rate = p.done as f64 / elapsed.as_secs_f64().max(1e-3);
     let mib = |b: f64| b / 1048576.0;
     format!(
-        "importing [{bar}] {:3.0}%  {:.1}/{:.1} MiB  {:.1} MiB/s",
+        "{label} [{bar}] {:3.0}%  {:.1}/{:.1} MiB  {:.1} MiB/s",
         frac * 100.0,
         mib(p.done as f64),
         mib(p.total as f64),
@@ -264,21 +315,22 @@ mod tests {
     fn progress_line_shows_bar_bytes_and_rate() {
         let p = Progress { done: 12 << 20, total: 24 << 20 };
         assert_eq!(
-            progress_line(p, Duration::from_millis(1500)),
+            progress_line("importing", p, Duration::from_millis(1500)),
             "importing [############------------]  50%  12.0/24.0 MiB  8.0 MiB/s"
         );
         let end = Progress { done: 5 << 20, total: 5 << 20 };
-        assert!(progress_line(end, Duration::from_secs(1)).contains("[########################] 100%  5.0/5.0 MiB"));
+        assert!(progress_line("importing", end, Duration::from_secs(1))
+            .contains("[########################] 100%  5.0/5.0 MiB"));
         let empty = Progress { done: 0, total: 0 };
-        assert!(progress_line(empty, Duration::ZERO).contains("100%  0.0/0.0 MiB  0.0 MiB/s"));
+        assert!(progress_line("importing", empty, Duration::ZERO).contains("100%  0.0/0.0 MiB  0.0 MiB/s"));
     }
 
     #[test]
     fn progress_is_quiet_off_a_terminal_and_rate_limited_on_one() {
-        let mut quiet = ProgressBar::new(false);
+        let mut quiet = ProgressBar::new("importing", false);
         quiet.update(Progress { done: 1, total: 1 });
         assert!(quiet.drawn.is_none());
-        let mut bar = ProgressBar::new(true);
+        let mut bar = ProgressBar::new("importing", true);
         bar.update(Progress { done: 1, total: 10 });
         let first = bar.drawn.expect("drawn");
         bar.update(Progress { done: 2, total: 10 });
