@@ -122,10 +122,9 @@ impl Client {
                 }
                 Err(ureq::Error::Transport(t)) => {
                     // Its Display repeats the URL that the error names already.
-                    let detail = t.message().map(|m| format!(": {m}")).unwrap_or_default();
-                    return Err(http(format!("{}{detail}", t.kind())));
+                    let cause = std::error::Error::source(&t).map(|c| format!(": {c}")).unwrap_or_default();
+                    return Err(http(format!("{}{cause}", t.kind())));
                 }
-                Err(e) => return Err(http(e.to_string())),
             }
         }
         Err(http("unauthorized (only anonymous pulls are supported)".into()))
