@@ -473,7 +473,28 @@ fn check_ip(
     }
 }
 
+/// Docker's default capability set: what software written for containers expects to have.
+/// A tenant holds them only over its own namespaces (its root is unprivileged on the host).
+pub const TENANT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 fn tenant_config(cfg: &mut Value, t: &Tenant, root: &Path) {
+    let caps = serde_json::json!(TENANT_CAPS);
+    cfg["process"]["capabilities"] = serde_json::json!({ "bounding": caps, "effective": caps, "permitted": caps });
     cfg["root"] = serde_json::json!({ "path": root, "readonly": false });
     cfg["hostname"] = Value::String(t.hostname.clone());
     cfg["linux"]["uidMappings"] = ids::mapping(t.ids);
