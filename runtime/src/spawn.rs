@@ -168,8 +168,7 @@ impl InitProcess {
 }
 
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), SpawnError> {
-    let maps = crate::spec::IdMaps::of_spec(spec)
-        .unwrap_or(crate::spec::IdMaps { uid_map: String::new(), gid_map: String::new() });
+    let maps = crate::spec::IdMaps::of_spec(spec).unwrap_or_default();
     let write = |file: &'static str, text: &str| {
         std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|source| SpawnError::IdMap { pid, file, source })
     };

@@ -122,7 +122,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
 
 /// The id maps of a container that makes its own user namespace, as /proc/PID/uid_map and
 /// gid_map take them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IdMaps {
     pub uid_map: String,
     pub gid_map: String,

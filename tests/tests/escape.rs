@@ -15,24 +15,9 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use warren_tests::*;
 
-/// Docker's default capability set: what most containers on a host run with
-/// (more than `warren spec` gives: DAC_OVERRIDE, MKNOD, SETUID, ...).
-const DOCKER_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// Docker's default capability set (the one tenants get): what most containers on a host
+/// run with (more than `warren spec` gives: DAC_OVERRIDE, MKNOD, SETUID, ...).
+const DOCKER_CAPS: [&str; 14] = warren::tenant::TENANT_CAPS;
 
 /// Gives the process `caps` in every set (ambient too, so that they survive
 /// exec for a root process either way).

@@ -70,6 +70,18 @@ impl<'a> Host<'a> {
         }
     }
 
+    /// The tenant's log once it contains `needle` (or as it is after 20 s).
+    fn wait_logs(&self, name: &str, needle: &str) -> Result<String> {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let logs = self.tenant(&["logs", name])?.ok()?.stdout.clone();
+            if logs.contains(needle) || Instant::now() >= end {
+                return Ok(logs);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn tenants_dir(&self) -> PathBuf {
         Path::new(&self.store).join("tenants")
     }
@@ -290,12 +302,7 @@ fn writing_past_the_disk_limit_is_enospc_and_the_neighbour_goes_on() -> Result<(
         h.tenant(&args)?.ok()?;
         h.tenant(&["start", n])?.ok()?;
     }
-    let logs_of = |n: &str| -> Result<String> { Ok(h.tenant(&["logs", n])?.ok()?.stdout.clone()) };
-    let end = Instant::now() + Duration::from_secs(20);
-    while !logs_of(&a)?.contains("dd=") && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let logs = logs_of(&a)?;
+    let logs = h.wait_logs(&a, "dd=")?;
     ensure!(logs.contains("dd=1") && logs.contains("No space left on device"), "{logs}");
     let row = h.row(&a)?;
     // The plan's write limit (nano: 10MB/s) is on the loop device its writes go through first.
@@ -312,11 +319,8 @@ fn writing_past_the_disk_limit_is_enospc_and_the_neighbour_goes_on() -> Result<(
         (row["disk_used"].as_u64().context("disk_used")?, row["disk_size"].as_u64().context("disk_size")?);
     ensure!(size <= 16 << 20 && used > size * 9 / 10, "a's disk: {used} of {size}");
     h.tenant(&["exec", &b, "--", "touch", "/go"])?.ok()?;
-    let end = Instant::now() + Duration::from_secs(20);
-    while !logs_of(&b)?.contains("dd=") && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ensure!(logs_of(&b)?.contains("dd=0"), "b could not write: {}", logs_of(&b)?);
+    let logs = h.wait_logs(&b, "dd=")?;
+    ensure!(logs.contains("dd=0"), "b could not write: {logs}");
     // The image files hold what was written, not more than their limit.
     for n in [&a, &b] {
         let img = h.tenants_dir().join(n).join("disk.img");
@@ -431,10 +435,7 @@ fn set_changes_a_running_tenants_limits_all_or_nothing_and_for_its_next_start() 
     h.tenant(&args)?.ok()?;
     h.tenant(&["start", &a])?.ok()?;
     let pid = h.wait_row(&a, "running", running)?["pid"].as_i64().context("pid")? as i32;
-    let end = Instant::now() + Duration::from_secs(10);
-    while !h.tenant(&["logs", &a])?.stdout.contains("filled") && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    h.wait_logs(&a, "filled")?;
     let memory = || -> Result<String> {
         Ok(read_knob(&knob_path(pid, "memory", "memory.limit_in_bytes", "memory.max")?)?.trim().to_string())
     };

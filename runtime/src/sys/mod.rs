@@ -57,29 +57,35 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Resu
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// mount_setattr(2) with AT_RECURSIVE on the mount at `fd`: the recursive
-/// mount options (rro, rnosuid, ...) that plain mount(2) cannot express.
-pub fn mount_setattr_recursive(fd: RawFd, set: u64, clear: u64) -> io::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+/// struct mount_attr of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2) on the mount at `fd` itself (AT_EMPTY_PATH), with `flags` added.
+fn mount_setattr(fd: RawFd, flags: libc::c_int, attr: &MountAttr) -> io::Result<()> {
     // SAFETY: `attr` is a live, fully initialised mount_attr whose size we pass.
     check(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd,
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const MountAttr,
+            libc::AT_EMPTY_PATH | flags,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     })
     .map(|_| ())
+}
+
+/// mount_setattr(2) with AT_RECURSIVE on the mount at `fd`: the recursive
+/// mount options (rro, rnosuid, ...) that plain mount(2) cannot express.
+pub fn mount_setattr_recursive(fd: RawFd, set: u64, clear: u64) -> io::Result<()> {
+    mount_setattr(fd, libc::AT_RECURSIVE, &MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 })
 }
 
 /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): marks every descriptor from
@@ -515,13 +521,6 @@ pub fn userns_with_maps(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
 pub fn idmapped_clone(path: &Path, userns: RawFd) -> io::Result<OwnedFd> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     let p = cstr(path)?;
     // SAFETY: open_tree(2) with a NUL-terminated path; it returns a new fd or -1.
     let fd = check(unsafe {
@@ -535,17 +534,7 @@ pub fn idmapped_clone(path: &Path, userns: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the fd is new and ours alone.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns as u64 };
-    // SAFETY: `attr` is a live, fully initialised mount_attr whose size we pass.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })?;
+    mount_setattr(tree.as_raw_fd(), 0, &attr)?;
     Ok(tree)
 }
 

@@ -405,7 +405,15 @@ impl Tenants {
         crate::atomic_file::write_durable(&path, &text, 0o600).map_err(io_err(&path))
     }
 
-    /// Stops it (see `supervise::stop`), removes its bundle and then its record, which returns
+    /// Records that it should not run, then stops it (see `supervise::stop`).
+    pub fn stop(&self, rt: &Runtime, name: &str, timeout: std::time::Duration) -> Result<(), TenantError> {
+        let mut t = self.get(name)?;
+        t.want_running = false;
+        self.save(&t)?;
+        supervise::stop(self, rt, name, timeout)
+    }
+
+    /// Stops it (see `stop`), removes its bundle and then its record, which returns
     /// its id range to the pool. A destroy cut short leaves the record: run it again.
     pub fn destroy(
         &self,
@@ -414,10 +422,7 @@ impl Tenants {
         name: &str,
         timeout: std::time::Duration,
     ) -> Result<(), TenantError> {
-        let mut t = self.get(name)?;
-        t.want_running = false;
-        self.save(&t)?;
-        supervise::stop(self, rt, name, timeout)?;
+        self.stop(rt, name, timeout)?;
         supervise::release_network(self, name, "")?;
         let _lock = self.lock()?;
         let b = self.bundle(name);

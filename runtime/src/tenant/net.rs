@@ -123,10 +123,10 @@ impl Call<'_> {
                                 "protocol": if p.udp { "udp" } else { "tcp" }})
                 })
                 .collect();
-            conf["runtimeConfig"] = json!({ "portMappings": maps });
+            conf["runtimeConfig"]["portMappings"] = json!(maps);
         }
         if let (true, Some(mac)) = (plugin["capabilities"]["mac"] == true, self.mac) {
-            conf["runtimeConfig"] = json!({ "mac": mac });
+            conf["runtimeConfig"]["mac"] = json!(mac);
         }
         let cni_path = PathBuf::from(self.list["cniPath"].as_str().unwrap_or("/usr/lib/cni"));
         let mut args = "IgnoreUnknown=1".to_string();

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use warren::cgroups::stats::Stats;
 use warren::container::Runtime;
+use warren::state::Status;
 use warren::tenant::net::Publish;
 use warren::tenant::supervise::{self, SupervisorStatus};
 use warren::tenant::{NewTenant, Restart, Tenant, Tenants, Volume};
@@ -265,9 +267,7 @@ fn spawn_supervisor(tenants: &Tenants, root: &Path, store: &Path, name: &str) ->
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid()?;
-            let flags = libc::fcntl(wr_raw, libc::F_GETFD);
-            libc::fcntl(wr_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            Ok(())
+            warren::sys::clear_cloexec(wr_raw)
         })
     };
     let mut child = cmd.spawn().context("spawn the tenant's supervisor")?;
@@ -290,7 +290,7 @@ fn supervise_main(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<()> {
     std::env::remove_var(READY_FD_ENV);
     // SAFETY: `start` passed this fd, open and ours alone; it is closed once written.
     let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
-    let _ = nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = warren::sys::set_cloexec(pipe.as_raw_fd());
     let mut pipe = Some(std::fs::File::from(pipe));
     supervise::supervise(tenants, rt, name, |r| {
         if let Some(mut p) = pipe.take() {
@@ -304,11 +304,7 @@ fn supervise_main(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<()> {
 }
 
 fn stop(tenants: &Tenants, rt: &Runtime, name: &str, timeout: Duration) -> Result<()> {
-    let mut t = tenants.get(name)?;
-    t.want_running = false;
-    tenants.save(&t)?;
-    supervise::stop(tenants, rt, name, timeout)?;
-    Ok(())
+    Ok(tenants.stop(rt, name, timeout)?)
 }
 
 /// The new limits go to the running container first (`update`: all or nothing, put back on
@@ -336,8 +332,7 @@ fn set(
         serde_json::from_value(config["linux"]["resources"].clone()).context("linux.resources")?;
     overrides(&mut r, a)?;
     config["linux"]["resources"] = serde_json::to_value(&r)?;
-    let running =
-        rt.state(&a.name).is_ok_and(|s| s.status.to_string() == "running" || s.status.to_string() == "paused");
+    let running = rt.state(&a.name).is_ok_and(|s| matches!(s.status, Status::Running | Status::Paused));
     if running {
         rt.update(&a.name, &r)?;
     }
@@ -465,16 +460,15 @@ struct Sample {
     write: u64,
 }
 
-fn sample(rt: &Runtime, name: &str) -> Option<Sample> {
-    let s = rt.stats(name).ok()?;
+fn sample(s: &Stats) -> Sample {
     let bytes = |op: &str| s.blkio.io_service_bytes_recursive.iter().filter(|e| e.op == op).map(|e| e.value).sum();
-    Some(Sample { cpu_ns: s.cpu.usage.total, read: bytes("Read"), write: bytes("Write") })
+    Sample { cpu_ns: s.cpu.usage.total, read: bytes("Read"), write: bytes("Write") }
 }
 
-fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
+/// The row of `t`, its usage from `stats` (read by the caller) while it runs.
+fn row(tenants: &Tenants, rt: &Runtime, t: Tenant, stats: Option<&Stats>) -> Result<Row> {
     let supervised = supervise::is_supervised(tenants, &t.name)?;
-    let container = rt.state(&t.name).ok();
-    let running = container.as_ref().is_some_and(|s| s.status.to_string() == "running");
+    let running = rt.state(&t.name).is_ok_and(|s| s.status == Status::Running);
     let state = match (running, supervised) {
         (true, true) => "running",
         (true, false) => "running-unsupervised",
@@ -482,14 +476,14 @@ fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
         (false, false) => "stopped",
     };
     let status = supervise::read_status(tenants, &t.name);
-    let stats = if running { rt.stats(&t.name).ok() } else { None };
+    let stats = stats.filter(|_| running);
     let disk = tenants.disk_usage(&t);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Ok(Row {
         uptime_s: running.then(|| now.saturating_sub(status.started)),
-        memory_used: stats.as_ref().map(|s| s.memory.usage.usage),
-        memory_limit: stats.as_ref().map(|s| s.memory.usage.limit),
-        pids: stats.as_ref().map(|s| s.pids.current),
+        memory_used: stats.map(|s| s.memory.usage.usage),
+        memory_limit: stats.map(|s| s.memory.usage.limit),
+        pids: stats.map(|s| s.pids.current),
         disk_used: disk.map(|d| d.0),
         disk_size: disk.map(|d| d.1),
         cpu_percent: None,
@@ -505,17 +499,17 @@ fn row(tenants: &Tenants, rt: &Runtime, t: Tenant) -> Result<Row> {
 /// The rows, with rates from two samples `over` apart (one sleep for all tenants).
 fn rows(tenants: &Tenants, rt: &Runtime, over: Duration) -> Result<Vec<Row>> {
     let all = tenants.list()?;
-    let first: Vec<Option<Sample>> = all.iter().map(|t| sample(rt, &t.name)).collect();
+    let first: Vec<Option<Stats>> = all.iter().map(|t| rt.stats(&t.name).ok()).collect();
     let start = std::time::Instant::now();
     if first.iter().any(Option::is_some) {
         std::thread::sleep(over);
     }
     let mut out = Vec::new();
     for (t, before) in all.into_iter().zip(first) {
-        let after = before.as_ref().and_then(|_| sample(rt, &t.name));
+        let after = before.as_ref().and_then(|_| rt.stats(&t.name).ok());
         let secs = start.elapsed().as_secs_f64();
-        let mut r = row(tenants, rt, t)?;
-        if let (Some(b), Some(a)) = (before, after) {
+        let mut r = row(tenants, rt, t, after.as_ref())?;
+        if let (Some(b), Some(a)) = (before.as_ref().map(sample), after.as_ref().map(sample)) {
             r.cpu_percent = Some(((a.cpu_ns.saturating_sub(b.cpu_ns)) as f64 / 1e9 / secs * 1000.0).round() / 10.0);
             r.read_bps = Some((a.read.saturating_sub(b.read) as f64 / secs) as u64);
             r.write_bps = Some((a.write.saturating_sub(b.write) as f64 / secs) as u64);
