@@ -77,9 +77,11 @@ tmo() { timeout -k 5 "$WCL_CMD_TIMEOUT" "$@"; }
 
 # wait_for SECONDS CMD...: poll CMD every 0.1 s until it succeeds or time runs out.
 wait_for() {
-	local limit=$1 i
+	# The deadline is stretched (WCL_WAIT_SCALE, default 3): a loaded CI machine is slower
+	# than this one, and a condition that holds ends the wait at once anyway.
+	local end=$((SECONDS + $1 * ${WCL_WAIT_SCALE:-3}))
 	shift
-	for ((i = 0; i < limit * 10; i++)); do
+	while [ "$SECONDS" -lt "$end" ]; do
 		"$@" && return 0
 		sleep 0.1
 	done

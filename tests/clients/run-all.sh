@@ -59,6 +59,13 @@ for s in "${SUITES[@]}"; do
 	SUMMARY+=("$line ($((SECONDS - t0))s)")
 done
 [ "$stop" = 1 ] && { echo "run-all: interrupted"; F=$((F + 1)); }
+# The failed checks again, next to the summary: CI shows only the log's tail.
+if [ "$F" -gt 0 ]; then
+	echo "---- failed checks (with the 3 lines before each)"
+	for s in "${SUITES[@]}"; do
+		[ -f "$LOGDIR/$s.log" ] && grep -B3 "FAIL  " "$LOGDIR/$s.log" | sed "s/^/[$s] /"
+	done
+fi
 echo "---- real clients ($((SECONDS - start))s)"
 printf '%s\n' "${SUMMARY[@]}"
 echo "clients: $P passed, $F failed"
