@@ -29,3 +29,8 @@ pub use host::{HostConfig, IdPool, TenantNetwork, DEFAULT_HOST_FILE, HOST_FILE_E
 pub use plan::{IoLimits, Plan, CPU_PERIOD_US, MIN_DISK, MIN_MEMORY};
 pub use resources::{apply_plan, apply_plan_to_annotations, apply_plan_to_resources, MEMORY_MERGE_ANNOTATION};
 pub use units::{Rate, Size};
+
+/// The seccomp profile tenants get unless told otherwise (an OCI `linux.seccomp`): Docker's
+/// default semantics for a process holding Docker's default capabilities. Format and the
+/// reasons behind its rules: config/README.md.
+pub const TENANT_SECCOMP: &str = include_str!("../seccomp/tenant.json");

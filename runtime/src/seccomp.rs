@@ -584,6 +584,47 @@ mod tests {
         assert_eq!(verdict_for_arch(&program, 0x4000_0003, 3, [0; 6]), KILL_PROCESS);
     }
 
+    /// The profile tenants get: Docker's semantics for Docker's default capabilities.
+    #[test]
+    fn tenant_profile_keeps_docker_semantics() {
+        let program = compile(&spec(warren_config::TENANT_SECCOMP)).expect("compiles");
+        for allowed in [Sysno::read, Sysno::openat, Sysno::chroot, Sysno::ptrace] {
+            assert_eq!(verdict(&program, nr(allowed), [0; 6]), ALLOW, "{allowed}");
+        }
+        let denied = [
+            Sysno::mount,
+            Sysno::umount2,
+            Sysno::unshare,
+            Sysno::setns,
+            Sysno::keyctl,
+            Sysno::add_key,
+            Sysno::bpf,
+            Sysno::reboot,
+            Sysno::init_module,
+            Sysno::kexec_load,
+            Sysno::open_tree,
+            Sysno::fsopen,
+            Sysno::userfaultfd,
+            Sysno::perf_event_open,
+            Sysno::settimeofday,
+            Sysno::io_uring_setup,
+        ];
+        for call in denied {
+            assert_eq!(verdict(&program, nr(call), [0; 6]), errno(libc::EPERM), "{call}");
+        }
+        assert_eq!(verdict(&program, nr(Sysno::clone3), [0; 6]), errno(libc::ENOSYS));
+        let clone = nr(Sysno::clone);
+        let sigchld = libc::SIGCHLD as u64;
+        assert_eq!(verdict(&program, clone, [sigchld, 0, 0, 0, 0, 0]), ALLOW);
+        let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert_eq!(verdict(&program, clone, [thread, 0, 0, 0, 0, 0]), ALLOW);
+        let newuser = libc::CLONE_NEWUSER as u64 | sigchld;
+        assert_eq!(verdict(&program, clone, [newuser, 0, 0, 0, 0, 0]), errno(libc::EPERM));
+        let persona = nr(Sysno::personality);
+        assert_eq!(verdict(&program, persona, [0xffff_ffff, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(verdict(&program, persona, [0x0040_0000, 0, 0, 0, 0, 0]), errno(libc::EPERM));
+    }
+
     #[test]
     fn masked_eq_compares_masked_argument_with_value_two() {
         let program = compile(&spec(DOCKER_LIKE)).expect("compiles");

@@ -592,6 +592,15 @@ pub fn attach_loop(file: &std::fs::File) -> io::Result<(std::path::PathBuf, Owne
     Err(io::Error::from_raw_os_error(libc::EBUSY))
 }
 
+/// Makes the loop device `dev` take its backing file's new size (LOOP_SET_CAPACITY).
+pub fn loop_set_capacity(dev: &std::path::Path) -> io::Result<()> {
+    const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
+    let dev = std::fs::OpenOptions::new().read(true).open(dev)?;
+    // SAFETY: ioctl on an open loop device; LOOP_SET_CAPACITY takes no argument.
+    check(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_CAPACITY, 0) } as libc::c_long)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

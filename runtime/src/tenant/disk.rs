@@ -29,9 +29,10 @@ pub fn make(image: &Path, size: u64) -> Result<(), TenantError> {
         .map_err(|e| disk_err(image, e.to_string()))?;
     f.set_len(size).map_err(|e| disk_err(image, e.to_string()))?;
     drop(f);
-    // No blocks reserved for root (-m 0): the whole limit is the tenant's.
+    // No blocks reserved for root (-m 0): the whole limit is the tenant's. 4 KiB blocks even
+    // on small disks, whose 1 KiB default makes resize2fs refuse most shrinks later.
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .args(["-q", "-F", "-b", "4096", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
         .arg(image)
         .output()
         .map_err(|e| disk_err(image, format!("mkfs.ext4: {e} (e2fsprogs)")))?;
@@ -63,6 +64,73 @@ pub fn unmount(target: &Path) -> Result<(), TenantError> {
         return Ok(());
     }
     umount2(target, MntFlags::UMOUNT_NOFOLLOW).map_err(|e| disk_err(target, format!("unmount: {e}")))
+}
+
+/// The loop device mounted on `target` (from the mount's device number).
+fn loop_device_of(target: &Path) -> Result<std::path::PathBuf, TenantError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(target).map_err(|e| disk_err(target, e.to_string()))?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if major != LOOP_MAJOR {
+        return Err(disk_err(target, format!("is on device {major}:{minor}, not on a loop device")));
+    }
+    Ok(std::path::PathBuf::from(format!("/dev/loop{minor}")))
+}
+
+/// Grows the file system mounted on `target` from `image` to `size` bytes while it stays
+/// mounted and in use (ext4 grows online): the image file first, then the loop device's
+/// capacity, then resize2fs.
+pub fn grow(image: &Path, target: &Path, size: u64) -> Result<(), TenantError> {
+    let dev = loop_device_of(target)?;
+    let f = std::fs::OpenOptions::new().write(true).open(image).map_err(|e| disk_err(image, e.to_string()))?;
+    f.set_len(size).map_err(|e| disk_err(image, e.to_string()))?;
+    crate::sys::loop_set_capacity(&dev).map_err(|e| disk_err(&dev, format!("LOOP_SET_CAPACITY: {e}")))?;
+    resize2fs(&dev, None)
+}
+
+/// Resizes the unmounted file system in `image` from `current` to `size` bytes: checked
+/// first, as resize2fs asks; a growing file is extended before, a shrinking one cut after.
+pub fn resize_offline(image: &Path, current: u64, size: u64) -> Result<(), TenantError> {
+    let out = Command::new("e2fsck")
+        .args(["-f", "-p"])
+        .arg(image)
+        .output()
+        .map_err(|e| disk_err(image, format!("e2fsck: {e} (e2fsprogs)")))?;
+    // 0: clean, 1: errors corrected.
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        return Err(disk_err(image, format!("e2fsck: {}", one_line(&out.stdout, &out.stderr))));
+    }
+    let set_len = |len: u64| {
+        let f = std::fs::OpenOptions::new().write(true).open(image).map_err(|e| disk_err(image, e.to_string()))?;
+        f.set_len(len).map_err(|e| disk_err(image, e.to_string()))
+    };
+    if size > current {
+        set_len(size)?;
+    }
+    // On failure a grown file stays longer than its file system, which costs nothing (sparse).
+    resize2fs(image, Some(size))?;
+    if size < current {
+        set_len(size)?;
+    }
+    Ok(())
+}
+
+fn resize2fs(what: &Path, size: Option<u64>) -> Result<(), TenantError> {
+    let mut cmd = Command::new("resize2fs");
+    cmd.arg(what);
+    if let Some(size) = size {
+        cmd.arg(format!("{}K", size / 1024));
+    }
+    let out = cmd.output().map_err(|e| disk_err(what, format!("resize2fs: {e} (e2fsprogs)")))?;
+    if !out.status.success() {
+        return Err(disk_err(what, format!("resize2fs: {}", one_line(&out.stdout, &out.stderr))));
+    }
+    Ok(())
+}
+
+fn one_line(stdout: &[u8], stderr: &[u8]) -> String {
+    let text = format!("{} {}", String::from_utf8_lossy(stdout), String::from_utf8_lossy(stderr));
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The loop devices' major number.

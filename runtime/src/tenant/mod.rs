@@ -54,6 +54,18 @@ pub enum TenantError {
     Network { plugin: String, command: String, message: String },
     #[error("{path}: {message}")]
     Disk { path: PathBuf, message: String },
+    #[error("tenant {name}: has no disk limit to change (made with a plan without disk.limit and no --disk)")]
+    NoDisk { name: String },
+    #[error("--disk {size}: below the {used} tenant {name} uses")]
+    DiskBelowUse { name: String, size: warren_config::Size, used: warren_config::Size },
+    #[error("tenant {name}: its disk shrinks only while it is stopped (ext4 shrinks offline)")]
+    DiskShrinkWhileRunning { name: String },
+    #[error(
+        "tenant {name}: its disk grows only while it is stopped on this host (ext4's online resize needs CAP_SYS_RESOURCE)"
+    )]
+    DiskGrowWhileRunning { name: String },
+    #[error("--seccomp {path}: {message}")]
+    Seccomp { path: PathBuf, message: String },
     #[error("tenant {name}: {message}")]
     Supervisor { name: String, message: String },
     #[error("{path}: {source}")]
@@ -136,6 +148,9 @@ pub struct Tenant {
     pub mac: Option<String>,
     #[serde(default)]
     pub publish: Vec<net::Publish>,
+    /// Its seccomp profile: "default", "unconfined" or the file it was read from.
+    #[serde(default = "default_profile_name")]
+    pub seccomp: String,
     /// Whether it should be running: set by start and stop, read by `boot` after a reboot.
     pub want_running: bool,
     /// Seconds since the epoch.
@@ -158,6 +173,61 @@ pub struct NewTenant {
     pub network: Option<warren_config::TenantNetwork>,
     pub ip: Option<std::net::Ipv4Addr>,
     pub publish: Vec<net::Publish>,
+    pub seccomp: SeccompProfile,
+}
+
+/// The seccomp profile a tenant is made with.
+#[derive(Clone, Debug)]
+pub enum SeccompProfile {
+    /// `TENANT_SECCOMP`: Docker's default semantics.
+    Default,
+    Unconfined,
+    /// An OCI `linux.seccomp` read from a file (already checked to compile).
+    File {
+        path: PathBuf,
+        profile: Value,
+    },
+}
+
+impl SeccompProfile {
+    /// "default", "unconfined", or the path of a file holding an OCI `linux.seccomp`, which
+    /// must compile here: a bad profile is refused at create, not at each start.
+    pub fn from_arg(arg: &str) -> Result<SeccompProfile, TenantError> {
+        match arg {
+            "default" => return Ok(SeccompProfile::Default),
+            "unconfined" => return Ok(SeccompProfile::Unconfined),
+            _ => {}
+        }
+        let path = std::path::absolute(arg).map_err(io_err(Path::new(arg)))?;
+        let bad = |message: String| TenantError::Seccomp { path: path.clone(), message };
+        let text = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        let spec: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        crate::seccomp::compile(&spec).map_err(|e| bad(e.to_string()))?;
+        let profile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        Ok(SeccompProfile::File { path, profile })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            SeccompProfile::Default => default_profile_name(),
+            SeccompProfile::Unconfined => "unconfined".to_string(),
+            SeccompProfile::File { path, .. } => path.display().to_string(),
+        }
+    }
+
+    fn spec(&self) -> Option<Value> {
+        match self {
+            SeccompProfile::Default => {
+                Some(serde_json::from_str(warren_config::TENANT_SECCOMP).expect("the built-in profile parses"))
+            }
+            SeccompProfile::Unconfined => None,
+            SeccompProfile::File { profile, .. } => Some(profile.clone()),
+        }
+    }
+}
+
+fn default_profile_name() -> String {
+    "default".to_string()
 }
 
 /// Tenant names are container ids, host names and file names at once: the strictest of them.
@@ -251,6 +321,43 @@ impl Tenants {
     pub fn disk_usage(&self, t: &Tenant) -> Option<(u64, u64)> {
         let b = self.bundle(&t.name);
         (t.disk.is_some() && disk::is_mounted(&b)).then(|| disk::usage(&b).ok()).flatten()
+    }
+
+    /// Sets the size of `name`'s disk. While it is stopped: checked, resized and mounted
+    /// again. While it runs: grown in place, where the host allows ext4's online resize
+    /// (CAP_SYS_RESOURCE); a shrink waits for a stop (ext4 shrinks offline only). Never below
+    /// what it uses. The record follows once the disk has.
+    pub fn resize_disk(&self, rt: &Runtime, name: &str, size: u64) -> Result<(), TenantError> {
+        let mut t = self.get(name)?;
+        let Some(current) = t.disk else { return Err(TenantError::NoDisk { name: name.to_string() }) };
+        if size == current {
+            return Ok(());
+        }
+        self.mount_disk(&t)?;
+        let (b, image) = (self.bundle(name), self.disk_image(name));
+        let (used, _) = disk::usage(&b).map_err(io_err(&b))?;
+        if size <= used {
+            let (size, used) = (warren_config::Size::from_bytes(size), warren_config::Size::from_bytes(used));
+            return Err(TenantError::DiskBelowUse { name: name.to_string(), size, used });
+        }
+        let name = name.to_string();
+        if rt.state(&name).is_ok() || supervise::is_supervised(self, &name)? {
+            if size < current {
+                return Err(TenantError::DiskShrinkWhileRunning { name });
+            }
+            if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(false) {
+                return Err(TenantError::DiskGrowWhileRunning { name });
+            }
+            disk::grow(&image, &b, size)?;
+        } else {
+            disk::unmount(&b)?;
+            let resized = disk::resize_offline(&image, current, size);
+            // Mounted again whether or not it was resized: its files stay where they were.
+            self.mount_disk(&t)?;
+            resized?;
+        }
+        t.disk = Some(size);
+        self.save(&t)
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
@@ -349,6 +456,7 @@ impl Tenants {
             ip: new.ip,
             mac: None,
             publish: new.publish.clone(),
+            seccomp: new.seccomp.name(),
             ids,
             want_running: false,
             created,
@@ -386,7 +494,7 @@ impl Tenants {
         let dir = bundle::create(store, &self.bundle(&new.name), base, &opts)?;
         let upper = dir.join("upper");
         std::os::unix::fs::chown(&upper, Some(ids), Some(ids)).map_err(io_err(&upper))?;
-        self.write_config(&tenant, &dir, &root)?;
+        self.write_config(&tenant, &dir, &root, new.seccomp.spec())?;
         if new.disk.is_some() {
             self.throttle_disk(&new.name)?;
         }
@@ -395,12 +503,15 @@ impl Tenants {
 
     /// The bundle's config made a tenant's: its own user namespace on its range, the lower
     /// layers idmapped, the overlay attached on `root`, its host name and volumes.
-    fn write_config(&self, t: &Tenant, dir: &Path, root: &Path) -> Result<(), TenantError> {
+    fn write_config(&self, t: &Tenant, dir: &Path, root: &Path, seccomp: Option<Value>) -> Result<(), TenantError> {
         let path = dir.join("config.json");
         let text = std::fs::read(&path).map_err(io_err(&path))?;
         let mut cfg: Value =
             serde_json::from_slice(&text).map_err(|source| TenantError::Record { path: path.clone(), source })?;
         tenant_config(&mut cfg, t, root);
+        if let Some(profile) = seccomp {
+            cfg["linux"]["seccomp"] = profile;
+        }
         let text = serde_json::to_vec_pretty(&cfg).expect("a config serializes");
         crate::atomic_file::write_durable(&path, &text, 0o600).map_err(io_err(&path))
     }

@@ -14,7 +14,7 @@ use warren::container::Runtime;
 use warren::state::Status;
 use warren::tenant::net::Publish;
 use warren::tenant::supervise::{self, SupervisorStatus};
-use warren::tenant::{NewTenant, Restart, Tenant, Tenants, Volume};
+use warren::tenant::{NewTenant, Restart, SeccompProfile, Tenant, Tenants, Volume};
 use warren_config::HostConfig;
 use warren_images::store::{Store, DEFAULT_STORE};
 
@@ -129,6 +129,9 @@ pub struct SetArgs {
     /// Most tasks
     #[arg(long)]
     pub pids: Option<i64>,
+    /// Size of its writable layer's disk: grows while it runs, shrinks while it is stopped
+    #[arg(long, value_parser = warren_config::Size::parse)]
+    pub disk: Option<warren_config::Size>,
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +164,9 @@ pub struct CreateArgs {
     /// When the supervisor starts it again after its init ends
     #[arg(long, value_enum, default_value = "on-failure")]
     pub restart: RestartArg,
+    /// Seccomp profile: `default` (Docker's semantics), `unconfined`, or an OCI linux.seccomp JSON file
+    #[arg(long, default_value = "default")]
+    pub seccomp: String,
     /// Command instead of the image's
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -199,6 +205,7 @@ fn create(store: &Store, tenants: &Tenants, sources: &crate::plan_cmd::PlanSourc
     if a.network == NetworkArg::None && (a.ip.is_some() || !publish.is_empty()) {
         anyhow::bail!("--ip and --publish need --network bridge");
     }
+    let seccomp = SeccompProfile::from_arg(&a.seccomp)?;
     let host = HostConfig::discover(sources.host_config.as_deref())?;
     // The plan's "auto" disk is the one the store (and so the tenant's upper dir) is on.
     let base = crate::plan_cmd::with_plan(warren::features::default_spec(false), &a.plan, sources, store.root())?;
@@ -224,6 +231,7 @@ fn create(store: &Store, tenants: &Tenants, sources: &crate::plan_cmd::PlanSourc
         network: (a.network == NetworkArg::Bridge).then(|| host.network().clone()),
         ip: a.ip,
         publish,
+        seccomp,
     };
     let t = tenants.create(store, &new, base, host.id_pool())?;
     println!("{}", t.name);
@@ -316,13 +324,18 @@ fn set(
     store: &Path,
     a: &SetArgs,
 ) -> Result<()> {
-    let mut t = tenants.get(&a.name)?;
-    if a.plan.is_none() && a.memory.is_none() && a.cpus.is_none() && a.pids.is_none() {
-        anyhow::bail!("tenant {}: set what? (--plan, --memory, --cpus, --pids)", a.name);
+    tenants.get(&a.name)?;
+    if a.plan.is_none() && a.memory.is_none() && a.cpus.is_none() && a.pids.is_none() && a.disk.is_none() {
+        anyhow::bail!("tenant {}: set what? (--plan, --memory, --cpus, --pids, --disk)", a.name);
+    }
+    if let Some(d) = a.disk.filter(|d| d.bytes() < warren_config::MIN_DISK) {
+        anyhow::bail!("--disk: {d} is below the 16MiB floor");
     }
     let path = tenants.bundle(&a.name).join("config.json");
     let text = std::fs::read(&path).with_context(|| path.display().to_string())?;
     let mut config: serde_json::Value = serde_json::from_slice(&text)?;
+    let before: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(config["linux"]["resources"].clone()).context("linux.resources")?;
     if let Some(name) = &a.plan {
         let catalog = warren_config::Catalog::discover(sources.plans_dir.as_deref())?;
         let host = HostConfig::discover(sources.host_config.as_deref())?;
@@ -336,9 +349,20 @@ fn set(
     if running {
         rt.update(&a.name, &r)?;
     }
+    // The disk last: when it cannot be done, the limits written above are put back.
+    if let Some(size) = a.disk {
+        if let Err(e) = tenants.resize_disk(rt, &a.name, size.bytes()) {
+            if running {
+                rt.update(&a.name, &before)?;
+            }
+            return Err(e.into());
+        }
+    }
     let out = serde_json::to_vec_pretty(&config)?;
     warren::atomic_file::write_durable(&path, &out, 0o600).with_context(|| path.display().to_string())?;
     if let Some(plan) = &a.plan {
+        // Read again: resize_disk may have written it.
+        let mut t = tenants.get(&a.name)?;
         t.plan = plan.clone();
         tenants.save(&t)?;
     }
