@@ -1,8 +1,9 @@
 //! `image pull`: an image from an OCI distribution registry (the registry HTTP API v2) into
 //! an OCI image layout directory, every blob checked against its digest and size as it
 //! streams in; the store then imports that layout as any other (checking it again, sharing
-//! the layers it already has). Anonymous pulls, with the bearer-token dance registries ask
-//! of anonymous clients; plain HTTP for a registry on localhost or when asked (`insecure`).
+//! the layers it already has). Anonymous or with a user and password ([`Credentials`]: given,
+//! or from the auth file podman and docker log in to), answering the registry's Basic or
+//! Bearer (token) challenge; plain HTTP for a registry on localhost or when asked (`insecure`).
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,74 @@ pub enum PullError {
     Size { url: String, want: u64, got: u64 },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {reason}")]
+    AuthFile { path: PathBuf, reason: String },
+}
+
+/// A registry user and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ user: {:?}, password: <hidden> }}", self.user)
+    }
+}
+
+/// Where podman, skopeo and docker keep what `login` wrote, in the order they read them:
+/// $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json (root's: /run/containers/0),
+/// ~/.docker/config.json. Only those that exist.
+pub fn default_auth_files() -> Vec<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let uid = nix::unistd::getuid().as_raw();
+    let runtime = env("XDG_RUNTIME_DIR").unwrap_or_else(|| PathBuf::from(format!("/run/containers/{uid}")));
+    let runtime = if runtime.ends_with(uid.to_string()) && runtime.starts_with("/run/containers") {
+        runtime.join("auth.json")
+    } else {
+        runtime.join("containers/auth.json")
+    };
+    let docker = env("HOME").map(|h| h.join(".docker/config.json"));
+    [env("REGISTRY_AUTH_FILE"), Some(runtime), docker].into_iter().flatten().filter(|p| p.exists()).collect()
+}
+
+impl Credentials {
+    /// `USER:PASSWORD`, as `--creds` takes it (the password may hold ':').
+    pub fn parse(text: &str) -> Option<Credentials> {
+        let (user, password) = text.split_once(':')?;
+        (!user.is_empty()).then(|| Credentials { user: user.into(), password: password.into() })
+    }
+
+    fn basic(&self) -> String {
+        use base64::Engine;
+        let raw = format!("{}:{}", self.user, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    }
+
+    /// The entry for `registry` in an auth file (`{"auths": {"HOST[:PORT]": {"auth":
+    /// base64("USER:PASSWORD")}}}`: podman's auth.json and docker's config.json alike);
+    /// None when it has none.
+    pub fn from_auth_file(path: &Path, registry: &str) -> Result<Option<Credentials>, PullError> {
+        use base64::Engine;
+        let bad = |reason: String| PullError::AuthFile { path: path.to_path_buf(), reason };
+        let text = std::fs::read(path).map_err(|source| PullError::Io { path: path.to_path_buf(), source })?;
+        let doc: Value = serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let auths = doc["auths"].as_object().ok_or_else(|| bad("no \"auths\" object".into()))?;
+        // Keys may carry a scheme ("https://host") as docker once wrote them.
+        let entry = auths.iter().find(|(key, _)| {
+            let host = key.trim_start_matches("https://").trim_start_matches("http://");
+            host.split('/').next() == Some(registry)
+        });
+        let Some((key, entry)) = entry else { return Ok(None) };
+        let encoded = entry["auth"].as_str().ok_or_else(|| bad(format!("auths.{key:?} has no \"auth\"")))?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|e| bad(format!("auths.{key:?}.auth: not base64: {e}")))?;
+        let raw = String::from_utf8(raw).map_err(|_| bad(format!("auths.{key:?}.auth: not UTF-8")))?;
+        Credentials::parse(&raw).map(Some).ok_or_else(|| bad(format!("auths.{key:?}.auth: not USER:PASSWORD")))
+    }
 }
 
 /// `[HOST[:PORT]/]NAME[:TAG][@sha256:...]`; without a host, Docker Hub's library.
@@ -89,49 +158,60 @@ pub struct PullProgress {
 struct Client {
     agent: ureq::Agent,
     base: String,
-    token: Option<String>,
+    creds: Option<Credentials>,
+    /// The Authorization header the registry's challenge asked for, once answered.
+    auth: Option<String>,
 }
 
 impl Client {
-    fn new(r: &Reference, insecure: bool) -> Client {
+    fn new(r: &Reference, insecure: bool, creds: Option<Credentials>) -> Client {
         let host = r.registry.split(':').next().unwrap_or_default();
         let plain = insecure || host == "localhost" || host.starts_with("127.") || host == "[::1]";
         let scheme = if plain { "http" } else { "https" };
         let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10)).build();
-        Client { agent, base: format!("{scheme}://{}/v2/{}", r.registry, r.repository), token: None }
+        Client { agent, base: format!("{scheme}://{}/v2/{}", r.registry, r.repository), creds, auth: None }
     }
 
-    /// GET `path` (under /v2/REPO/), answering one anonymous token challenge.
+    /// GET `path` (under /v2/REPO/), answering the registry's one challenge.
     fn get(&mut self, path: &str, accept: &str) -> Result<ureq::Response, PullError> {
         let url = format!("{}/{path}", self.base);
         let http = |message: String| PullError::Http { url: url.clone(), message };
         for _ in 0..2 {
             let mut req = self.agent.get(&url).set("Accept", accept);
-            if let Some(t) = &self.token {
-                req = req.set("Authorization", &format!("Bearer {t}"));
+            if let Some(a) = &self.auth {
+                req = req.set("Authorization", a);
             }
             match req.call() {
                 Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(401, resp)) if self.token.is_none() => {
+                Err(ureq::Error::Status(401, resp)) if self.auth.is_none() => {
                     let challenge = resp.header("www-authenticate").unwrap_or_default().to_string();
-                    self.token = Some(self.anonymous_token(&challenge).map_err(http)?);
+                    self.auth = Some(self.answer(&challenge).map_err(http)?);
+                }
+                Err(ureq::Error::Status(401, _)) => {
+                    let who = self.creds.as_ref().map_or("anonymous".to_string(), |c| format!("user {:?}", c.user));
+                    return Err(http(format!("HTTP 401: unauthorized as {who}")));
                 }
                 Err(ureq::Error::Status(code, resp)) => {
                     let text = resp.into_string().unwrap_or_default();
                     return Err(http(format!("HTTP {code}: {}", text.trim().replace('\n', " "))));
                 }
-                Err(ureq::Error::Transport(t)) => {
-                    // Its Display repeats the URL that the error names already.
-                    let cause = std::error::Error::source(&t).map(|c| format!(": {c}")).unwrap_or_default();
-                    return Err(http(format!("{}{cause}", t.kind())));
-                }
+                Err(e) => return Err(http(transport_message(e))),
             }
         }
-        Err(http("unauthorized (only anonymous pulls are supported)".into()))
+        unreachable!("a second 401 returns above")
     }
 
-    fn anonymous_token(&self, challenge: &str) -> Result<String, String> {
-        let params = challenge.strip_prefix("Bearer ").ok_or("unauthorized, and no bearer challenge")?;
+    /// The Authorization header for `challenge`: Basic with the credentials, or a Bearer
+    /// token from the challenge's realm (asked for with the credentials, if any).
+    fn answer(&self, challenge: &str) -> Result<String, String> {
+        if challenge.starts_with("Basic") {
+            let creds = self
+                .creds
+                .as_ref()
+                .ok_or("HTTP 401: the registry wants a user and password (--creds or --authfile)")?;
+            return Ok(creds.basic());
+        }
+        let params = challenge.strip_prefix("Bearer ").ok_or("HTTP 401, and no Basic or Bearer challenge")?;
         let field = |key: &str| {
             params
                 .split(',')
@@ -144,9 +224,14 @@ impl Client {
                 req = req.query(key, &v);
             }
         }
-        let text = req.call().map_err(|e| e.to_string())?.into_string().map_err(|e| e.to_string())?;
-        let body: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        body["token"].as_str().or(body["access_token"].as_str()).map(String::from).ok_or("no token".into())
+        if let Some(c) = &self.creds {
+            req = req.set("Authorization", &c.basic());
+        }
+        let resp = req.call().map_err(|e| format!("token from {realm}: {}", transport_message(e)))?;
+        let body: Value =
+            serde_json::from_str(&resp.into_string().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let token = body["token"].as_str().or(body["access_token"].as_str()).ok_or("no token")?;
+        Ok(format!("Bearer {token}"))
     }
 
     /// A manifest or index: its bytes (checked against `want` when given) and media type.
@@ -198,6 +283,17 @@ impl Client {
     }
 }
 
+/// A ureq error in one line: its Display repeats the URL that our errors name already.
+fn transport_message(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, _) => format!("HTTP {code}"),
+        ureq::Error::Transport(t) => {
+            let cause = std::error::Error::source(&t).map(|c| format!(": {c}")).unwrap_or_default();
+            format!("{}{cause}", t.kind())
+        }
+    }
+}
+
 /// The registry's name for this machine's architecture.
 fn this_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -220,9 +316,10 @@ pub fn pull(
     r: &Reference,
     dir: &Path,
     insecure: bool,
+    creds: Option<Credentials>,
     progress: &mut dyn FnMut(PullProgress),
 ) -> Result<(), PullError> {
-    let mut c = Client::new(r, insecure);
+    let mut c = Client::new(r, insecure, creds);
     let url = format!("{}/manifests/{}", c.base, r.reference);
     let by_digest = Digest::parse(&r.reference);
     let (mut bytes, mut kind) = c.manifest(&r.reference, by_digest.as_ref())?;
@@ -281,6 +378,27 @@ fn write_layout(dir: &Path, manifest: &[u8], kind: &str, r: &Reference) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_come_from_auth_files_as_podman_and_docker_write_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        // "alice:pa:ss" and "bob:x", base64.
+        let text = r#"{"auths": {"reg.example:5000": {"auth": "YWxpY2U6cGE6c3M="},
+                                 "https://other.example/v1/": {"auth": "Ym9iOng="}}}"#;
+        std::fs::write(&path, text).unwrap();
+        let alice = Credentials::from_auth_file(&path, "reg.example:5000").unwrap().unwrap();
+        assert_eq!((alice.user.as_str(), alice.password.as_str()), ("alice", "pa:ss"));
+        assert_eq!(alice.basic(), "Basic YWxpY2U6cGE6c3M=");
+        let bob = Credentials::from_auth_file(&path, "other.example").unwrap().unwrap();
+        assert_eq!(bob.user, "bob");
+        assert_eq!(Credentials::from_auth_file(&path, "reg.example").unwrap(), None);
+        std::fs::write(&path, r#"{"auths": {"r.example": {"auth": "!!"}}}"#).unwrap();
+        let err = Credentials::from_auth_file(&path, "r.example").unwrap_err().to_string();
+        assert!(err.contains("auths.\"r.example\".auth: not base64"), "{err}");
+        assert!(!format!("{alice:?}").contains("pa:ss"), "the password stays out of Debug");
+        assert_eq!(Credentials::parse(":x"), None);
+    }
 
     #[test]
     fn references_parse_as_docker_reads_them() {

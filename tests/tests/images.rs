@@ -672,10 +672,18 @@ struct Registry {
     child: std::process::Child,
     addr: String,
     data: PathBuf,
+    /// USER:PASSWORD for pushing, when the registry wants one.
+    creds: Option<String>,
 }
 
 impl Registry {
     fn start(dir: &Path) -> Result<Registry> {
+        Registry::start_with(dir, None)
+    }
+
+    /// With `user` and `password` in an htpasswd file (bcrypt, the only kind it reads):
+    /// the registry then answers every request without them with a Basic challenge.
+    fn start_with(dir: &Path, user: Option<(&str, &str)>) -> Result<Registry> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let data = dir.join("registry");
@@ -684,6 +692,12 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             data.display()
         );
+        let mut text = text;
+        if let Some((name, password)) = user {
+            let htpasswd = dir.join("htpasswd");
+            std::fs::write(&htpasswd, format!("{name}:{}\n", bcrypt::hash(password, 4)?))?;
+            text += &format!("auth:\n  htpasswd:\n    realm: warren-test\n    path: {}\n", htpasswd.display());
+        }
         std::fs::write(&config, text)?;
         let child = std::process::Command::new("docker-registry")
             .arg("serve")
@@ -692,7 +706,8 @@ impl Registry {
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("docker-registry (scripts/setup.sh installs it)")?;
-        let reg = Registry { child, addr, data };
+        let creds = user.map(|(u, p)| format!("{u}:{p}"));
+        let reg = Registry { child, addr, data, creds };
         let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(&reg.addr).is_err() {
             ensure!(std::time::Instant::now() < end, "the registry did not listen on {}", reg.addr);
@@ -702,8 +717,12 @@ impl Registry {
     }
 
     fn push(&self, archive: &Path, name: &str) -> Result<()> {
-        let out = std::process::Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
+        let mut cmd = std::process::Command::new("skopeo");
+        cmd.args(["copy", "--dest-tls-verify=false"]);
+        if let Some(c) = &self.creds {
+            cmd.arg(format!("--dest-creds={c}"));
+        }
+        let out = cmd
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://{}/{name}", self.addr))
             .output()?;
@@ -765,6 +784,34 @@ fn image_pull_from_a_registry_verifies_and_shares_the_layers() -> Result<()> {
     let temp: Vec<_> =
         std::fs::read_dir(parent)?.flatten().filter(|e| e.file_name().to_string_lossy().contains("pull")).collect();
     ensure!(temp.is_empty(), "a pull's temp dir is left");
+    drop(reg);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// A registry that wants a user and password: refused anonymous or with a wrong password
+/// (one line, nothing stored), pulled with --creds and with an auth file as podman writes it.
+#[test]
+fn image_pull_with_credentials_from_the_flag_or_an_auth_file() -> Result<()> {
+    let t = Test::new("img_pull_auth");
+    let im = Images::new(&t);
+    let reg = Registry::start_with(t.dir(), Some(("alice", "s3cret:x")))?;
+    reg.push(&busybox().join("busybox-oci.tar"), "private/busybox:1")?;
+    let name = format!("{}/private/busybox:1", reg.addr);
+    let out = im.cmd("image", &["pull", &name])?;
+    ensure!(out.failed()?.error_line().contains("wants a user and password (--creds or --authfile)"), "{out}");
+    let out = im.cmd("image", &["pull", "--creds", "alice:wrong", &name])?;
+    ensure!(out.failed()?.error_line().contains("HTTP 401: unauthorized as user \"alice\""), "{out}");
+    ensure!(out.stderr.lines().count() == 1 && !out.stderr.contains("wrong"), "{out}");
+    ensure!(im.names()?.is_empty(), "{:?}", im.names()?);
+    im.cmd("image", &["pull", "--creds", "alice:s3cret:x", &name])?.ok()?;
+    // "alice:s3cret:x" in base64, under the registry's host:port, as `podman login` writes it.
+    let auth = t.dir().join("auth.json");
+    let entry = format!(r#"{{"auths": {{"{}": {{"auth": "YWxpY2U6czNjcmV0Ong="}}}}}}"#, reg.addr);
+    std::fs::write(&auth, entry)?;
+    let out = im.cmd("image", &["pull", "--authfile", &auth.to_string_lossy(), "--name", "again:1", &name])?;
+    out.ok()?;
+    ensure!(im.names()?.len() == 2 && im.layers() == 1, "{:?} {} layers", im.names()?, im.layers());
     drop(reg);
     t.assert_no_leftovers();
     Ok(())

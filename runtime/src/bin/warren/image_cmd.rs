@@ -54,6 +54,13 @@ pub struct PullArgs {
     /// Plain HTTP, not HTTPS (a registry on localhost gets plain HTTP anyway)
     #[arg(long)]
     pub insecure: bool,
+    /// USER:PASSWORD for the registry
+    #[arg(long, conflicts_with = "authfile")]
+    pub creds: Option<String>,
+    /// An auth file (podman's auth.json, docker's config.json) to take the registry's entry
+    /// from; default: $REGISTRY_AUTH_FILE, /run/containers/0/auth.json, ~/.docker/config.json
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
     pub reference: String,
 }
 
@@ -152,13 +159,32 @@ fn pull(store: &Store, a: &PullArgs) -> Result<i32> {
     let parent = store.root().parent().unwrap_or(Path::new("/var/tmp"));
     let dir = TempDir::new(parent, &format!(".warren-pull-{}", std::process::id()))?;
     let mut bar = ProgressBar::new("pulling", std::io::stderr().is_terminal());
-    let got = pull::pull(&r, &dir.0, a.insecure, &mut |p| bar.update(Progress { done: p.done, total: p.total }));
+    let creds = pull_credentials(a, &r.registry)?;
+    let got = pull::pull(&r, &dir.0, a.insecure, creds, &mut |p| bar.update(Progress { done: p.done, total: p.total }));
     bar.finish();
     got?;
     let opts = ImportOptions { name: Some(a.name.clone().unwrap_or_else(|| r.name())), ..Default::default() };
     let record = store.import(&dir.0, &opts, &mut |_| {})?;
     println!("{} {}", record.name(), record.digest());
     Ok(0)
+}
+
+/// --creds, else the entry for `registry` in --authfile, else in the first default auth
+/// file that has one; None: anonymous.
+fn pull_credentials(a: &PullArgs, registry: &str) -> Result<Option<warren_images::pull::Credentials>> {
+    use warren_images::pull::{default_auth_files, Credentials};
+    if let Some(text) = &a.creds {
+        return Ok(Some(Credentials::parse(text).context("--creds: not USER:PASSWORD")?));
+    }
+    if let Some(path) = &a.authfile {
+        return Ok(Credentials::from_auth_file(path, registry)?);
+    }
+    for path in default_auth_files() {
+        if let Some(c) = Credentials::from_auth_file(&path, registry)? {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
 }
 
 /// A directory removed with everything in it when dropped.
