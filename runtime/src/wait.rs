@@ -71,12 +71,12 @@ impl Forwarder {
 
 /// Puts our terminal in raw mode while a container's terminal is relayed,
 /// and restores it afterwards.
-struct RawMode {
+pub struct RawMode {
     saved: Option<nix::sys::termios::Termios>,
 }
 
 impl RawMode {
-    fn enter() -> RawMode {
+    pub fn enter() -> RawMode {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
         let stdin = std::io::stdin();
         let Ok(saved) = tcgetattr(&stdin) else { return RawMode { saved: None } };

@@ -580,3 +580,85 @@ fn set_disk_grows_live_and_shrinks_stopped_never_below_use() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// `tenant console NAME` run with `input` on its stdin (a pipe), until its output holds
+/// `want`; then Ctrl-] detaches it. Returns its output and whether it ended by itself (0).
+fn console(h: &Host, name: &str, input: &str, want: &str) -> Result<(String, bool)> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(warren_bin())
+        .arg("--root")
+        .arg(h.t.warren.root())
+        .args(["tenant", "--store", &h.store, "--host-config", &h.host_config, "console", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(input.as_bytes())?;
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
+    let end = Instant::now() + Duration::from_secs(15);
+    while !text().contains(want) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stdin.write_all(&[0x1d])?;
+    let end = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    Ok((text(), status.is_some_and(|s| s.success())))
+}
+
+/// `console`: what is typed reaches the init on its terminal and its answers come back (and
+/// go to its log); Ctrl-] detaches and the tenant runs on; after a restart the console is
+/// the new init's; a stopped tenant has none (one line).
+#[test]
+fn console_attaches_to_the_tenants_terminal_and_ctrl_close_bracket_detaches() -> Result<()> {
+    let t = Test::new("tencons");
+    std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
+    let h = Host::new(&t, 8, "")?;
+    let a = t.id("a");
+    let init = "echo console-ready; tty; while read l; do echo \"got: $l\"; done; echo eof; sleep 1000";
+    let create = ["create", &a, "--image", "bb:1", "--plan", "nano", "--network", "none", "--restart", "always"];
+    h.tenant(&[&create[..], &["--", "sh", "-c", init]].concat())?.ok()?;
+    h.tenant(&["start", &a])?.ok()?;
+    let pid = h.wait_row(&a, "running", running)?["pid"].as_i64().context("pid")? as i32;
+    let (out, detached) = console(&h, &a, "hello console\n", "got: hello console")?;
+    ensure!(out.contains("got: hello console") && detached, "{out}");
+    let row = h.row(&a)?;
+    ensure!(running(&row) && row["pid"] == pid, "after the detach: {row}");
+    let logs = h.wait_logs(&a, "got: hello console")?;
+    ensure!(
+        logs.contains("console-ready") && logs.contains("/dev/pts/0") && logs.contains("got: hello console"),
+        "{logs}"
+    );
+    // SAFETY: kill(2) of the tenant's init, which this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    h.wait_row(&a, "restarted", |r| running(r) && r["pid"] != pid)?;
+    let (out, detached) = console(&h, &a, "second\n", "got: second")?;
+    ensure!(out.contains("got: second") && detached, "{out}");
+    h.tenant(&["stop", &a, "--timeout", "0"])?.ok()?;
+    let out = h.tenant(&["console", &a])?;
+    ensure!(out.failed()?.error_line().contains("is not running") && out.stderr.lines().count() == 1, "{out}");
+    h.tenant(&["destroy", &a])?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}

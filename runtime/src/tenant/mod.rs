@@ -10,6 +10,7 @@
 //! mount namespace only), `console.log` (what the tenant writes on stdout and stderr),
 //! `supervisor.lock` (flocked by its supervisor) and `status.json` (the supervisor's).
 
+pub mod console;
 pub mod disk;
 pub mod ids;
 pub mod net;
@@ -276,6 +277,19 @@ impl Tenants {
         self.dir(name).join("console.log")
     }
     /// The CNI plugin list of a networked tenant.
+    /// Where its supervisor serves its console.
+    pub fn console_socket(&self, name: &str) -> PathBuf {
+        self.dir(name).join("console.sock")
+    }
+
+    /// Whether its init runs on a terminal (tenants made before consoles do not).
+    pub fn has_terminal(&self, name: &str) -> Result<bool, TenantError> {
+        let path = self.bundle(name).join("config.json");
+        let text = std::fs::read(&path).map_err(io_err(&path))?;
+        let cfg: Value = serde_json::from_slice(&text).map_err(|source| TenantError::Record { path, source })?;
+        Ok(cfg["process"]["terminal"] == true)
+    }
+
     pub fn network_list(&self, name: &str) -> PathBuf {
         self.dir(name).join("network.json")
     }
@@ -611,6 +625,8 @@ pub const TENANT_CAPS: [&str; 14] = [
 fn tenant_config(cfg: &mut Value, t: &Tenant, root: &Path) {
     let caps = serde_json::json!(TENANT_CAPS);
     cfg["process"]["capabilities"] = serde_json::json!({ "bounding": caps, "effective": caps, "permitted": caps });
+    // Its console: the supervisor holds the pty's master (`console`).
+    cfg["process"]["terminal"] = Value::Bool(true);
     cfg["root"] = serde_json::json!({ "path": root, "readonly": false });
     cfg["hostname"] = Value::String(t.hostname.clone());
     cfg["linux"]["uidMappings"] = ids::mapping(t.ids);

@@ -6,10 +6,11 @@
 //! `stop` can tell whether one runs. It ends when the tenant's record says it should not
 //! run (`stop`, `destroy`), or when the policy does not restart it; it then deletes the
 //! container. Killed itself, it leaves the container running: `start` (or `boot`) gives
-//! it a new supervisor, which adopts the running container.
+//! it a new supervisor, which adopts the running container. It also serves the tenant's
+//! console (`console`).
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,10 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use super::console::{Relay, Wake};
 use super::net::Call;
 use super::{Restart, TenantError, Tenants};
-use crate::container::{ContainerError, CreateOptions, Runtime};
+use crate::container::{ConsoleTarget, ContainerError, CreateOptions, Runtime};
 use crate::state::{StateError, Status};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -69,7 +71,7 @@ fn write_status(tenants: &Tenants, name: &str, s: &SupervisorStatus) -> Result<(
 
 /// Runs the supervisor of `name` until the tenant should stop. `ready` is told once: Ok when
 /// the container first runs, or the error that kept it from starting (the supervisor then
-/// ends). The caller has pointed fds 0-2 where the tenant's stdio goes.
+/// ends). The caller has pointed fd 1 at the tenant's log: the console's output goes there.
 pub fn supervise(
     tenants: &Tenants,
     rt: &Runtime,
@@ -80,19 +82,21 @@ pub fn supervise(
         .map_err(|_| TenantError::Supervisor { name: name.to_string(), message: "is already running".into() })?;
     // Whatever the init leaves orphaned comes to us to be reaped.
     crate::sys::set_child_subreaper().map_err(super::io_err(Path::new("PR_SET_CHILD_SUBREAPER")))?;
+    let log = std::io::stdout().as_fd().try_clone_to_owned().map_err(super::io_err(Path::new("(stdout)")))?;
+    let mut relay = Relay::open(&tenants.console_socket(name), log)?;
     let mut ready = Some(ready);
     let mut status = SupervisorStatus { restarts: read_status(tenants, name).restarts, ..Default::default() };
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        match run_once(tenants, rt, name) {
+        match run_once(tenants, rt, name, &mut relay) {
             Ok(run) => {
                 if let Some(r) = ready.take() {
                     r(Ok(()));
                 }
                 (status.pid, status.started) = (run.pid(), now());
                 write_status(tenants, name, &status)?;
-                status.last_exit = run.wait();
+                status.last_exit = run.wait(&mut relay);
                 if let Err(e) = release_network(tenants, name, &run.netns_path()) {
                     log::warn!("tenant {name}: {e}");
                 }
@@ -122,7 +126,7 @@ pub fn supervise(
         if started.elapsed() >= HEALTHY_RUN {
             backoff = FIRST_BACKOFF;
         }
-        if !sleep_while_wanted(tenants, name, backoff) {
+        if !sleep_while_wanted(tenants, name, backoff, &mut relay) {
             break;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -133,11 +137,12 @@ pub fn supervise(
     Ok(())
 }
 
-/// Sleeps `d` unless the tenant stops being wanted first; returns whether it still is.
-fn sleep_while_wanted(tenants: &Tenants, name: &str, d: Duration) -> bool {
+/// Sleeps `d` (serving the console) unless the tenant stops being wanted first; returns
+/// whether it still is.
+fn sleep_while_wanted(tenants: &Tenants, name: &str, d: Duration, relay: &mut Relay) -> bool {
     let end = Instant::now() + d;
     while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(100));
+        relay.serve(None, 100);
         if !tenants.get(name).is_ok_and(|t| t.want_running) {
             return false;
         }
@@ -158,25 +163,41 @@ impl Run {
         self.pid
     }
 
-    /// Waits for the init to end: its exit code (128 + signal when killed), None for an
-    /// adopted one, whose status goes to its original parent.
-    fn wait(&self) -> Option<i32> {
-        if self.ours {
-            return loop {
-                match waitpid(Pid::from_raw(-1), None) {
-                    Ok(WaitStatus::Exited(p, code)) if p.as_raw() == self.pid => break Some(code),
-                    Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == self.pid => break Some(128 + sig as i32),
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(_) => break None,
-                }
-            };
+    /// Serves the console until the init ends: its exit code (128 + signal when killed),
+    /// None for an adopted one, whose status goes to its original parent. Orphans that come
+    /// to us (the subreaper) are reaped on the way.
+    fn wait(&self, relay: &mut Relay) -> Option<i32> {
+        let pidfd = crate::sys::pidfd_open(self.pid).ok();
+        loop {
+            if let Some(code) = self.reap(false) {
+                return Some(code);
+            }
+            let Some(fd) = &pidfd else { break };
+            if let Wake::Done = relay.serve(Some(fd.as_fd()), 1000) {
+                break;
+            }
         }
-        if let Ok(fd) = crate::sys::pidfd_open(self.pid) {
-            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd, its count 1; -1: no timeout.
-            while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+        relay.set_master(None);
+        if self.ours {
+            return self.reap(true);
         }
         None
+    }
+
+    /// Reaps what has ended (waiting when `block`) until the init is among them: its exit
+    /// code, or None while it runs (or is not ours).
+    fn reap(&self, block: bool) -> Option<i32> {
+        use nix::sys::wait::WaitPidFlag;
+        let flags = (!block).then_some(WaitPidFlag::WNOHANG);
+        loop {
+            match waitpid(Pid::from_raw(-1), flags) {
+                Ok(WaitStatus::Exited(p, code)) if p.as_raw() == self.pid => return Some(code),
+                Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == self.pid => return Some(128 + sig as i32),
+                Ok(WaitStatus::StillAlive) => return None,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return None,
+            }
+        }
     }
 
     /// The held namespace as a path the CNI plugins (our children) can open.
@@ -185,7 +206,7 @@ impl Run {
     }
 }
 
-fn run_once(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<Run, TenantError> {
+fn run_once(tenants: &Tenants, rt: &Runtime, name: &str, relay: &mut Relay) -> Result<Run, TenantError> {
     match rt.state(name) {
         Ok(s) if matches!(s.status, Status::Running | Status::Paused) => {
             let mut run = Run { pid: s.pid, ours: false, netns: None };
@@ -196,16 +217,40 @@ fn run_once(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<Run, TenantEr
         Err(ContainerError::State(StateError::NotFound { .. })) => {}
         Err(e) => return Err(e.into()),
     }
+    // The pty's master comes back over a socketpair, from the init as it sets up.
+    let pair = if tenants.has_terminal(name)? {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(super::io_err(Path::new("socketpair")))?;
+        Some((ours, OwnedFd::from(theirs)))
+    } else {
+        None
+    };
     let opts = CreateOptions {
         id: name.to_string(),
         bundle: tenants.bundle(name),
         pid_file: None,
-        console: None,
+        console: pair
+            .as_ref()
+            .map(|(_, theirs)| theirs.try_clone())
+            .transpose()
+            .map_err(super::io_err(Path::new("socketpair")))?
+            .map(ConsoleTarget::Fd),
         no_pivot: false,
         no_new_keyring: false,
         preserve_fds: 0,
     };
     let pid = rt.create(&opts)?;
+    drop(opts);
+    if let Some((ours, _)) = &pair {
+        let master = crate::console::receive_master(ours.as_raw_fd())
+            .map_err(|e| TenantError::Supervisor { name: name.to_string(), message: e.to_string() });
+        match master {
+            Ok(m) => relay.set_master(Some(m)),
+            Err(e) => {
+                let _ = rt.delete(name, true);
+                return Err(e);
+            }
+        }
+    }
     let mut run = Run { pid, ours: true, netns: None };
     let attached = attach_network(tenants, name, &mut run, false);
     if let Err(e) = attached.and_then(|()| rt.start(name).map_err(Into::into)) {

@@ -91,7 +91,9 @@ pub enum TenantCommand {
     },
     /// An interactive shell in a running tenant (`exec -t NAME -- sh`)
     Enter { name: String },
-    /// Print what a tenant wrote on stdout and stderr
+    /// Attach to a running tenant's terminal (its init's); detach with Ctrl-]
+    Console { name: String },
+    /// Print what a tenant wrote on its terminal
     Logs {
         name: String,
         /// Keep printing what it writes
@@ -188,6 +190,7 @@ pub fn tenant(root: &Path, cmd: TenantCmd) -> Result<i32> {
         TenantCommand::Destroy { name, timeout: t } => tenants.destroy(&store, &rt, &name, timeout(t))?,
         TenantCommand::List { format } => list(&tenants, &rt, format, Duration::from_millis(250))?,
         TenantCommand::Top { interval } => top(&tenants, &rt, interval)?,
+        TenantCommand::Console { name } => console(&tenants, &name)?,
         TenantCommand::Enter { name } => return exec(&tenants, root, &name, true, &["sh".to_string()]),
         TenantCommand::Set(a) => set(&tenants, &rt, &cmd.plan_sources, store.root(), &a)?,
         TenantCommand::Logs { name, follow } => logs(&tenants, &name, follow)?,
@@ -308,6 +311,35 @@ fn supervise_main(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<()> {
             });
         }
     })?;
+    Ok(())
+}
+
+/// Relays this terminal (raw while attached) to the tenant's console until Ctrl-], the end
+/// of stdin, or the supervisor's end.
+fn console(tenants: &Tenants, name: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    use warren::tenant::console::{attach, Ended};
+    tenants.get(name)?;
+    if !supervise::is_supervised(tenants, name)? {
+        anyhow::bail!("tenant {name}: is not running (its supervisor serves its console)");
+    }
+    if !tenants.has_terminal(name)? {
+        anyhow::bail!("tenant {name}: has no terminal (made before tenants had consoles)");
+    }
+    let tty = std::io::stdin().is_terminal();
+    if tty {
+        eprintln!("Connected to tenant {name}'s console; detach with Ctrl-]");
+    }
+    let ended = {
+        let _raw = tty.then(warren::wait::RawMode::enter);
+        attach(&tenants.console_socket(name), std::io::stdin().as_fd(), std::io::stdout().as_fd())?
+    };
+    match ended {
+        Ended::Detached if tty => eprintln!("\ndetached"),
+        Ended::Detached => {}
+        Ended::Closed => eprintln!("\nwarren: tenant {name}: its console closed"),
+    }
     Ok(())
 }
 
