@@ -91,15 +91,21 @@ impl Drop for Host<'_> {
     /// The bridge, and whatever NAT rules a failed test's tenants left (their DEL never ran).
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let subnet = format!("-s {}.0/24", self.subnet);
         let ours = format!("id: \\\"wt-{}-{}-", self.t.name(), std::process::id());
         let script = format!(
-            r#"iptables -t nat -S | grep -F -- '{ours}' | grep '^-A' | while read -r rule; do
+            r#"iptables -t nat -S | grep -F -e '{ours}' -e '{subnet} ' | grep '^-A' | while read -r rule; do
                  eval "iptables -t nat -D ${{rule#-A }}"; done
                for c in $(iptables -t nat -S | awk '/^-N CNI-[0-9a-f]{{24}}$/ {{print $2}}'); do
                  [ -z "$(iptables -t nat -S "$c" | grep '^-A')" ] && iptables -t nat -X "$c"; done"#
         );
         let _ = std::process::Command::new("sh").arg("-c").arg(script).output();
     }
+}
+
+fn nat_rules() -> Result<String> {
+    let out = std::process::Command::new("iptables").args(["-t", "nat", "-S"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Whether portmap's shared chains are in the nat table (it adds them once, never removes them).
@@ -436,6 +442,13 @@ fn tenants_on_the_bridge_reach_each_other_the_host_reaches_them_and_ports_are_pu
     let out = h.tenant(&["exec", &b, "--", "wget", "-qO-", &format!("http://{ip_a}/")])?;
     ensure!(out.ok()?.stdout == want, "tenant to tenant: {out}");
     ensure!(http_get_soon(&format!("127.0.0.1:{port}"))? == want, "published port");
+    // Outbound traffic is masqueraded by one rule for the subnet, however many tenants run:
+    // no per-tenant chain (portmap's rules are only for the published port).
+    let subnet = format!("{}.0/24", h.subnet);
+    let nat = nat_rules()?;
+    let masq: Vec<&str> = nat.lines().filter(|l| l.contains(&subnet) && l.contains("MASQUERADE")).collect();
+    ensure!(masq.len() == 1 && masq[0].contains(&format!("! -d {subnet}")), "{nat}");
+    ensure!(!nat.contains(&format!("id: \"{b}\"")), "a per-tenant rule for {b}:\n{nat}");
     // An address that is taken is refused at create, naming its tenant.
     let c = t.id("c");
     let out = h.tenant(&["create", &c, "--image", "bb:1", "--plan", "nano", "--ip", ip_a])?;
@@ -461,9 +474,8 @@ fn tenants_on_the_bridge_reach_each_other_the_host_reaches_them_and_ports_are_pu
         .filter(|n| n.starts_with("10."))
         .collect();
     ensure!(leases.is_empty(), "leases left: {leases:?}");
-    let rules = std::process::Command::new("iptables").args(["-t", "nat", "-S"]).output()?;
-    let rules = String::from_utf8_lossy(&rules.stdout);
-    ensure!(!rules.contains(&a) && !rules.contains(&b), "rules left:\n{rules}");
+    let rules = nat_rules()?;
+    ensure!(!rules.contains(&a) && !rules.contains(&b) && !rules.contains(&subnet), "rules left:\n{rules}");
     if !portmap_before {
         remove_portmap_chains();
     }

@@ -550,6 +550,7 @@ impl Tenants {
         self.stop(rt, name, timeout)?;
         supervise::release_network(self, name, "")?;
         let _lock = self.lock()?;
+        let masquerade = self.masquerade_of(name);
         let b = self.bundle(name);
         if b.exists() {
             match bundle::remove(store, &b) {
@@ -566,6 +567,7 @@ impl Tenants {
             "network.json",
             "net.json",
             "console.log",
+            "console.sock",
             "status.json",
             "supervisor.lock",
             "supervisor.log",
@@ -579,7 +581,22 @@ impl Tenants {
         }
         let record = self.record_path(name);
         std::fs::remove_file(&record).map_err(io_err(&record))?;
-        std::fs::remove_dir(&dir).map_err(io_err(&dir))
+        std::fs::remove_dir(&dir).map_err(io_err(&dir))?;
+        // The subnet's masquerade rule goes with the last tenant that used it.
+        if let Some(subnet) = masquerade {
+            let others = self.list()?;
+            if !others.iter().any(|t| self.masquerade_of(&t.name).as_deref() == Some(&subnet)) {
+                net::drop_masquerade(&subnet)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The subnet `name`'s network list masquerades, if it is on the tenant network.
+    fn masquerade_of(&self, name: &str) -> Option<String> {
+        let text = std::fs::read(self.network_list(name)).ok()?;
+        let list: Value = serde_json::from_slice(&text).ok()?;
+        net::masquerade_of(&list).map(str::to_string)
     }
 }
 

@@ -5,9 +5,14 @@
 //! with host-local addresses, and portmap for published ports.
 //!
 //! The supervisor keeps the container's network namespace open from ADD to DEL, so that
-//! DEL finds the interfaces (and the bridge plugin removes the masquerade rules it added)
-//! even though the init has exited; an ADD's result is kept in `net.json` until its DEL,
-//! so that a DEL missed by a killed supervisor is done before the next ADD.
+//! DEL finds the interfaces even though the init has exited; an ADD's result is kept in
+//! `net.json` until its DEL, so that a DEL missed by a killed supervisor is done before the
+//! next ADD.
+//!
+//! Outbound masquerading is one rule for the whole subnet, made by Warren, not the bridge
+//! plugin's `ipMasq` (a chain and two rules per container): iptables-legacy rewrites the
+//! whole nat table on every change, so per-tenant rules made each start slower the more
+//! tenants ran, and a DEL after the namespace was gone could not find its rules.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -54,7 +59,7 @@ pub fn conflist(net: &TenantNetwork, data_dir: &Path) -> Value {
         "name": "warren",
         "plugins": [
             {
-                "type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": net.masquerade,
+                "type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": false,
                 "hairpinMode": true, "capabilities": { "mac": true },
                 "ipam": {
                     "type": "host-local", "ranges": [[{ "subnet": net.subnet_text() }]],
@@ -64,7 +69,49 @@ pub fn conflist(net: &TenantNetwork, data_dir: &Path) -> Value {
             { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
         ],
         "cniPath": net.cni_path,
+        // Ours, not a plugin's: the subnet whose outbound traffic `masquerade` rewrites.
+        "masquerade": net.masquerade.then(|| net.subnet_text()),
     })
+}
+
+/// The subnet a plugin list masquerades (None: it does not, or it is an old list whose
+/// bridge plugin does it per tenant).
+pub fn masquerade_of(list: &Value) -> Option<&str> {
+    list["masquerade"].as_str()
+}
+
+fn masquerade_rule(subnet: &str) -> [&str; 11] {
+    ["POSTROUTING", "-s", subnet, "!", "-d", subnet, "-m", "comment", "--comment", "warren tenants", "-j"]
+}
+
+fn iptables(op: &str, subnet: &str) -> Result<bool, TenantError> {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", "nat", op])
+        .args(masquerade_rule(subnet))
+        .arg("MASQUERADE")
+        .output()
+        .map_err(|e| TenantError::Network { plugin: "iptables".into(), command: op.into(), message: e.to_string() })?;
+    Ok(out.status.success())
+}
+
+/// Adds the subnet's masquerade rule unless it is there.
+pub fn ensure_masquerade(subnet: &str) -> Result<(), TenantError> {
+    if iptables("-C", subnet)? || iptables("-A", subnet)? {
+        return Ok(());
+    }
+    let message = format!("cannot add the masquerade rule for {subnet}");
+    Err(TenantError::Network { plugin: "iptables".into(), command: "-A".into(), message })
+}
+
+/// Removes the subnet's masquerade rule (every copy: two first starts may both have added it).
+pub fn drop_masquerade(subnet: &str) -> Result<(), TenantError> {
+    while iptables("-C", subnet)? {
+        if !iptables("-D", subnet)? {
+            let message = format!("cannot remove the masquerade rule for {subnet}");
+            return Err(TenantError::Network { plugin: "iptables".into(), command: "-D".into(), message });
+        }
+    }
+    Ok(())
 }
 
 /// One call of a network's plugins.

@@ -280,6 +280,12 @@ fn attach_network(tenants: &Tenants, name: &str, run: &mut Run, adopted: bool) -
     let netns = run.netns_path();
     let call = Call { list: &list, id: name, netns: &netns, ip: t.ip, mac: t.mac.as_deref(), publish: &t.publish };
     let result = call.add()?;
+    if let Some(subnet) = super::net::masquerade_of(&list) {
+        if let Err(e) = super::net::ensure_masquerade(subnet) {
+            let _ = call.del(Some(&result));
+            return Err(e);
+        }
+    }
     let text = serde_json::to_vec(&result).expect("a result serializes");
     crate::atomic_file::write(&added, &text, 0o600).map_err(super::io_err(&added))?;
     if t.ip.is_none() || t.mac.is_none() {
