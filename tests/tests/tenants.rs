@@ -429,6 +429,12 @@ fn tenants_on_the_bridge_reach_each_other_the_host_reaches_them_and_ports_are_pu
     let args = ["create", &a, "--image", "bb:1", "--plan", "nano", "-p", &publish, "--", "sh", "-c", &serve];
     h.tenant(&args)?.ok()?;
     h.tenant(&["create", &b, "--image", "bb:1", "--plan", "nano", "--", "sleep", "1000"])?.ok()?;
+    // Addresses are given at create, in order after the bridge's own.
+    let (ip_a0, ip_b0) = (h.row(&a)?["ip"].clone(), h.row(&b)?["ip"].clone());
+    ensure!(
+        ip_a0 == format!("{}.2", h.subnet).as_str() && ip_b0 == format!("{}.3", h.subnet).as_str(),
+        "{ip_a0} {ip_b0}"
+    );
     for n in [&a, &b] {
         h.tenant(&["start", n])?.ok()?;
     }
@@ -468,7 +474,10 @@ fn tenants_on_the_bridge_reach_each_other_the_host_reaches_them_and_ports_are_pu
     // Nothing of them on the host: no veth on the bridge, no lease, no rule naming them.
     let veths = std::process::Command::new("ip").args(["-o", "link", "show", "master", &h.bridge]).output()?;
     ensure!(veths.stdout.is_empty(), "veths left: {}", String::from_utf8_lossy(&veths.stdout));
-    let leases: Vec<String> = std::fs::read_dir(h.tenants_dir().join(".cni/warren"))?
+    // (No lease store at all: addresses are static, allocated at create.)
+    let leases: Vec<String> = std::fs::read_dir(h.tenants_dir().join(".cni/warren"))
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("10."))

@@ -49,6 +49,8 @@ pub enum TenantError {
     Volume { spec: String, reason: String },
     #[error("--publish {spec:?}: is not HOST_PORT:CONTAINER_PORT[/tcp|/udp]")]
     Publish { spec: String },
+    #[error("network: every address of {subnet} is taken (host.toml network.subnet)")]
+    SubnetFull { subnet: String },
     #[error("--ip {ip}: {reason}")]
     Ip { ip: std::net::Ipv4Addr, reason: String },
     #[error("network: {plugin} {command}: {message}")]
@@ -448,9 +450,10 @@ impl Tenants {
 
     fn make(&self, store: &Store, new: &NewTenant, base: Value, pool: IdPool) -> Result<Tenant, TenantError> {
         let others = self.list()?;
-        if let Some(net) = &new.network {
-            check_ip(net, new.ip, &others)?;
-        }
+        let ip = match &new.network {
+            Some(net) => Some(address_for(net, new.ip, &others)?),
+            None => None,
+        };
         let taken: Vec<u32> = others.iter().map(|t| t.ids).collect();
         let ids = ids::pick(pool, &taken).ok_or_else(|| TenantError::PoolExhausted {
             name: new.name.clone(),
@@ -467,7 +470,7 @@ impl Tenants {
             restart: new.restart,
             disk: new.disk,
             network: new.network.is_some(),
-            ip: new.ip,
+            ip,
             mac: None,
             publish: new.publish.clone(),
             seccomp: new.seccomp.name(),
@@ -477,8 +480,8 @@ impl Tenants {
         };
         // The record first: it holds the id range while the rest is made.
         self.save(&tenant)?;
-        if let Some(net) = &new.network {
-            let list = net::conflist(net, &self.dir.join(".cni"));
+        if let (Some(net), Some(ip)) = (&new.network, ip) {
+            let list = net::conflist(net, ip, !new.publish.is_empty());
             let path = self.network_list(&new.name);
             let text = serde_json::to_vec_pretty(&list).expect("a conflist serializes");
             crate::atomic_file::write_durable(&path, &text, 0o600).map_err(io_err(&path))?;
@@ -598,6 +601,20 @@ impl Tenants {
         let list: Value = serde_json::from_slice(&text).ok()?;
         net::masquerade_of(&list).map(str::to_string)
     }
+}
+
+/// The tenant's address: the one asked for, checked, else the first free one.
+fn address_for(
+    net: &warren_config::TenantNetwork,
+    ip: Option<std::net::Ipv4Addr>,
+    others: &[Tenant],
+) -> Result<std::net::Ipv4Addr, TenantError> {
+    check_ip(net, ip, others)?;
+    if let Some(ip) = ip {
+        return Ok(ip);
+    }
+    let taken = others.iter().filter_map(|t| t.ip).collect();
+    net::free_address(net, &taken).ok_or_else(|| TenantError::SubnetFull { subnet: net.subnet_text() })
 }
 
 /// A requested address must be a host address of the subnet and no other tenant's.

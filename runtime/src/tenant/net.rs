@@ -2,7 +2,7 @@
 //! the CNI spec says: the network's plugin list is called in order for ADD with each one's
 //! result passed to the next (`prevResult`), and in reverse order for DEL with the ADD's
 //! result. The list is written once per tenant at create (`network.json`): a host bridge
-//! with host-local addresses, and portmap for published ports.
+//! with the tenant's static address, and portmap for published ports.
 //!
 //! The supervisor keeps the container's network namespace open from ADD to DEL, so that
 //! DEL finds the interfaces even though the init has exited; an ADD's result is kept in
@@ -16,7 +16,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -52,26 +52,40 @@ impl Publish {
     }
 }
 
-/// The plugin list for `net`, IPAM leases kept under `data_dir`.
-pub fn conflist(net: &TenantNetwork, data_dir: &Path) -> Value {
+/// The plugin list of a tenant at `ip` on `net`: the host bridge with `ip` as a static
+/// address (Warren allocates addresses at create: the tenants' records are the table, and
+/// host-local's lease store, which it reads whole on every ADD, made each start slower the
+/// more tenants there were), and portmap only when it publishes ports.
+pub fn conflist(net: &TenantNetwork, ip: Ipv4Addr, publishes: bool) -> Value {
+    let gateway = Ipv4Addr::from(u32::from(net.subnet.0) + 1);
+    let mut plugins = vec![json!({
+        "type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": false,
+        "hairpinMode": true, "capabilities": { "mac": true },
+        "ipam": {
+            "type": "static",
+            "addresses": [{ "address": format!("{ip}/{}", net.subnet.1), "gateway": gateway.to_string() }],
+            "routes": [{ "dst": "0.0.0.0/0" }],
+        },
+    })];
+    if publishes {
+        plugins.push(json!({ "type": "portmap", "capabilities": { "portMappings": true }, "snat": true }));
+    }
     json!({
         "cniVersion": CNI_VERSION,
         "name": "warren",
-        "plugins": [
-            {
-                "type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": false,
-                "hairpinMode": true, "capabilities": { "mac": true },
-                "ipam": {
-                    "type": "host-local", "ranges": [[{ "subnet": net.subnet_text() }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": data_dir,
-                },
-            },
-            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
-        ],
+        "plugins": plugins,
         "cniPath": net.cni_path,
         // Ours, not a plugin's: the subnet whose outbound traffic `masquerade` rewrites.
         "masquerade": net.masquerade.then(|| net.subnet_text()),
     })
+}
+
+/// The first host address of `net` after the bridge's own that no tenant in `taken` has.
+pub fn free_address(net: &TenantNetwork, taken: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let first = u32::from(net.subnet.0) + 2;
+    let size = 1u64 << (32 - u32::from(net.subnet.1));
+    let last = (u64::from(u32::from(net.subnet.0)) + size).saturating_sub(2).min(u64::from(u32::MAX)) as u32;
+    (first..=last).map(Ipv4Addr::from).find(|ip| !taken.contains(ip))
 }
 
 /// The subnet a plugin list masquerades (None: it does not, or it is an old list whose
@@ -177,7 +191,9 @@ impl Call<'_> {
         }
         let cni_path = PathBuf::from(self.list["cniPath"].as_str().unwrap_or("/usr/lib/cni"));
         let mut args = "IgnoreUnknown=1".to_string();
-        if let Some(ip) = self.ip {
+        // Lists made before addresses were static ask host-local for the tenant's address
+        // (static takes it from its config, and would add CNI_ARGS' as a second one).
+        if let (Some(ip), "host-local") = (self.ip, plugin["ipam"]["type"].as_str().unwrap_or_default()) {
             args.push_str(&format!(";IP={ip}"));
         }
         let fail =
@@ -236,6 +252,25 @@ mod tests {
         for bad in ["80", "0:80", "x:80", "80:80/sctp", "70000:80"] {
             assert!(Publish::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn free_addresses_skip_the_network_the_gateway_the_taken_and_the_broadcast() {
+        let net = TenantNetwork {
+            bridge: "b".into(),
+            subnet: (Ipv4Addr::new(10, 9, 0, 0), 30),
+            masquerade: true,
+            cni_path: "/x".into(),
+        };
+        let mut taken = std::collections::HashSet::new();
+        assert_eq!(free_address(&net, &taken), Some(Ipv4Addr::new(10, 9, 0, 2)));
+        taken.insert(Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(free_address(&net, &taken), None, "a /30 holds the gateway and one tenant");
+        let list = conflist(&net, Ipv4Addr::new(10, 9, 0, 2), false);
+        assert_eq!(list["plugins"][0]["ipam"]["addresses"][0]["address"], "10.9.0.2/30");
+        assert_eq!(list["plugins"][0]["ipam"]["addresses"][0]["gateway"], "10.9.0.1");
+        assert_eq!(list["plugins"].as_array().unwrap().len(), 1, "no portmap without ports");
+        assert_eq!(conflist(&net, Ipv4Addr::new(10, 9, 0, 2), true)["plugins"][1]["type"], "portmap");
     }
 
     #[test]

@@ -28,6 +28,9 @@ use crate::state::{StateError, Status};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a supervisor wakes to reap orphans that came to it while its tenant runs (rare:
+/// the tenant's own orphans go to its init). Rarely, so that 1000 idle supervisors stay idle.
+const ORPHAN_REAP_MS: i32 = 10_000;
 /// A run at least this long counts as healthy: the back-off starts over.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
 
@@ -173,7 +176,7 @@ impl Run {
                 return Some(code);
             }
             let Some(fd) = &pidfd else { break };
-            if let Wake::Done = relay.serve(Some(fd.as_fd()), 1000) {
+            if let Wake::Done = relay.serve(Some(fd.as_fd()), ORPHAN_REAP_MS) {
                 break;
             }
         }
