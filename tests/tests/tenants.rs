@@ -676,6 +676,32 @@ fn console_attaches_to_the_tenants_terminal_and_ctrl_close_bracket_detaches() ->
     h.wait_row(&a, "restarted", |r| running(r) && r["pid"] != pid)?;
     let (out, detached) = console(&h, &a, "second\n", "got: second")?;
     ensure!(out.contains("got: second") && detached, "{out}");
+    // An init that closes its terminal (the pty then has no slave open) leaves its
+    // supervisor idle: it polls the master again once a second, not in a busy loop.
+    let quiet = t.id("quiet");
+    let closes = "exec </dev/null >/dev/null 2>&1; exec sleep 1000";
+    let create = ["create", &quiet, "--image", "bb:1", "--plan", "nano", "--network", "none"];
+    h.tenant(&[&create[..], &["--", "sh", "-c", closes]].concat())?.ok()?;
+    h.tenant(&["start", &quiet])?.ok()?;
+    let init = h.wait_row(&quiet, "running", running)?["pid"].as_i64().context("pid")?;
+    let supervisor = std::fs::read_to_string(format!("/proc/{init}/stat"))?
+        .rsplit(") ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1).map(String::from))
+        .context("the init's parent")?;
+    let cmdline = std::fs::read_to_string(format!("/proc/{supervisor}/cmdline"))?;
+    ensure!(cmdline.contains("supervise"), "the init's parent is not its supervisor: {cmdline:?}");
+    let cpu_ticks = || -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{supervisor}/stat"))?;
+        let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or_default().split_whitespace().collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    let before = cpu_ticks()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks()? - before;
+    // A busy loop would take about 200 ticks (100 per second) in these 2 s.
+    ensure!(used < 50, "the supervisor used {used} ticks of CPU in 2 s");
+    h.tenant(&["destroy", &quiet, "--timeout", "0"])?.ok()?;
     h.tenant(&["stop", &a, "--timeout", "0"])?.ok()?;
     let out = h.tenant(&["console", &a])?;
     ensure!(out.failed()?.error_line().contains("is not running") && out.stderr.lines().count() == 1, "{out}");

@@ -13,6 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::TenantError;
 
@@ -31,6 +32,9 @@ pub struct Relay {
     listener: UnixListener,
     clients: Vec<UnixStream>,
     master: Option<OwnedFd>,
+    /// No slave of the pty is open (the init closed its terminal): poll would report the
+    /// master at once for ever, so it is looked at again only once a second.
+    master_hup: bool,
     /// Where the tenant's output is kept (console.log).
     log: OwnedFd,
 }
@@ -51,7 +55,7 @@ impl Relay {
         let listener = UnixListener::bind(path).map_err(console_err(path))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(console_err(path))?;
         listener.set_nonblocking(true).map_err(console_err(path))?;
-        Ok(Relay { path: path.to_path_buf(), listener, clients: Vec::new(), master: None, log })
+        Ok(Relay { path: path.to_path_buf(), listener, clients: Vec::new(), master: None, master_hup: false, log })
     }
 
     /// The pty of the init just created (None: it has no terminal).
@@ -61,22 +65,35 @@ impl Relay {
             let _ = crate::sys::set_nonblocking(m.as_raw_fd());
         }
         self.master = master;
+        self.master_hup = false;
     }
 
     /// Relays until `until` is readable or `timeout_ms` passes (-1: no timeout). When the
     /// init has ended, what is left in its pty is copied out and the pty dropped.
     pub fn serve(&mut self, until: Option<BorrowedFd<'_>>, timeout_ms: i32) -> Wake {
+        let deadline = u64::try_from(timeout_ms).ok().map(|ms| Instant::now() + Duration::from_millis(ms));
         loop {
             let mut fds = vec![pollin(self.listener.as_raw_fd())];
             fds.extend(until.map(|fd| pollin(fd.as_raw_fd())));
             let master_at = fds.len();
-            fds.extend(self.master.as_ref().map(|m| pollin(m.as_raw_fd())));
+            fds.extend(self.master.as_ref().filter(|_| !self.master_hup).map(|m| pollin(m.as_raw_fd())));
             let clients_at = fds.len();
             fds.extend(self.clients.iter().map(|c| pollin(c.as_raw_fd())));
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as i32);
+            let wait = match (left, self.master_hup) {
+                (Some(l), true) => l.min(1000),
+                (None, true) => 1000,
+                (Some(l), false) => l,
+                (None, false) => -1,
+            };
             // SAFETY: `fds` is a live array of pollfd of its length.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
             if n == 0 {
-                return Wake::Timeout;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Wake::Timeout;
+                }
+                self.master_hup = false; // look at the master again
+                continue;
             }
             if n < 0 {
                 continue; // EINTR
@@ -118,11 +135,15 @@ impl Relay {
         let Some(master) = &self.master else { return };
         let mut buf = [0u8; 16384];
         loop {
-            // EIO once the slave is closed; EAGAIN when drained.
-            let Ok(n) = nix::unistd::read(master.as_raw_fd(), &mut buf) else { return };
-            if n == 0 {
-                return;
-            }
+            let n = match nix::unistd::read(master.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EAGAIN) => return,
+                Ok(n) => n,
+                // EIO: no slave is open.
+                Err(_) => {
+                    self.master_hup = true;
+                    return;
+                }
+            };
             let _ = write_all(self.log.as_fd(), &buf[..n]);
             self.clients.retain_mut(|c| match c.write(&buf[..n]) {
                 Ok(_) => true,
