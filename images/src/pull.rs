@@ -57,14 +57,12 @@ impl std::fmt::Debug for Credentials {
 pub fn default_auth_files() -> Vec<PathBuf> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     let uid = nix::unistd::getuid().as_raw();
-    let runtime = env("XDG_RUNTIME_DIR").unwrap_or_else(|| PathBuf::from(format!("/run/containers/{uid}")));
-    let runtime = if runtime.ends_with(uid.to_string()) && runtime.starts_with("/run/containers") {
-        runtime.join("auth.json")
-    } else {
-        runtime.join("containers/auth.json")
+    let podman = match env("XDG_RUNTIME_DIR") {
+        Some(dir) => dir.join("containers/auth.json"),
+        None => PathBuf::from(format!("/run/containers/{uid}/auth.json")),
     };
     let docker = env("HOME").map(|h| h.join(".docker/config.json"));
-    [env("REGISTRY_AUTH_FILE"), Some(runtime), docker].into_iter().flatten().filter(|p| p.exists()).collect()
+    [env("REGISTRY_AUTH_FILE"), Some(podman), docker].into_iter().flatten().filter(|p| p.exists()).collect()
 }
 
 impl Credentials {

@@ -37,8 +37,7 @@ pub fn make(image: &Path, size: u64) -> Result<(), TenantError> {
         .output()
         .map_err(|e| disk_err(image, format!("mkfs.ext4: {e} (e2fsprogs)")))?;
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
-        return Err(disk_err(image, format!("mkfs.ext4: {text}")));
+        return Err(disk_err(image, format!("mkfs.ext4: {}", one_line(&out.stdout, &out.stderr))));
     }
     Ok(())
 }

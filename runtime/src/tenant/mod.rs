@@ -204,9 +204,10 @@ impl SeccompProfile {
         let path = std::path::absolute(arg).map_err(io_err(Path::new(arg)))?;
         let bad = |message: String| TenantError::Seccomp { path: path.clone(), message };
         let text = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
-        let spec: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let profile: Value = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let spec: oci_spec::runtime::LinuxSeccomp =
+            serde_json::from_value(profile.clone()).map_err(|e| bad(e.to_string()))?;
         crate::seccomp::compile(&spec).map_err(|e| bad(e.to_string()))?;
-        let profile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         Ok(SeccompProfile::File { path, profile })
     }
 

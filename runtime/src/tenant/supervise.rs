@@ -221,36 +221,30 @@ fn run_once(tenants: &Tenants, rt: &Runtime, name: &str, relay: &mut Relay) -> R
         Err(e) => return Err(e.into()),
     }
     // The pty's master comes back over a socketpair, from the init as it sets up.
-    let pair = if tenants.has_terminal(name)? {
+    let (ours, theirs) = if tenants.has_terminal(name)? {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(super::io_err(Path::new("socketpair")))?;
-        Some((ours, OwnedFd::from(theirs)))
+        (Some(ours), Some(OwnedFd::from(theirs)))
     } else {
-        None
+        (None, None)
     };
     let opts = CreateOptions {
         id: name.to_string(),
         bundle: tenants.bundle(name),
         pid_file: None,
-        console: pair
-            .as_ref()
-            .map(|(_, theirs)| theirs.try_clone())
-            .transpose()
-            .map_err(super::io_err(Path::new("socketpair")))?
-            .map(ConsoleTarget::Fd),
+        console: theirs.map(ConsoleTarget::Fd),
         no_pivot: false,
         no_new_keyring: false,
         preserve_fds: 0,
     };
     let pid = rt.create(&opts)?;
+    // Closes our copy of the init's end: only the init's is left.
     drop(opts);
-    if let Some((ours, _)) = &pair {
-        let master = crate::console::receive_master(ours.as_raw_fd())
-            .map_err(|e| TenantError::Supervisor { name: name.to_string(), message: e.to_string() });
-        match master {
+    if let Some(ours) = &ours {
+        match crate::console::receive_master(ours.as_raw_fd()) {
             Ok(m) => relay.set_master(Some(m)),
             Err(e) => {
                 let _ = rt.delete(name, true);
-                return Err(e);
+                return Err(TenantError::Supervisor { name: name.to_string(), message: e.to_string() });
             }
         }
     }
