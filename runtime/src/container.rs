@@ -159,7 +159,14 @@ impl Runtime {
         if !dir.is_dir() {
             return Err(StateError::NotFound { id: id.into() }.into());
         }
-        let lock = DirLock::acquire(&dir).map_err(|_| StateError::NotFound { id: id.into() })?;
+        // Only a directory removed since the check above is "not found": running out of
+        // descriptors (EMFILE) must not read as a missing container.
+        let lock = DirLock::acquire(&dir).map_err(|e| match e {
+            StateError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                StateError::NotFound { id: id.into() }
+            }
+            other => other,
+        })?;
         // A concurrent delete may have removed it while we waited.
         let state = state::read_state(&dir, id)?;
         Ok(Locked { dir, state, _lock: lock })

@@ -300,3 +300,36 @@ fn man_pages_and_completions_come_from_the_command_line() -> Result<()> {
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// A verb that runs out of descriptors says so: the container's lock failing with EMFILE
+/// once read as "container does not exist" (containerd then dropped a live task).
+#[test]
+fn out_of_descriptors_is_not_a_missing_container() -> Result<()> {
+    let t = Test::new("emfile_not_missing");
+    let b = t.bundle(&["sleep", "100"])?;
+    let c = t.create(&t.id("c"), &b)?;
+    let root = t.warren.root().to_string_lossy().into_owned();
+    let mut outcomes = Vec::new();
+    // 3 leaves only stdio; each step up lets the command get a little further.
+    for limit in 3..=12 {
+        let mut cmd = command("prlimit");
+        cmd.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(warren_bin());
+        cmd.args(["--root", &root, "start", &c.id]);
+        let out = run_with_deadline(cmd, &t.dir().join(format!("start-{limit}")), Duration::from_secs(20))?;
+        ensure!(!out.stderr.contains("does not exist"), "limit {limit}: {out}");
+        if out.success() {
+            outcomes.push(format!("{limit} ok"));
+            break;
+        }
+        ensure!(out.stderr.contains("Too many open files"), "limit {limit}: not EMFILE: {out}");
+        outcomes.push(format!("{limit} EMFILE"));
+    }
+    ensure!(outcomes.first().is_some_and(|o| o.ends_with("EMFILE")), "no limit hit EMFILE: {outcomes:?}");
+    if !outcomes.last().is_some_and(|o| o.ends_with("ok")) {
+        c.start()?.ok()?;
+    }
+    ensure!(c.status()? == "running", "after {outcomes:?}: {}", c.status()?);
+    drop(c);
+    t.assert_no_leftovers();
+    Ok(())
+}
