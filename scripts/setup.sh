@@ -13,12 +13,13 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # busybox-static: the test image; runc/crun/containerd/podman/conmon/docker.io/
 # umoci/skopeo: reference runtime and real clients; uidmap/iproute2/jq: tests
 # and scripts; iptables: CRIU locks the network with it, and tenants' CNI plugins NAT with it;
-# containernetworking-plugins: tenants' bridge, host-local and portmap; e2fsprogs: tenants'
+# containernetworking-plugins: tenants' bridge, host-local and portmap; nftables: the
+# tenant bridge's anti-spoofing guard; e2fsprogs: tenants'
 # disk images (mkfs.ext4); docker-registry: the registry `image pull` is tested against; libseccomp-dev/pkg-config/build-essential: building.
 PACKAGES=(
 	busybox-static runc containerd podman conmon docker.io crun umoci skopeo
 	uidmap iproute2 iptables jq libseccomp-dev pkg-config build-essential
-	containernetworking-plugins e2fsprogs docker-registry
+	containernetworking-plugins e2fsprogs docker-registry nftables
 	ca-certificates procps util-linux
 )
 

@@ -49,6 +49,13 @@ leftovers() {
 	if [ -n "$d" ]; then
 		printf '%s\n' "$d"; log "cgroup dirs remain"; bad=1
 	fi
+	# Tenants' anti-spoofing tables go with a bridge's last tenant, their NAT rule likewise.
+	if nft list tables 2>/dev/null | grep warren_guard_; then
+		log "tenant guard tables remain"; bad=1
+	fi
+	if iptables -w -t nat -S 2>/dev/null | grep -F 'warren tenants'; then
+		log "tenant masquerade rules remain"; bad=1
+	fi
 	for d in /proc/[0-9]*; do
 		exe=$(readlink "$d/exe" 2>/dev/null) || continue
 		case $exe in "$WARREN_BIN" | "$WARREN_BIN (deleted)")

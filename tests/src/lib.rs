@@ -34,7 +34,7 @@ pub use console::ConsoleSocket;
 pub use host::{FakeHost, HostPair, NetNs};
 pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under, processes, ProcMatch};
 pub use loopdev::{loop_devices_under, LoopDevice};
-pub use probe::install_probe;
+pub use probe::{install_probe, spoof_tool};
 pub use serde_json::json;
 
 /// How long one warren invocation may take before it is killed.

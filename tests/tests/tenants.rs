@@ -91,6 +91,8 @@ impl Drop for Host<'_> {
     /// The bridge, and whatever NAT rules a failed test's tenants left (their DEL never ran).
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ =
+            std::process::Command::new("nft").args(["delete", "table", "bridge", &guard_table(&self.bridge)]).output();
         let subnet = format!("-s {}.0/24", self.subnet);
         let ours = format!("id: \\\"wt-{}-{}-", self.t.name(), std::process::id());
         let script = format!(
@@ -101,6 +103,11 @@ impl Drop for Host<'_> {
         );
         let _ = std::process::Command::new("sh").arg("-c").arg(script).output();
     }
+}
+
+/// The bridge's anti-spoofing table (runtime/src/tenant/guard.rs).
+fn guard_table(bridge: &str) -> String {
+    format!("warren_guard_{}", bridge.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
 }
 
 fn nat_rules() -> Result<String> {
@@ -706,6 +713,91 @@ fn console_attaches_to_the_tenants_terminal_and_ctrl_close_bracket_detaches() ->
     let out = h.tenant(&["console", &a])?;
     ensure!(out.failed()?.error_line().contains("is not running") && out.stderr.lines().count() == 1, "{out}");
     h.tenant(&["destroy", &a])?.ok()?;
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// What tenant `name` sends with `spoof` from its eth0 to the host (the bridge's address,
+/// UDP): the texts that arrived within a second each.
+fn spoofed_arrivals(h: &Host, name: &str, sends: &[(&str, &str, &str)]) -> Result<Vec<String>> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let port = sock.local_addr()?.port().to_string();
+    let gw = format!("{}.1", h.subnet);
+    let gw_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", h.bridge))?.trim().to_string();
+    let mut got = Vec::new();
+    for (mac, ip, text) in sends {
+        let out = h.tenant(&["exec", name, "--", "/vol/spoof", "eth0", mac, ip, &gw_mac, &gw, &port, text])?;
+        out.ok().with_context(|| format!("spoof {mac} {ip}"))?;
+        let end = Instant::now() + Duration::from_secs(1);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            if got.iter().any(|g| g == text) {
+                break;
+            }
+        }
+    }
+    Ok(got)
+}
+
+#[test]
+fn a_tenant_cannot_send_with_another_source_address_or_mac() -> Result<()> {
+    let t = Test::new("tenspoof");
+    let h = Host::new(&t, 9, "")?;
+    std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o711))?;
+    let vol = t.dir().join("vol");
+    std::fs::create_dir(&vol)?;
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::copy(spoof_tool(t.dir())?, vol.join("spoof"))?;
+    let a = t.id("a");
+    let volume = format!("{}:/vol", vol.display());
+    h.tenant(&["create", &a, "--image", "bb:1", "--plan", "nano", "-v", &volume, "--", "sleep", "1000"])?.ok()?;
+    h.tenant(&["start", &a])?.ok()?;
+    let row = h.wait_row(&a, "running", running)?;
+    let ip = row["ip"].as_str().context("ip")?.to_string();
+    let mac = h.tenant(&["exec", &a, "--", "cat", "/sys/class/net/eth0/address"])?.ok()?.stdout.trim().to_string();
+    let (other_ip, other_mac) = (format!("{}.99", h.subnet), "02:00:00:00:00:99".to_string());
+    // With its own MAC and address a datagram arrives (the tool works); with another
+    // address, or another MAC, it is dropped at its bridge port.
+    let got = spoofed_arrivals(
+        &h,
+        &a,
+        &[
+            (&mac, &ip, "own"),
+            (&mac, &other_ip, "forged-ip"),
+            (&other_mac, &ip, "forged-mac"),
+            (&mac, &ip, "own-again"),
+        ],
+    )?;
+    ensure!(got == ["own", "own-again"], "arrived at the host: {got:?}");
+    // ARP too: a request as itself is answered; one as a forged sender (which would also
+    // poison the host's neighbour table) is not.
+    let gw = format!("{}.1", h.subnet);
+    let ask = |mac: &str, ip: &str| {
+        h.tenant(&["exec", &a, "--", "/vol/spoof", "eth0", mac, ip, "ff:ff:ff:ff:ff:ff", &gw, "arp", "-"])
+    };
+    let out = ask(&mac, &ip)?;
+    ensure!(out.success(), "ARP request as itself: {out}");
+    let out = ask(&mac, &other_ip)?;
+    ensure!(out.code() == Some(1), "ARP request as {other_ip} was answered: {out}");
+    // The guard follows the tenant across a restart (a new veth), and goes with it.
+    let pid = row["pid"].as_i64().context("pid")? as i32;
+    // SAFETY: kill(2) of the tenant's init, which this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    h.wait_row(&a, "restarted", |r| running(r) && r["restarts"] == 1)?;
+    let got = spoofed_arrivals(&h, &a, &[(&mac, &other_ip, "forged-after"), (&mac, &ip, "own-after")])?;
+    ensure!(got == ["own-after"], "after the restart, arrived: {got:?}");
+    h.tenant(&["destroy", &a, "--timeout", "1"])?.ok()?;
+    let table =
+        std::process::Command::new("nft").args(["list", "table", "bridge", &guard_table(&h.bridge)]).output()?;
+    ensure!(
+        !table.status.success(),
+        "the guard table outlived its last tenant: {}",
+        String::from_utf8_lossy(&table.stdout)
+    );
     t.assert_no_leftovers();
     Ok(())
 }

@@ -12,6 +12,7 @@
 
 pub mod console;
 pub mod disk;
+pub mod guard;
 pub mod ids;
 pub mod net;
 pub mod supervise;

@@ -228,6 +228,12 @@ impl Call<'_> {
     }
 }
 
+/// The bridge a plugin list puts its tenant on.
+pub fn bridge_of(list: &Value) -> Option<&str> {
+    let first = &list["plugins"][0];
+    (first["type"] == "bridge").then(|| first["bridge"].as_str()).flatten()
+}
+
 /// The MAC address of the container's interface in an ADD's result.
 pub fn mac(result: &Value) -> Option<String> {
     let ifaces = result["interfaces"].as_array()?;

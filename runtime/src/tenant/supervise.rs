@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::console::{Relay, Wake};
+use super::guard;
 use super::net::Call;
 use super::{Restart, TenantError, Tenants};
 use crate::container::{ConsoleTarget, ContainerError, CreateOptions, Runtime};
@@ -277,11 +278,13 @@ fn attach_network(tenants: &Tenants, name: &str, run: &mut Run, adopted: bool) -
     let netns = run.netns_path();
     let call = Call { list: &list, id: name, netns: &netns, ip: t.ip, mac: t.mac.as_deref(), publish: &t.publish };
     let result = call.add()?;
-    if let Some(subnet) = super::net::masquerade_of(&list) {
-        if let Err(e) = super::net::ensure_masquerade(subnet) {
-            let _ = call.del(Some(&result));
-            return Err(e);
-        }
+    let ready = match super::net::masquerade_of(&list) {
+        Some(subnet) => super::net::ensure_masquerade(subnet),
+        None => Ok(()),
+    };
+    if let Err(e) = ready.and_then(|()| guard_port(tenants, &list, &result, true)) {
+        let _ = call.del(Some(&result));
+        return Err(e);
     }
     let text = serde_json::to_vec(&result).expect("a result serializes");
     crate::atomic_file::write(&added, &text, 0o600).map_err(super::io_err(&added))?;
@@ -304,8 +307,37 @@ pub fn release_network(tenants: &Tenants, name: &str, netns: &str) -> Result<(),
     let list = read_json(&tenants.network_list(name))?;
     let added = read_json(&added_path)?;
     let t = tenants.get(name)?;
+    // The DEL is done even when the guard could not forget the port: its veth goes anyway.
+    let unguarded = guard_port(tenants, &list, &added, false);
     Call { list: &list, id: name, netns, ip: t.ip, mac: t.mac.as_deref(), publish: &t.publish }.del(Some(&added))?;
+    unguarded?;
     std::fs::remove_file(&added_path).map_err(super::io_err(&added_path))
+}
+
+/// Admits (or withdraws) the tenant's port of an ADD's `result` to its bridge's anti-spoofing
+/// guard (see `guard`). A port the result does not name is refused: no unguarded tenant.
+fn guard_port(
+    tenants: &Tenants,
+    list: &serde_json::Value,
+    result: &serde_json::Value,
+    admit: bool,
+) -> Result<(), TenantError> {
+    let Some(bridge) = super::net::bridge_of(list) else {
+        return Ok(());
+    };
+    let Some(port) = guard::Port::from_result(result, bridge) else {
+        if !admit {
+            return Ok(());
+        }
+        let message = format!("no host-side interface, MAC and address in the bridge plugin's result: {result}");
+        return Err(TenantError::Network { plugin: "nft".into(), command: "admit".into(), message });
+    };
+    let _lock = tenants.lock()?;
+    if admit {
+        guard::admit(bridge, &port)
+    } else {
+        guard::withdraw(bridge, &port)
+    }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, TenantError> {
