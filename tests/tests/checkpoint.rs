@@ -2,6 +2,7 @@
 //! from its memory (a counter kept in a shell variable), keeps its limits, hostname and bind
 //! mounts, and `exec` works in it. Skipped (with a note) where no criu is installed.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -458,6 +459,64 @@ fn a_joined_network_namespace_is_joined_again_at_restore() -> Result<()> {
     ensure!(out.ok()?.stdout.contains("10.215.0.7"), "the joined namespace's address: {out}");
     drop(c);
     drop(ns);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// In its own user namespace a container has the host's device nodes bound in (it cannot
+/// make them), and its masked paths are binds of the host's /dev/null: CRIU finds no root
+/// for those mounts, so they must go to it as external, as runc declares them.
+#[test]
+fn a_container_in_its_own_user_namespace_checkpoints_and_restores() -> Result<()> {
+    if !have_criu()? {
+        return Ok(());
+    }
+    let t = Test::new("cr_userns");
+    let b = counter_bundle(&t, |cfg| {
+        let ns = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(json!({"type": "user"}));
+        let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        cfg["linux"]["uidMappings"] = map.clone();
+        cfg["linux"]["gidMappings"] = map;
+    })?;
+    std::os::unix::fs::chown(b.rootfs().join("tmp"), Some(100000), Some(100000))?;
+    let id = t.id("c");
+    let c = t.start_new(&id, &b)?;
+    // Its stdout and stderr (this harness's files) go to the restore as files CRIU reopens
+    // (through /proc/self/fd) as the container's root, with the mode they had at the dump:
+    // files it may write, here and at the restore. (The shim's stdio are pipes.)
+    for fd in [1, 2] {
+        let file = std::fs::read_link(format!("/proc/{}/fd/{fd}", c.pid()?))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))?;
+    }
+    wait_count_above(&b, 5, Duration::from_secs(5))?;
+    let dir = images(&t, "img");
+    checkpoint(&t, &id, &dir, &[])?;
+    std::mem::forget(c);
+    let at_dump = count(&b)?;
+    let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o700, "the images dir is owner-only: {mode:o}");
+    let stdio = t.dir().join("restored.out");
+    let file = std::fs::File::create(&stdio)?;
+    std::fs::set_permissions(&stdio, std::fs::Permissions::from_mode(0o666))?;
+    let mut cmd = command(warren_bin());
+    cmd.arg("--root").arg(t.warren.root()).args(["restore", "--detach", "--bundle"]).arg(b.path());
+    cmd.arg("--image-path").arg(&dir).arg(&id).stdout(file.try_clone()?).stderr(file);
+    let status = cmd.status()?;
+    ensure!(status.success(), "restore: {status}: {}", std::fs::read_to_string(&stdio)?);
+    let c = t.warren.adopt(&id);
+    let next = wait_count_above(&b, at_dump, Duration::from_secs(5))?;
+    ensure!(next <= at_dump + 40, "the counter went on from {at_dump} (got {next}), not from 0");
+    let out = c.exec(
+        &[],
+        &["sh", "-c", "cat /proc/self/uid_map; echo x > /dev/null && echo null-ok; cat /proc/timer_list | wc -c"],
+    )?;
+    out.ok()?;
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    ensure!(words == ["0", "100000", "65536", "null-ok", "0"], "in the restored container: {out}");
+    let meta = std::fs::metadata(&dir)?;
+    ensure!(meta.uid() == 0 && meta.permissions().mode() & 0o777 == 0o700, "the images dir's owner is put back");
+    drop(c);
     t.assert_no_leftovers();
     Ok(())
 }

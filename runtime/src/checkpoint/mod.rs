@@ -153,7 +153,36 @@ pub struct CheckpointInfo {
     /// Cgroup mounts CRIU cannot dump (no cgroup namespace: they show a host subtree).
     #[serde(default)]
     pub cgroup_mounts: Vec<CgroupMount>,
+    /// Host device nodes bound in (a user namespace cannot mknod; masked files are binds
+    /// of /dev/null): CRIU cannot dump a mount of the host's devtmpfs.
+    #[serde(default)]
+    pub device_binds: Vec<DeviceBind>,
     pub config: oci_spec::runtime::Spec,
+}
+
+/// A host device node bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceBind {
+    pub destination: PathBuf,
+    /// The node on the host.
+    pub source: PathBuf,
+}
+
+/// The container's mounts of the host's devtmpfs (see [`CheckpointInfo::device_binds`]).
+fn device_binds(pid: i32) -> Vec<DeviceBind> {
+    device_binds_in(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default())
+}
+
+fn device_binds_in(text: &str) -> Vec<DeviceBind> {
+    let mounts = crate::cgroups::layout::parse_mountinfo(text).unwrap_or_default();
+    mounts
+        .into_iter()
+        .filter(|m| m.fs_type == "devtmpfs")
+        .map(|m| DeviceBind {
+            source: Path::new("/dev").join(m.root.strip_prefix("/").unwrap_or(&m.root)),
+            destination: m.mount_point,
+        })
+        .collect()
 }
 
 /// A cgroup hierarchy mounted in the container, by destination.
@@ -266,6 +295,7 @@ impl Runtime {
         let info = CheckpointInfo {
             stdio: stdio.clone(),
             cgroup_mounts: cgroup_mounts.clone(),
+            device_binds: device_binds(pid),
             config: c.state.config.clone(),
         };
         write_descriptors(&opts.image_path, pid)?;
@@ -273,7 +303,9 @@ impl Runtime {
         let text = serde_json::to_vec_pretty(&info).expect("plain data serializes");
         std::fs::write(&info_path, text).map_err(io_err(&info_path)).map_err(ContainerError::from)?;
         let binds = external_mounts(&c.state.config).into_iter().map(|(dest, _)| dest);
-        let mut externals: Vec<PathBuf> = binds.chain(cgroup_mounts.into_iter().map(|m| m.destination)).collect();
+        let devices = info.device_binds.iter().map(|d| d.destination.clone());
+        let mut externals: Vec<PathBuf> =
+            binds.chain(cgroup_mounts.into_iter().map(|m| m.destination)).chain(devices).collect();
         if info.has_terminal() {
             // The pty slave bound on /dev/console: its master is outside the container.
             externals.push(PathBuf::from(CONSOLE));

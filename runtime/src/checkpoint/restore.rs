@@ -4,6 +4,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::criu::{self, RestorePlan};
@@ -77,6 +78,7 @@ impl Runtime {
             binds: external_mounts(&bundle.spec)
                 .into_iter()
                 .chain(cgroup_binds(&info, &cgroup))
+                .chain(info.device_binds.iter().map(|d| (d.destination.clone(), d.source.clone())))
                 .chain(inherited.console.clone().map(|slave| (PathBuf::from(super::CONSOLE), slave)))
                 .collect(),
             inherit: inherited.pairs.clone(),
@@ -101,6 +103,7 @@ impl Runtime {
             Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root),
             None => crate::sys::bind_self_in_new_mount_ns(&root),
         });
+        let _lent = LentImages::to_root_of(plan.images, &bundle.spec)?;
         failpoint("restore.before-criu");
         let ran = criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
@@ -127,6 +130,39 @@ impl Runtime {
         guard.armed = false;
         drop(lock);
         Ok(Restored { pid, terminal: info.has_terminal() })
+    }
+}
+
+/// The images dir handed to the container's root for the restore. In a new user namespace
+/// CRIU's restored tasks open image files by name in it as that root, whom the owner-only
+/// dir keeps out; the dir's own owner is put back when the restore is over.
+struct LentImages {
+    dir: PathBuf,
+    owner: (u32, u32),
+}
+
+impl LentImages {
+    fn to_root_of(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<Option<LentImages>, ContainerError> {
+        let Some(maps) = crate::spec::IdMaps::of_spec(spec) else { return Ok(None) };
+        let root_of = |map: &str| -> Option<u32> {
+            map.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                ["0", host, _] => host.parse().ok(),
+                _ => None,
+            })
+        };
+        let (Some(uid), Some(gid)) = (root_of(&maps.uid_map), root_of(&maps.gid_map)) else { return Ok(None) };
+        let io = |source| ContainerError::Io { path: dir.to_path_buf(), source };
+        let meta = std::fs::metadata(dir).map_err(io)?;
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io)?;
+        Ok(Some(LentImages { dir: dir.to_path_buf(), owner: (meta.uid(), meta.gid()) }))
+    }
+}
+
+impl Drop for LentImages {
+    fn drop(&mut self) {
+        if let Err(e) = std::os::unix::fs::chown(&self.dir, Some(self.owner.0), Some(self.owner.1)) {
+            log::warn!("{}: owner not put back after the restore: {e}", self.dir.display());
+        }
     }
 }
 

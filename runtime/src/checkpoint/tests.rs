@@ -106,3 +106,18 @@ fn stdio_of_a_process_as_criu_names_it() {
     let file = std::fs::File::open("/dev/null").unwrap();
     assert!(matches!(Stdio::of(me, file.as_raw_fd()), Some(Stdio::File(k, _)) if k.starts_with("file[")));
 }
+
+#[test]
+fn host_device_nodes_bound_in_are_found_with_their_host_paths() {
+    let text = "49 72 0:40 / / rw - overlay overlay rw\n\
+                50 49 0:45 / /dev rw,nosuid - tmpfs tmpfs rw\n\
+                66 50 0:6 /null /dev/null rw,relatime - devtmpfs devtmpfs rw,size=1k\n\
+                80 46 0:6 /null /proc/timer_list rw,relatime - devtmpfs devtmpfs rw\n\
+                81 50 0:6 /net/tun /dev/net/tun rw - devtmpfs devtmpfs rw\n";
+    let got: Vec<(String, String)> = super::device_binds_in(text)
+        .into_iter()
+        .map(|d| (d.destination.display().to_string(), d.source.display().to_string()))
+        .collect();
+    let want = [("/dev/null", "/dev/null"), ("/proc/timer_list", "/dev/null"), ("/dev/net/tun", "/dev/net/tun")];
+    assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+}
