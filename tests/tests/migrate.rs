@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
@@ -336,6 +337,66 @@ fn a_bundle_mounted_in_its_container_moves_and_gets_the_targets_paths() -> Resul
     assert_host_empty(&pair.a)?;
 
     ensure!(!src.exists(), "A kept the moved container's bundle");
+    drop(guard_b);
+    pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
+    assert_host_empty(&pair.b)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// As a tenant runs: its own user namespace, the image's layers idmapped onto it inside the
+/// container, its upper dir owned by its root. Its devices are the host's, bound in.
+#[test]
+fn a_container_in_its_own_user_namespace_moves() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_userns", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let id = t.id("c");
+    let src = counter_bundle_with(&pair.a, &id, &["--mount-in-container"])?;
+    let path = src.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    cfg["linux"]["namespaces"].as_array_mut().context("namespaces")?.push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = map.clone();
+    cfg["linux"]["gidMappings"] = map;
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    std::os::unix::fs::chown(src.join("upper"), Some(300000), Some(300000))?;
+    // The container's root must reach its root's mount point (as a tenant's must).
+    for host in [&pair.a, &pair.b] {
+        for dir in host.bundles.ancestors().take_while(|d| d.starts_with(t.dir())) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+    }
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o711))?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_counter_above(&src.join("upper/count"), 10, Duration::from_secs(10))?;
+    let look = "cat /proc/self/uid_map; stat -c %u /bin/sh /count; echo > /dev/null && echo ok";
+    let on_a = pair.a.warren.cmd(&["exec", &id, "sh", "-c", look])?.ok()?.stdout.clone();
+
+    let rx = receive(&pair.b, PORT)?;
+    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
+    let got = rx.join().expect("receive thread")?;
+    sent.ok().context("send")?;
+    got.ok().context("receive")?;
+    std::mem::forget(guard_a);
+    let guard_b = pair.b.warren.adopt(&id);
+
+    let dst = pair.b.bundles.join(&id);
+    let at_arrival = read_counter(&dst.join("upper/count"))?;
+    let later = wait_counter_above(&dst.join("upper/count"), at_arrival + 5, Duration::from_secs(10))?;
+    assert_log_complete(&std::fs::read_to_string(dst.join("upper/log"))?, later)?;
+    let owner = std::fs::metadata(dst.join("upper/count"))?;
+    ensure!(owner.uid() == 300000, "B's upper files keep their owner: {}", owner.uid());
+    // The same ids, owners and devices as on A.
+    let on_b = pair.b.warren.cmd(&["exec", &id, "sh", "-c", look])?.ok()?.stdout.clone();
+    let words: Vec<&str> = on_b.split_whitespace().collect();
+    ensure!(
+        on_b == on_a && words[..3] == ["0", "300000", "65536"] && words[4..] == ["0", "ok"],
+        "on A:\n{on_a}on B:\n{on_b}"
+    );
+    assert_host_empty(&pair.a)?;
     drop(guard_b);
     pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
     assert_host_empty(&pair.b)?;

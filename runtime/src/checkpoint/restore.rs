@@ -63,7 +63,9 @@ impl Runtime {
         crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
         let stand_in_dir = opts.moved.then(|| self.dir(&opts.id));
-        let mut inherited = inherit_fds(&info, opts.console.as_ref(), stand_in_dir.as_deref())?;
+        // CRIU reopens a stand-in as the container's root (through /proc/self/fd).
+        let stand_ins = stand_in_dir.as_deref().map(|d| StandIns { dir: d, owner: userns_root(&bundle.spec) });
+        let mut inherited = inherit_fds(&info, opts.console.as_ref(), stand_ins)?;
         if let Some(path) = super::joined_netns(&bundle.spec) {
             let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io { path: path.clone(), source });
             inherited.add(inheritable(netns?, &path)?, super::criu::EXTERNAL_NETNS);
@@ -104,6 +106,10 @@ impl Runtime {
             None => crate::sys::bind_self_in_new_mount_ns(&root),
         });
         let _lent = LentImages::to_root_of(plan.images, &bundle.spec)?;
+        let _lent_work = match plan.work == plan.images {
+            true => None,
+            false => LentImages::to_root_of(plan.work, &bundle.spec)?,
+        };
         failpoint("restore.before-criu");
         let ran = criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
@@ -133,9 +139,9 @@ impl Runtime {
     }
 }
 
-/// The images dir handed to the container's root for the restore. In a new user namespace
-/// CRIU's restored tasks open image files by name in it as that root, whom the owner-only
-/// dir keeps out; the dir's own owner is put back when the restore is over.
+/// The images dir (and work dir) handed to the container's root for the restore. In a new
+/// user namespace CRIU's restored tasks open image files by name in them as that root, whom
+/// the owner-only dirs keep out; each dir's own owner is put back when the restore is over.
 struct LentImages {
     dir: PathBuf,
     owner: (u32, u32),
@@ -143,14 +149,7 @@ struct LentImages {
 
 impl LentImages {
     fn to_root_of(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<Option<LentImages>, ContainerError> {
-        let Some(maps) = crate::spec::IdMaps::of_spec(spec) else { return Ok(None) };
-        let root_of = |map: &str| -> Option<u32> {
-            map.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-                ["0", host, _] => host.parse().ok(),
-                _ => None,
-            })
-        };
-        let (Some(uid), Some(gid)) = (root_of(&maps.uid_map), root_of(&maps.gid_map)) else { return Ok(None) };
+        let Some((uid, gid)) = userns_root(spec) else { return Ok(None) };
         let io = |source| ContainerError::Io { path: dir.to_path_buf(), source };
         let meta = std::fs::metadata(dir).map_err(io)?;
         std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io)?;
@@ -164,6 +163,18 @@ impl Drop for LentImages {
             log::warn!("{}: owner not put back after the restore: {e}", self.dir.display());
         }
     }
+}
+
+/// The host uid and gid of the root of the container's new user namespace, if it has one.
+fn userns_root(spec: &oci_spec::runtime::Spec) -> Option<(u32, u32)> {
+    let maps = crate::spec::IdMaps::of_spec(spec)?;
+    let root_of = |map: &str| -> Option<u32> {
+        map.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["0", host, _] => host.parse().ok(),
+            _ => None,
+        })
+    };
+    Some((root_of(&maps.uid_map)?, root_of(&maps.gid_map)?))
 }
 
 /// What the restored process gets in place of the checkpoint's stdio.
@@ -180,10 +191,17 @@ struct Inherited {
 /// of the same number, or for a moved container stand-ins (see [`RestoreOptions::moved`]) made
 /// in `stand_ins`; a terminal becomes the slave of a new pty whose master goes to the console
 /// socket.
+/// Where a moved container's stdio stand-ins are made, and whose they are (None: root's).
+#[derive(Clone, Copy)]
+struct StandIns<'a> {
+    dir: &'a Path,
+    owner: Option<(u32, u32)>,
+}
+
 fn inherit_fds(
     info: &CheckpointInfo,
     console: Option<&ConsoleTarget>,
-    stand_ins: Option<&Path>,
+    stand_ins: Option<StandIns>,
 ) -> Result<Inherited, ContainerError> {
     let mut got = Inherited { pairs: Vec::new(), fds: Vec::new(), console: None };
     for (fd, stdio) in (0..).zip(&info.stdio) {
@@ -194,8 +212,14 @@ fn inherit_fds(
             (Some(Stdio::Inherit(key) | Stdio::File(key, None)), Some(_)) => {
                 got.add(open_inheritable(Path::new("/dev/null"), None)?, key);
             }
-            (Some(Stdio::File(key, Some(size))), Some(dir)) => {
-                got.add(open_inheritable(&dir.join(format!("stdio-{fd}")), Some(*size))?, key);
+            (Some(Stdio::File(key, Some(size))), Some(StandIns { dir, owner })) => {
+                let path = dir.join(format!("stdio-{fd}"));
+                let file = open_inheritable(&path, Some(*size))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                        .map_err(|source| ContainerError::Io { path: path.clone(), source })?;
+                }
+                got.add(file, key);
             }
             (Some(Stdio::Inherit(key) | Stdio::File(key, _)), None) => got.pairs.push((fd, key.clone())),
             (Some(Stdio::Tty(key)), _) if !seen => {
