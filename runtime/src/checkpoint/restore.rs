@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::criu::{self, RestorePlan};
@@ -139,28 +139,34 @@ impl Runtime {
     }
 }
 
-/// The images dir (and work dir) handed to the container's root for the restore. In a new
-/// user namespace CRIU's restored tasks open image files by name in them as that root, whom
-/// the owner-only dirs keep out; each dir's own owner is put back when the restore is over.
+/// The images dir (and work dir) opened to the container's root group for the restore. In a
+/// new user namespace CRIU's restored tasks open image files by name in them, first as host
+/// root with no ids mapped yet (the owner), then as the container's root (its group may
+/// enter, not write); the dir's group and mode are put back when the restore is over.
 struct LentImages {
     dir: PathBuf,
-    owner: (u32, u32),
+    gid: u32,
+    mode: u32,
 }
 
 impl LentImages {
     fn to_root_of(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<Option<LentImages>, ContainerError> {
-        let Some((uid, gid)) = userns_root(spec) else { return Ok(None) };
+        let Some((_, gid)) = userns_root(spec) else { return Ok(None) };
         let io = |source| ContainerError::Io { path: dir.to_path_buf(), source };
         let meta = std::fs::metadata(dir).map_err(io)?;
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io)?;
-        Ok(Some(LentImages { dir: dir.to_path_buf(), owner: (meta.uid(), meta.gid()) }))
+        let lent = LentImages { dir: dir.to_path_buf(), gid: meta.gid(), mode: meta.mode() & 0o7777 };
+        std::os::unix::fs::chown(dir, None, Some(gid)).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(lent.mode | 0o050)).map_err(io)?;
+        Ok(Some(lent))
     }
 }
 
 impl Drop for LentImages {
     fn drop(&mut self) {
-        if let Err(e) = std::os::unix::fs::chown(&self.dir, Some(self.owner.0), Some(self.owner.1)) {
-            log::warn!("{}: owner not put back after the restore: {e}", self.dir.display());
+        let back = std::os::unix::fs::chown(&self.dir, None, Some(self.gid))
+            .and_then(|()| std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(self.mode)));
+        if let Err(e) = back {
+            log::warn!("{}: group and mode not put back after the restore: {e}", self.dir.display());
         }
     }
 }
