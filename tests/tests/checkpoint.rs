@@ -78,6 +78,16 @@ fn a_restored_container_goes_on_from_its_memory_with_its_limits() -> Result<()> 
     let at_dump = count(&b)?;
     std::thread::sleep(Duration::from_millis(300));
     ensure!(count(&b)? == at_dump, "nothing runs between dump and restore");
+    // Its network namespace held only a loopback it cannot change (no CAP_NET_ADMIN): CRIU
+    // did not save it; the restore gives it a new one.
+    let info: Value = serde_json::from_slice(&std::fs::read(dir.join("warren-checkpoint.json"))?)?;
+    ensure!(info["fresh_netns"] == true, "fresh_netns: {}", info["fresh_netns"]);
+    let netns_images: Vec<String> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| ["netdev-", "ifaddr-", "route-", "iptables-"].iter().any(|p| n.starts_with(p)))
+        .collect();
+    ensure!(netns_images.is_empty(), "CRIU saved the network namespace: {netns_images:?}");
 
     let c = restore(&t, &id, &b, &dir)?;
     ensure!(c.status()? == "running", "status after restore");
@@ -91,6 +101,13 @@ fn a_restored_container_goes_on_from_its_memory_with_its_limits() -> Result<()> 
     let out = c.exec(&[], &["sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"])?;
     out.ok()?;
     ensure!(out.stdout.starts_with("moved-box\nsh -c i=0"), "exec in the restored container: {out}");
+    let out = c.exec(&[], &["sh", "-c", "ip -o link; readlink /proc/1/ns/net; readlink /proc/self/ns/net"])?;
+    let lines: Vec<&str> = out.ok()?.stdout.lines().collect();
+    ensure!(
+        lines.len() == 3 && lines[0].contains(": lo: <LOOPBACK,UP,LOWER_UP>") && lines[1] == lines[2],
+        "the restored container's network: {out}"
+    );
+    ensure!(lines[1] != std::fs::read_link("/proc/self/ns/net")?.to_string_lossy(), "not the host's netns");
     drop(c);
     t.assert_no_leftovers();
     Ok(())

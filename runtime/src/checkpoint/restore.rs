@@ -69,6 +69,11 @@ impl Runtime {
         if let Some(path) = super::joined_netns(&bundle.spec) {
             let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io { path: path.clone(), source });
             inherited.add(inheritable(netns?, &path)?, super::criu::EXTERNAL_NETNS);
+        } else if info.fresh_netns {
+            let path = Path::new("(new network namespace)");
+            let netns = crate::sys::new_netns_with_lo_up()
+                .map_err(|source| ContainerError::Io { path: path.to_path_buf(), source })?;
+            inherited.add(inheritable(netns.into(), path)?, super::criu::EXTERNAL_NETNS);
         }
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);

@@ -243,6 +243,19 @@ pub fn set_loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// A new network namespace with its loopback up, made on the calling thread, which goes
+/// back to its own namespace before this returns.
+pub fn new_netns_with_lo_up() -> io::Result<OwnedFd> {
+    let own = std::fs::File::open("/proc/thread-self/ns/net")?;
+    // SAFETY: unshare(2) with a constant flag; it moves only this thread.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNET) } as libc::c_long)?;
+    let made = std::fs::File::open("/proc/thread-self/ns/net").and_then(|ns| set_loopback_up().map(|()| ns));
+    // SAFETY: setns(2) back to the namespace this thread was in, held open above.
+    let back = check(unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } as libc::c_long);
+    back.map_err(|e| io::Error::other(format!("back to the own network namespace: {e}")))?;
+    Ok(made?.into())
+}
+
 /// prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (the container's init
 /// once its intermediate parent exits) are re-parented to us, so we can wait.
 pub fn set_child_subreaper() -> io::Result<()> {
