@@ -251,6 +251,18 @@ fn remove_counter(host: &FakeHost, guard: Container, bundle: &Path) -> Result<()
     assert_host_empty(host)
 }
 
+/// `migrate send` of `id` from A to B's `receive --once`, both succeeding: B's output, and
+/// the guard of the container, which is B's now (A's guard is given up).
+fn move_to_b(pair: &HostPair, id: &str, guard_a: Container) -> Result<(Out, Container)> {
+    let rx = receive(&pair.b, PORT)?;
+    let sent = send(&pair.a, &[], id, &format!("{}:{PORT}", pair.b.addr))?;
+    let got = rx.join().expect("receive thread")?;
+    sent.ok().context("send")?;
+    got.ok().context("receive")?;
+    std::mem::forget(guard_a);
+    Ok((got, pair.b.warren.adopt(id)))
+}
+
 #[test]
 fn a_counting_container_moves_to_the_other_host() -> Result<()> {
     // Only the source has the image: its layers travel too.
@@ -259,19 +271,12 @@ fn a_counting_container_moves_to_the_other_host() -> Result<()> {
     };
     let (id, _, guard_a) = run_counter(&t, &pair.a)?;
 
-    let rx = receive(&pair.b, PORT)?;
-    let target = format!("{}:{PORT}", pair.b.addr);
-    let sent = send(&pair.a, &[], &id, &target)?;
-    let got = rx.join().expect("receive thread")?;
-    sent.ok().context("send")?;
-    got.ok().context("receive")?;
+    let (got, guard_b) = move_to_b(&pair, &id, guard_a)?;
     ensure!(got.stdout.contains(&format!("received {id}")) && got.stdout.contains("1 layers received"), "{got}");
     ensure!(got.stdout.contains("(certificate sha256:"), "B does not name A's certificate: {got}");
     // A host key is never replaced.
     let again = t.warren.cmd(&["migrate", "keygen", "--dir", &tls_dir(&pair.a).to_string_lossy()])?;
     ensure!(again.failed()?.error_line().contains("host.key exists"), "keygen over a key: {again}");
-    std::mem::forget(guard_a);
-    let guard_b = pair.b.warren.adopt(&id);
 
     // On B: the counter goes on from where it was, not from 0.
     let dst = pair.b.bundles.join(&id);
@@ -317,13 +322,7 @@ fn a_bundle_mounted_in_its_container_moves_and_gets_the_targets_paths() -> Resul
     wait_counter_above(&src.join("upper/count"), 10, Duration::from_secs(10))?;
     ensure!(mounts_under(&src).is_empty(), "A mounted the rootfs on the host");
 
-    let rx = receive(&pair.b, PORT)?;
-    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
-    let got = rx.join().expect("receive thread")?;
-    sent.ok().context("send")?;
-    got.ok().context("receive")?;
-    std::mem::forget(guard_a);
-    let guard_b = pair.b.warren.adopt(&id);
+    let (_, guard_b) = move_to_b(&pair, &id, guard_a)?;
 
     let dst = pair.b.bundles.join(&id);
     let cfg: Value = serde_json::from_slice(&std::fs::read(dst.join("config.json"))?)?;
@@ -375,13 +374,7 @@ fn a_container_in_its_own_user_namespace_moves() -> Result<()> {
     let look = "cat /proc/self/uid_map; stat -c %u /bin/sh /count; echo > /dev/null && echo ok";
     let on_a = pair.a.warren.cmd(&["exec", &id, "sh", "-c", look])?.ok()?.stdout.clone();
 
-    let rx = receive(&pair.b, PORT)?;
-    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
-    let got = rx.join().expect("receive thread")?;
-    sent.ok().context("send")?;
-    got.ok().context("receive")?;
-    std::mem::forget(guard_a);
-    let guard_b = pair.b.warren.adopt(&id);
+    let (_, guard_b) = move_to_b(&pair, &id, guard_a)?;
 
     let dst = pair.b.bundles.join(&id);
     let at_arrival = read_counter(&dst.join("upper/count"))?;

@@ -111,10 +111,7 @@ impl Runtime {
             None => crate::sys::bind_self_in_new_mount_ns(&root),
         });
         let _lent = LentImages::to_root_of(plan.images, &bundle.spec)?;
-        let _lent_work = match plan.work == plan.images {
-            true => None,
-            false => LentImages::to_root_of(plan.work, &bundle.spec)?,
-        };
+        let _lent_work = if plan.work == plan.images { None } else { LentImages::to_root_of(plan.work, &bundle.spec)? };
         failpoint("restore.before-criu");
         let ran = criu::run(
             &criu::binary(opts.common.criu.as_deref())?,
@@ -178,14 +175,12 @@ impl Drop for LentImages {
 
 /// The host uid and gid of the root of the container's new user namespace, if it has one.
 fn userns_root(spec: &oci_spec::runtime::Spec) -> Option<(u32, u32)> {
-    let maps = crate::spec::IdMaps::of_spec(spec)?;
-    let root_of = |map: &str| -> Option<u32> {
-        map.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-            ["0", host, _] => host.parse().ok(),
-            _ => None,
-        })
+    crate::spec::IdMaps::of_spec(spec)?;
+    let linux = spec.linux().as_ref()?;
+    let root = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter().flatten().find(|m| m.container_id() == 0).map(|m| m.host_id())
     };
-    Some((root_of(&maps.uid_map)?, root_of(&maps.gid_map)?))
+    Some((root(linux.uid_mappings())?, root(linux.gid_mappings())?))
 }
 
 /// What the restored process gets in place of the checkpoint's stdio.
@@ -198,10 +193,6 @@ struct Inherited {
     console: Option<PathBuf>,
 }
 
-/// What replaces the checkpoint's stdio. Pipes, sockets and outside files become our own fd
-/// of the same number, or for a moved container stand-ins (see [`RestoreOptions::moved`]) made
-/// in `stand_ins`; a terminal becomes the slave of a new pty whose master goes to the console
-/// socket.
 /// Where a moved container's stdio stand-ins are made, and whose they are (None: root's).
 #[derive(Clone, Copy)]
 struct StandIns<'a> {
@@ -209,6 +200,10 @@ struct StandIns<'a> {
     owner: Option<(u32, u32)>,
 }
 
+/// What replaces the checkpoint's stdio. Pipes, sockets and outside files become our own fd
+/// of the same number, or for a moved container stand-ins (see [`RestoreOptions::moved`]) made
+/// in `stand_ins`; a terminal becomes the slave of a new pty whose master goes to the console
+/// socket.
 fn inherit_fds(
     info: &CheckpointInfo,
     console: Option<&ConsoleTarget>,

@@ -87,25 +87,19 @@ pub fn admit(bridge: &str, port: &Port) -> Result<(), TenantError> {
 /// Forgets `port`, and removes the table once it holds no port.
 pub fn withdraw(bridge: &str, port: &Port) -> Result<(), TenantError> {
     let table = table(bridge);
-    if !exists(&table) {
-        return Ok(());
-    }
-    // One transaction; when an element is already gone (a withdraw cut short) it fails
-    // whole, and each is tried alone.
+    // One transaction; when an element is already gone (a withdraw cut short) or the table
+    // is, it fails whole, and each is tried alone.
     if nft("withdraw", &elements(&table, "delete", port)).is_err() {
         for line in elements(&table, "delete", port).lines() {
             let _ = nft("withdraw", line);
         }
     }
-    let ports = run(&["list", "set", "bridge", &table, "ports"], None)?;
+    // No table: nothing was admitted on this bridge, or its last port went already.
+    let Ok(ports) = run(&["list", "set", "bridge", &table, "ports"], None) else { return Ok(()) };
     if !ports.contains("elements") {
         nft("withdraw", &format!("delete table bridge {table}"))?;
     }
     Ok(())
-}
-
-fn exists(table: &str) -> bool {
-    run(&["list", "table", "bridge", table], None).is_ok()
 }
 
 fn nft(what: &str, script: &str) -> Result<(), TenantError> {
