@@ -1103,3 +1103,183 @@ fn a_host_bind_is_refused_by_policy_unless_the_receiver_allows_its_directory() -
     t.assert_no_leftovers();
     Ok(())
 }
+
+/// `tenant --store S --host-config C ARGS` on `host`.
+fn tenant_on(host: &FakeHost, config: &Path, args: &[&str]) -> Result<Out> {
+    let (store, config) = (host.store.to_string_lossy(), config.to_string_lossy());
+    let v = [&["tenant", "--store", &store, "--host-config", &config], args].concat();
+    host.warren.cmd_for(&v, Duration::from_secs(120))
+}
+
+fn tenant_row(host: &FakeHost, config: &Path, name: &str) -> Result<Option<Value>> {
+    let out = tenant_on(host, config, &["list", "--format", "json"])?;
+    let rows: Vec<Value> = serde_json::from_str(&out.ok()?.stdout)?;
+    Ok(rows.into_iter().find(|r| r["name"] == name))
+}
+
+fn wait_tenant_row(host: &FakeHost, config: &Path, name: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = tenant_row(host, config, name)?;
+        if let Some(row) = row.as_ref().filter(|r| ok(r)) {
+            return Ok(row.clone());
+        }
+        ensure!(Instant::now() < end, "{name} on {}: not as expected after 20 s: {row:?}", host.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the tenant's httpd at `ip` serves its /count to the host (from its network
+/// namespace).
+fn serves(host: &FakeHost, ip: &str) -> Result<bool> {
+    let addr: std::net::SocketAddr = format!("{ip}:8080").parse()?;
+    let got = in_netns(host, move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return Ok(String::new()) };
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /count HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    });
+    Ok(got.join().expect("client thread")?.starts_with("HTTP/1.1 200 OK"))
+}
+
+/// A tenant started on `host` with a disk, on the tenant network (the same on both hosts, each
+/// in its own network namespace), serving its files on :8080 and counting on its console and
+/// in /count, past 10: (host.toml, its name, its row in `list`).
+fn start_tenant(t: &Test, host: &FakeHost) -> Result<(PathBuf, String, Value)> {
+    let config = t.dir().join("host.toml");
+    std::fs::write(&config, "[network]\nbridge = \"wtmig0\"\nsubnet = \"10.199.7.0/24\"\n")?;
+    let name = format!("mt{}", std::process::id() % 100_000);
+    let counter = "httpd -p 8080 -h /; i=0; while :; do i=$((i+1)); echo $i >> /log; echo $i > /count.new; mv /count.new /count; echo tick $i; sleep 0.05; done";
+    let create = ["create", &name, "--image", IMAGE, "--plan", "nano", "--disk", "32MiB", "--restart", "always"];
+    tenant_on(host, &config, &[&create[..], &["--", "sh", "-c", counter]].concat())?.ok()?;
+    tenant_on(host, &config, &["start", &name])?.ok()?;
+    let count = host.store.join("tenants").join(&name).join("bundle/upper/count");
+    wait_counter_above(&count, 10, Duration::from_secs(10))?;
+    let row = tenant_row(host, &config, &name)?.context("not listed")?;
+    let ip = row["ip"].as_str().context("no address")?;
+    ensure!(serves(host, ip)?, "{} does not reach its tenant's httpd at {ip}", host.name);
+    Ok((config, name, row))
+}
+
+/// A tenant move from A to B's `receive --once` (with `receive_global` flags): the outputs.
+fn move_tenant(pair: &HostPair, config: &Path, name: &str, receive_global: &[&str]) -> Result<(Out, Out)> {
+    let tls = tls_dir(&pair.a).to_string_lossy().into_owned();
+    let flags = ["--host-config", config.to_str().context("path")?];
+    let rx = receive_with(&pair.b, PORT, receive_global, &flags)?;
+    let target = format!("{}:{PORT}", pair.b.addr);
+    let sent = tenant_on(&pair.a, config, &["migrate", name, &target, "--tls-dir", &tls])?;
+    let got = rx.join().expect("receive thread")?;
+    Ok((sent, got))
+}
+
+/// A tenant moves as a whole: its memory, disk, id range, address and MAC, its console and
+/// its supervision. On the source nothing of it stays: record, disk, port on the bridge.
+#[test]
+fn a_tenant_moves_with_its_disk_address_console_and_supervisor() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_tenant", Image::OnSource)? else {
+        return Ok(());
+    };
+    let (config, name, on_a) = start_tenant(&t, &pair.a)?;
+    let ip = on_a["ip"].as_str().context("no address on A")?.to_string();
+    let upper = |host: &FakeHost| host.store.join("tenants").join(&name).join("bundle/upper");
+    let mac_a =
+        tenant_on(&pair.a, &config, &["exec", &name, "--", "cat", "/sys/class/net/eth0/address"])?.ok()?.stdout.clone();
+
+    let (sent, got) = move_tenant(&pair, &config, &name, &[])?;
+    sent.ok().context("tenant migrate")?;
+    ensure!(sent.stdout.contains(&format!("migrated {name}")), "{sent}");
+    got.ok().context("receive")?;
+
+    // On B: the same tenant, running from its memory under a supervisor of B's.
+    let row = wait_tenant_row(&pair.b, &config, &name, |r| r["state"] == "running" && r["supervised"] == true)?;
+    ensure!(row["ip"] == on_a["ip"] && row["ids"] == on_a["ids"] && row["disk"] == on_a["disk"], "{row}\nwas {on_a}");
+    let count = upper(&pair.b).join("count");
+    let at_arrival = read_counter(&count)?;
+    let later = wait_counter_above(&count, at_arrival + 5, Duration::from_secs(10))?;
+    assert_log_complete(&std::fs::read_to_string(upper(&pair.b).join("log"))?, later)?;
+    ensure!(std::fs::metadata(&count)?.uid() == on_a["ids"].as_u64().context("ids")? as u32, "owner of its files");
+    ensure!(serves(&pair.b, &ip)?, "B does not reach the tenant's httpd at {ip} (its listening socket moved)");
+    let mac_b =
+        tenant_on(&pair.b, &config, &["exec", &name, "--", "cat", "/sys/class/net/eth0/address"])?.ok()?.stdout.clone();
+    ensure!(mac_a == mac_b, "its MAC was {mac_a} on A, is {mac_b} on B");
+    // Its console is relayed by B's supervisor: what it writes now is in B's log.
+    let logs = tenant_on(&pair.b, &config, &["logs", &name])?.ok()?.stdout.clone();
+    ensure!(logs.contains(&format!("tick {later}")), "B's console log lacks tick {later}:\n{logs}");
+    // B's supervisor keeps its restart policy.
+    let pid = row["pid"].as_i64().context("pid")? as i32;
+    // SAFETY: kill(2) of the tenant's init on B.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_tenant_row(&pair.b, &config, &name, |r| r["state"] == "running" && r["pid"] != pid && r["restarts"] == 1)?;
+
+    // On A: nothing of it.
+    ensure!(tenant_row(&pair.a, &config, &name)?.is_none(), "A still lists it");
+    ensure!(!pair.a.store.join("tenants").join(&name).exists(), "A keeps its dir");
+    ensure!(!serves(&pair.a, &ip)?, "A still reaches {ip}");
+    assert_host_empty(&pair.a)?;
+
+    tenant_on(&pair.b, &config, &["destroy", &name])?.ok()?;
+    assert_host_empty(&pair.b)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// Whether `host` lists tenant `name` running under its supervisor, reachable on its
+/// address, counting on.
+fn assert_tenant_runs_on(host: &FakeHost, config: &Path, name: &str, ip: &str) -> Result<()> {
+    wait_tenant_row(host, config, name, |r| r["state"] == "running" && r["supervised"] == true)?;
+    ensure!(serves(host, ip)?, "{} does not reach the tenant at {ip} after the failed move", host.name);
+    let count = host.store.join("tenants").join(name).join("bundle/upper/count");
+    let now = read_counter(&count)?;
+    wait_counter_above(&count, now + 5, Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// A move the target refuses (its id range is another tenant's there) and one whose restore
+/// fails there both leave the tenant running on the source, back on its network, and nothing
+/// of it on the target: no record, disk, bundle or address.
+#[test]
+fn a_failed_tenant_move_leaves_it_running_on_the_source_on_its_network() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_tenant_fail", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let (config, name, on_a) = start_tenant(&t, &pair.a)?;
+    let ip = on_a["ip"].as_str().context("no address on A")?.to_string();
+    // B's first tenant has the first range of the pool, as A's has.
+    let other = format!("{name}x");
+    tenant_on(&pair.b, &config, &["create", &other, "--image", IMAGE, "--plan", "nano", "--network", "none"])?.ok()?;
+
+    let (sent, got) = move_tenant(&pair, &config, &name, &[])?;
+    let err = sent.failed()?.error_line().to_string();
+    ensure!(err.contains(&format!("refused the container: tenant {name}: its id range")), "{err}");
+    ensure!(err.contains(&format!("is tenant {other}'s here")), "{err}");
+    ensure!(got.failed()?.error_line().contains("refused"), "receive: {got}");
+    assert_tenant_runs_on(&pair.a, &config, &name, &ip)?;
+    ensure!(tenant_row(&pair.b, &config, &name)?.is_none(), "B lists the refused tenant");
+
+    tenant_on(&pair.b, &config, &["destroy", &other])?.ok()?;
+    let fake = t.dir().join("failing-criu");
+    std::fs::write(&fake, FAILING_CRIU)?;
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let (sent, got) = move_tenant(&pair, &config, &name, &["--criu", &fake.to_string_lossy()])?;
+    let err = sent.failed()?.error_line().to_string();
+    ensure!(err.contains("injected restore failure") && err.contains("running here again"), "send: {err}");
+    ensure!(got.failed()?.error_line().contains("injected restore failure"), "receive: {got}");
+    assert_tenant_runs_on(&pair.a, &config, &name, &ip)?;
+    // B: its claim, disk and bundle undone; only the failed restore's log is kept.
+    ensure!(tenant_row(&pair.b, &config, &name)?.is_none(), "B lists the tenant whose restore failed");
+    let tenants_b = pair.b.store.join("tenants");
+    let left: Vec<_> = std::fs::read_dir(&tenants_b)?.flatten().map(|e| e.file_name()).collect();
+    ensure!(left.iter().all(|n| n.to_string_lossy().starts_with('.')), "B's tenants dir keeps {left:?}");
+    ensure!(mounts_under(&tenants_b).is_empty(), "B keeps mounts: {:?}", mounts_under(&tenants_b));
+    std::fs::remove_file(pair.b.work.join(format!("{name}.restore.log")))?;
+    assert_host_empty(&pair.b)?;
+
+    tenant_on(&pair.a, &config, &["destroy", &name])?.ok()?;
+    assert_host_empty(&pair.a)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}

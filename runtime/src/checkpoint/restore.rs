@@ -63,9 +63,8 @@ impl Runtime {
         crate::rootfs::create_mount_targets(&bundle.rootfs, &bundle.dir, &bundle.spec)?;
         // Kept open until criu has run: the fds it inherits.
         let stand_in_dir = opts.moved.then(|| self.dir(&opts.id));
-        // CRIU reopens a stand-in as the container's root (through /proc/self/fd).
-        let stand_ins = stand_in_dir.as_deref().map(|d| StandIns { dir: d, owner: userns_root(&bundle.spec) });
-        let mut inherited = inherit_fds(&info, opts.console.as_ref(), stand_ins)?;
+        let mut inherited =
+            inherit_fds(&info, opts.console.as_ref(), stand_in_dir.as_deref(), userns_root(&bundle.spec))?;
         if let Some(path) = super::joined_netns(&bundle.spec) {
             let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io { path: path.clone(), source });
             inherited.add(inheritable(netns?, &path)?, super::criu::EXTERNAL_NETNS);
@@ -193,22 +192,22 @@ struct Inherited {
     console: Option<PathBuf>,
 }
 
-/// Where a moved container's stdio stand-ins are made, and whose they are (None: root's).
-#[derive(Clone, Copy)]
-struct StandIns<'a> {
-    dir: &'a Path,
-    owner: Option<(u32, u32)>,
-}
-
 /// What replaces the checkpoint's stdio. Pipes, sockets and outside files become our own fd
 /// of the same number, or for a moved container stand-ins (see [`RestoreOptions::moved`]) made
 /// in `stand_ins`; a terminal becomes the slave of a new pty whose master goes to the console
-/// socket.
+/// socket. CRIU reopens a stand-in, and sets a terminal's owner, as the container's root:
+/// with a user namespace both are given to `owner`, its root's host ids, first.
 fn inherit_fds(
     info: &CheckpointInfo,
     console: Option<&ConsoleTarget>,
-    stand_ins: Option<StandIns>,
+    stand_ins: Option<&Path>,
+    owner: Option<(u32, u32)>,
 ) -> Result<Inherited, ContainerError> {
+    let give = |fd: &OwnedFd, path: &Path| match owner {
+        Some((uid, gid)) => std::os::unix::fs::fchown(fd, Some(uid), Some(gid))
+            .map_err(|source| ContainerError::Io { path: path.to_path_buf(), source }),
+        None => Ok(()),
+    };
     let mut got = Inherited { pairs: Vec::new(), fds: Vec::new(), console: None };
     for (fd, stdio) in (0..).zip(&info.stdio) {
         let seen = got.pairs.iter().any(|(_, k)| Some(k) == stdio.as_ref().map(Stdio::key));
@@ -218,19 +217,17 @@ fn inherit_fds(
             (Some(Stdio::Inherit(key) | Stdio::File(key, None)), Some(_)) => {
                 got.add(open_inheritable(Path::new("/dev/null"), None)?, key);
             }
-            (Some(Stdio::File(key, Some(size))), Some(StandIns { dir, owner })) => {
+            (Some(Stdio::File(key, Some(size))), Some(dir)) => {
                 let path = dir.join(format!("stdio-{fd}"));
                 let file = open_inheritable(&path, Some(*size))?;
-                if let Some((uid, gid)) = owner {
-                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                        .map_err(|source| ContainerError::Io { path: path.clone(), source })?;
-                }
+                give(&file, &path)?;
                 got.add(file, key);
             }
             (Some(Stdio::Inherit(key) | Stdio::File(key, _)), None) => got.pairs.push((fd, key.clone())),
             (Some(Stdio::Tty(key)), _) if !seen => {
                 let socket = connect_console(console)?.ok_or(ContainerError::NoConsoleSocket { id: String::new() })?;
                 let (slave, path) = crate::console::create(socket.as_raw_fd(), None)?;
+                give(&slave, &path)?;
                 got.console = Some(path);
                 crate::sys::clear_cloexec(slave.as_raw_fd())
                     .map_err(|source| ContainerError::Io { path: "console".into(), source })?;

@@ -44,6 +44,8 @@ pub enum MigrateError {
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]
+    Tenant(Box<crate::tenant::TenantError>),
+    #[error(transparent)]
     Store(#[from] warren_images::store::StoreError),
     #[error(transparent)]
     Bundle(#[from] warren_images::bundle::BundleError),

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use super::{io_err, MigrateError};
 use crate::checkpoint::{CheckpointError, CriuCommon, RestoreOptions};
 use crate::container::{ConsoleTarget, ContainerError, Runtime};
 use crate::failpoint::failpoint;
+use crate::tenant::{Tenant, Tenants};
 
 /// The target's end of the stream: over TLS from a pinned source.
 type TargetEnd = super::wire::TargetEnd<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>;
@@ -33,8 +35,12 @@ pub struct ReceiveOptions {
     pub bundles: PathBuf,
     /// Where parts are spooled until restored (see [`super::default_work_dir`]).
     pub work: PathBuf,
-    /// For a container with a terminal: the unix socket its new pty master goes to.
+    /// For a container with a terminal: the unix socket its new pty master goes to (a
+    /// tenant's goes to its new supervisor, through [`ReceiveReport::console`]).
     pub console_socket: Option<PathBuf>,
+    /// The tenant network and id pool a moving tenant gets here (host.toml).
+    pub tenant_network: warren_config::TenantNetwork,
+    pub id_pool: warren_config::IdPool,
     pub criu: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -47,6 +53,10 @@ pub struct ReceiveReport {
     pub from: String,
     pub layers_received: usize,
     pub restore: Duration,
+    /// It is a tenant's (`tenant migrate`), now wanted running here: it needs a supervisor.
+    pub tenant: bool,
+    /// A tenant's pty master, for its supervisor.
+    pub console: Option<OwnedFd>,
 }
 
 /// Binds the listening socket (a port of 0 picks one; `local_addr` tells it).
@@ -100,12 +110,20 @@ impl Runtime {
         let mut end = TargetEnd::new(stream, from)?;
         let hello = end.read_hello()?;
         let store = Store::open(&opts.store)?;
-        let bundle_dir = opts.bundles.join(&hello.id);
+        let tenants = hello.tenant.as_ref().map(|_| Tenants::open(&store)).transpose().map_err(tenant_err)?;
+        let bundle_dir = match &tenants {
+            Some(tenants) => tenants.bundle(&hello.id),
+            None => opts.bundles.join(&hello.id),
+        };
         let work_lock = spool::lock_work(&opts.work)?;
         self.reap_locked(&opts.work, &store)?;
-        let admitted = self
-            .admit(&hello, &store, &bundle_dir)
-            .and_then(|(missing, lease)| Ok((missing, lease, Spool::create(&opts.work, &hello.id)?)));
+        let admitted = self.admit(&hello, &store, &bundle_dir).and_then(|(missing, lease)| {
+            let mut spool = Spool::create(&opts.work, &hello.id)?;
+            if let (Some(t), Some(tenants)) = (&hello.tenant, &tenants) {
+                claim_tenant(tenants, t, &mut spool, opts)?;
+            }
+            Ok((missing, lease, spool))
+        });
         drop(work_lock);
         let (missing, lease, spool) = match admitted {
             Ok(admitted) => admitted,
@@ -123,7 +141,7 @@ impl Runtime {
         failpoint("migrate-receive.accepted");
         let result = self.take_container(&mut end, &hello, &missing, &mut made, &bundle_dir, opts);
         match result {
-            Ok((pid, restore, layers)) => {
+            Ok(Taken { pid, restore, layers, console }) => {
                 // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
                 made.spool.record.reported = true;
                 made.spool.save()?;
@@ -139,16 +157,24 @@ impl Runtime {
                     return Err(MigrateError::Unconfirmed { id: hello.id, cause: Box::new(e) });
                 }
                 failpoint("migrate-receive.committed");
-                if let Err(e) = self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true) {
+                let wanted = match &tenants {
+                    Some(tenants) => tenants.moved_in(&hello.id).map_err(tenant_err),
+                    None => Ok(()),
+                };
+                let cont =
+                    |()| self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true).map_err(MigrateError::from);
+                if let Err(e) = wanted.and_then(cont) {
                     let _ = end.confirm(&Resumed::Stopped { reason: e.to_string() });
-                    return Err(e.into());
+                    return Err(e);
                 }
                 failpoint("migrate-receive.resumed");
                 // It runs here whether or not the source hears so (it then says where to look).
                 if let Err(e) = end.confirm(&Resumed::Running) {
                     log::warn!("migrate receive {}: telling the source that it runs: {e}", hello.id);
                 }
-                Ok(ReceiveReport { id: hello.id, pid, from: end.peer().into(), layers_received: layers, restore })
+                let tenant = tenants.is_some();
+                let from = end.peer().into();
+                Ok(ReceiveReport { id: hello.id, pid, from, layers_received: layers, restore, tenant, console })
             }
             Err(e) => {
                 let _ = end.report(&Outcome::Failed { reason: e.to_string() });
@@ -183,7 +209,7 @@ impl Runtime {
         }
     }
 
-    /// Parts, bundle, restore: (init pid, restore time, layers received).
+    /// Parts, bundle, restore (and a tenant's network).
     fn take_container(
         &self,
         end: &mut TargetEnd,
@@ -192,8 +218,12 @@ impl Runtime {
         made: &mut Made<'_>,
         bundle_dir: &Path,
         opts: &ReceiveOptions,
-    ) -> Result<(i32, Duration, usize), MigrateError> {
+    ) -> Result<Taken, MigrateError> {
         let got = receive_parts(end, hello, missing, made, &opts.policy)?;
+        let tenant = match &hello.tenant {
+            Some(t) => Some((Tenants::open(made.store).map_err(tenant_err)?, t)),
+            None => None,
+        };
         failpoint("migrate-receive.parts-received");
         let config = got.config.ok_or(MigrateError::MissingPart { part: Part::Config })?;
         let config = bundle_config(&config)?;
@@ -211,8 +241,15 @@ impl Runtime {
                 }
                 made.spool.record.bundle = Some((bundle_dir.to_path_buf(), true));
                 made.spool.save()?;
+                if let Some((tenants, t)) = &tenant {
+                    tenants.moved_bundle_dir(t).map_err(tenant_err)?;
+                }
                 warren_images::bundle::receive(made.store, bundle_dir, &image.name, &config, tar)?;
+                if let Some((tenants, t)) = &tenant {
+                    tenants.finish_moved_bundle(t).map_err(tenant_err)?;
+                }
             }
+            RootfsOffer::Plain if tenant.is_some() => return Err(MigrateError::UnwantedPart { part: Part::Rootfs }),
             RootfsOffer::Plain => {
                 made.spool.record.bundle = Some((bundle_dir.to_path_buf(), false));
                 made.spool.save()?;
@@ -220,12 +257,22 @@ impl Runtime {
             }
         }
         let _ = std::fs::remove_file(&rootfs_tar);
+        // A tenant's new pty master comes back over a socketpair, for its supervisor.
+        let pair = match &tenant {
+            Some(_) => Some(std::os::unix::net::UnixStream::pair().map_err(io_err(Path::new("socketpair")))?),
+            None => None,
+        };
+        let (ours, theirs) = pair.map(|(a, b)| (a, OwnedFd::from(b))).unzip();
+        let console = match theirs {
+            Some(fd) => Some(ConsoleTarget::Fd(fd)),
+            None => opts.console_socket.clone().map(ConsoleTarget::Socket),
+        };
         let restore = RestoreOptions {
             id: hello.id.clone(),
             image_path: made.staging().join("criu"),
             work_path: Some(made.staging().to_path_buf()),
             pid_file: None,
-            console: opts.console_socket.clone().map(ConsoleTarget::Socket),
+            console,
             no_pivot: false,
             moved: true,
             leave_stopped: true,
@@ -242,9 +289,40 @@ impl Runtime {
         made.spool.record.container = Some(hello.id.clone());
         made.spool.save()?;
         let restored = self.restore(&restore, bundle).map_err(|e| keep_restore_log(e, &opts.work, &hello.id))?;
+        drop(restore);
+        let console = match ours.filter(|_| restored.terminal) {
+            Some(ours) => Some(crate::console::receive_master(ours.as_raw_fd()).map_err(ContainerError::from)?),
+            None => None,
+        };
+        if let Some((tenants, _)) = &tenant {
+            tenants.attach_moved(&hello.id, restored.pid).map_err(tenant_err)?;
+        }
         failpoint("migrate-receive.restored");
-        Ok((restored.pid, t.elapsed(), got.layers))
+        Ok(Taken { pid: restored.pid, restore: t.elapsed(), layers: got.layers, console })
     }
+}
+
+/// What `take_container` brought: the restored init, the restore's time, the layers received,
+/// a tenant's pty master.
+struct Taken {
+    pid: i32,
+    restore: Duration,
+    layers: usize,
+    console: Option<OwnedFd>,
+}
+
+fn tenant_err(e: crate::tenant::TenantError) -> MigrateError {
+    MigrateError::Tenant(Box::new(e))
+}
+
+/// Claims the moving tenant's record here (see `Tenants::claim_moved`), then lists it in the
+/// spool's record: a receiver that dies in between leaves a stopped tenant, never removes
+/// another's.
+fn claim_tenant(tenants: &Tenants, t: &Tenant, spool: &mut Spool, opts: &ReceiveOptions) -> Result<(), MigrateError> {
+    let refuse = |e: crate::tenant::TenantError| MigrateError::Refused { reason: e.to_string() };
+    tenants.claim_moved(t, &opts.tenant_network, opts.id_pool).map_err(refuse)?;
+    spool.record.tenant = Some(t.name.clone());
+    spool.save()
 }
 
 /// A failed restore's criu log lives in the staging dir, which goes with the failure: it is
@@ -301,7 +379,7 @@ fn receive_parts(
                 let mut buf = Vec::new();
                 end.receive_part(&part, &mut buf)?;
                 if part == Part::Config {
-                    if let Err(refused) = check_config(&buf, policy) {
+                    if let Err(refused) = check_config(&buf, policy, hello.tenant.as_ref()) {
                         // The source hears the refusal as the outcome once it has sent all.
                         let _ = end.drain();
                         return Err(refused);
@@ -327,8 +405,17 @@ fn receive_parts(
 }
 
 /// The received config.json against this host's policy, before anything is made from it.
-fn check_config(bytes: &[u8], policy: &Policy) -> Result<(), MigrateError> {
+/// A tenant's must map the id range its record claims, and may have the capabilities a
+/// tenant made here has (held over its own user namespace only).
+fn check_config(bytes: &[u8], policy: &Policy, tenant: Option<&Tenant>) -> Result<(), MigrateError> {
     let spec = crate::spec::parse(bytes, Path::new("config.json")).map_err(ContainerError::from)?;
+    let Some(t) = tenant else { return Ok(policy.check(&spec)?) };
+    if !crate::tenant::moved::config_matches(t, &spec) {
+        let reason = format!("tenant {}: its config does not map its id range {}", t.name, t.ids);
+        return Err(MigrateError::Refused { reason });
+    }
+    let mut policy = policy.clone();
+    policy.allow_cap.extend(crate::tenant::TENANT_CAPS.iter().map(|c| c.to_string()));
     Ok(policy.check(&spec)?)
 }
 

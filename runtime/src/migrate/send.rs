@@ -31,6 +31,8 @@ pub struct SendOptions {
     pub work: PathBuf,
     pub criu: CriuCommon,
     pub timeout: Duration,
+    /// The tenant whose container this is, its record as it should be on the target.
+    pub tenant: Option<crate::tenant::Tenant>,
     /// Told the part bytes sent so far (content, on the wire) after each part of the dump.
     pub progress: Option<Box<dyn Fn(u64, u64)>>,
 }
@@ -75,6 +77,7 @@ impl Runtime {
                 ext_unix_sk: opts.criu.ext_unix_sk,
                 file_locks: opts.criu.file_locks,
             },
+            tenant: opts.tenant.clone(),
         };
         end.send_hello(&hello).map_err(|e| tls_refusal(&opts.tls, e))?;
         let missing = match end.wait_for_answer().map_err(|e| tls_refusal(&opts.tls, e))? {

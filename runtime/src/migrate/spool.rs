@@ -30,12 +30,15 @@ pub(super) struct Record {
     pub image_added: Option<String>,
     /// The container, from the moment its restore began.
     pub container: Option<String>,
+    /// The tenant claimed here for the container (its record, disk and network).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// The restore was (about to be) reported to the source.
     pub reported: bool,
 }
 
 impl Record {
-    /// Removes what it lists: the container, the bundle, the image record. `lease` (the
+    /// Removes what it lists: the container, the bundle, the tenant, the image record. `lease` (the
     /// layers a receive brought) goes after the bundle and before the image record: layers go
     /// with whichever of them was the last to hold them.
     pub fn undo(&self, rt: &Runtime, store: &Store, lease: Option<Receiving<'_>>) {
@@ -51,6 +54,12 @@ impl Record {
         };
         if let Err(e) = removed {
             log::warn!("migrate receive: removing its bundle: {e}");
+        }
+        if let Some(name) = &self.tenant {
+            let dropped = crate::tenant::Tenants::open(store).and_then(|t| t.drop_moved(name));
+            if let Err(e) = dropped {
+                log::warn!("migrate receive: removing tenant {name}: {e}");
+            }
         }
         drop(lease);
         if let Some(name) = &self.image_added {

@@ -80,6 +80,10 @@ pub struct Hello {
     pub id: String,
     pub rootfs: RootfsOffer,
     pub criu: CriuFlags,
+    /// A tenant's record when the container is a tenant's (`tenant migrate`): the target
+    /// makes it a tenant there, under a supervisor.
+    #[serde(default)]
+    pub tenant: Option<crate::tenant::Tenant>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

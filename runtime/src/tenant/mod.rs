@@ -14,6 +14,7 @@ pub mod console;
 pub mod disk;
 pub mod guard;
 pub mod ids;
+pub mod moved;
 pub mod net;
 pub mod supervise;
 
@@ -72,6 +73,16 @@ pub enum TenantError {
     Seccomp { path: PathBuf, message: String },
     #[error("tenant {name}: {message}")]
     Supervisor { name: String, message: String },
+    #[error("tenant {name}: is not running under its supervisor")]
+    NotRunning { name: String },
+    #[error(
+        "tenant {name}: its id range {ids} is not one of this host's pool ({ranges} ranges of 65536 from {first_id}: host.toml tenants.ranges)"
+    )]
+    RangeOutsidePool { name: String, ids: u32, first_id: u32, ranges: u32 },
+    #[error("tenant {name}: its id range {ids} is tenant {by}'s here")]
+    RangeTaken { name: String, ids: u32, by: String },
+    #[error(transparent)]
+    Migrate(Box<crate::migrate::MigrateError>),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {source}")]
@@ -500,15 +511,7 @@ impl Tenants {
             volumes: Volumes::Tmpfs,
         };
         if let Some(size) = new.disk {
-            let (b, image) = (self.bundle(&new.name), self.disk_image(&new.name));
-            std::fs::DirBuilder::new().mode(0o700).create(&b).map_err(io_err(&b))?;
-            disk::make(&image, size)?;
-            disk::mount_on(&image, &b)?;
-            // The bundle takes an empty directory.
-            let lost = b.join("lost+found");
-            std::fs::remove_dir(&lost).map_err(io_err(&lost))?;
-            // Its root dir covers the 0700 bundle dir: private as that was.
-            std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&b))?;
+            self.make_disk(&new.name, size)?;
         }
         let dir = bundle::create(store, &self.bundle(&new.name), base, &opts)?;
         let upper = dir.join("upper");
@@ -518,6 +521,19 @@ impl Tenants {
             self.throttle_disk(&new.name)?;
         }
         Ok(tenant)
+    }
+
+    /// Makes the tenant's disk of `size` bytes and mounts it on its (new, empty) bundle dir.
+    fn make_disk(&self, name: &str, size: u64) -> Result<(), TenantError> {
+        let (b, image) = (self.bundle(name), self.disk_image(name));
+        std::fs::DirBuilder::new().mode(0o700).create(&b).map_err(io_err(&b))?;
+        disk::make(&image, size)?;
+        disk::mount_on(&image, &b)?;
+        // The bundle takes an empty directory.
+        let lost = b.join("lost+found");
+        std::fs::remove_dir(&lost).map_err(io_err(&lost))?;
+        // Its root dir covers the 0700 bundle dir: private as that was.
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&b))
     }
 
     /// The bundle's config made a tenant's: its own user namespace on its range, the lower
@@ -555,7 +571,6 @@ impl Tenants {
         self.stop(rt, name, timeout)?;
         supervise::release_network(self, name, "")?;
         let _lock = self.lock()?;
-        let masquerade = self.masquerade_of(name);
         let b = self.bundle(name);
         if b.exists() {
             match bundle::remove(store, &b) {
@@ -563,6 +578,14 @@ impl Tenants {
                 r => r?,
             }
         }
+        self.remove_files(name)
+    }
+
+    /// Unmounts its disk and removes its dir, the record last; under the registry lock, its
+    /// container and bundle gone.
+    fn remove_files(&self, name: &str) -> Result<(), TenantError> {
+        let masquerade = self.masquerade_of(name);
+        let b = self.bundle(name);
         disk::unmount(&b)?;
         let dir = self.dir(name);
         for entry in [

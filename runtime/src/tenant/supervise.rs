@@ -76,10 +76,13 @@ fn write_status(tenants: &Tenants, name: &str, s: &SupervisorStatus) -> Result<(
 /// Runs the supervisor of `name` until the tenant should stop. `ready` is told once: Ok when
 /// the container first runs, or the error that kept it from starting (the supervisor then
 /// ends). The caller has pointed fd 1 at the tenant's log: the console's output goes there.
+/// `console` is the pty master of a running container it adopts, when the caller holds it
+/// (a tenant that moved here: its restore made a new pty).
 pub fn supervise(
     tenants: &Tenants,
     rt: &Runtime,
     name: &str,
+    console: Option<OwnedFd>,
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<(), TenantError> {
     let lock = Flock::lock(lock_file(tenants, name)?, FlockArg::LockExclusiveNonblock)
@@ -88,6 +91,9 @@ pub fn supervise(
     crate::sys::set_child_subreaper().map_err(super::io_err(Path::new("PR_SET_CHILD_SUBREAPER")))?;
     let log = std::io::stdout().as_fd().try_clone_to_owned().map_err(super::io_err(Path::new("(stdout)")))?;
     let mut relay = Relay::open(&tenants.console_socket(name), log)?;
+    if console.is_some() {
+        relay.set_master(console);
+    }
     let mut ready = Some(ready);
     let mut status = SupervisorStatus { restarts: read_status(tenants, name).restarts, ..Default::default() };
     let mut backoff = FIRST_BACKOFF;
@@ -268,15 +274,25 @@ fn attach_network(tenants: &Tenants, name: &str, run: &mut Run, adopted: bool) -
     }
     let ns = format!("/proc/{}/ns/net", run.pid);
     run.netns = Some(File::open(&ns).map_err(super::io_err(Path::new(&ns)))?.into());
-    let added = tenants.network_added(name);
-    if adopted && added.exists() {
+    if adopted && tenants.network_added(name).exists() {
         return Ok(());
     }
     release_network(tenants, name, "")?;
+    add_network(tenants, name, &run.netns_path())
+}
+
+/// CNI ADD of a networked tenant's container, whose network namespace is at `netns`, with
+/// its address and MAC once it has them; its port admitted to the guard and the result
+/// recorded for the DEL. All or nothing.
+pub fn add_network(tenants: &Tenants, name: &str, netns: &str) -> Result<(), TenantError> {
+    let list_path = tenants.network_list(name);
+    if !list_path.exists() {
+        return Ok(());
+    }
+    let added = tenants.network_added(name);
     let list = read_json(&list_path)?;
     let t = tenants.get(name)?;
-    let netns = run.netns_path();
-    let call = Call { list: &list, id: name, netns: &netns, ip: t.ip, mac: t.mac.as_deref(), publish: &t.publish };
+    let call = Call { list: &list, id: name, netns, ip: t.ip, mac: t.mac.as_deref(), publish: &t.publish };
     let result = call.add()?;
     let ready = match super::net::masquerade_of(&list) {
         Some(subnet) => super::net::ensure_masquerade(subnet),

@@ -36,7 +36,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plan(a) => crate::plan_cmd::run(&a),
         Command::Image(a) => crate::image_cmd::image(a),
         Command::Bundle(a) => crate::image_cmd::bundle(a),
-        Command::Tenant(a) => crate::tenant_cmd::tenant(&cli.root, a),
+        Command::Tenant(a) => crate::tenant_cmd::tenant(&cli.root, a, criu.as_deref()),
         Command::Completion { shell } => crate::docs_cmd::completion(shell),
         Command::Man { dir } => crate::docs_cmd::man(&dir),
         Command::Update(a) => update(&rt, &a),

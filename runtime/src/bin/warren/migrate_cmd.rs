@@ -59,7 +59,7 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    fn load(&self) -> Result<Tls> {
+    pub(crate) fn load(&self) -> Result<Tls> {
         Ok(Tls::load(&self.tls_dir, &self.peers)?)
     }
 }
@@ -113,6 +113,10 @@ pub struct ReceiveArgs {
     /// Take one migration, then exit with its status
     #[arg(long)]
     pub once: bool,
+    /// Host defaults file: the tenant network and id pool of moving tenants
+    /// [env: WARREN_HOST_CONFIG; default: /etc/warren/host.toml if it exists, else built in]
+    #[arg(long = "host-config")]
+    pub host_config: Option<PathBuf>,
 }
 
 pub fn migrate(rt: &Runtime, root: &Path, cmd: &MigrateCmd, criu: Option<&Path>) -> Result<i32> {
@@ -121,7 +125,7 @@ pub fn migrate(rt: &Runtime, root: &Path, cmd: &MigrateCmd, criu: Option<&Path>)
     match &cmd.command {
         MigrateCommand::Keygen(a) => keygen(a),
         MigrateCommand::Send(a) => send(rt, cmd, a, work, timeout, criu),
-        MigrateCommand::Receive(a) => receive(rt, cmd, a, work, timeout, criu),
+        MigrateCommand::Receive(a) => receive(rt, root, cmd, a, work, timeout, criu),
     }
 }
 
@@ -152,17 +156,24 @@ fn send(
             ..Default::default()
         },
         timeout,
+        tenant: None,
         progress: std::io::stderr().is_terminal().then(progress_line),
     };
+    let shows_progress = opts.progress.is_some();
     let r = rt.migrate_send(&a.id, &opts);
-    if opts.progress.is_some() {
+    if shows_progress {
         eprintln!();
     }
-    let r = r?;
+    print_report(&a.id, &a.target, a.format, &r?);
+    Ok(0)
+}
+
+/// A finished move's figures, as text or one JSON object.
+pub(crate) fn print_report(id: &str, target: &str, format: OutputFormat, r: &migrate::SendReport) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    if a.format == OutputFormat::Json {
+    if format == OutputFormat::Json {
         let json = serde_json::json!({
-            "id": a.id, "target": a.target, "target_pid": r.target_pid,
+            "id": id, "target": target, "target_pid": r.target_pid,
             "frozen_ms": ms(r.frozen), "dump_ms": ms(r.dump), "restore_ms": ms(r.restore), "total_ms": ms(r.total),
             "bytes": r.bytes, "wire_bytes": r.wire_bytes,
         });
@@ -171,8 +182,8 @@ fn send(
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
             "migrated {} to {}: frozen {:.0} ms (dump {:.0} ms, restore {:.0} ms), total {:.0} ms, {:.1} MiB sent as {:.1} MiB",
-            a.id,
-            a.target,
+            id,
+            target,
             ms(r.frozen),
             ms(r.dump),
             ms(r.restore),
@@ -181,11 +192,10 @@ fn send(
             mib(r.wire_bytes)
         );
     }
-    Ok(0)
 }
 
 /// Bytes sent and their rate, on one stderr line that each call rewrites.
-fn progress_line() -> Box<dyn Fn(u64, u64)> {
+pub(crate) fn progress_line() -> Box<dyn Fn(u64, u64)> {
     let start = std::time::Instant::now();
     Box::new(move |bytes, wire| {
         let secs = start.elapsed().as_secs_f64().max(1e-3);
@@ -196,6 +206,7 @@ fn progress_line() -> Box<dyn Fn(u64, u64)> {
 
 fn receive(
     rt: &Runtime,
+    root: &Path,
     cmd: &MigrateCmd,
     a: &ReceiveArgs,
     work: PathBuf,
@@ -216,6 +227,7 @@ fn receive(
         allow_device: a.allow_device.clone(),
         allow_ns_path: a.allow_ns_path.clone(),
     };
+    let host = warren_config::HostConfig::discover(a.host_config.as_deref())?;
     let opts = ReceiveOptions {
         tls,
         policy,
@@ -225,6 +237,8 @@ fn receive(
         console_socket: a.console_socket.clone(),
         criu: criu.map(Path::to_path_buf),
         timeout,
+        tenant_network: host.network().clone(),
+        id_pool: host.id_pool(),
     };
     for conn in listener.incoming() {
         let result = conn.map_err(anyhow::Error::from).and_then(|s| Ok(rt.migrate_receive(s, &opts)?));
@@ -239,6 +253,9 @@ fn receive(
                     r.restore.as_millis()
                 );
                 std::io::stdout().flush()?;
+                if r.tenant {
+                    supervise_moved(root, &cmd.store, &r.id, r.console)?;
+                }
             }
             Err(e) if a.once => return Err(e),
             Err(e) => eprintln!("warren migrate receive: {}", crate::one_line(&e)),
@@ -246,6 +263,18 @@ fn receive(
         if a.once {
             break;
         }
+        crate::tenant_cmd::reap_supervisors();
     }
     Ok(0)
+}
+
+/// Gives a tenant that moved here a supervisor, which adopts its running container and
+/// serves its console. Without one it runs unsupervised until `tenant start` gives it one.
+fn supervise_moved(root: &Path, store: &Path, name: &str, console: Option<std::os::fd::OwnedFd>) -> Result<()> {
+    let tenants = warren::tenant::Tenants::open(&warren_images::store::Store::open(store)?)?;
+    let spawned = crate::tenant_cmd::spawn_supervisor(&tenants, root, store, name, console);
+    if let Err(e) = &spawned {
+        eprintln!("warren migrate receive: tenant {name} runs without a supervisor: {}", crate::one_line(e));
+    }
+    Ok(())
 }

@@ -20,6 +20,8 @@ use warren_images::store::{Store, DEFAULT_STORE};
 
 /// The fd on which a supervisor tells `start` whether its tenant runs.
 const READY_FD_ENV: &str = "WARREN_TENANT_READY_FD";
+/// The pty master of a running tenant a new supervisor adopts (one that moved here).
+const CONSOLE_FD_ENV: &str = "WARREN_TENANT_CONSOLE_FD";
 
 #[derive(Args, Debug)]
 pub struct TenantCmd {
@@ -111,9 +113,32 @@ pub enum TenantCommand {
     },
     /// Start every tenant that should run and has no supervisor (after a reboot)
     Boot,
+    /// Move a running tenant to the host whose `migrate receive` listens at TARGET
+    Migrate(MigrateArgs),
     /// The supervisor of one tenant (run by `start`)
     #[command(hide = true)]
     Supervise { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    pub name: String,
+    /// HOST:PORT of the target's `warren migrate receive`
+    pub target: String,
+    #[command(flatten)]
+    pub tls: crate::migrate_cmd::TlsArgs,
+    /// Where the dump is kept while it travels (default: beside --root, e.g. /run/warren-migrate)
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Seconds either end waits for the other before it gives up
+    #[arg(long, default_value_t = warren::migrate::DEFAULT_TIMEOUT.as_secs())]
+    pub timeout: u64,
+    /// Keep established TCP connections across the move
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Print the figures as text or as one JSON object
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: crate::cli::OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -174,7 +199,7 @@ pub struct CreateArgs {
     pub args: Vec<String>,
 }
 
-pub fn tenant(root: &Path, cmd: TenantCmd) -> Result<i32> {
+pub fn tenant(root: &Path, cmd: TenantCmd, criu: Option<&Path>) -> Result<i32> {
     let store = Store::open(&cmd.store)?;
     let tenants = Tenants::open(&store)?;
     let rt = Runtime::new(root);
@@ -196,6 +221,7 @@ pub fn tenant(root: &Path, cmd: TenantCmd) -> Result<i32> {
         TenantCommand::Logs { name, follow } => logs(&tenants, &name, follow)?,
         TenantCommand::Exec { name, tty, args } => return exec(&tenants, root, &name, tty, &args),
         TenantCommand::Boot => return boot(&tenants, root, &cmd.store),
+        TenantCommand::Migrate(a) => migrate(&store, &tenants, &rt, root, &a, criu)?,
         TenantCommand::Supervise { name } => supervise_main(&tenants, &rt, &name)?,
     }
     Ok(0)
@@ -250,7 +276,7 @@ fn start(tenants: &Tenants, root: &Path, store: &Path, name: &str) -> Result<()>
         return Ok(());
     }
     tenants.mount_disk(&t)?;
-    let started = spawn_supervisor(tenants, root, store, name);
+    let started = spawn_supervisor(tenants, root, store, name, None);
     if started.is_err() {
         t.want_running = false;
         tenants.save(&t)?;
@@ -258,9 +284,17 @@ fn start(tenants: &Tenants, root: &Path, store: &Path, name: &str) -> Result<()>
     started
 }
 
-fn spawn_supervisor(tenants: &Tenants, root: &Path, store: &Path, name: &str) -> Result<()> {
+/// Starts `name`'s supervisor as a daemon and waits until it says the tenant runs. `console`:
+/// the pty master of its running container, when the caller holds it.
+pub(crate) fn spawn_supervisor(
+    tenants: &Tenants,
+    root: &Path,
+    store: &Path,
+    name: &str,
+    console: Option<OwnedFd>,
+) -> Result<()> {
     let log = tenants.console_log(name);
-    let console = std::fs::OpenOptions::new()
+    let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
@@ -273,16 +307,24 @@ fn spawn_supervisor(tenants: &Tenants, root: &Path, store: &Path, name: &str) ->
     cmd.arg("--root").arg(root).arg("--log").arg(tenants.dir(name).join("supervisor.log"));
     cmd.args(["tenant", "--store"]).arg(store).args(["supervise", name]);
     cmd.env(READY_FD_ENV, wr_raw.to_string());
-    cmd.stdin(std::process::Stdio::null()).stdout(console.try_clone()?).stderr(console);
-    // SAFETY: setsid and fcntl are async-signal-safe; the fd is the pipe's write end, open here.
+    let master_raw = console.as_ref().map(|m| m.as_raw_fd());
+    if let Some(fd) = master_raw {
+        cmd.env(CONSOLE_FD_ENV, fd.to_string());
+    }
+    cmd.stdin(std::process::Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+    // SAFETY: setsid and fcntl are async-signal-safe; the fds are the pipe's write end and
+    // the pty master, both open here until the spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid()?;
+            if let Some(fd) = master_raw {
+                warren::sys::clear_cloexec(fd)?;
+            }
             warren::sys::clear_cloexec(wr_raw)
         })
     };
     let mut child = cmd.spawn().context("spawn the tenant's supervisor")?;
-    drop(wr);
+    drop((wr, console));
     let mut answer = String::new();
     std::fs::File::from(rd).read_to_string(&mut answer)?;
     if answer == "ok" {
@@ -303,7 +345,14 @@ fn supervise_main(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<()> {
     let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
     let _ = warren::sys::set_cloexec(pipe.as_raw_fd());
     let mut pipe = Some(std::fs::File::from(pipe));
-    supervise::supervise(tenants, rt, name, |r| {
+    let console_fd = std::env::var(CONSOLE_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok());
+    // SAFETY: the spawner passed this fd, open and ours alone.
+    let console = console_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    std::env::remove_var(CONSOLE_FD_ENV);
+    if let Some(m) = &console {
+        let _ = warren::sys::set_cloexec(m.as_raw_fd());
+    }
+    supervise::supervise(tenants, rt, name, console, |r: Result<(), String>| {
         if let Some(mut p) = pipe.take() {
             let _ = p.write_all(match &r {
                 Ok(()) => b"ok",
@@ -311,6 +360,45 @@ fn supervise_main(tenants: &Tenants, rt: &Runtime, name: &str) -> Result<()> {
             });
         }
     })?;
+    Ok(())
+}
+
+/// Reaps the supervisors this process spawned that have ended (a long-lived `migrate
+/// receive` spawns one per tenant that moves here).
+pub(crate) fn reap_supervisors() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// `tenant migrate`: moves it, then prints the figures.
+fn migrate(
+    store: &Store,
+    tenants: &Tenants,
+    rt: &Runtime,
+    root: &Path,
+    a: &MigrateArgs,
+    criu: Option<&Path>,
+) -> Result<()> {
+    let opts = warren::migrate::SendOptions {
+        target: a.target.clone(),
+        tls: a.tls.load()?,
+        store: store.root().to_path_buf(),
+        work: a.work.clone().unwrap_or_else(|| warren::migrate::default_work_dir(root)),
+        criu: warren::checkpoint::CriuCommon {
+            tcp_established: a.tcp_established,
+            criu: criu.map(Path::to_path_buf),
+            ..Default::default()
+        },
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        tenant: None,
+        progress: None,
+    };
+    let r = tenants.migrate(store, rt, &a.name, opts)?;
+    crate::migrate_cmd::print_report(&a.name, &a.target, a.format, &r);
     Ok(())
 }
 
