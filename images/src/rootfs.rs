@@ -61,6 +61,12 @@ pub fn detached_overlay(layers: &[PathBuf], upper: &Path, work: &Path) -> Result
         .map_err(|source| RootfsError::Mount { target: upper.to_path_buf(), source })
 }
 
+/// A small tmpfs attached nowhere: its files are reached through the descriptor (`openat`),
+/// and it goes when the last descriptor (or a mount namespace it was attached in) does.
+pub fn detached_tmpfs(size: u64) -> io::Result<std::os::fd::OwnedFd> {
+    crate::sys::detached_tmpfs(size)
+}
+
 /// The same for lower dirs listed top first, as overlayfs' options list them (the runtime's
 /// `org.warren.rootfs.overlay`), with `index=off` when asked.
 pub fn detached_overlay_listed(

@@ -88,6 +88,10 @@ fn a_restored_container_goes_on_from_its_memory_with_its_limits() -> Result<()> 
         .filter(|n| ["netdev-", "ifaddr-", "route-", "iptables-"].iter().any(|p| n.starts_with(p)))
         .collect();
     ensure!(netns_images.is_empty(), "CRIU saved the network namespace: {netns_images:?}");
+    // CRIU did not probe the kernel: it loaded its cache (which Warren keeps where /run is
+    // not a tmpfs).
+    let log = std::fs::read_to_string(dir.join("dump.log"))?;
+    ensure!(log.contains("Loaded kdat cache from /run/criu.kdat"), "the dump probed the kernel again");
 
     let c = restore(&t, &id, &b, &dir)?;
     ensure!(c.status()? == "running", "status after restore");

@@ -164,6 +164,7 @@ pub fn run(
     action: &'static str,
     before_exec: Option<PreExec>,
 ) -> Result<(), CheckpointError> {
+    super::kdat::ensure_cache(criu);
     let mut cmd = Command::new(criu);
     cmd.args(args);
     if let Some(f) = before_exec {

@@ -8,6 +8,7 @@
 //! the image directory records those stdio keys and the container's config.
 
 mod criu;
+mod kdat;
 mod restore;
 
 use std::os::unix::fs::DirBuilderExt;
