@@ -603,9 +603,9 @@ impl Drop for HostSleep {
 
 /// `probe ptrace PID` (attach, seize, kill 0) in a fresh container.
 fn ptrace_from(t: &Test, tag: &str, pid: &str, caps: &[&str], host_pid_ns: bool) -> Result<Out> {
-    // The bracket keeps grep (and this shell) from matching its own command line.
-    let script =
-        format!("grep -l '98765[4]' /proc/[0-9]*/cmdline >/dev/null && echo sees-host; /bin/probe ptrace {pid}");
+    // The bracket keeps grep (and this shell) from matching its own command line. -qs: a
+    // process that ends between the glob and grep's open is no error (grep would exit 2).
+    let script = format!("grep -qs '98765[4]' /proc/[0-9]*/cmdline && echo sees-host; /bin/probe ptrace {pid}");
     let b = probe_bundle(t, &["sh", "-c", &script], caps)?;
     if host_pid_ns {
         b.edit(|c| c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid"))?;
