@@ -63,7 +63,7 @@ pub fn detached_overlay(layers: &[PathBuf], upper: &Path, work: &Path) -> Result
 
 /// A small tmpfs attached nowhere: its files are reached through the descriptor (`openat`),
 /// and it goes when the last descriptor (or a mount namespace it was attached in) does.
-pub fn detached_tmpfs(size: u64) -> io::Result<std::os::fd::OwnedFd> {
+pub fn detached_tmpfs(size: Option<u64>) -> io::Result<std::os::fd::OwnedFd> {
     crate::sys::detached_tmpfs(size)
 }
 

@@ -134,6 +134,11 @@ pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
     if plan.leave_stopped {
         args.push("--leave-stopped".into());
     }
+    if !common.tcp_established {
+        // The lock keeps peers from resetting restored connections; without them it only
+        // costs an iptables-restore (and ip6tables-restore) that removes it at the end.
+        args.extend(["--network-lock".into(), "skip".into()]);
+    }
     for (dest, source) in &plan.binds {
         args.extend(["--external".into(), format!("mnt[{}]:{}", dest.display(), source.display()).into()]);
     }

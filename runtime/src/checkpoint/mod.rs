@@ -10,6 +10,7 @@
 mod criu;
 mod kdat;
 mod restore;
+mod skeleton;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -162,6 +163,9 @@ pub struct CheckpointInfo {
     /// left out of the dump, and the restore gives it a new one instead of CRIU remaking it.
     #[serde(default)]
     pub fresh_netns: bool,
+    /// Read-only tmpfs mounts of directories only: made anew at the restore, not copied.
+    #[serde(default)]
+    pub skeleton_tmpfs: Vec<skeleton::SkeletonTmpfs>,
     pub config: oci_spec::runtime::Spec,
 }
 
@@ -336,6 +340,7 @@ impl Runtime {
                 .as_ref()
                 .and_then(|cg| cg.pids().ok())
                 .is_some_and(|pids| plain_netns(&c.state.config, pid, &pids)),
+            skeleton_tmpfs: skeleton::find(pid),
             config: c.state.config.clone(),
         };
         write_descriptors(&opts.image_path, pid)?;
@@ -344,8 +349,9 @@ impl Runtime {
         std::fs::write(&info_path, text).map_err(io_err(&info_path)).map_err(ContainerError::from)?;
         let binds = external_mounts(&c.state.config).into_iter().map(|(dest, _)| dest);
         let devices = info.device_binds.iter().map(|d| d.destination.clone());
+        let skeletons = info.skeleton_tmpfs.iter().map(|s| s.destination.clone());
         let mut externals: Vec<PathBuf> =
-            binds.chain(cgroup_mounts.into_iter().map(|m| m.destination)).chain(devices).collect();
+            binds.chain(cgroup_mounts.into_iter().map(|m| m.destination)).chain(devices).chain(skeletons).collect();
         if info.has_terminal() {
             // The pty slave bound on /dev/console: its master is outside the container.
             externals.push(PathBuf::from(CONSOLE));

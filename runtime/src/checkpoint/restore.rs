@@ -76,9 +76,11 @@ impl Runtime {
         }
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);
+        let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
+        let skeletons = super::skeleton::make(&info.skeleton_tmpfs, work)?;
         let plan = RestorePlan {
             images: &opts.image_path,
-            work: opts.work_path.as_deref().unwrap_or(&opts.image_path),
+            work,
             root: &bundle.rootfs,
             pid_file: &pid_path,
             binds: external_mounts(&bundle.spec)
@@ -86,6 +88,7 @@ impl Runtime {
                 .chain(cgroup_binds(&info, &cgroup))
                 .chain(info.device_binds.iter().map(|d| (d.destination.clone(), d.source.clone())))
                 .chain(inherited.console.clone().map(|slave| (PathBuf::from(super::CONSOLE), slave)))
+                .chain(skeletons.binds(&info.skeleton_tmpfs))
                 .collect(),
             inherit: inherited.pairs.clone(),
             cgroup_roots: cgroup.hierarchy_paths()?,
@@ -105,9 +108,13 @@ impl Runtime {
             .transpose()
             .map_err(SpecError::from)?;
         let overlay_fd = overlay.as_ref().map(|m| m.as_raw_fd());
-        let pre: criu::PreExec = Box::new(move || match overlay_fd {
-            Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root),
-            None => crate::sys::bind_self_in_new_mount_ns(&root),
+        let targets = skeletons.targets();
+        let pre: criu::PreExec = Box::new(move || {
+            match overlay_fd {
+                Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root)?,
+                None => crate::sys::bind_self_in_new_mount_ns(&root)?,
+            }
+            super::skeleton::attach_all(&targets)
         });
         let _lent = LentImages::to_root_of(plan.images, &bundle.spec)?;
         let _lent_work = if plan.work == plan.images { None } else { LentImages::to_root_of(plan.work, &bundle.spec)? };

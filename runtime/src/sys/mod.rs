@@ -88,6 +88,11 @@ pub fn mount_setattr_recursive(fd: RawFd, set: u64, clear: u64) -> io::Result<()
     mount_setattr(fd, libc::AT_RECURSIVE, &MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 })
 }
 
+/// mount_setattr(2) on the mount at `fd` alone: MOUNT_ATTR_* flags set.
+pub fn mount_setattr_flags(fd: RawFd, set: u64) -> io::Result<()> {
+    mount_setattr(fd, 0, &MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 })
+}
+
 /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): marks every descriptor from
 /// `first` up close-on-exec, so nothing of the runtime leaks into the container.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
