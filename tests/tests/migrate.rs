@@ -746,6 +746,19 @@ fn bad_streams_and_ids_are_refused_with_one_line() -> Result<()> {
     ensure!(got.failed()?.error_line().contains("truncated"), "{got}");
     assert_host_empty(&pair.b)?;
 
+    // A tenant's record under another container id: refused, no tenant claimed.
+    let rx = receive(&pair.b, PORT)?;
+    let record = json!({"name": "squat", "image": IMAGE, "plan": "nano", "hostname": "squat", "volumes": [],
+        "restart": "never", "ids": 1_000_000, "want_running": true, "created": 0});
+    let tenant_hello = json!({"id": "othername", "rootfs": "Plain", "criu": {}, "tenant": record});
+    let mut bytes = b"WARREN-MIGRATE/2".to_vec();
+    bytes.extend(frame(1, &serde_json::to_vec(&tenant_hello)?));
+    tls_exchange(&pair, &client, bytes)?;
+    let got = rx.join().expect("receive thread")?;
+    ensure!(got.failed()?.error_line().contains("a tenant's container has its name"), "{got}");
+    ensure!(!pair.b.store.join("tenants/squat").exists(), "B claimed the tenant");
+    assert_host_empty(&pair.b)?;
+
     // An id that exists on B: refused before anything is frozen on A.
     import(&pair.a)?;
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;

@@ -120,6 +120,13 @@ impl Runtime {
         let admitted = self.admit(&hello, &store, &bundle_dir).and_then(|(missing, lease)| {
             let mut spool = Spool::create(&opts.work, &hello.id)?;
             if let (Some(t), Some(tenants)) = (&hello.tenant, &tenants) {
+                if t.name != hello.id {
+                    let reason = format!(
+                        "tenant {} offered as container {}: a tenant's container has its name",
+                        t.name, hello.id
+                    );
+                    return Err(MigrateError::Refused { reason });
+                }
                 claim_tenant(tenants, t, &mut spool, opts)?;
             }
             Ok((missing, lease, spool))
