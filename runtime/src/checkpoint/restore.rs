@@ -96,26 +96,7 @@ impl Runtime {
             leave_stopped: opts.leave_stopped,
         };
         let args = criu::restore_args(&plan, &opts.common);
-        let root = CString::new(bundle.rootfs.as_os_str().as_bytes())
-            .map_err(|_| CheckpointError::BadImage { path: bundle.rootfs.clone(), reason: "NUL in path".into() })?;
-        // criu needs the root to be a mount point: a bind (or the bundle's overlay, made
-        // here while privileged) in a mount namespace of its own, which goes away with it
-        // (the container keeps its own reference).
-        let overlay = bundle
-            .overlay
-            .as_ref()
-            .map(|o| o.detached_mount(crate::spec::IdMaps::of_spec(&bundle.spec).as_ref()))
-            .transpose()
-            .map_err(SpecError::from)?;
-        let overlay_fd = overlay.as_ref().map(|m| m.as_raw_fd());
-        let targets = skeletons.targets();
-        let pre: criu::PreExec = Box::new(move || {
-            match overlay_fd {
-                Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root)?,
-                None => crate::sys::bind_self_in_new_mount_ns(&root)?,
-            }
-            super::skeleton::attach_all(&targets)
-        });
+        let (pre, _overlay) = criu_mount_ns(&bundle, skeletons.targets())?;
         let _lent = LentImages::to_root_of(plan.images, &bundle.spec)?;
         let _lent_work = if plan.work == plan.images { None } else { LentImages::to_root_of(plan.work, &bundle.spec)? };
         failpoint("restore.before-criu");
@@ -145,6 +126,34 @@ impl Runtime {
         drop(lock);
         Ok(Restored { pid, terminal: info.has_terminal() })
     }
+}
+
+/// What criu's process does before it runs: in a mount namespace of its own (which goes away
+/// with it; the container keeps its own references), the root made a mount point, as criu
+/// needs (a bind of itself, or the bundle's overlay, made here while privileged), and the
+/// skeleton tmpfs mounts attached at their points. The overlay's mount must stay open until
+/// criu has run.
+fn criu_mount_ns(
+    bundle: &Bundle,
+    skeletons: Vec<(i32, CString)>,
+) -> Result<(criu::PreExec, Option<OwnedFd>), ContainerError> {
+    let root = CString::new(bundle.rootfs.as_os_str().as_bytes())
+        .map_err(|_| CheckpointError::BadImage { path: bundle.rootfs.clone(), reason: "NUL in path".into() })?;
+    let overlay = bundle
+        .overlay
+        .as_ref()
+        .map(|o| o.detached_mount(crate::spec::IdMaps::of_spec(&bundle.spec).as_ref()))
+        .transpose()
+        .map_err(SpecError::from)?;
+    let overlay_fd = overlay.as_ref().map(|m| m.as_raw_fd());
+    let pre: criu::PreExec = Box::new(move || {
+        match overlay_fd {
+            Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root)?,
+            None => crate::sys::bind_self_in_new_mount_ns(&root)?,
+        }
+        super::skeleton::attach_all(&skeletons)
+    });
+    Ok((pre, overlay))
 }
 
 /// The images dir (and work dir) opened to the container's root group for the restore. In a

@@ -148,46 +148,56 @@ impl Runtime {
         failpoint("migrate-receive.accepted");
         let result = self.take_container(&mut end, &hello, &missing, &mut made, &bundle_dir, opts);
         match result {
-            Ok(Taken { pid, restore, layers, console }) => {
-                // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
-                made.spool.record.reported = true;
-                made.spool.save()?;
-                end.report(&Outcome::Restored { pid, restore_ms: restore.as_millis() as u64 })?;
-                failpoint("migrate-receive.reported");
-                let committed = end.wait_for_commit();
-                if let Ok(false) = committed {
-                    return Err(MigrateError::SourceAborted { id: hello.id });
-                }
-                // Committed, or unknown: either way this copy stays (stopped while unknown).
-                made.spool.record = Default::default();
-                if let Err(e) = committed {
-                    return Err(MigrateError::Unconfirmed { id: hello.id, cause: Box::new(e) });
-                }
-                failpoint("migrate-receive.committed");
-                let wanted = match &tenants {
-                    Some(tenants) => tenants.moved_in(&hello.id).map_err(tenant_err),
-                    None => Ok(()),
-                };
-                let cont =
-                    |()| self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true).map_err(MigrateError::from);
-                if let Err(e) = wanted.and_then(cont) {
-                    let _ = end.confirm(&Resumed::Stopped { reason: e.to_string() });
-                    return Err(e);
-                }
-                failpoint("migrate-receive.resumed");
-                // It runs here whether or not the source hears so (it then says where to look).
-                if let Err(e) = end.confirm(&Resumed::Running) {
-                    log::warn!("migrate receive {}: telling the source that it runs: {e}", hello.id);
-                }
-                let tenant = tenants.is_some();
-                let from = end.peer().into();
-                Ok(ReceiveReport { id: hello.id, pid, from, layers_received: layers, restore, tenant, console })
-            }
+            Ok(taken) => self.hand_over(&mut end, hello, &mut made, tenants.as_ref(), taken),
             Err(e) => {
                 let _ = end.report(&Outcome::Failed { reason: e.to_string() });
                 Err(e)
             }
         }
+    }
+
+    /// Reports the restore, waits for the source's commit, then lets the container run here (a
+    /// tenant wanted running first).
+    fn hand_over(
+        &self,
+        end: &mut TargetEnd,
+        hello: Hello,
+        made: &mut Made<'_>,
+        tenants: Option<&Tenants>,
+        taken: Taken,
+    ) -> Result<ReceiveReport, MigrateError> {
+        let Taken { pid, restore, layers, console } = taken;
+        // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
+        made.spool.record.reported = true;
+        made.spool.save()?;
+        end.report(&Outcome::Restored { pid, restore_ms: restore.as_millis() as u64 })?;
+        failpoint("migrate-receive.reported");
+        let committed = end.wait_for_commit();
+        if let Ok(false) = committed {
+            return Err(MigrateError::SourceAborted { id: hello.id });
+        }
+        // Committed, or unknown: either way this copy stays (stopped while unknown).
+        made.spool.record = Default::default();
+        if let Err(e) = committed {
+            return Err(MigrateError::Unconfirmed { id: hello.id, cause: Box::new(e) });
+        }
+        failpoint("migrate-receive.committed");
+        let wanted = match tenants {
+            Some(tenants) => tenants.moved_in(&hello.id).map_err(tenant_err),
+            None => Ok(()),
+        };
+        let cont = |()| self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true).map_err(MigrateError::from);
+        if let Err(e) = wanted.and_then(cont) {
+            let _ = end.confirm(&Resumed::Stopped { reason: e.to_string() });
+            return Err(e);
+        }
+        failpoint("migrate-receive.resumed");
+        // It runs here whether or not the source hears so (it then says where to look).
+        if let Err(e) = end.confirm(&Resumed::Running) {
+            log::warn!("migrate receive {}: telling the source that it runs: {e}", hello.id);
+        }
+        let (tenant, from) = (tenants.is_some(), end.peer().into());
+        Ok(ReceiveReport { id: hello.id, pid, from, layers_received: layers, restore, tenant, console })
     }
 
     /// Why the container cannot come here, if it cannot; else the layers this host lacks, and
@@ -232,48 +242,9 @@ impl Runtime {
             None => None,
         };
         failpoint("migrate-receive.parts-received");
-        let config = got.config.ok_or(MigrateError::MissingPart { part: Part::Config })?;
-        let config = bundle_config(&config)?;
-        let rootfs_tar = got.rootfs_tar.ok_or(MigrateError::MissingPart {
-            part: if matches!(hello.rootfs, RootfsOffer::Image(_)) { Part::Upper } else { Part::Rootfs },
-        })?;
-        std::fs::create_dir_all(&opts.bundles).map_err(io_err(&opts.bundles))?;
-        let tar = File::open(&rootfs_tar).map_err(io_err(&rootfs_tar))?;
-        match &hello.rootfs {
-            RootfsOffer::Image(image) => {
-                let blob = got.image_config.ok_or(MigrateError::MissingPart { part: Part::ImageConfig })?;
-                let lease = made.lease.as_mut().ok_or(MigrateError::UnwantedPart { part: Part::ImageConfig })?;
-                if lease.receive_image(&blob)? {
-                    made.spool.record.image_added = Some(image.name.clone());
-                }
-                made.spool.record.bundle = Some((bundle_dir.to_path_buf(), true));
-                made.spool.save()?;
-                if let Some((tenants, t)) = &tenant {
-                    tenants.moved_bundle_dir(t).map_err(tenant_err)?;
-                }
-                warren_images::bundle::receive(made.store, bundle_dir, &image.name, &config, tar)?;
-                if let Some((tenants, t)) = &tenant {
-                    tenants.finish_moved_bundle(t).map_err(tenant_err)?;
-                }
-            }
-            RootfsOffer::Plain if tenant.is_some() => return Err(MigrateError::UnwantedPart { part: Part::Rootfs }),
-            RootfsOffer::Plain => {
-                made.spool.record.bundle = Some((bundle_dir.to_path_buf(), false));
-                made.spool.save()?;
-                warren_images::bundle::receive_plain(bundle_dir, &config, tar)?;
-            }
-        }
-        let _ = std::fs::remove_file(&rootfs_tar);
-        // A tenant's new pty master comes back over a socketpair, for its supervisor.
-        let pair = match &tenant {
-            Some(_) => Some(std::os::unix::net::UnixStream::pair().map_err(io_err(Path::new("socketpair")))?),
-            None => None,
-        };
-        let (ours, theirs) = pair.map(|(a, b)| (a, OwnedFd::from(b))).unzip();
-        let console = match theirs {
-            Some(fd) => Some(ConsoleTarget::Fd(fd)),
-            None => opts.console_socket.clone().map(ConsoleTarget::Socket),
-        };
+        let tenant_ref = tenant.as_ref().map(|(tenants, t)| (tenants, *t));
+        let layers = make_bundle(made, hello, got, bundle_dir, tenant_ref, opts)?;
+        let (ours, console) = console_target(tenant.is_some(), opts)?;
         let restore = RestoreOptions {
             id: hello.id.clone(),
             image_path: made.staging().join("criu"),
@@ -305,8 +276,66 @@ impl Runtime {
             tenants.attach_moved(&hello.id, restored.pid).map_err(tenant_err)?;
         }
         failpoint("migrate-receive.restored");
-        Ok(Taken { pid: restored.pid, restore: t.elapsed(), layers: got.layers, console })
+        Ok(Taken { pid: restored.pid, restore: t.elapsed(), layers, console })
     }
+}
+
+/// The bundle from the received parts (a tenant's on its own disk, made this host's):
+/// listed in the spool's record before it is made. Returns the layers received.
+fn make_bundle(
+    made: &mut Made<'_>,
+    hello: &Hello,
+    got: Received,
+    bundle_dir: &Path,
+    tenant: Option<(&Tenants, &Tenant)>,
+    opts: &ReceiveOptions,
+) -> Result<usize, MigrateError> {
+    let config = got.config.ok_or(MigrateError::MissingPart { part: Part::Config })?;
+    let config = bundle_config(&config)?;
+    let rootfs_tar = got.rootfs_tar.ok_or(MigrateError::MissingPart {
+        part: if matches!(hello.rootfs, RootfsOffer::Image(_)) { Part::Upper } else { Part::Rootfs },
+    })?;
+    std::fs::create_dir_all(&opts.bundles).map_err(io_err(&opts.bundles))?;
+    let tar = File::open(&rootfs_tar).map_err(io_err(&rootfs_tar))?;
+    match &hello.rootfs {
+        RootfsOffer::Image(image) => {
+            let blob = got.image_config.ok_or(MigrateError::MissingPart { part: Part::ImageConfig })?;
+            let lease = made.lease.as_mut().ok_or(MigrateError::UnwantedPart { part: Part::ImageConfig })?;
+            if lease.receive_image(&blob)? {
+                made.spool.record.image_added = Some(image.name.clone());
+            }
+            made.spool.record.bundle = Some((bundle_dir.to_path_buf(), true));
+            made.spool.save()?;
+            if let Some((tenants, t)) = tenant {
+                tenants.moved_bundle_dir(t).map_err(tenant_err)?;
+            }
+            warren_images::bundle::receive(made.store, bundle_dir, &image.name, &config, tar)?;
+            if let Some((tenants, t)) = tenant {
+                tenants.finish_moved_bundle(t).map_err(tenant_err)?;
+            }
+        }
+        RootfsOffer::Plain if tenant.is_some() => return Err(MigrateError::UnwantedPart { part: Part::Rootfs }),
+        RootfsOffer::Plain => {
+            made.spool.record.bundle = Some((bundle_dir.to_path_buf(), false));
+            made.spool.save()?;
+            warren_images::bundle::receive_plain(bundle_dir, &config, tar)?;
+        }
+    }
+    let _ = std::fs::remove_file(&rootfs_tar);
+    Ok(got.layers)
+}
+
+/// Where the restored container's new pty master goes: for a tenant, back to us over a
+/// socketpair (our end returned), for its supervisor; else to `--console-socket`.
+fn console_target(
+    tenant: bool,
+    opts: &ReceiveOptions,
+) -> Result<(Option<std::os::unix::net::UnixStream>, Option<ConsoleTarget>), MigrateError> {
+    if !tenant {
+        return Ok((None, opts.console_socket.clone().map(ConsoleTarget::Socket)));
+    }
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io_err(Path::new("socketpair")))?;
+    Ok((Some(ours), Some(ConsoleTarget::Fd(theirs.into()))))
 }
 
 /// What `take_container` brought: the restored init, the restore's time, the layers received,
