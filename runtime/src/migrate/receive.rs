@@ -306,9 +306,6 @@ fn make_bundle(
             }
             made.spool.record.bundle = Some((bundle_dir.to_path_buf(), true));
             made.spool.save()?;
-            if let Some((tenants, t)) = tenant {
-                tenants.moved_bundle_dir(t).map_err(tenant_err)?;
-            }
             warren_images::bundle::receive(made.store, bundle_dir, &image.name, &config, tar)?;
             if let Some((tenants, t)) = tenant {
                 tenants.finish_moved_bundle(t).map_err(tenant_err)?;

@@ -60,9 +60,10 @@ impl Tenants {
         Ok(report)
     }
 
-    /// The target's first step: takes the record of a tenant coming here if its name, id range
-    /// and address are free and its range is one of this host's pool. It is not wanted running
-    /// until its container runs here ([`Tenants::moved_in`]).
+    /// The target's first step, before the source freezes the tenant: takes the record of a
+    /// tenant coming here if its name, id range and address are free and its range is one of
+    /// this host's pool, and makes its disk (empty, mounted on its bundle dir). It is not
+    /// wanted running until its container runs here ([`Tenants::moved_in`]). All or nothing.
     pub fn claim_moved(&self, t: &Tenant, network: &TenantNetwork, pool: IdPool) -> Result<(), TenantError> {
         super::validate_name(&t.name)?;
         let _lock = self.lock()?;
@@ -75,9 +76,12 @@ impl Tenants {
             check_ip(network, t.ip, &others)?;
         }
         std::fs::DirBuilder::new().mode(0o711).create(self.dir(&t.name)).map_err(io_err(&self.dir(&t.name)))?;
-        let made = self.write_moved_record(t, network);
+        let made = self.write_moved_record(t, network).and_then(|()| match t.disk {
+            Some(size) => self.make_disk(&t.name, size),
+            None => Ok(()),
+        });
         if made.is_err() {
-            let _ = std::fs::remove_dir_all(self.dir(&t.name));
+            let _ = self.remove_files(&t.name);
         }
         made
     }
@@ -92,14 +96,6 @@ impl Tenants {
         }
         let root = self.dir(&t.name).join("root");
         std::fs::DirBuilder::new().mode(0o755).create(&root).map_err(io_err(&root))
-    }
-
-    /// Its bundle dir, empty, on its own disk when it has one.
-    pub fn moved_bundle_dir(&self, t: &Tenant) -> Result<std::path::PathBuf, TenantError> {
-        if let Some(size) = t.disk {
-            self.make_disk(&t.name, size)?;
-        }
-        Ok(self.bundle(&t.name))
     }
 
     /// The received bundle made this host's tenant bundle: the overlay attached on the
