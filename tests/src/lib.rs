@@ -13,10 +13,12 @@ mod bundle;
 mod cgroupfs;
 mod cmd;
 mod console;
+pub mod cri;
 mod host;
 mod leftovers;
 mod loopdev;
 mod probe;
+mod registry;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +36,8 @@ pub use console::ConsoleSocket;
 pub use host::{FakeHost, HostPair, NetNs};
 pub use leftovers::{cgroup_dirs, detach_mounts_under, mounts_under, processes, ProcMatch};
 pub use loopdev::{loop_devices_under, LoopDevice};
-pub use probe::{install_probe, spoof_tool};
+pub use probe::{install_probe, pause_tool, spoof_tool};
+pub use registry::{busybox_image, Registry};
 pub use serde_json::json;
 
 /// How long one warren invocation may take before it is killed.

@@ -1,7 +1,7 @@
 //! `probe` (probe.c): a small static program that tries, from inside a
 //! container, what busybox cannot (ptrace, open(2) with chosen flags, holding
 //! O_PATH fds), and says what each attempt gave; and `spoof` (spoof.c), which sends a
-//! frame with forged sources through a packet socket.
+//! frame with forged sources through a packet socket; and `pause` (pause.c), a pod's sandbox.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use crate::{Bundle, Test};
 
 const PROBE: &str = include_str!("probe.c");
 const SPOOF: &str = include_str!("spoof.c");
+const PAUSE: &str = include_str!("pause.c");
 
 /// Builds probe with `cc -static` in the test's dir (once per test) and
 /// copies it into `b` as /bin/probe.
@@ -25,6 +26,11 @@ pub fn install_probe(t: &Test, b: &Bundle) -> Result<()> {
 /// Builds `spoof` in `dir` (once): `spoof IFACE SRC_MAC SRC_IP DST_MAC DST_IP PORT TEXT`.
 pub fn spoof_tool(dir: &Path) -> Result<PathBuf> {
     build(dir, "spoof", SPOOF)
+}
+
+/// Builds `pause` (pause.c) in `dir` (once): a pod sandbox's first process.
+pub fn pause_tool(dir: &Path) -> Result<PathBuf> {
+    build(dir, "pause", PAUSE)
 }
 
 fn build(dir: &Path, name: &str, source: &str) -> Result<PathBuf> {

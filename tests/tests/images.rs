@@ -6,19 +6,7 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use warren_tests::*;
-
-/// The busybox image dir (layout/, busybox-oci.tar, busybox-docker.tar).
-fn busybox() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = std::process::Command::new(ws.join("scripts/make-busybox-image.sh")).output().unwrap();
-        assert!(out.status.success(), "make-busybox-image.sh: {}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
 
 /// A store inside the test's dir, and shorthands for the image verbs.
 struct Images<'a> {
@@ -86,7 +74,7 @@ impl<'a> Images<'a> {
 fn import_all_three_forms_and_share_the_layer() -> Result<()> {
     let t = Test::new("img_forms");
     let im = Images::new(&t);
-    let bb = busybox();
+    let bb = busybox_image();
     im.import(&bb.join("layout"), "bb:layout")?.ok()?;
     im.import(&bb.join("busybox-oci.tar"), "bb:oci")?.ok()?;
     let out = im.cmd("image", &["import", &bb.join("busybox-docker.tar").to_string_lossy()])?;
@@ -108,7 +96,7 @@ fn import_all_three_forms_and_share_the_layer() -> Result<()> {
 fn overlay_bundle_runs_and_writes_only_its_upper_dir() -> Result<()> {
     let t = Test::new("img_overlay");
     let im = Images::new(&t);
-    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("busybox-oci.tar"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
     im.bundle_sh("bb:1", &dir, &[], "echo hi from $(cat /etc/passwd | head -1); echo data > /root/f; pwd")?;
     let cfg: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
@@ -137,7 +125,7 @@ fn overlay_bundle_runs_and_writes_only_its_upper_dir() -> Result<()> {
 fn copied_rootfs_runs_without_overlay() -> Result<()> {
     let t = Test::new("img_copy");
     let im = Images::new(&t);
-    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("layout"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
     im.bundle_sh("bb:1", &dir, &["--copy"], "ls -ld /tmp | cut -c1-10; readlink /bin/sh; id -u")?;
     ensure!(mounts_under(&dir).is_empty(), "a copy needs no mount");
@@ -154,8 +142,8 @@ fn copied_rootfs_runs_without_overlay() -> Result<()> {
 fn image_rm_keeps_layers_a_bundle_uses() -> Result<()> {
     let t = Test::new("img_refs");
     let im = Images::new(&t);
-    im.import(&busybox().join("busybox-oci.tar"), "a:1")?.ok()?;
-    im.import(&busybox().join("layout"), "b:1")?.ok()?;
+    im.import(&busybox_image().join("busybox-oci.tar"), "a:1")?.ok()?;
+    im.import(&busybox_image().join("layout"), "b:1")?.ok()?;
     let dir = t.dir().join("b1");
     im.bundle_sh("a:1", &dir, &[], "echo still-here")?;
     im.cmd("image", &["rm", "a:1", "b:1"])?.ok()?;
@@ -328,7 +316,7 @@ fn malicious_and_broken_images_are_refused_whole() -> Result<()> {
 fn bundle_verbs_refuse_bad_input() -> Result<()> {
     let t = Test::new("img_bundle_bad");
     let im = Images::new(&t);
-    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("layout"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
     let out = im.bundle("nope:1", &dir, &[], &[])?;
     ensure!(out.failed()?.error_line() == "warren: no image named \"nope:1\"", "{out}");
@@ -363,7 +351,7 @@ fn killed_import_leaves_nothing_to_trip_over() -> Result<()> {
     child.kill()?;
     child.wait()?;
     ensure!(im.names()?.is_empty(), "a killed import registered an image");
-    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("layout"), "bb:1")?.ok()?;
     ensure!(im.names()? == ["bb:1"], "list after the kill");
     ensure!(std::fs::read_dir(&tmp)?.next().is_none(), "the killed import's files remain");
     ensure!(im.layers() == 1, "the killed import's layers remain");
@@ -375,7 +363,7 @@ fn killed_import_leaves_nothing_to_trip_over() -> Result<()> {
 fn import_progress_shows_only_on_a_terminal() -> Result<()> {
     let t = Test::new("img_progress");
     let im = Images::new(&t);
-    let layout = busybox().join("layout");
+    let layout = busybox_image().join("layout");
     let out = im.import(&layout, "p:pipe")?;
     ensure!(out.ok()?.stderr.is_empty(), "progress written to a pipe: {out}");
     // script(1) runs the import on a pty and copies what it prints to stdout.
@@ -397,7 +385,7 @@ fn import_progress_shows_only_on_a_terminal() -> Result<()> {
 fn bundle_with_a_plan_gets_its_resources() -> Result<()> {
     let t = Test::new("img_plan");
     let im = Images::new(&t);
-    im.import(&busybox().join("layout"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("layout"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
     let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max";
     im.bundle_sh("bb:1", &dir, &["--plan", "small"], script)?;
@@ -421,7 +409,7 @@ fn image_config_becomes_the_process() -> Result<()> {
     let im = Images::new(&t);
     // The busybox layer under a config with Entrypoint, Cmd, Env, WorkingDir,
     // User, StopSignal, Labels and Volumes.
-    let src = busybox().join("layout");
+    let src = busybox_image().join("layout");
     let dir = t.dir().join("img");
     host(&t, "cp", &["-a", &src.to_string_lossy(), &dir.to_string_lossy()])?.ok()?;
     let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
@@ -485,7 +473,7 @@ fn image_config_becomes_the_process() -> Result<()> {
 fn concurrent_imports_and_bundles_take_turns() -> Result<()> {
     let t = Test::new("img_concurrent");
     let im = Images::new(&t);
-    let bb = busybox();
+    let bb = busybox_image();
     let outs: Vec<Result<Out>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|i| {
@@ -519,7 +507,7 @@ fn concurrent_imports_and_bundles_take_turns() -> Result<()> {
 fn a_bundle_mounted_in_its_container_adds_nothing_to_the_host_mount_table() -> Result<()> {
     let t = Test::new("img_private");
     let im = Images::new(&t);
-    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("busybox-oci.tar"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
     // Written through a rename, so a reader never sees it half-written.
     let counter =
@@ -588,7 +576,7 @@ fn a_bundle_mounted_in_its_container_checkpoints_and_restores() -> Result<()> {
     }
     let t = Test::new("img_private_cr");
     let im = Images::new(&t);
-    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("busybox-oci.tar"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
     let counter = "i=0; while :; do i=$((i+1)); echo $i > /c.new; mv /c.new /count; sleep 0.05; done";
     im.bundle_sh("bb:1", &dir, &["--mount-in-container"], counter)?;
@@ -625,7 +613,7 @@ fn idmapped_lowers_give_a_user_namespaced_container_the_shared_layers_as_its_own
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let t = Test::new("img_idmap");
     let im = Images::new(&t);
-    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("busybox-oci.tar"), "bb:1")?.ok()?;
     let dir = t.dir().join("b1");
     let script = "stat -c '%u:%g' /bin/busybox; touch /bin/mine; stat -c '%u:%g' /bin/mine; cat /proc/self/uid_map";
     im.bundle_sh("bb:1", &dir, &["--mount-in-container"], script)?;
@@ -667,89 +655,18 @@ fn idmapped_lowers_give_a_user_namespaced_container_the_shared_layers_as_its_own
     Ok(())
 }
 
-/// Debian's docker-registry on a free 127.0.0.1 port, its storage in `dir`; killed on drop.
-struct Registry {
-    child: std::process::Child,
-    addr: String,
-    data: PathBuf,
-    /// USER:PASSWORD for pushing, when the registry wants one.
-    creds: Option<String>,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Result<Registry> {
-        Registry::start_with(dir, None)
-    }
-
-    /// With `user` and `password` in an htpasswd file (bcrypt, the only kind it reads):
-    /// the registry then answers every request without them with a Basic challenge.
-    fn start_with(dir: &Path, user: Option<(&str, &str)>) -> Result<Registry> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
-        let data = dir.join("registry");
-        let config = dir.join("registry.yml");
-        let text = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            data.display()
-        );
-        let mut text = text;
-        if let Some((name, password)) = user {
-            let htpasswd = dir.join("htpasswd");
-            std::fs::write(&htpasswd, format!("{name}:{}\n", bcrypt::hash(password, 4)?))?;
-            text += &format!("auth:\n  htpasswd:\n    realm: warren-test\n    path: {}\n", htpasswd.display());
-        }
-        std::fs::write(&config, text)?;
-        let child = std::process::Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("docker-registry (scripts/setup.sh installs it)")?;
-        let creds = user.map(|(u, p)| format!("{u}:{p}"));
-        let reg = Registry { child, addr, data, creds };
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            ensure!(std::time::Instant::now() < end, "the registry did not listen on {}", reg.addr);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Ok(reg)
-    }
-
-    fn push(&self, archive: &Path, name: &str) -> Result<()> {
-        let mut cmd = std::process::Command::new("skopeo");
-        cmd.args(["copy", "--dest-tls-verify=false"]);
-        if let Some(c) = &self.creds {
-            cmd.arg(format!("--dest-creds={c}"));
-        }
-        let out = cmd
-            .arg(format!("oci-archive:{}", archive.display()))
-            .arg(format!("docker://{}/{name}", self.addr))
-            .output()?;
-        ensure!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn image_pull_from_a_registry_verifies_and_shares_the_layers() -> Result<()> {
     let t = Test::new("img_pull");
     let im = Images::new(&t);
     let reg = Registry::start(t.dir())?;
-    reg.push(&busybox().join("busybox-oci.tar"), "tools/busybox:1")?;
+    reg.push(&busybox_image().join("busybox-oci.tar"), "tools/busybox:1")?;
     let name = format!("{}/tools/busybox:1", reg.addr);
     let out = im.cmd("image", &["pull", &name])?;
     ensure!(out.ok()?.stdout.starts_with(&format!("{name} sha256:")), "{out}");
     ensure!(im.names()? == [name.clone()], "{:?}", im.names()?);
     // The same image imported from its archive shares the pulled layer.
-    im.import(&busybox().join("busybox-oci.tar"), "bb:1")?.ok()?;
+    im.import(&busybox_image().join("busybox-oci.tar"), "bb:1")?.ok()?;
     ensure!(im.layers() == 1, "{} layers", im.layers());
     let dir = t.dir().join("b1");
     im.bundle_sh(&name, &dir, &[], "echo pulled-and-running")?;
@@ -760,7 +677,7 @@ fn image_pull_from_a_registry_verifies_and_shares_the_layers() -> Result<()> {
     // each, and the store is as it was.
     let out = im.cmd("image", &["pull", &format!("{}/tools/busybox:2", reg.addr)])?;
     ensure!(out.failed()?.error_line().contains("manifest unknown"), "{out}");
-    reg.push(&busybox().join("busybox-oci.tar"), "other/busybox:1")?;
+    reg.push(&busybox_image().join("busybox-oci.tar"), "other/busybox:1")?;
     let blobs = reg.data.join("docker/registry/v2/blobs/sha256");
     let mut altered = 0;
     for prefix in std::fs::read_dir(&blobs)?.flatten() {
@@ -796,7 +713,7 @@ fn image_pull_with_credentials_from_the_flag_or_an_auth_file() -> Result<()> {
     let t = Test::new("img_pull_auth");
     let im = Images::new(&t);
     let reg = Registry::start_with(t.dir(), Some(("alice", "s3cret:x")))?;
-    reg.push(&busybox().join("busybox-oci.tar"), "private/busybox:1")?;
+    reg.push(&busybox_image().join("busybox-oci.tar"), "private/busybox:1")?;
     let name = format!("{}/private/busybox:1", reg.addr);
     let out = im.cmd("image", &["pull", &name])?;
     ensure!(out.failed()?.error_line().contains("wants a user and password (--creds or --authfile)"), "{out}");

@@ -1,0 +1,413 @@
+//! Kubernetes' view: containerd 1.6's CRI plugin with Warren as a runtime handler (and runc's,
+//! for comparison, in the same run), driven by a CRI client over containerd's socket as the
+//! kubelet drives it. The effects are checked inside the containers, in their cgroups and on
+//! the host; what the containers see must be the same under both handlers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+use warren_tests::cri::CriHost;
+use warren_tests::*;
+
+type Rt = RuntimeServiceClient<Channel>;
+
+/// The pod both handlers run: two containers sharing the pod's network and IPC namespaces
+/// (each its own PID namespace), with the security fields the kubelet sends.
+struct Pod<'a> {
+    h: &'a CriHost,
+    rt: Rt,
+    handler: &'static str,
+    id: String,
+    config: cri::PodSandboxConfig,
+}
+
+impl<'a> Pod<'a> {
+    fn run(h: &'a CriHost, handler: &'static str) -> Result<Pod<'a>> {
+        let log_dir = h.log_dir().join(handler);
+        std::fs::create_dir_all(&log_dir)?;
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: format!("pod-{handler}"),
+                uid: format!("uid-{handler}-{}", std::process::id()),
+                namespace: "warren-test".into(),
+                attempt: 0,
+            }),
+            hostname: "cri-pod".into(),
+            log_directory: log_dir.to_string_lossy().into(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/{handler}", h.cgroup_parent),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                sysctls: HashMap::from([("kernel.shm_rmid_forced".into(), "1".into())]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut rt = h.runtime();
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
+        let id = h
+            .block_on(rt.run_pod_sandbox(req))
+            .with_context(|| format!("RunPodSandbox ({handler}): {}", h.log_tail()))?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Pod { h, rt, handler, id, config })
+    }
+
+    /// Creates and starts a busybox container running `sh -c SCRIPT`.
+    fn start(&mut self, name: &str, script: &str, tune: impl FnOnce(&mut cri::ContainerConfig)) -> Result<String> {
+        let mut config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: self.h.busybox.clone(), ..Default::default() }),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        tune(&mut config);
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: self.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.config.clone()),
+        };
+        let id = self
+            .h
+            .block_on(self.rt.create_container(req))
+            .with_context(|| format!("CreateContainer {name} ({}): {}", self.handler, self.h.log_tail()))?
+            .into_inner()
+            .container_id;
+        let req = cri::StartContainerRequest { container_id: id.clone() };
+        self.h.block_on(self.rt.start_container(req)).with_context(|| format!("StartContainer {name}"))?;
+        Ok(id)
+    }
+
+    /// ExecSync: (exit code, stdout + stderr).
+    fn exec(&mut self, id: &str, cmd: &[&str]) -> Result<(i32, String)> {
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        };
+        let r = self.h.block_on(self.rt.exec_sync(req)).with_context(|| format!("ExecSync {cmd:?}"))?.into_inner();
+        let text = String::from_utf8_lossy(&r.stdout).to_string() + &String::from_utf8_lossy(&r.stderr);
+        Ok((r.exit_code, text.trim_end().to_string()))
+    }
+
+    /// The output of a command that must succeed.
+    fn out(&mut self, id: &str, cmd: &[&str]) -> Result<String> {
+        let (code, text) = self.exec(id, cmd)?;
+        ensure!(code == 0, "{cmd:?} in {} exited {code}: {text}", self.handler);
+        Ok(text)
+    }
+
+    /// The container's init pid on the host (ContainerStatus' verbose info).
+    fn pid(&mut self, id: &str) -> Result<i32> {
+        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: true };
+        let r = self.h.block_on(self.rt.container_status(req))?.into_inner();
+        let info: serde_json::Value = serde_json::from_str(r.info.get("info").context("no verbose info")?)?;
+        Ok(info["pid"].as_i64().context("no pid in the verbose info")? as i32)
+    }
+
+    fn state(&mut self, id: &str) -> Result<i32> {
+        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+        let r = self.h.block_on(self.rt.container_status(req))?.into_inner();
+        Ok(r.status.context("no status")?.state)
+    }
+
+    fn remove(mut self, containers: &[&str]) -> Result<()> {
+        for id in containers {
+            let req = cri::StopContainerRequest { container_id: id.to_string(), timeout: 2 };
+            self.h.block_on(self.rt.stop_container(req)).with_context(|| format!("StopContainer {id}"))?;
+            ensure!(self.state(id)? == cri::ContainerState::ContainerExited as i32, "{id} not exited");
+            let req = cri::RemoveContainerRequest { container_id: id.to_string() };
+            self.h.block_on(self.rt.remove_container(req)).with_context(|| format!("RemoveContainer {id}"))?;
+        }
+        let req = cri::StopPodSandboxRequest { pod_sandbox_id: self.id.clone() };
+        self.h.block_on(self.rt.stop_pod_sandbox(req)).context("StopPodSandbox")?;
+        let req = cri::RemovePodSandboxRequest { pod_sandbox_id: self.id.clone() };
+        self.h.block_on(self.rt.remove_pod_sandbox(req)).context("RemovePodSandbox")?;
+        Ok(())
+    }
+}
+
+const MIB: i64 = 1 << 20;
+
+/// The pod's network and IPC, a PID namespace per container. The kubelet sends this both in
+/// the pod's config and in each container's security context.
+fn namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// `web` serves the pod's /etc on :8080 and writes a line every 200 ms; `side` echoes what
+/// is written to its stdin, as uid 1000 on a read-only rootfs under the runtime's default
+/// seccomp profile.
+fn start_containers(pod: &mut Pod) -> Result<(String, String)> {
+    let web = pod.start(
+        "web",
+        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done & exec httpd -f -p 8080 -h /etc",
+        |c| {
+            let linux = c.linux.as_mut().unwrap();
+            linux.resources = Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 * MIB,
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                ..Default::default()
+            });
+            linux.security_context = Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces()),
+                ..Default::default()
+            });
+        },
+    )?;
+    let side = pod.start("side", "while read l; do echo attached:$l; done; sleep 3600", |c| {
+        c.stdin = true;
+        c.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(namespaces()),
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            readonly_rootfs: true,
+            privileged: false,
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        });
+    })?;
+    Ok((web, side))
+}
+
+/// What the two containers see, as text, for the comparison between handlers.
+fn observe(pod: &mut Pod, web: &str, side: &str) -> Result<BTreeMap<&'static str, String>> {
+    let mut seen = BTreeMap::new();
+    seen.insert("hostname", pod.out(web, &["hostname"])?);
+    seen.insert("served over the pod's loopback", pod.out(side, &["wget", "-qO-", "http://127.0.0.1:8080/hostname"])?);
+    seen.insert("side uid", pod.out(side, &["id", "-u"])?);
+    seen.insert("side seccomp", pod.out(side, &["grep", "^Seccomp:", "/proc/self/status"])?);
+    seen.insert("side nnp", pod.out(side, &["grep", "^NoNewPrivs:", "/proc/self/status"])?);
+    let (code, text) = pod.exec(side, &["touch", "/x"])?;
+    seen.insert("side writes /", format!("{code} {}", text.contains("Read-only file system")));
+    seen.insert("web sysctl", pod.out(web, &["cat", "/proc/sys/kernel/shm_rmid_forced"])?);
+    seen.insert("side pid 1", pod.out(side, &["cat", "/proc/1/cmdline"])?.replace('\0', " "));
+    seen.insert("exit code", pod.exec(web, &["sh", "-c", "exit 3"])?.0.to_string());
+    for ns in ["net", "ipc", "pid", "uts"] {
+        let path = format!("/proc/self/ns/{ns}");
+        let same = pod.out(web, &["readlink", &path])? == pod.out(side, &["readlink", &path])?;
+        seen.insert(ns_key(ns), same.to_string());
+    }
+    let web_caps = pod.out(web, &["grep", "^CapBnd:", "/proc/self/status"])?;
+    seen.insert("web bounding caps", web_caps);
+    let addr = pod.out(web, &["ip", "-4", "-o", "addr", "show", "eth0"])?;
+    seen.insert("web has a pod address", addr.contains(" 10.91.").to_string());
+    Ok(seen)
+}
+
+fn ns_key(ns: &str) -> &'static str {
+    match ns {
+        "net" => "same net ns",
+        "ipc" => "same ipc ns",
+        "pid" => "same pid ns",
+        _ => "same uts ns",
+    }
+}
+
+/// The pod's life under `handler`: what its containers saw.
+fn pod_life(h: &CriHost, t: &Test, handler: &'static str) -> Result<BTreeMap<&'static str, String>> {
+    let netns_before = netns_names();
+    let mut pod = Pod::run(h, handler)?;
+    let (web, side) = start_containers(&mut pod)?;
+    let mut seen = observe(&mut pod, &web, &side)?;
+    ensure!(shims(t, handler).len() == 1, "{handler}: shims for one pod: {:?}", shims(t, handler));
+    seen.insert("exec stream", exec_stream(&mut pod, &side)?);
+    seen.insert("attach stream", attach_stream(&mut pod, &side)?);
+    check_stats_and_update(&mut pod, &web)?;
+    seen.insert("log reopened", reopen_log(&mut pod, &web)?.to_string());
+    let pod_cgroup = format!("{}/{handler}", h.cgroup_parent);
+    pod.remove(&[&web, &side])?;
+    ensure!(shims(t, handler).is_empty(), "{handler}: shims left: {:?}", shims(t, handler));
+    ensure!(netns_names() == netns_before, "{handler}: netns left: {:?}", netns_names());
+    for dir in cgroup_dirs(pod_cgroup.trim_start_matches('/')) {
+        let children: Vec<_> = std::fs::read_dir(&dir)?.flatten().filter(|e| e.path().is_dir()).collect();
+        ensure!(children.is_empty(), "{handler}: container cgroups left in {}", dir.display());
+    }
+    Ok(seen)
+}
+
+/// The named network namespaces (CRI's pods' are /run/netns/cni-*).
+fn netns_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Shim processes of this test's containerd for `handler`.
+fn shims(t: &Test, handler: &str) -> Vec<(i32, String)> {
+    // The description reads "pid N (why): CMDLINE".
+    let name = format!("/containerd-shim-{handler}-v2 -namespace ");
+    let paths = [t.dir().to_path_buf()];
+    processes(&ProcMatch { paths: &paths, roots: &[], ids: &[] })
+        .into_iter()
+        .filter(|(_, desc)| desc.contains(&name))
+        .collect()
+}
+
+/// Exec through containerd's streaming server (websocket, v4.channel.k8s.io): stdin in,
+/// stdout back.
+fn exec_stream(pod: &mut Pod, id: &str) -> Result<String> {
+    let req = cri::ExecRequest {
+        container_id: id.into(),
+        cmd: vec!["sh".into(), "-c".into(), "read x; echo got:$x".into()],
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = pod.h.block_on(pod.rt.exec(req)).context("Exec")?.into_inner().url;
+    let mut ws = open_stream(&url)?;
+    send_stdin(&mut ws, b"hello\n")?;
+    read_stdout_until(&mut ws, "got:hello")
+}
+
+fn attach_stream(pod: &mut Pod, id: &str) -> Result<String> {
+    let req = cri::AttachRequest { container_id: id.into(), stdin: true, stdout: true, stderr: false, tty: false };
+    let url = pod.h.block_on(pod.rt.attach(req)).context("Attach")?.into_inner().url;
+    let mut ws = open_stream(&url)?;
+    send_stdin(&mut ws, b"hi\n")?;
+    read_stdout_until(&mut ws, "attached:hi")
+}
+
+fn open_stream(url: &str) -> Result<WebSocket<MaybeTlsStream<TcpStream>>> {
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url.as_str().into_client_request()?;
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse()?);
+    let (ws, _) = tungstenite::connect(req).with_context(|| format!("websocket to {url}"))?;
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    }
+    Ok(ws)
+}
+
+/// Channel 0 is stdin.
+fn send_stdin(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, data: &[u8]) -> Result<()> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(data);
+    ws.send(Message::binary(frame))?;
+    Ok(())
+}
+
+/// Channel 1's text, until it holds `want` (then that line) or 10 s pass.
+fn read_stdout_until(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, want: &str) -> Result<String> {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut stdout = String::new();
+    while Instant::now() < end {
+        match ws.read() {
+            Ok(Message::Binary(b)) if b.first() == Some(&1) => stdout += &String::from_utf8_lossy(&b[1..]),
+            Ok(Message::Binary(b)) if b.first() == Some(&3) && b.len() > 1 => {
+                bail!("stream error: {}", String::from_utf8_lossy(&b[1..]))
+            }
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e).context("stream read"),
+        }
+        if let Some(line) = stdout.lines().find(|l| l.contains(want)) {
+            let _ = ws.close(None);
+            return Ok(line.to_string());
+        }
+    }
+    bail!("no {want:?} on the stream; stdout so far: {stdout:?}")
+}
+
+/// ContainerStats has the cgroup's figures; UpdateContainerResources reaches the cgroup.
+fn check_stats_and_update(pod: &mut Pod, id: &str) -> Result<()> {
+    let pid = pod.pid(id)?;
+    let limit = knob_path(pid, "memory", "memory.limit_in_bytes", "memory.max")?;
+    ensure!(read_knob(&limit)? == (64 * MIB).to_string(), "{}: memory limit {}", pod.handler, read_knob(&limit)?);
+    let (quota, period) = cpu_bandwidth(pid)?;
+    ensure!((quota.as_str(), period.as_str()) == ("50000", "100000"), "cpu bandwidth {quota} {period}");
+    let req = cri::ContainerStatsRequest { container_id: id.into() };
+    let stats = pod.h.block_on(pod.rt.container_stats(req)).context("ContainerStats")?.into_inner();
+    let stats = stats.stats.context("no stats")?;
+    let working_set = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+    let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
+    ensure!(working_set > 0 && cpu > 0, "{}: stats working set {working_set}, cpu {cpu}", pod.handler);
+    let resources = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 96 * MIB,
+        cpu_period: 100_000,
+        cpu_quota: 20_000,
+        ..Default::default()
+    };
+    let req =
+        cri::UpdateContainerResourcesRequest { container_id: id.into(), linux: Some(resources), ..Default::default() };
+    pod.h.block_on(pod.rt.update_container_resources(req)).context("UpdateContainerResources")?;
+    ensure!(read_knob(&limit)? == (96 * MIB).to_string(), "{}: updated limit {}", pod.handler, read_knob(&limit)?);
+    ensure!(cpu_bandwidth(pid)?.0 == "20000", "{}: updated quota {:?}", pod.handler, cpu_bandwidth(pid)?);
+    Ok(())
+}
+
+/// The log rotated as the kubelet does it (rename, then ReopenContainerLog): new lines go to
+/// a new file at the old path, in CRI's log format.
+fn reopen_log(pod: &mut Pod, id: &str) -> Result<bool> {
+    let log = PathBuf::from(&pod.config.log_directory).join("web.log");
+    wait_for_line(&log, " stdout F tick ")?;
+    std::fs::rename(&log, log.with_extension("log.1"))?;
+    let req = cri::ReopenContainerLogRequest { container_id: id.into() };
+    pod.h.block_on(pod.rt.reopen_container_log(req)).context("ReopenContainerLog")?;
+    wait_for_line(&log, " stdout F tick ")?;
+    Ok(true)
+}
+
+fn wait_for_line(path: &Path, want: &str) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| l.contains(want)) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < end, "no {want:?} in {}: {text:?}", path.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One pod with two containers, through every CRI call the kubelet makes for it, under
+/// Warren's handler and runc's: the effects are real and the same, and nothing is left.
+#[test]
+fn a_pod_runs_the_same_under_warren_and_runc_through_cri() -> Result<()> {
+    let t = Test::new("cri_pod");
+    let h = CriHost::start(&t, 1)?;
+    let req = cri::PullImageRequest {
+        image: Some(cri::ImageSpec { image: h.busybox.clone(), ..Default::default() }),
+        ..Default::default()
+    };
+    h.block_on(h.images().pull_image(req)).context("PullImage")?;
+    let warren = pod_life(&h, &t, "warren")?;
+    let runc = pod_life(&h, &t, "runc")?;
+    for (k, v) in &warren {
+        ensure!(runc.get(k) == Some(v), "{k}: warren saw {v:?}, runc {:?}", runc.get(k));
+    }
+    ensure!(warren["served over the pod's loopback"] == "cri-pod", "{warren:?}");
+    ensure!(warren["side uid"] == "1000" && warren["side seccomp"] == "Seccomp:\t2", "{warren:?}");
+    ensure!(warren["side writes /"] == "1 true" && warren["web sysctl"] == "1", "{warren:?}");
+    ensure!(warren["same net ns"] == "true" && warren["same ipc ns"] == "true", "{warren:?}");
+    ensure!(warren["same pid ns"] == "false" && warren["exit code"] == "3", "{warren:?}");
+    drop(h);
+    t.assert_no_leftovers();
+    Ok(())
+}
