@@ -15,11 +15,12 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # and scripts; iptables: CRIU locks the network with it, and tenants' CNI plugins NAT with it;
 # containernetworking-plugins: tenants' bridge, host-local and portmap; nftables: the
 # tenant bridge's anti-spoofing guard; e2fsprogs: tenants'
-# disk images (mkfs.ext4); docker-registry: the registry `image pull` is tested against; libseccomp-dev/pkg-config/build-essential: building.
+# disk images (mkfs.ext4); docker-registry: the registry `image pull` and the CRI tests pull from;
+# protobuf-compiler: the CRI tests' client (k8s-cri generates its code with protoc); libseccomp-dev/pkg-config/build-essential: building.
 PACKAGES=(
 	busybox-static runc containerd podman conmon docker.io crun umoci skopeo
 	uidmap iproute2 iptables jq libseccomp-dev pkg-config build-essential
-	containernetworking-plugins e2fsprogs docker-registry nftables
+	containernetworking-plugins e2fsprogs docker-registry nftables protobuf-compiler
 	ca-certificates procps util-linux
 )
 

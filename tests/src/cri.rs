@@ -4,6 +4,7 @@
 //! a pause image built here). Everything lives in the test's dir; the bridge, the pods' cgroup
 //! parent and containerd's shim socket dir are removed on drop.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -70,6 +72,16 @@ impl CriHost {
         ImageServiceClient::new(self.channel.clone())
     }
 
+    /// PullImage of the registry's busybox.
+    pub fn pull_busybox(&self) -> Result<()> {
+        let req = cri::PullImageRequest {
+            image: Some(cri::ImageSpec { image: self.busybox.clone(), ..Default::default() }),
+            ..Default::default()
+        };
+        self.block_on(self.images().pull_image(req)).context("PullImage")?;
+        Ok(())
+    }
+
     /// Runs a client call to its end.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
@@ -104,6 +116,158 @@ impl CriHost {
             ensure!(Instant::now() < end, "containerd's CRI not ready within 20 s: {}", self.log_tail());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// A pod as the kubelet makes one: the pod's network and IPC namespaces, a PID namespace per
+/// container, a namespaced sysctl, under `cgroup_parent/HANDLER`, its logs in `logs/NAME`.
+pub struct Pod<'a> {
+    pub h: &'a CriHost,
+    pub rt: RuntimeServiceClient<Channel>,
+    pub handler: &'static str,
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+}
+
+impl<'a> Pod<'a> {
+    pub fn run(h: &'a CriHost, handler: &'static str, name: &str) -> Result<Pod<'a>> {
+        let log_dir = h.log_dir().join(name);
+        std::fs::create_dir_all(&log_dir)?;
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}-{}", std::process::id()),
+                namespace: "warren-test".into(),
+                attempt: 0,
+            }),
+            hostname: "cri-pod".into(),
+            log_directory: log_dir.to_string_lossy().into(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/{handler}", h.cgroup_parent),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                sysctls: HashMap::from([("kernel.shm_rmid_forced".into(), "1".into())]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut rt = h.runtime();
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
+        let id = h
+            .block_on(rt.run_pod_sandbox(req))
+            .with_context(|| format!("RunPodSandbox ({handler}): {}", h.log_tail()))?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Pod { h, rt, handler, id, config })
+    }
+
+    /// Creates and starts a busybox container running `sh -c SCRIPT`.
+    pub fn start(&mut self, name: &str, script: &str, tune: impl FnOnce(&mut cri::ContainerConfig)) -> Result<String> {
+        let id = self.create(name, script, tune)?;
+        let req = cri::StartContainerRequest { container_id: id.clone() };
+        self.h.block_on(self.rt.start_container(req)).with_context(|| format!("StartContainer {name}"))?;
+        Ok(id)
+    }
+
+    /// CreateContainer of busybox running `sh -c SCRIPT`, `tune`d.
+    pub fn create(&mut self, name: &str, script: &str, tune: impl FnOnce(&mut cri::ContainerConfig)) -> Result<String> {
+        let mut config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: self.h.busybox.clone(), ..Default::default() }),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        tune(&mut config);
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: self.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.config.clone()),
+        };
+        let r = self.h.block_on(self.rt.create_container(req));
+        let r = r.with_context(|| format!("CreateContainer {name} ({}): {}", self.handler, self.h.log_tail()))?;
+        Ok(r.into_inner().container_id)
+    }
+
+    /// ExecSync: (exit code, stdout + stderr).
+    pub fn exec(&mut self, id: &str, cmd: &[&str]) -> Result<(i32, String)> {
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        };
+        let r = self.h.block_on(self.rt.exec_sync(req)).with_context(|| format!("ExecSync {cmd:?}"))?.into_inner();
+        let text = String::from_utf8_lossy(&r.stdout).to_string() + &String::from_utf8_lossy(&r.stderr);
+        Ok((r.exit_code, text.trim_end().to_string()))
+    }
+
+    /// The output of a command that must succeed.
+    pub fn out(&mut self, id: &str, cmd: &[&str]) -> Result<String> {
+        let (code, text) = self.exec(id, cmd)?;
+        ensure!(code == 0, "{cmd:?} in {} exited {code}: {text}", self.handler);
+        Ok(text)
+    }
+
+    /// The container's init pid on the host (ContainerStatus' verbose info).
+    pub fn pid(&mut self, id: &str) -> Result<i32> {
+        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: true };
+        let r = self.h.block_on(self.rt.container_status(req))?.into_inner();
+        let info: serde_json::Value = serde_json::from_str(r.info.get("info").context("no verbose info")?)?;
+        Ok(info["pid"].as_i64().context("no pid in the verbose info")? as i32)
+    }
+
+    pub fn status(&mut self, id: &str) -> Result<cri::ContainerStatus> {
+        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+        let r = self.h.block_on(self.rt.container_status(req))?.into_inner();
+        r.status.context("no status")
+    }
+
+    /// The status once the container has exited (within `wait`).
+    pub fn exited(&mut self, id: &str, wait: Duration) -> Result<cri::ContainerStatus> {
+        let end = Instant::now() + wait;
+        loop {
+            let status = self.status(id)?;
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                return Ok(status);
+            }
+            ensure!(Instant::now() < end, "{id} ({}) still in state {} after {wait:?}", self.handler, status.state);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// StopContainer (SIGTERM, SIGKILL after `timeout` s): its status once exited.
+    pub fn stop(&mut self, id: &str, timeout: i64) -> Result<cri::ContainerStatus> {
+        let req = cri::StopContainerRequest { container_id: id.to_string(), timeout };
+        self.h.block_on(self.rt.stop_container(req)).with_context(|| format!("StopContainer {id}"))?;
+        self.exited(id, Duration::from_secs(5))
+    }
+
+    /// Stops and removes `containers`, then the pod.
+    pub fn remove(mut self, containers: &[&str]) -> Result<()> {
+        for id in containers {
+            self.stop(id, 2)?;
+            let req = cri::RemoveContainerRequest { container_id: id.to_string() };
+            self.h.block_on(self.rt.remove_container(req)).with_context(|| format!("RemoveContainer {id}"))?;
+        }
+        let req = cri::StopPodSandboxRequest { pod_sandbox_id: self.id.clone() };
+        self.h.block_on(self.rt.stop_pod_sandbox(req)).context("StopPodSandbox")?;
+        let req = cri::RemovePodSandboxRequest { pod_sandbox_id: self.id.clone() };
+        self.h.block_on(self.rt.remove_pod_sandbox(req)).context("RemovePodSandbox")?;
+        Ok(())
+    }
+}
+
+/// The pod's network and IPC, a PID namespace per container. The kubelet sends this both in
+/// the pod's config and in each container's security context.
+pub fn namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
     }
 }
 

@@ -3,7 +3,7 @@
 //! kubelet drives it. The effects are checked inside the containers, in their cgroups and on
 //! the host; what the containers see must be the same under both handlers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -11,148 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::Channel;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
-use warren_tests::cri::CriHost;
+use warren_tests::cri::{namespaces, CriHost, Pod};
 use warren_tests::*;
 
-type Rt = RuntimeServiceClient<Channel>;
-
-/// The pod both handlers run: two containers sharing the pod's network and IPC namespaces
-/// (each its own PID namespace), with the security fields the kubelet sends.
-struct Pod<'a> {
-    h: &'a CriHost,
-    rt: Rt,
-    handler: &'static str,
-    id: String,
-    config: cri::PodSandboxConfig,
-}
-
-impl<'a> Pod<'a> {
-    fn run(h: &'a CriHost, handler: &'static str) -> Result<Pod<'a>> {
-        let log_dir = h.log_dir().join(handler);
-        std::fs::create_dir_all(&log_dir)?;
-        let config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: format!("pod-{handler}"),
-                uid: format!("uid-{handler}-{}", std::process::id()),
-                namespace: "warren-test".into(),
-                attempt: 0,
-            }),
-            hostname: "cri-pod".into(),
-            log_directory: log_dir.to_string_lossy().into(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: format!("{}/{handler}", h.cgroup_parent),
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces()),
-                    ..Default::default()
-                }),
-                sysctls: HashMap::from([("kernel.shm_rmid_forced".into(), "1".into())]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut rt = h.runtime();
-        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
-        let id = h
-            .block_on(rt.run_pod_sandbox(req))
-            .with_context(|| format!("RunPodSandbox ({handler}): {}", h.log_tail()))?
-            .into_inner()
-            .pod_sandbox_id;
-        Ok(Pod { h, rt, handler, id, config })
-    }
-
-    /// Creates and starts a busybox container running `sh -c SCRIPT`.
-    fn start(&mut self, name: &str, script: &str, tune: impl FnOnce(&mut cri::ContainerConfig)) -> Result<String> {
-        let mut config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: self.h.busybox.clone(), ..Default::default() }),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            log_path: format!("{name}.log"),
-            linux: Some(cri::LinuxContainerConfig::default()),
-            ..Default::default()
-        };
-        tune(&mut config);
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: self.id.clone(),
-            config: Some(config),
-            sandbox_config: Some(self.config.clone()),
-        };
-        let id = self
-            .h
-            .block_on(self.rt.create_container(req))
-            .with_context(|| format!("CreateContainer {name} ({}): {}", self.handler, self.h.log_tail()))?
-            .into_inner()
-            .container_id;
-        let req = cri::StartContainerRequest { container_id: id.clone() };
-        self.h.block_on(self.rt.start_container(req)).with_context(|| format!("StartContainer {name}"))?;
-        Ok(id)
-    }
-
-    /// ExecSync: (exit code, stdout + stderr).
-    fn exec(&mut self, id: &str, cmd: &[&str]) -> Result<(i32, String)> {
-        let req = cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        };
-        let r = self.h.block_on(self.rt.exec_sync(req)).with_context(|| format!("ExecSync {cmd:?}"))?.into_inner();
-        let text = String::from_utf8_lossy(&r.stdout).to_string() + &String::from_utf8_lossy(&r.stderr);
-        Ok((r.exit_code, text.trim_end().to_string()))
-    }
-
-    /// The output of a command that must succeed.
-    fn out(&mut self, id: &str, cmd: &[&str]) -> Result<String> {
-        let (code, text) = self.exec(id, cmd)?;
-        ensure!(code == 0, "{cmd:?} in {} exited {code}: {text}", self.handler);
-        Ok(text)
-    }
-
-    /// The container's init pid on the host (ContainerStatus' verbose info).
-    fn pid(&mut self, id: &str) -> Result<i32> {
-        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: true };
-        let r = self.h.block_on(self.rt.container_status(req))?.into_inner();
-        let info: serde_json::Value = serde_json::from_str(r.info.get("info").context("no verbose info")?)?;
-        Ok(info["pid"].as_i64().context("no pid in the verbose info")? as i32)
-    }
-
-    fn state(&mut self, id: &str) -> Result<i32> {
-        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
-        let r = self.h.block_on(self.rt.container_status(req))?.into_inner();
-        Ok(r.status.context("no status")?.state)
-    }
-
-    fn remove(mut self, containers: &[&str]) -> Result<()> {
-        for id in containers {
-            let req = cri::StopContainerRequest { container_id: id.to_string(), timeout: 2 };
-            self.h.block_on(self.rt.stop_container(req)).with_context(|| format!("StopContainer {id}"))?;
-            ensure!(self.state(id)? == cri::ContainerState::ContainerExited as i32, "{id} not exited");
-            let req = cri::RemoveContainerRequest { container_id: id.to_string() };
-            self.h.block_on(self.rt.remove_container(req)).with_context(|| format!("RemoveContainer {id}"))?;
-        }
-        let req = cri::StopPodSandboxRequest { pod_sandbox_id: self.id.clone() };
-        self.h.block_on(self.rt.stop_pod_sandbox(req)).context("StopPodSandbox")?;
-        let req = cri::RemovePodSandboxRequest { pod_sandbox_id: self.id.clone() };
-        self.h.block_on(self.rt.remove_pod_sandbox(req)).context("RemovePodSandbox")?;
-        Ok(())
-    }
-}
-
 const MIB: i64 = 1 << 20;
-
-/// The pod's network and IPC, a PID namespace per container. The kubelet sends this both in
-/// the pod's config and in each container's security context.
-fn namespaces() -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Pod as i32,
-        pid: cri::NamespaceMode::Container as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
 
 /// `web` serves the pod's /etc on :8080 and writes a line every 200 ms; `side` echoes what
 /// is written to its stdin, as uid 1000 on a read-only rootfs under the runtime's default
@@ -229,7 +94,7 @@ fn ns_key(ns: &str) -> &'static str {
 /// The pod's life under `handler`: what its containers saw.
 fn pod_life(h: &CriHost, t: &Test, handler: &'static str) -> Result<BTreeMap<&'static str, String>> {
     let netns_before = netns_names();
-    let mut pod = Pod::run(h, handler)?;
+    let mut pod = Pod::run(h, handler, &format!("pod-{handler}"))?;
     let (web, side) = start_containers(&mut pod)?;
     let mut seen = observe(&mut pod, &web, &side)?;
     ensure!(shims(t, handler).len() == 1, "{handler}: shims for one pod: {:?}", shims(t, handler));
@@ -237,8 +102,14 @@ fn pod_life(h: &CriHost, t: &Test, handler: &'static str) -> Result<BTreeMap<&'s
     seen.insert("attach stream", attach_stream(&mut pod, &side)?);
     check_stats_and_update(&mut pod, &web)?;
     seen.insert("log reopened", reopen_log(&mut pod, &web)?.to_string());
+    let hog = out_of_memory(&mut pod)?;
+    seen.insert("out of memory", hog.1);
+    let lost = start_error(&mut pod)?;
+    seen.insert("start error", lost.1);
+    let stopped = pod.stop(&web, 2)?;
+    seen.insert("web stopped", format!("{} {}", stopped.exit_code, stopped.reason));
     let pod_cgroup = format!("{}/{handler}", h.cgroup_parent);
-    pod.remove(&[&web, &side])?;
+    pod.remove(&[&web, &side, &hog.0, &lost.0])?;
     ensure!(shims(t, handler).is_empty(), "{handler}: shims left: {:?}", shims(t, handler));
     ensure!(netns_names() == netns_before, "{handler}: netns left: {:?}", netns_names());
     for dir in cgroup_dirs(pod_cgroup.trim_start_matches('/')) {
@@ -246,6 +117,33 @@ fn pod_life(h: &CriHost, t: &Test, handler: &'static str) -> Result<BTreeMap<&'s
         ensure!(children.is_empty(), "{handler}: container cgroups left in {}", dir.display());
     }
     Ok(seen)
+}
+
+/// A container over its memory limit: killed, exit 137, reason OOMKilled (containerd learns
+/// it from the shim's OOM event).
+fn out_of_memory(pod: &mut Pod) -> Result<(String, String)> {
+    let id = pod.start("hog", "x=aaaaaaaa; while true; do x=$x$x; done", |c| {
+        let linux = c.linux.as_mut().unwrap();
+        linux.resources = Some(cri::LinuxContainerResources { memory_limit_in_bytes: 16 * MIB, ..Default::default() });
+        linux.security_context =
+            Some(cri::LinuxContainerSecurityContext { namespace_options: Some(namespaces()), ..Default::default() });
+    })?;
+    let status = pod.exited(&id, Duration::from_secs(20))?;
+    Ok((id, format!("{} {}", status.exit_code, status.reason)))
+}
+
+/// A command that does not exist: StartContainer fails naming it, and the container is left
+/// exited with what the kubelet reports (exit code, reason).
+fn start_error(pod: &mut Pod) -> Result<(String, String)> {
+    let id = pod.create("lost", "", |c| c.command = vec!["/no/such/program".into()])?;
+    let req = cri::StartContainerRequest { container_id: id.clone() };
+    let err = match pod.h.block_on(pod.rt.start_container(req)) {
+        Ok(_) => bail!("{}: StartContainer of /no/such/program succeeded", pod.handler),
+        Err(e) => e.message().to_string(),
+    };
+    ensure!(err.contains("/no/such/program"), "{}: StartContainer error does not name the program: {err}", pod.handler);
+    let status = pod.exited(&id, Duration::from_secs(5))?;
+    Ok((id, format!("{} {}", status.exit_code, status.reason)))
 }
 
 /// The named network namespaces (CRI's pods' are /run/netns/cni-*).
@@ -392,13 +290,10 @@ fn wait_for_line(path: &Path, want: &str) -> Result<()> {
 fn a_pod_runs_the_same_under_warren_and_runc_through_cri() -> Result<()> {
     let t = Test::new("cri_pod");
     let h = CriHost::start(&t, 1)?;
-    let req = cri::PullImageRequest {
-        image: Some(cri::ImageSpec { image: h.busybox.clone(), ..Default::default() }),
-        ..Default::default()
-    };
-    h.block_on(h.images().pull_image(req)).context("PullImage")?;
+    h.pull_busybox()?;
     let warren = pod_life(&h, &t, "warren")?;
     let runc = pod_life(&h, &t, "runc")?;
+    println!("what the containers saw: {warren:#?}");
     for (k, v) in &warren {
         ensure!(runc.get(k) == Some(v), "{k}: warren saw {v:?}, runc {:?}", runc.get(k));
     }
@@ -407,6 +302,7 @@ fn a_pod_runs_the_same_under_warren_and_runc_through_cri() -> Result<()> {
     ensure!(warren["side writes /"] == "1 true" && warren["web sysctl"] == "1", "{warren:?}");
     ensure!(warren["same net ns"] == "true" && warren["same ipc ns"] == "true", "{warren:?}");
     ensure!(warren["same pid ns"] == "false" && warren["exit code"] == "3", "{warren:?}");
+    ensure!(warren["out of memory"] == "137 OOMKilled", "{warren:?}");
     drop(h);
     t.assert_no_leftovers();
     Ok(())
