@@ -18,7 +18,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::cmd::{command, run_with_deadline};
-use crate::{busybox_image, cgroup_dirs, pause_tool, warren_bin, Registry, Test};
+use crate::{busybox_image, cgroup_dirs, pause_tool, processes, warren_bin, ProcMatch, Registry, Test};
 
 /// Host dirs that containerd 1.6 and CNI use whatever the config says: the shims' sockets,
 /// and libcni's cache of ADD results (emptied by DEL). Removed on drop when this host made them.
@@ -85,6 +85,17 @@ impl CriHost {
     /// Runs a client call to its end.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+
+    /// The shim processes of this containerd for `handler`: (pid, description).
+    pub fn shims(&self, handler: &str) -> Vec<(i32, String)> {
+        // The description reads "pid N (why): CMDLINE".
+        let name = format!("/containerd-shim-{handler}-v2 -namespace ");
+        let paths = [self.dir.clone()];
+        processes(&ProcMatch { paths: &paths, roots: &[], ids: &[] })
+            .into_iter()
+            .filter(|(_, desc)| desc.contains(&name))
+            .collect()
     }
 
     /// containerd's log, for failure messages.

@@ -92,12 +92,12 @@ fn ns_key(ns: &str) -> &'static str {
 }
 
 /// The pod's life under `handler`: what its containers saw.
-fn pod_life(h: &CriHost, t: &Test, handler: &'static str) -> Result<BTreeMap<&'static str, String>> {
+fn pod_life(h: &CriHost, handler: &'static str) -> Result<BTreeMap<&'static str, String>> {
     let netns_before = netns_names();
     let mut pod = Pod::run(h, handler, &format!("pod-{handler}"))?;
     let (web, side) = start_containers(&mut pod)?;
     let mut seen = observe(&mut pod, &web, &side)?;
-    ensure!(shims(t, handler).len() == 1, "{handler}: shims for one pod: {:?}", shims(t, handler));
+    ensure!(h.shims(handler).len() == 1, "{handler}: shims for one pod: {:?}", h.shims(handler));
     seen.insert("exec stream", exec_stream(&mut pod, &side)?);
     seen.insert("attach stream", attach_stream(&mut pod, &side)?);
     check_stats_and_update(&mut pod, &web)?;
@@ -110,7 +110,7 @@ fn pod_life(h: &CriHost, t: &Test, handler: &'static str) -> Result<BTreeMap<&'s
     seen.insert("web stopped", format!("{} {}", stopped.exit_code, stopped.reason));
     let pod_cgroup = format!("{}/{handler}", h.cgroup_parent);
     pod.remove(&[&web, &side, &hog.0, &lost.0])?;
-    ensure!(shims(t, handler).is_empty(), "{handler}: shims left: {:?}", shims(t, handler));
+    ensure!(h.shims(handler).is_empty(), "{handler}: shims left: {:?}", h.shims(handler));
     ensure!(netns_names() == netns_before, "{handler}: netns left: {:?}", netns_names());
     for dir in cgroup_dirs(pod_cgroup.trim_start_matches('/')) {
         let children: Vec<_> = std::fs::read_dir(&dir)?.flatten().filter(|e| e.path().is_dir()).collect();
@@ -153,17 +153,6 @@ fn netns_names() -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// Shim processes of this test's containerd for `handler`.
-fn shims(t: &Test, handler: &str) -> Vec<(i32, String)> {
-    // The description reads "pid N (why): CMDLINE".
-    let name = format!("/containerd-shim-{handler}-v2 -namespace ");
-    let paths = [t.dir().to_path_buf()];
-    processes(&ProcMatch { paths: &paths, roots: &[], ids: &[] })
-        .into_iter()
-        .filter(|(_, desc)| desc.contains(&name))
-        .collect()
 }
 
 /// Exec through containerd's streaming server (websocket, v4.channel.k8s.io): stdin in,
@@ -291,8 +280,8 @@ fn a_pod_runs_the_same_under_warren_and_runc_through_cri() -> Result<()> {
     let t = Test::new("cri_pod");
     let h = CriHost::start(&t, 1)?;
     h.pull_busybox()?;
-    let warren = pod_life(&h, &t, "warren")?;
-    let runc = pod_life(&h, &t, "runc")?;
+    let warren = pod_life(&h, "warren")?;
+    let runc = pod_life(&h, "runc")?;
     println!("what the containers saw: {warren:#?}");
     for (k, v) in &warren {
         ensure!(runc.get(k) == Some(v), "{k}: warren saw {v:?}, runc {:?}", runc.get(k));
