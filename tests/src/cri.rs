@@ -142,9 +142,19 @@ pub struct Pod<'a> {
 
 impl<'a> Pod<'a> {
     pub fn run(h: &'a CriHost, handler: &'static str, name: &str) -> Result<Pod<'a>> {
+        Pod::run_with(h, handler, name, |_| {})
+    }
+
+    /// RunPodSandbox of the pod above, its config `tune`d first.
+    pub fn run_with(
+        h: &'a CriHost,
+        handler: &'static str,
+        name: &str,
+        tune: impl FnOnce(&mut cri::PodSandboxConfig),
+    ) -> Result<Pod<'a>> {
         let log_dir = h.log_dir().join(name);
         std::fs::create_dir_all(&log_dir)?;
-        let config = cri::PodSandboxConfig {
+        let mut config = cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
                 uid: format!("uid-{name}-{}", std::process::id()),
@@ -164,6 +174,7 @@ impl<'a> Pod<'a> {
             }),
             ..Default::default()
         };
+        tune(&mut config);
         let mut rt = h.runtime();
         let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
         let id = h

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::NamespaceMode;
+use std::os::unix::fs::FileTypeExt;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -146,6 +148,55 @@ fn start_error(pod: &mut Pod) -> Result<(String, String)> {
     Ok((id, format!("{} {}", status.exit_code, status.reason)))
 }
 
+/// A pod as node agents run them (kube-proxy, CNI daemons): privileged, on the host's
+/// network. What its container sees, for the comparison between handlers.
+fn privileged_pod_life(h: &CriHost, handler: &'static str) -> Result<BTreeMap<&'static str, String>> {
+    let host_net = |ns: NamespaceMode| cri::NamespaceOption { network: ns as i32, ..namespaces() };
+    let mut pod = Pod::run_with(h, handler, &format!("node-agent-{handler}"), |c| {
+        let sc = c.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+        sc.privileged = true;
+        sc.namespace_options = Some(host_net(NamespaceMode::Node));
+        c.hostname = String::new();
+    })?;
+    let agent = pod.start("agent", "exec sleep 3600", |c| {
+        c.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            namespace_options: Some(host_net(NamespaceMode::Node)),
+            ..Default::default()
+        });
+    })?;
+    let mut seen = BTreeMap::new();
+    let own_net = std::fs::read_link("/proc/self/ns/net")?.to_string_lossy().into_owned();
+    seen.insert("host net ns", (pod.out(&agent, &["readlink", "/proc/self/ns/net"])? == own_net).to_string());
+    seen.insert("caps", pod.out(&agent, &["grep", "^CapEff:", "/proc/self/status"])?);
+    seen.insert("seccomp", pod.out(&agent, &["grep", "^Seccomp:", "/proc/self/status"])?);
+    seen.insert("sys", pod.out(&agent, &["sh", "-c", "grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1"])?);
+    let host_devs =
+        std::fs::read_dir("/dev")?.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_char_device())).count();
+    let devs: usize = pod.out(&agent, &["sh", "-c", "find /dev -maxdepth 1 -type c | wc -l"])?.parse()?;
+    seen.insert("host's char devices", (devs + 3 >= host_devs).to_string());
+    let tty = exec_tty(&mut pod, &agent)?;
+    seen.insert("exec tty", tty);
+    pod.remove(&[&agent])?;
+    Ok(seen)
+}
+
+/// Exec with a terminal: the command's stdin and stdout are a pty.
+fn exec_tty(pod: &mut Pod, id: &str) -> Result<String> {
+    let req = cri::ExecRequest {
+        container_id: id.into(),
+        cmd: vec!["sh".into(), "-c".into(), "tty; test -t 0 && echo stdin-is-a-tty".into()],
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let url = pod.h.block_on(pod.rt.exec(req)).context("Exec (tty)")?.into_inner().url;
+    let mut ws = open_stream(&url)?;
+    let stdout = read_stdout(&mut ws, "stdin-is-a-tty")?;
+    Ok(stdout.lines().next().unwrap_or_default().trim_end_matches('\r').to_string())
+}
+
 /// The named network namespaces (CRI's pods' are /run/netns/cni-*).
 fn netns_names() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/run/netns")
@@ -199,8 +250,14 @@ fn send_stdin(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, data: &[u8]) -> Res
     Ok(())
 }
 
-/// Channel 1's text, until it holds `want` (then that line) or 10 s pass.
+/// The line of channel 1's text that holds `want` (within 10 s).
 fn read_stdout_until(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, want: &str) -> Result<String> {
+    let stdout = read_stdout(ws, want)?;
+    Ok(stdout.lines().find(|l| l.contains(want)).unwrap_or_default().to_string())
+}
+
+/// Channel 1's text, until it holds `want` or 10 s pass.
+fn read_stdout(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, want: &str) -> Result<String> {
     let end = Instant::now() + Duration::from_secs(10);
     let mut stdout = String::new();
     while Instant::now() < end {
@@ -214,9 +271,9 @@ fn read_stdout_until(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, want: &str) 
             Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => return Err(e).context("stream read"),
         }
-        if let Some(line) = stdout.lines().find(|l| l.contains(want)) {
+        if stdout.contains(want) {
             let _ = ws.close(None);
-            return Ok(line.to_string());
+            return Ok(stdout);
         }
     }
     bail!("no {want:?} on the stream; stdout so far: {stdout:?}")
@@ -292,6 +349,24 @@ fn a_pod_runs_the_same_under_warren_and_runc_through_cri() -> Result<()> {
     ensure!(warren["same net ns"] == "true" && warren["same ipc ns"] == "true", "{warren:?}");
     ensure!(warren["same pid ns"] == "false" && warren["exit code"] == "3", "{warren:?}");
     ensure!(warren["out of memory"] == "137 OOMKilled", "{warren:?}");
+    drop(h);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// A privileged pod on the host's network, with a terminal exec: the same under both handlers.
+#[test]
+fn a_privileged_host_network_pod_runs_the_same_under_warren_and_runc() -> Result<()> {
+    let t = Test::new("cri_privileged");
+    let h = CriHost::start(&t, 2)?;
+    h.pull_busybox()?;
+    let warren = privileged_pod_life(&h, "warren")?;
+    let runc = privileged_pod_life(&h, "runc")?;
+    println!("what the privileged container saw: {warren:#?}");
+    ensure!(warren == runc, "warren saw {warren:#?}\nrunc saw {runc:#?}");
+    ensure!(warren["host net ns"] == "true" && warren["seccomp"] == "Seccomp:\t0", "{warren:?}");
+    ensure!(warren["sys"] == "rw" && warren["host's char devices"] == "true", "{warren:?}");
+    ensure!(warren["exec tty"] == "/dev/pts/0", "{warren:?}");
     drop(h);
     t.assert_no_leftovers();
     Ok(())
