@@ -79,13 +79,15 @@ fn a_restored_container_goes_on_from_its_memory_with_its_limits() -> Result<()> 
     std::thread::sleep(Duration::from_millis(300));
     ensure!(count(&b)? == at_dump, "nothing runs between dump and restore");
     // Its network namespace held only a loopback it cannot change (no CAP_NET_ADMIN): CRIU
-    // did not save it; the restore gives it a new one.
+    // ran in it and did not save it (no netns image at all, no conntrack walk); the restore
+    // gives it a new one.
     let info: Value = serde_json::from_slice(&std::fs::read(dir.join("warren-checkpoint.json"))?)?;
     ensure!(info["fresh_netns"] == true, "fresh_netns: {}", info["fresh_netns"]);
+    ensure!(info["criu_in_netns"] == true, "criu_in_netns: {}", info["criu_in_netns"]);
     let netns_images: Vec<String> = std::fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| ["netdev-", "ifaddr-", "route-", "iptables-"].iter().any(|p| n.starts_with(p)))
+        .filter(|n| ["netns-", "netdev-", "ifaddr-", "route-", "iptables-"].iter().any(|p| n.starts_with(p)))
         .collect();
     ensure!(netns_images.is_empty(), "CRIU saved the network namespace: {netns_images:?}");
     // CRIU did not probe the kernel: it loaded its cache (which Warren keeps where /run is

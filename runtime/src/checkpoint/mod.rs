@@ -12,6 +12,7 @@ mod kdat;
 mod restore;
 mod skeleton;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -163,6 +164,11 @@ pub struct CheckpointInfo {
     /// left out of the dump, and the restore gives it a new one instead of CRIU remaking it.
     #[serde(default)]
     pub fresh_netns: bool,
+    /// With `fresh_netns`: CRIU ran in the container's network namespace, so the images hold
+    /// no network namespace at all (CRIU leaves its own alone: no conntrack walk, no network
+    /// lock), and the restore runs CRIU in the new one. Not with --tcp-established.
+    #[serde(default)]
+    pub criu_in_netns: bool,
     /// Read-only tmpfs mounts of directories only: made anew at the restore, not copied.
     #[serde(default)]
     pub skeleton_tmpfs: Vec<skeleton::SkeletonTmpfs>,
@@ -340,9 +346,11 @@ impl Runtime {
                 .as_ref()
                 .and_then(|cg| cg.pids().ok())
                 .is_some_and(|pids| plain_netns(&c.state.config, pid, &pids)),
+            criu_in_netns: false,
             skeleton_tmpfs: skeleton::find(pid),
             config: c.state.config.clone(),
         };
+        let info = CheckpointInfo { criu_in_netns: info.fresh_netns && !opts.common.tcp_established, ..info };
         write_descriptors(&opts.image_path, pid)?;
         let info_path = opts.image_path.join(INFO_FILE);
         let text = serde_json::to_vec_pretty(&info).expect("plain data serializes");
@@ -359,8 +367,9 @@ impl Runtime {
         let freezer = c.state.cgroup.as_ref().and_then(|cg| cg.freezer_dir());
         let stdio: Vec<Stdio> = stdio.into_iter().flatten().collect();
         let own_netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let in_netns = info.criu_in_netns.then(|| criu_in(&own_netns)).transpose()?;
         let netns = joined_netns(&c.state.config)
-            .or_else(|| info.fresh_netns.then_some(own_netns))
+            .or_else(|| (info.fresh_netns && in_netns.is_none()).then_some(own_netns))
             .map(|path| {
                 std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).map_err(io_err(&path))
             })
@@ -374,11 +383,17 @@ impl Runtime {
             &args,
             work.join(format!("{action}.log")),
             action,
-            None,
+            in_netns,
         )?;
         failpoint("checkpoint.after-criu");
         Ok(())
     }
+}
+
+/// Work before criu's exec that puts it in the network namespace at `path`.
+fn criu_in(path: &Path) -> Result<criu::PreExec, ContainerError> {
+    let netns = std::fs::File::open(path).map_err(io_err(path)).map_err(ContainerError::from)?;
+    Ok(Box::new(move || crate::sys::join_netns(netns.as_raw_fd())))
 }
 
 /// runc's `descriptors.json`: what the init's stdio pointed at, which tools that read runc's

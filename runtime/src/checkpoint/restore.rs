@@ -2,7 +2,7 @@
 //! brings back from a checkpoint.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -65,15 +65,8 @@ impl Runtime {
         let stand_in_dir = opts.moved.then(|| self.dir(&opts.id));
         let mut inherited =
             inherit_fds(&info, opts.console.as_ref(), stand_in_dir.as_deref(), userns_root(&bundle.spec))?;
-        if let Some(path) = super::joined_netns(&bundle.spec) {
-            let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io { path: path.clone(), source });
-            inherited.add(inheritable(netns?, &path)?, super::criu::EXTERNAL_NETNS);
-        } else if info.fresh_netns {
-            let path = Path::new("(new network namespace)");
-            let netns = crate::sys::new_netns_with_lo_up()
-                .map_err(|source| ContainerError::Io { path: path.to_path_buf(), source })?;
-            inherited.add(inheritable(netns.into(), path)?, super::criu::EXTERNAL_NETNS);
-        }
+        // Where criu itself runs, when the images hold no network namespace.
+        let criu_netns = network_namespace(&info, &bundle.spec, &mut inherited)?;
         let dir = self.dir(&opts.id);
         let pid_path = dir.join(CRIU_PID_FILE);
         let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
@@ -96,7 +89,7 @@ impl Runtime {
             leave_stopped: opts.leave_stopped,
         };
         let args = criu::restore_args(&plan, &opts.common);
-        let (pre, _overlay) = criu_mount_ns(&bundle, skeletons.targets())?;
+        let (pre, _overlay) = criu_mount_ns(&bundle, skeletons.targets(), criu_netns.as_ref().map(|f| f.as_raw_fd()))?;
         let _lent = LentImages::to_root_of(plan.images, &bundle.spec)?;
         let _lent_work = if plan.work == plan.images { None } else { LentImages::to_root_of(plan.work, &bundle.spec)? };
         failpoint("restore.before-criu");
@@ -128,7 +121,33 @@ impl Runtime {
     }
 }
 
-/// What criu's process does before it runs: in a mount namespace of its own (which goes away
+/// The restored container's network namespace: the one its config joins, or a new one with
+/// lo up (for a checkpoint whose namespace held nothing more), given to criu as the external
+/// it was dumped as, or returned for criu to run in (`criu_in_netns`).
+fn network_namespace(
+    info: &CheckpointInfo,
+    spec: &oci_spec::runtime::Spec,
+    inherited: &mut Inherited,
+) -> Result<Option<OwnedFd>, ContainerError> {
+    if let Some(path) = super::joined_netns(spec) {
+        let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io { path: path.clone(), source });
+        inherited.add(inheritable(netns?, &path)?, super::criu::EXTERNAL_NETNS);
+        return Ok(None);
+    }
+    if !info.fresh_netns {
+        return Ok(None);
+    }
+    let path = Path::new("(new network namespace)");
+    let netns =
+        crate::sys::new_netns_with_lo_up().map_err(|source| ContainerError::Io { path: path.to_path_buf(), source })?;
+    if info.criu_in_netns {
+        return Ok(Some(netns));
+    }
+    inherited.add(inheritable(netns.into(), path)?, super::criu::EXTERNAL_NETNS);
+    Ok(None)
+}
+
+/// What criu's process does before it runs: in `netns` if given; in a mount namespace of its own (which goes away
 /// with it; the container keeps its own references), the root made a mount point, as criu
 /// needs (a bind of itself, or the bundle's overlay, made here while privileged), and the
 /// skeleton tmpfs mounts attached at their points. The overlay's mount must stay open until
@@ -136,6 +155,7 @@ impl Runtime {
 fn criu_mount_ns(
     bundle: &Bundle,
     skeletons: Vec<(i32, CString)>,
+    netns: Option<RawFd>,
 ) -> Result<(criu::PreExec, Option<OwnedFd>), ContainerError> {
     let root = CString::new(bundle.rootfs.as_os_str().as_bytes())
         .map_err(|_| CheckpointError::BadImage { path: bundle.rootfs.clone(), reason: "NUL in path".into() })?;
@@ -147,6 +167,9 @@ fn criu_mount_ns(
         .map_err(SpecError::from)?;
     let overlay_fd = overlay.as_ref().map(|m| m.as_raw_fd());
     let pre: criu::PreExec = Box::new(move || {
+        if let Some(fd) = netns {
+            crate::sys::join_netns(fd)?;
+        }
         match overlay_fd {
             Some(fd) => crate::sys::attach_in_new_mount_ns(fd, &root)?,
             None => crate::sys::bind_self_in_new_mount_ns(&root)?,

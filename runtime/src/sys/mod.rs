@@ -261,6 +261,12 @@ pub fn new_netns_with_lo_up() -> io::Result<OwnedFd> {
     Ok(made?.into())
 }
 
+/// setns(2) into the network namespace `fd` refers to. Async-signal-safe.
+pub fn join_netns(fd: RawFd) -> io::Result<()> {
+    // SAFETY: setns(2) on an fd the caller holds open; it moves only the calling thread.
+    check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) } as libc::c_long).map(|_| ())
+}
+
 /// prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (the container's init
 /// once its intermediate parent exits) are re-parented to us, so we can wait.
 pub fn set_child_subreaper() -> io::Result<()> {
