@@ -80,7 +80,7 @@ step fmt 120 cargo fmt --all --check
 step clippy 900 cargo clippy --workspace --all-targets -- -D warnings
 step build 900 "$ROOT/scripts/build.sh"
 # --no-fail-fast: report every failing test, not only the first binary's.
-step cargo-test 900 cargo test --workspace --release --no-fail-fast
+step cargo-test 1200 cargo test --workspace --release --no-fail-fast
 # Real clients drive the built binary: containerd 1.6/ctr, podman 4.3, docker 20.10.
 step clients 900 "$ROOT/tests/clients/run-all.sh" "$WARREN_BIN"
 

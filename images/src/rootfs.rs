@@ -61,10 +61,11 @@ pub fn detached_overlay(layers: &[PathBuf], upper: &Path, work: &Path) -> Result
         .map_err(|source| RootfsError::Mount { target: upper.to_path_buf(), source })
 }
 
-/// A small tmpfs attached nowhere: its files are reached through the descriptor (`openat`),
-/// and it goes when the last descriptor (or a mount namespace it was attached in) does.
-pub fn detached_tmpfs(size: Option<u64>) -> io::Result<std::os::fd::OwnedFd> {
-    crate::sys::detached_tmpfs(size)
+/// A tmpfs attached nowhere, made with `params` (fsconfig(2) keys and values: `size`,
+/// `mode`, `source`, ...): its files are reached through the descriptor (`openat`), and it
+/// goes when the last descriptor (or a mount namespace it was attached in) does.
+pub fn detached_tmpfs(params: &[(&str, &str)]) -> io::Result<std::os::fd::OwnedFd> {
+    crate::sys::detached_tmpfs(params)
 }
 
 /// The same for lower dirs listed top first, as overlayfs' options list them (the runtime's

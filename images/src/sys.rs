@@ -119,15 +119,15 @@ pub fn mount_overlay_fsconfig(lowers: &[&Path], upper: &Path, work: &Path, targe
     })
 }
 
-/// A new tmpfs (of at most `size` bytes, else tmpfs's default), attached nowhere (see
+/// A new tmpfs made with `params` (fsconfig string keys and values), attached nowhere (see
 /// [`detached_overlay`]).
-pub fn detached_tmpfs(size: Option<u64>) -> io::Result<OwnedFd> {
+pub fn detached_tmpfs(params: &[(&str, &str)]) -> io::Result<OwnedFd> {
     let name = cstring(b"tmpfs")?;
     // SAFETY: fsopen(2) with a NUL-terminated file system name.
     let fs = fd_result(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
-    if let Some(size) = size {
-        let size = cstring(size.to_string().as_bytes())?;
-        fsconfig(&fs, FSCONFIG_SET_STRING, Some(&cstring(b"size")?), Some(&size))?;
+    for (key, value) in params {
+        let (key, value) = (cstring(key.as_bytes())?, cstring(value.as_bytes())?);
+        fsconfig(&fs, FSCONFIG_SET_STRING, Some(&key), Some(&value))?;
     }
     fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
     // SAFETY: fsmount(2) on the configured context; no attribute flags.

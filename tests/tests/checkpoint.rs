@@ -155,6 +155,60 @@ fn leave_running_then_restore_after_delete() -> Result<()> {
     Ok(())
 }
 
+/// /dev's entries: name, mode, owner, device number, type (not times: made anew at restore).
+const LIST_DEV: &str = "stat -c '%n %A %u %g %t:%T %F' /dev/* /dev/shm";
+
+/// A paused container's tmpfs mounts that hold only metadata (/dev: its nodes and links;
+/// an empty /dev/shm) are made anew at the restore instead of going through CRIU's tar; one
+/// that holds data (/dev/shm with a file in it) still goes through CRIU, and keeps the file.
+#[test]
+fn a_paused_containers_dev_is_made_anew_and_shm_data_kept() -> Result<()> {
+    if !have_criu()? {
+        return Ok(());
+    }
+    let t = Test::new("cr_devskel");
+    for (k, shm_file) in [(0, false), (1, true)] {
+        let b = counter_bundle(&t, |_| {})?;
+        let id = t.id(&format!("c{k}"));
+        let c = t.start_new(&id, &b)?;
+        if shm_file {
+            c.exec(&[], &["sh", "-c", "echo kept > /dev/shm/data"])?.ok()?;
+        }
+        let before = c.exec(&[], &["sh", "-c", LIST_DEV])?.ok()?.stdout.clone();
+        t.cmd(&["pause", &id])?.ok()?;
+        let dir = images(&t, &format!("img{k}"));
+        checkpoint(&t, &id, &dir, &[])?;
+        std::mem::forget(c);
+        let info: Value = serde_json::from_slice(&std::fs::read(dir.join("warren-checkpoint.json"))?)?;
+        let made: Vec<&str> = info["skeleton_tmpfs"]
+            .as_array()
+            .context("skeleton_tmpfs")?
+            .iter()
+            .filter_map(|s| s["destination"].as_str())
+            .collect();
+        ensure!(made.contains(&"/dev") && made.contains(&"/dev/shm") != shm_file, "{k}: made anew: {made:?}");
+        let tars = std::fs::read_dir(&dir)?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("tmpfs-"))
+            .count();
+        ensure!(tars == usize::from(shm_file), "{k}: {tars} tmpfs copies by CRIU");
+        let c = restore(&t, &id, &b, &dir)?;
+        let after = c.exec(&[], &["sh", "-c", LIST_DEV])?.ok()?.stdout.clone();
+        ensure!(before == after, "{k}: /dev before {before}\nafter {after}");
+        let out = c.exec(
+            &[],
+            &["sh", "-c", "echo x > /dev/null && head -c 3 /dev/zero | wc -c; cat /dev/shm/data 2>&1; true"],
+        )?;
+        let want =
+            if shm_file { "3\nkept\n" } else { "3\ncat: can't open '/dev/shm/data': No such file or directory\n" };
+        ensure!(out.ok()?.stdout == want, "{k}: {out}");
+        wait_count_above(&b, count(&b)?, Duration::from_secs(5))?;
+        drop(c);
+    }
+    t.assert_no_leftovers();
+    Ok(())
+}
+
 #[test]
 fn pre_dump_then_dump_against_it() -> Result<()> {
     if !have_criu()? {

@@ -47,6 +47,8 @@ pub struct Mount {
     pub root: PathBuf,
     pub mount_point: PathBuf,
     pub fs_type: String,
+    /// What mount(2) was given as the source ("tmpfs", "/dev/vda", ...).
+    pub source: String,
     /// The mount's own options (ro, nosuid, ...), field 6.
     pub options: Vec<String>,
     pub super_options: Vec<String>,
@@ -195,6 +197,7 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, CgroupError> {
             root: PathBuf::from(unescape(fields[3])),
             mount_point: PathBuf::from(unescape(fields[4])),
             fs_type: fields[dash + 1].to_string(),
+            source: unescape(fields[dash + 2]),
             options: fields[5].split(',').map(str::to_string).collect(),
             super_options: fields[dash + 3].split(',').map(str::to_string).collect(),
         });

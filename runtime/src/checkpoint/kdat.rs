@@ -43,7 +43,7 @@ fn boot_time() -> Option<SystemTime> {
 }
 
 fn refresh(criu: &Path) -> io::Result<()> {
-    let tmpfs = warren_images::rootfs::detached_tmpfs(Some(1 << 20))?;
+    let tmpfs = warren_images::rootfs::detached_tmpfs(&[("size", "1m")])?;
     let fd = tmpfs.as_raw_fd();
     let mut cmd = Command::new(criu);
     cmd.args(["check", "--log-file", "/dev/null"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());

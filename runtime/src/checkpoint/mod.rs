@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::{ContainerError, Locked, Runtime};
 use crate::failpoint::failpoint;
+use crate::state::Status;
 
 pub use restore::{RestoreOptions, Restored};
 
@@ -347,7 +348,7 @@ impl Runtime {
                 .and_then(|cg| cg.pids().ok())
                 .is_some_and(|pids| plain_netns(&c.state.config, pid, &pids)),
             criu_in_netns: false,
-            skeleton_tmpfs: skeleton::find(pid),
+            skeleton_tmpfs: skeleton::find(pid, status == Status::Paused),
             config: c.state.config.clone(),
         };
         let info = CheckpointInfo { criu_in_netns: info.fresh_netns && !opts.common.tcp_established, ..info };

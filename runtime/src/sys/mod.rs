@@ -88,9 +88,11 @@ pub fn mount_setattr_recursive(fd: RawFd, set: u64, clear: u64) -> io::Result<()
     mount_setattr(fd, libc::AT_RECURSIVE, &MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 })
 }
 
-/// mount_setattr(2) on the mount at `fd` alone: MOUNT_ATTR_* flags set.
+/// mount_setattr(2) on the mount at `fd` alone: MOUNT_ATTR_* flags set, the atime mode
+/// among them (relatime when `set` has none).
 pub fn mount_setattr_flags(fd: RawFd, set: u64) -> io::Result<()> {
-    mount_setattr(fd, 0, &MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 })
+    const MOUNT_ATTR_ATIME: u64 = 0x70;
+    mount_setattr(fd, 0, &MountAttr { attr_set: set, attr_clr: MOUNT_ATTR_ATIME, propagation: 0, userns_fd: 0 })
 }
 
 /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): marks every descriptor from
