@@ -144,7 +144,7 @@ impl Runtime {
             }
         };
         let mut made = Made { rt: self, store: &store, lease, spool };
-        end.answer(&Answer::Accept { missing_layers: missing.clone() })?;
+        end.answer(&Answer::Accept { missing_layers: missing.clone(), raw_chunks: true })?;
         failpoint("migrate-receive.accepted");
         let result = self.take_container(&mut end, &hello, &missing, &mut made, &bundle_dir, opts);
         match result {

@@ -82,7 +82,7 @@ impl Runtime {
         end.send_hello(&hello).map_err(|e| tls_refusal(&opts.tls, e))?;
         let missing = match end.wait_for_answer().map_err(|e| tls_refusal(&opts.tls, e))? {
             Answer::Refuse { reason } => return Err(MigrateError::Refused { reason }),
-            Answer::Accept { missing_layers } => missing_layers,
+            Answer::Accept { missing_layers, .. } => missing_layers,
         };
         failpoint("migrate-send.accepted");
         if let Some((image, config)) = &image {

@@ -53,6 +53,8 @@ enum Tag {
     Commit = 8,
     Abort = 9,
     Resumed = 10,
+    /// A data chunk sent as it is: it would not compress (only to a target that said it reads them).
+    Raw = 11,
 }
 
 impl Tag {
@@ -68,6 +70,7 @@ impl Tag {
             Tag::Commit,
             Tag::Abort,
             Tag::Resumed,
+            Tag::Raw,
         ]
         .into_iter()
         .find(|t| *t as u8 == b)
@@ -105,8 +108,15 @@ pub struct CriuFlags {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Answer {
-    Accept { missing_layers: Vec<Digest> },
-    Refuse { reason: String },
+    Accept {
+        missing_layers: Vec<Digest>,
+        /// The target reads Raw chunks (older targets do not say so, and get zstd only).
+        #[serde(default)]
+        raw_chunks: bool,
+    },
+    Refuse {
+        reason: String,
+    },
 }
 
 /// The parts of a stream; anything else is refused by name.
@@ -257,6 +267,9 @@ pub struct SourceEnd<S: Read + Write> {
     framed: Framed<S>,
     manifest: Manifest,
     compressor: zstd::bulk::Compressor<'static>,
+    /// Whether the target reads Raw chunks, and how many were sent so.
+    raw_chunks: bool,
+    raw_sent: u64,
     /// Uncompressed and compressed bytes sent in parts, for the report and progress.
     pub sent: (u64, u64),
 }
@@ -265,7 +278,15 @@ impl<S: Read + Write> SourceEnd<S> {
     /// The source's end of `stream` to `peer` (an address, for errors).
     pub fn new(stream: S, peer: String) -> Result<SourceEnd<S>, MigrateError> {
         let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|source| MigrateError::Zstd { source })?;
-        Ok(SourceEnd { framed: Framed::new(stream, peer), manifest: Manifest::default(), compressor, sent: (0, 0) })
+        let framed = Framed::new(stream, peer);
+        Ok(SourceEnd {
+            framed,
+            manifest: Manifest::default(),
+            compressor,
+            raw_chunks: false,
+            raw_sent: 0,
+            sent: (0, 0),
+        })
     }
 
     pub fn send_hello(&mut self, hello: &Hello) -> Result<(), MigrateError> {
@@ -275,7 +296,9 @@ impl<S: Read + Write> SourceEnd<S> {
     }
 
     pub fn wait_for_answer(&mut self) -> Result<Answer, MigrateError> {
-        self.framed.read_json(Tag::Answer)
+        let answer = self.framed.read_json(Tag::Answer)?;
+        self.raw_chunks = matches!(answer, Answer::Accept { raw_chunks: true, .. });
+        Ok(answer)
     }
 
     /// Sends one part: `fill` writes its content into the given writer.
@@ -294,6 +317,12 @@ impl<S: Read + Write> SourceEnd<S> {
     }
 
     fn send_chunk(&mut self, data: &[u8]) -> Result<(), MigrateError> {
+        if self.raw_chunks && incompressible(&mut self.compressor, data)? {
+            self.sent.0 += data.len() as u64;
+            self.sent.1 += data.len() as u64 + 5;
+            self.raw_sent += 1;
+            return self.framed.write(Tag::Raw, data);
+        }
         let packed = self.compressor.compress(data).map_err(|source| MigrateError::Zstd { source })?;
         self.sent.0 += data.len() as u64;
         self.sent.1 += packed.len() as u64 + 5;
@@ -334,6 +363,25 @@ impl<S: Read + Write> SourceEnd<S> {
             let _ = self.framed.flush();
         }
     }
+}
+
+/// Whether zstd would save less than a tenth of `data`, judged on samples (8 of 2 KiB,
+/// spread over it): compressing what does not shrink (dirty pages of random data, packed
+/// files) costs as much time as the transfer of the chunk itself.
+fn incompressible(compressor: &mut zstd::bulk::Compressor<'static>, data: &[u8]) -> Result<bool, MigrateError> {
+    const SAMPLES: usize = 8;
+    const SAMPLE: usize = 2 << 10;
+    if data.len() < SAMPLES * SAMPLE * 4 {
+        return Ok(false);
+    }
+    let stride = data.len() / SAMPLES;
+    let (mut raw, mut packed) = (0, 0);
+    for i in 0..SAMPLES {
+        let sample = &data[i * stride..i * stride + SAMPLE];
+        raw += sample.len();
+        packed += compressor.compress(sample).map_err(|source| MigrateError::Zstd { source })?.len();
+    }
+    Ok(packed * 10 >= raw * 9)
 }
 
 /// Writes one part's content: chunked, hashed, compressed.
@@ -459,6 +507,11 @@ impl<S: Read + Write> TargetEnd<S> {
                     bytes += data.len() as u64;
                     out.write_all(&data).map_err(|source| MigrateError::Spool { part: part.clone(), source })?;
                 }
+                Tag::Raw if payload.len() <= CHUNK => {
+                    hash.update(&payload);
+                    bytes += payload.len() as u64;
+                    out.write_all(&payload).map_err(|source| MigrateError::Spool { part: part.clone(), source })?;
+                }
                 Tag::PartEnd => {
                     let end: PartEnd = self.framed.parse(tag, &payload)?;
                     let actual = Digest::from_hasher(hash);
@@ -468,7 +521,7 @@ impl<S: Read + Write> TargetEnd<S> {
                     self.received.push(ManifestEntry { part: part.clone(), bytes, sha256: actual });
                     return Ok(end);
                 }
-                other => return Err(self.framed.unexpected(other, "Data or PartEnd")),
+                other => return Err(self.framed.unexpected(other, "Data, Raw or PartEnd")),
             }
         }
     }
@@ -527,5 +580,51 @@ mod tests {
         for good in ["pages-1.img", "core-12.img", "dump.log", "warren-checkpoint.json"] {
             Part::Criu(good.into()).validate().unwrap();
         }
+    }
+
+    /// xorshift output: what zstd cannot shrink.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect()
+    }
+
+    /// Sends `content` as one part to a target that answered `raw_chunks`; returns what the
+    /// target received and the source's (bytes, wire bytes).
+    fn round_trip(content: Vec<u8>, raw_chunks: bool) -> (Vec<u8>, u64) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let target = std::thread::spawn(move || {
+            let mut end = TargetEnd::new(b, "source".into()).unwrap();
+            end.answer(&Answer::Accept { missing_layers: Vec::new(), raw_chunks }).unwrap();
+            let Incoming::Part(part) = end.next_incoming().unwrap() else { panic!("not a part") };
+            let mut got = Vec::new();
+            end.receive_part(&part, &mut got).unwrap();
+            got
+        });
+        let mut end = SourceEnd::new(a, "target".into()).unwrap();
+        end.wait_for_answer().unwrap();
+        end.send_part(Part::Criu("pages-1.img".into()), |w| w.write_all(&content).map_err(|_| w.take_error().unwrap()))
+            .unwrap();
+        end.flush().unwrap();
+        (target.join().unwrap(), end.raw_sent)
+    }
+
+    #[test]
+    fn chunks_that_do_not_compress_go_raw_to_a_target_that_reads_them() {
+        let mut content = noise(3 << 20);
+        content.extend(vec![0u8; 2 << 20]);
+        // The 3 MiB of noise go as they are, the zeros through zstd.
+        let (got, raw) = round_trip(content.clone(), true);
+        assert!(got == content, "content changed on the way");
+        assert_eq!(raw, 3);
+        // An older target: everything through zstd, the same content.
+        let (got, raw) = round_trip(content.clone(), false);
+        assert!(got == content && raw == 0, "{raw} raw chunks");
     }
 }
