@@ -105,6 +105,21 @@ impl CriHost {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
+    /// Stops and removes every pod (and so every container) that is still there, as the
+    /// kubelet would: a test that failed half-way leaves no sandbox, netns or shim.
+    fn remove_pods(&self) {
+        let mut rt = self.runtime();
+        let Ok(pods) = self.block_on(rt.list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })) else {
+            return;
+        };
+        for pod in pods.into_inner().items {
+            let stop = k8s_cri::v1::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() };
+            let _ = self.block_on(rt.stop_pod_sandbox(stop));
+            let remove = k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: pod.id };
+            let _ = self.block_on(rt.remove_pod_sandbox(remove));
+        }
+    }
+
     /// The pods' log dir (CRI writes each container's log under it).
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")
@@ -290,23 +305,6 @@ pub fn namespaces() -> cri::NamespaceOption {
         pid: cri::NamespaceMode::Container as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
-    }
-}
-
-impl CriHost {
-    /// Stops and removes every pod (and so every container) that is still there, as the
-    /// kubelet would: a test that failed half-way leaves no sandbox, netns or shim.
-    fn remove_pods(&self) {
-        let mut rt = self.runtime();
-        let Ok(pods) = self.block_on(rt.list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })) else {
-            return;
-        };
-        for pod in pods.into_inner().items {
-            let stop = k8s_cri::v1::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() };
-            let _ = self.block_on(rt.stop_pod_sandbox(stop));
-            let remove = k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: pod.id };
-            let _ = self.block_on(rt.remove_pod_sandbox(remove));
-        }
     }
 }
 

@@ -183,16 +183,7 @@ fn privileged_pod_life(h: &CriHost, handler: &'static str) -> Result<BTreeMap<&'
 
 /// Exec with a terminal: the command's stdin and stdout are a pty.
 fn exec_tty(pod: &mut Pod, id: &str) -> Result<String> {
-    let req = cri::ExecRequest {
-        container_id: id.into(),
-        cmd: vec!["sh".into(), "-c".into(), "tty; test -t 0 && echo stdin-is-a-tty".into()],
-        stdin: true,
-        stdout: true,
-        stderr: false,
-        tty: true,
-    };
-    let url = pod.h.block_on(pod.rt.exec(req)).context("Exec (tty)")?.into_inner().url;
-    let mut ws = open_stream(&url)?;
+    let mut ws = exec_with_stdin(pod, id, "tty; test -t 0 && echo stdin-is-a-tty", true)?;
     let stdout = read_stdout(&mut ws, "stdin-is-a-tty")?;
     Ok(stdout.lines().next().unwrap_or_default().trim_end_matches('\r').to_string())
 }
@@ -209,18 +200,24 @@ fn netns_names() -> Vec<String> {
 /// Exec through containerd's streaming server (websocket, v4.channel.k8s.io): stdin in,
 /// stdout back.
 fn exec_stream(pod: &mut Pod, id: &str) -> Result<String> {
-    let req = cri::ExecRequest {
-        container_id: id.into(),
-        cmd: vec!["sh".into(), "-c".into(), "read x; echo got:$x".into()],
-        stdin: true,
-        stdout: true,
-        stderr: true,
-        tty: false,
-    };
-    let url = pod.h.block_on(pod.rt.exec(req)).context("Exec")?.into_inner().url;
-    let mut ws = open_stream(&url)?;
+    let mut ws = exec_with_stdin(pod, id, "read x; echo got:$x", false)?;
     send_stdin(&mut ws, b"hello\n")?;
     read_stdout_until(&mut ws, "got:hello")
+}
+
+/// Exec of `sh -c SCRIPT` with stdin and stdout (and stderr, unless on a terminal), its
+/// stream open.
+fn exec_with_stdin(pod: &mut Pod, id: &str, script: &str, tty: bool) -> Result<WebSocket<MaybeTlsStream<TcpStream>>> {
+    let req = cri::ExecRequest {
+        container_id: id.into(),
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        stdin: true,
+        stdout: true,
+        stderr: !tty,
+        tty,
+    };
+    let url = pod.h.block_on(pod.rt.exec(req)).context("Exec")?.into_inner().url;
+    open_stream(&url)
 }
 
 fn attach_stream(pod: &mut Pod, id: &str) -> Result<String> {

@@ -170,7 +170,8 @@ pub struct CheckpointInfo {
     /// lock), and the restore runs CRIU in the new one. Not with --tcp-established.
     #[serde(default)]
     pub criu_in_netns: bool,
-    /// Read-only tmpfs mounts of directories only: made anew at the restore, not copied.
+    /// tmpfs mounts that hold only metadata (see [`skeleton`]): made anew at the restore, not
+    /// copied.
     #[serde(default)]
     pub skeleton_tmpfs: Vec<skeleton::SkeletonTmpfs>,
     pub config: oci_spec::runtime::Spec,
@@ -337,21 +338,21 @@ impl Runtime {
         }
         let stdio: Vec<Option<Stdio>> = (0..3).map(|fd| Stdio::of(pid, fd)).collect();
         let cgroup_mounts = cgroup_mounts(pid, c.state.cgroup.as_ref());
+        let fresh_netns = c
+            .state
+            .cgroup
+            .as_ref()
+            .and_then(|cg| cg.pids().ok())
+            .is_some_and(|pids| plain_netns(&c.state.config, pid, &pids));
         let info = CheckpointInfo {
             stdio: stdio.clone(),
             cgroup_mounts: cgroup_mounts.clone(),
             device_binds: device_binds(pid),
-            fresh_netns: c
-                .state
-                .cgroup
-                .as_ref()
-                .and_then(|cg| cg.pids().ok())
-                .is_some_and(|pids| plain_netns(&c.state.config, pid, &pids)),
-            criu_in_netns: false,
+            fresh_netns,
+            criu_in_netns: fresh_netns && !opts.common.tcp_established,
             skeleton_tmpfs: skeleton::find(pid, status == Status::Paused),
             config: c.state.config.clone(),
         };
-        let info = CheckpointInfo { criu_in_netns: info.fresh_netns && !opts.common.tcp_established, ..info };
         write_descriptors(&opts.image_path, pid)?;
         let info_path = opts.image_path.join(INFO_FILE);
         let text = serde_json::to_vec_pretty(&info).expect("plain data serializes");

@@ -147,10 +147,10 @@ fn network_namespace(
     Ok(None)
 }
 
-/// What criu's process does before it runs: in `netns` if given; in a mount namespace of its own (which goes away
-/// with it; the container keeps its own references), the root made a mount point, as criu
-/// needs (a bind of itself, or the bundle's overlay, made here while privileged), and the
-/// skeleton tmpfs mounts attached at their points. The overlay's mount must stay open until
+/// What criu's process does before it runs: into `netns` if given; in a mount namespace of
+/// its own (which goes away with it; the container keeps its own references), the root made
+/// a mount point, as criu needs (a bind of itself, or the bundle's overlay, made here while
+/// privileged), and the skeleton tmpfs mounts attached at their points. The overlay's mount must stay open until
 /// criu has run.
 fn criu_mount_ns(
     bundle: &Bundle,

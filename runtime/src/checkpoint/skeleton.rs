@@ -4,8 +4,9 @@
 //! the empty files that binds cover) and an empty /dev/shm. CRIU would copy each through tar
 //! at the dump and back at the restore (about 10 ms a mount each way on this host). They are
 //! declared external instead, with what makes them in the checkpoint's info (each entry with
-//! its mode and owner, the mount's flags, source and options), and the restore makes each anew as a
-//! detached tmpfs that CRIU binds in. A writable tmpfs holding any data is left to CRIU.
+//! its mode and owner, the mount's flags, source and options), and the restore makes each
+//! anew as a detached tmpfs that CRIU binds in. A writable tmpfs holding any data is left to
+//! CRIU.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -24,6 +24,7 @@
 //! target that hears neither keeps its copy stopped for the operator. The source reports
 //! success only on hearing that it runs there; without that word it says where it may be.
 
+use std::borrow::Cow;
 use std::io::{BufWriter, Read, Write};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -317,16 +318,16 @@ impl<S: Read + Write> SourceEnd<S> {
     }
 
     fn send_chunk(&mut self, data: &[u8]) -> Result<(), MigrateError> {
-        if self.raw_chunks && incompressible(&mut self.compressor, data)? {
-            self.sent.0 += data.len() as u64;
-            self.sent.1 += data.len() as u64 + 5;
+        let (tag, payload) = if self.raw_chunks && incompressible(&mut self.compressor, data)? {
             self.raw_sent += 1;
-            return self.framed.write(Tag::Raw, data);
-        }
-        let packed = self.compressor.compress(data).map_err(|source| MigrateError::Zstd { source })?;
+            (Tag::Raw, Cow::Borrowed(data))
+        } else {
+            let packed = self.compressor.compress(data).map_err(|source| MigrateError::Zstd { source })?;
+            (Tag::Data, Cow::Owned(packed))
+        };
         self.sent.0 += data.len() as u64;
-        self.sent.1 += packed.len() as u64 + 5;
-        self.framed.write(Tag::Data, &packed)
+        self.sent.1 += payload.len() as u64 + 5;
+        self.framed.write(tag, &payload)
     }
 
     /// Ends the stream with the manifest of every part sent.
@@ -495,6 +496,12 @@ impl<S: Read + Write> TargetEnd<S> {
     /// Reads the content of `part` into `out` and checks it against the part's end frame.
     pub fn receive_part(&mut self, part: &Part, out: &mut impl Write) -> Result<PartEnd, MigrateError> {
         let (mut hash, mut bytes) = (Sha256::new(), 0u64);
+        // A chunk's content: hashed, counted, spooled.
+        let mut take = |data: &[u8]| {
+            hash.update(data);
+            bytes += data.len() as u64;
+            out.write_all(data).map_err(|source| MigrateError::Spool { part: part.clone(), source })
+        };
         loop {
             let (tag, payload) = self.framed.read()?;
             match tag {
@@ -503,15 +510,9 @@ impl<S: Read + Write> TargetEnd<S> {
                         .decompressor
                         .decompress(&payload, CHUNK)
                         .map_err(|_| MigrateError::BadChunk { part: part.clone() })?;
-                    hash.update(&data);
-                    bytes += data.len() as u64;
-                    out.write_all(&data).map_err(|source| MigrateError::Spool { part: part.clone(), source })?;
+                    take(&data)?;
                 }
-                Tag::Raw if payload.len() <= CHUNK => {
-                    hash.update(&payload);
-                    bytes += payload.len() as u64;
-                    out.write_all(&payload).map_err(|source| MigrateError::Spool { part: part.clone(), source })?;
-                }
+                Tag::Raw if payload.len() <= CHUNK => take(&payload)?,
                 Tag::PartEnd => {
                     let end: PartEnd = self.framed.parse(tag, &payload)?;
                     let actual = Digest::from_hasher(hash);
