@@ -20,7 +20,7 @@ wcl_image
 NS=warren-shimf-$WCL_ID # namespace = first cgroup path component
 track_cgroup "$NS"
 SROOT=/run/containerd/warren
-track_host_path "$SROOT"
+track_host_path "$SROOT" "$SROOT/$NS" # the shim makes a state dir per namespace
 IMG=$WCL_IMAGE_REF
 FIFO=$WCL_TMP/fifo
 mkdir -p "$FIFO"

@@ -31,7 +31,7 @@ start_containerd "$D"
 NS=warren-shim-$WCL_ID # namespace = first cgroup path component
 track_cgroup "$NS"
 SROOT=/run/containerd/warren
-track_host_path "$SROOT"
+track_host_path "$SROOT" "$SROOT/$NS" # the shim makes a state dir per namespace
 FIFO=$D/fifo
 IMG=$WCL_IMAGE_REF
 ERR=$WCL_TMP/stderr
