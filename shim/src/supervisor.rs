@@ -1,10 +1,11 @@
 //! The shim's one watching thread: it reaps every child (the shim is a subreaper, so the
 //! containers' processes come to it) and turns OOM notices of the containers' memory cgroups
-//! into TaskOOM events. It sleeps in poll(2) on a SIGCHLD self-pipe, a control pipe and one
-//! descriptor per watched cgroup.
+//! into TaskOOM events. It sleeps in epoll on a SIGCHLD self-pipe, a control pipe and one
+//! descriptor per watched cgroup: a grouped shim watches thousands, and poll(2) would register
+//! every one of them again at each child's exit.
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use containerd_shim::protos::events::task::TaskOOM;
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use warren::cgroups::oom::OomWatcher;
@@ -43,7 +44,18 @@ impl Supervisor {
         wake_r.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
         let (tx, rx) = channel();
-        let watch = Watch { tasks, sigchld: sig_r, wake: wake_r, control: rx, oom: Vec::new() };
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&sig_r, EpollEvent::new(EpollFlags::EPOLLIN, SIGCHLD_TOKEN))?;
+        epoll.add(&wake_r, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN))?;
+        let watch = Watch {
+            tasks,
+            sigchld: sig_r,
+            wake: wake_r,
+            control: rx,
+            epoll,
+            oom: HashMap::new(),
+            next_token: FIRST_OOM_TOKEN,
+        };
         std::thread::Builder::new().name("reaper".into()).stack_size(crate::SMALL_STACK).spawn(move || {
             // Children that exited before the handler was in place.
             watch.reap();
@@ -70,52 +82,49 @@ impl Supervisor {
     }
 }
 
+/// epoll tokens: the two pipes, then one per OOM watcher.
+const SIGCHLD_TOKEN: u64 = 0;
+const WAKE_TOKEN: u64 = 1;
+const FIRST_OOM_TOKEN: u64 = 2;
+
 struct Watch {
     tasks: Arc<Tasks>,
     sigchld: UnixStream,
     wake: UnixStream,
     control: Receiver<Control>,
-    oom: Vec<(String, OomWatcher)>,
+    epoll: Epoll,
+    /// Container id and watcher by epoll token.
+    oom: HashMap<u64, (String, OomWatcher)>,
+    next_token: u64,
 }
 
 impl Watch {
     fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); 64];
         loop {
-            let ready = self.wait();
-            // The OOM indices are positions in the list as polled: they go before a control
-            // message (Unwatch) changes it. Doing them after let a container's cgroup removal
-            // (its notifier fires) and its Unwatch in the same round index past the list's end:
-            // a panic, which aborts the shim with every tenant of its group.
-            for i in ready.oom.into_iter().rev() {
-                self.check_oom(i);
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("epoll_wait: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            for token in events[..n].iter().map(EpollEvent::data) {
+                match token {
+                    SIGCHLD_TOKEN => {
+                        drain(&self.sigchld);
+                        self.reap();
+                    }
+                    WAKE_TOKEN => {
+                        drain(&self.wake);
+                        self.apply_control();
+                    }
+                    // A watcher removed earlier in this round is simply not found.
+                    token => self.check_oom(token),
+                }
             }
-            if ready.sigchld {
-                drain(&self.sigchld);
-                self.reap();
-            }
-            if ready.wake {
-                drain(&self.wake);
-                self.apply_control();
-            }
-        }
-    }
-
-    /// Which descriptors are readable.
-    fn wait(&self) -> Ready {
-        let any = PollFlags::POLLIN;
-        let mut fds = vec![PollFd::new(self.sigchld.as_fd(), any), PollFd::new(self.wake.as_fd(), any)];
-        fds.extend(self.oom.iter().map(|(_, w)| PollFd::new(w.fd(), any)));
-        while let Err(e) = poll(&mut fds, PollTimeout::NONE) {
-            if e != Errno::EINTR {
-                log::error!("poll: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-        let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        Ready {
-            sigchld: hit(&fds[0]),
-            wake: hit(&fds[1]),
-            oom: fds[2..].iter().enumerate().filter(|(_, fd)| hit(fd)).map(|(i, _)| i).collect(),
         }
     }
 
@@ -139,17 +148,34 @@ impl Watch {
         while let Ok(c) = self.control.try_recv() {
             match c {
                 Control::Watch(id, root) => {
-                    if let Some(w) = oom_watcher(&id, &root) {
-                        self.oom.push((id, w));
+                    let Some(w) = oom_watcher(&id, &root) else { continue };
+                    let token = self.next_token;
+                    match self.epoll.add(w.fd(), EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+                        Ok(()) => {
+                            self.next_token += 1;
+                            self.oom.insert(token, (id, w));
+                        }
+                        Err(e) => log::warn!("container {id}: no OOM events: epoll: {e}"),
                     }
                 }
-                Control::Unwatch(id) => self.oom.retain(|(i, _)| *i != id),
+                Control::Unwatch(id) => {
+                    let tokens: Vec<u64> = self.oom.iter().filter(|(_, (i, _))| *i == id).map(|(t, _)| *t).collect();
+                    for token in tokens {
+                        self.unwatch(token);
+                    }
+                }
             }
         }
     }
 
-    fn check_oom(&mut self, index: usize) {
-        let Some((id, watcher)) = self.oom.get_mut(index) else { return };
+    fn unwatch(&mut self, token: u64) {
+        if let Some((_, w)) = self.oom.remove(&token) {
+            let _ = self.epoll.delete(w.fd());
+        }
+    }
+
+    fn check_oom(&mut self, token: u64) {
+        let Some((id, watcher)) = self.oom.get_mut(&token) else { return };
         match watcher.take() {
             Ok(true) => {
                 log::info!("container {id}: OOM");
@@ -161,7 +187,7 @@ impl Watch {
                 if !e.is_not_found() {
                     log::warn!("container {id}: OOM watch: {e}");
                 }
-                self.oom.swap_remove(index);
+                self.unwatch(token);
             }
         }
     }
@@ -180,12 +206,6 @@ fn oom_watcher(id: &str, root: &Path) -> Option<OomWatcher> {
             None
         }
     }
-}
-
-struct Ready {
-    sigchld: bool,
-    wake: bool,
-    oom: Vec<usize>,
 }
 
 fn drain(mut s: &UnixStream) {
