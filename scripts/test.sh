@@ -83,6 +83,10 @@ step build 900 "$ROOT/scripts/build.sh"
 step cargo-test 1200 cargo test --workspace --release --no-fail-fast
 # Real clients drive the built binary: containerd 1.6/ctr, podman 4.3, docker 20.10.
 step clients 900 "$ROOT/tests/clients/run-all.sh" "$WARREN_BIN"
+# The density bench as a functional check (3 tenants each: all running, nothing left; no timing
+# is asserted), through warren directly and through containerd's API client.
+step bench-density-smoke 600 "$ROOT/bench/density" --runtimes warren,warren-shim-grouped,containerd-runc \
+	--n 3 --modes burst --idle-secs 0 --out "$ROOT/target/bench-density/smoke"
 
 if [ -d "$SHARED" ]; then
 	step ctr-smoke 600 "$SHARED/ctr-smoke.sh" "$WARREN_BIN"
