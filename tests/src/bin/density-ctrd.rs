@@ -77,6 +77,7 @@ impl Client {
             .context("create container")?;
         let res = self.start_task(id).await;
         if res.is_err() {
+            self.delete_task(id).await;
             self.remove(id).await;
         }
         res
@@ -116,6 +117,16 @@ impl Client {
         tasks.delete(with_namespace!(req, ns)).await.context("delete task")?;
         self.remove(id).await;
         Ok(())
+    }
+
+    /// A task that was created but did not start: killed and deleted, if present.
+    async fn delete_task(&self, id: &str) {
+        let ns = self.ns.as_str();
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let req = KillRequest { container_id: id.into(), exec_id: String::new(), signal: 9, all: true };
+        let _ = tasks.kill(with_namespace!(req, ns)).await;
+        let req = DeleteTaskRequest { container_id: id.into() };
+        let _ = tasks.delete(with_namespace!(req, ns)).await;
     }
 
     /// Container and snapshot, each if present.
