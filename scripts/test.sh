@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test.sh: everything CI checks, in order: setup (packages + release build),
-# fmt, clippy, release build, cargo test (the integration tests drive
+# fmt, clippy, build, cargo test in the quick profile (the integration tests drive
 # target/bin/warren as root; WARREN_BIN overrides), the project's own
 # real-client tests (tests/clients: containerd/ctr, podman, docker), the shared
 # client smoke tests (containerd/ctr and podman) when ../shared exists, and a
@@ -80,7 +80,7 @@ step fmt 120 cargo fmt --all --check
 step clippy 900 cargo clippy --workspace --all-targets -- -D warnings
 step build 900 "$ROOT/scripts/build.sh"
 # --no-fail-fast: report every failing test, not only the first binary's.
-step cargo-test 1200 cargo test --workspace --release --no-fail-fast
+step cargo-test 1200 cargo test --workspace --profile quick --no-fail-fast
 # Real clients drive the built binary: containerd 1.6/ctr, podman 4.3, docker 20.10.
 step clients 900 "$ROOT/tests/clients/run-all.sh" "$WARREN_BIN"
 # The density bench as a functional check (3 tenants each: all running, nothing left; no timing
