@@ -9,6 +9,8 @@ use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::mountinfo;
+
 /// A block device number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BlockDevice {
@@ -111,19 +113,9 @@ struct Mount {
 fn mount_of(dev: BlockDevice) -> Option<Mount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let number = dev.to_string();
-    text.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (left.split(' ').nth(2)? == number).then_some(())?;
-        let mut right = right.split(' ');
-        let (fstype, source, options) = (right.next()?, right.next()?, right.next().unwrap_or_default());
-        let upper_dir = options.split(',').find_map(|o| o.strip_prefix("upperdir=")).map(unescape).map(PathBuf::from);
-        Some(Mount { fstype: fstype.to_string(), source: unescape(source), upper_dir })
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash as octal escapes.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    let m = mountinfo::parse(&text).ok()?.into_iter().find(|m| m.device == number)?;
+    let upper_dir = m.super_options.iter().find_map(|o| o.strip_prefix("upperdir=")).map(mountinfo::unescape);
+    Some(Mount { fstype: m.fs_type, source: m.source, upper_dir: upper_dir.map(PathBuf::from) })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod catalog;
 mod device;
 mod error;
 mod host;
+pub mod mountinfo;
 mod plan;
 mod resources;
 mod toml_file;

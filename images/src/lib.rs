@@ -2,6 +2,7 @@
 //! tars into a content-addressed layer store, and make container rootfs and
 //! bundles from them.
 
+pub mod atomic_file;
 pub mod bundle;
 pub mod digest;
 pub mod pull;

@@ -2,7 +2,8 @@
 //! as a library. The binary only parses arguments and dispatches here.
 
 pub mod affinity;
-pub mod atomic_file;
+// One atomic-write helper for the workspace; it lives in the lowest crate that writes records.
+pub use warren_images::atomic_file;
 pub mod cgroups;
 pub mod checkpoint;
 pub mod console;

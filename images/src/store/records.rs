@@ -3,7 +3,6 @@
 use super::{io_err, StoreError};
 use crate::digest::Digest;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,12 +101,7 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     write_bytes(path, &bytes)
 }
 
-/// Writes `bytes` to `path` all at once: a reader sees the old file or the new one.
+/// Writes `bytes` to `path` all at once and durably: a reader sees the old file or the new one.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_data()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::atomic_file::write_durable(path, bytes, 0o644).map_err(io_err(path))
 }

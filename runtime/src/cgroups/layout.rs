@@ -42,17 +42,7 @@ enum Target {
     FromOwn(PathBuf),
 }
 
-/// One line of a mountinfo file, the fields cgroup code needs.
-pub struct Mount {
-    pub root: PathBuf,
-    pub mount_point: PathBuf,
-    pub fs_type: String,
-    /// What mount(2) was given as the source ("tmpfs", "/dev/vda", ...).
-    pub source: String,
-    /// The mount's own options (ro, nosuid, ...), field 6.
-    pub options: Vec<String>,
-    pub super_options: Vec<String>,
-}
+pub use warren_config::mountinfo::Mount;
 
 impl Layout {
     /// Reads /proc/self/mountinfo and /proc/self/cgroup.
@@ -185,47 +175,8 @@ fn pick_mount<'a>(mounts: &'a [Mount], controllers: &str, own: &Path) -> Option<
 
 /// The lines of a mountinfo file (/proc/PID/mountinfo), unescaped.
 pub fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, CgroupError> {
-    let mut mounts = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let malformed = || CgroupError::Parse { path: PathBuf::from(MOUNTINFO), line: line.to_string() };
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let dash = fields.iter().position(|f| *f == "-").ok_or_else(malformed)?;
-        if dash < 6 || fields.len() < dash + 4 {
-            return Err(malformed());
-        }
-        mounts.push(Mount {
-            root: PathBuf::from(unescape(fields[3])),
-            mount_point: PathBuf::from(unescape(fields[4])),
-            fs_type: fields[dash + 1].to_string(),
-            source: unescape(fields[dash + 2]),
-            options: fields[5].split(',').map(str::to_string).collect(),
-            super_options: fields[dash + 3].split(',').map(str::to_string).collect(),
-        });
-    }
-    Ok(mounts)
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)) && d[0] <= b'3');
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    warren_config::mountinfo::parse(text)
+        .map_err(|e| CgroupError::Parse { path: PathBuf::from(MOUNTINFO), line: e.line })
 }
 
 #[cfg(test)]
