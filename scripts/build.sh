@@ -8,7 +8,8 @@
 # are the dynamic release builds instead.
 # Then target/bin/warren-failpoints and containerd-shim-warren-v2-failpoints: the
 # same with failpoints compiled in, for the fault tests only, in the `quick`
-# profile (no LTO, incremental, dynamic), which the tests and bench clients
+# profile (no LTO, incremental, dynamic; a panic unwinds there instead of
+# aborting, which no fault test relies on), which the tests and bench clients
 # build in too (`cargo test --profile quick`).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
