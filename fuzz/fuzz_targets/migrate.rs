@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         RootfsOffer::Image(image) => image.chain_ids(),
         RootfsOffer::Plain => Vec::new(),
     };
-    end.answer(&Answer::Accept { missing_layers: missing }).expect("a pipe takes writes");
+    end.answer(&Answer::Accept { missing_layers: missing, raw_chunks: true, page_stream: true }).expect("a pipe takes writes");
     for _ in 0..MAX_PARTS {
         match end.next_incoming() {
             Ok(Incoming::Part(part)) => {

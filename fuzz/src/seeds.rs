@@ -155,7 +155,7 @@ fn stream(hello: &Hello, parts: &[(Part, &[u8])], end: &[u8]) -> Vec<u8> {
 
 fn migrate() -> Seeds {
     let flags = CriuFlags { tcp_established: true, ..Default::default() };
-    let plain = Hello { id: "web-1".into(), rootfs: RootfsOffer::Plain, criu: flags.clone() };
+    let plain = Hello { id: "web-1".into(), rootfs: RootfsOffer::Plain, criu: flags.clone(), tenant: None };
     let config = br#"{"ociVersion":"1.2.0","root":{"path":"/old/rootfs"},"process":{"args":["sh"],"cwd":"/"}}"#;
     let rootfs = tar(&[("hello", tar::EntryType::Regular, "world")], None);
     let commit = [8u8, 0, 0, 0, 2, b'{', b'}'];
@@ -167,7 +167,7 @@ fn migrate() -> Seeds {
         config: Digest::of(b"{}"),
         layers: vec![LayerRef { chain_id: chains[0].clone(), diff_id: diff[0].clone() }],
     };
-    let offer = Hello { id: "web-2".into(), rootfs: RootfsOffer::Image(image), criu: flags };
+    let offer = Hello { id: "web-2".into(), rootfs: RootfsOffer::Image(image), criu: flags, tenant: None };
     vec![
         (
             "plain".into(),
