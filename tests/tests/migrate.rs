@@ -53,9 +53,14 @@ fn counter_bundle(host: &FakeHost, id: &str) -> Result<PathBuf> {
 
 /// The same with `bundle create` flags.
 fn counter_bundle_with(host: &FakeHost, id: &str, flags: &[&str]) -> Result<PathBuf> {
+    script_bundle(host, id, flags, COUNTER)
+}
+
+/// The same running `script`.
+fn script_bundle(host: &FakeHost, id: &str, flags: &[&str], script: &str) -> Result<PathBuf> {
     let dir = host.bundles.join(id);
     let d = dir.to_string_lossy().into_owned();
-    let args = [&["create", "--image", IMAGE], flags, &[&d, "--", "sh", "-c", COUNTER]].concat();
+    let args = [&["create", "--image", IMAGE], flags, &[&d, "--", "sh", "-c", script]].concat();
     host.store_cmd("bundle", &args)?.ok()?;
     let path = dir.join("config.json");
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
@@ -254,8 +259,15 @@ fn remove_counter(host: &FakeHost, guard: Container, bundle: &Path) -> Result<()
 /// `migrate send` of `id` from A to B's `receive --once`, both succeeding: B's output, and
 /// the guard of the container, which is B's now (A's guard is given up).
 fn move_to_b(pair: &HostPair, id: &str, guard_a: Container) -> Result<(Out, Container)> {
+    move_to_b_with(pair, id, guard_a, &[])
+}
+
+/// The same with `send` flags.
+fn move_to_b_with(pair: &HostPair, id: &str, guard_a: Container, flags: &[&str]) -> Result<(Out, Container)> {
     let rx = receive(&pair.b, PORT)?;
-    let sent = send(&pair.a, &[], id, &format!("{}:{PORT}", pair.b.addr))?;
+    let tls = tls_dir(&pair.a).to_string_lossy().into_owned();
+    let target = format!("{}:{PORT}", pair.b.addr);
+    let sent = pair.a.migrate(&[&["send", "--tls-dir", &tls], flags, &[id, &target]].concat())?;
     let got = rx.join().expect("receive thread")?;
     sent.ok().context("send")?;
     got.ok().context("receive")?;
@@ -304,6 +316,46 @@ fn a_counting_container_moves_to_the_other_host() -> Result<()> {
     drop(guard_b);
     pair.b.store_cmd("bundle", &["rm", &dst.to_string_lossy()])?.ok()?;
     assert_host_empty(&pair.b)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+/// The counter, holding 4 MiB of random text in a shell variable: its md5 goes to /sum0 at
+/// the start, and to /sum1 whenever /check appears.
+const HOLDER: &str = "x=$(head -c 2097152 /dev/urandom | od -An -tx1 | tr -d ' \\n'); echo \"$x\" | md5sum > /sum0; \
+     i=0; while :; do i=$((i+1)); echo $i >> /log; echo $i > /count.new; mv /count.new /count; \
+     if [ -e /check ]; then echo \"$x\" | md5sum > /sum1.new; mv /sum1.new /sum1; rm /check; fi; sleep 0.05; done";
+
+#[test]
+fn a_container_moved_with_lazy_pages_runs_on_with_all_its_memory() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_lazy", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let id = t.id("c");
+    let src = script_bundle(&pair.a, &id, &[], HOLDER)?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_count_above(&src, 10, Duration::from_secs(20))?;
+    let sum0 = std::fs::read_to_string(src.join("rootfs/sum0"))?;
+
+    let (got, guard_b) = move_to_b_with(&pair, &id, guard_a, &["--lazy-pages"])?;
+    ensure!(got.stdout.contains("memory filled"), "no post-copy on B: {got}");
+
+    // On B: it counts on, and the 4 MiB it held read back the same.
+    let dst = pair.b.bundles.join(&id);
+    assert_counts_on(&pair.b, &id, &dst)?;
+    std::fs::write(dst.join("rootfs/check"), "")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !dst.join("rootfs/sum1").exists() {
+        ensure!(std::time::Instant::now() < deadline, "no /sum1 on B");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sum1 = std::fs::read_to_string(dst.join("rootfs/sum1"))?;
+    ensure!(sum0 == sum1 && sum0.len() > 32, "memory on B: md5 {sum1:?}, on A it was {sum0:?}");
+    assert_host_empty(&pair.a)?;
+
+    remove_counter(&pair.b, guard_b, &dst)?;
     drop(pair);
     t.assert_no_leftovers();
     Ok(())
@@ -374,7 +426,10 @@ fn a_container_in_its_own_user_namespace_moves() -> Result<()> {
     let look = "cat /proc/self/uid_map; stat -c %u /bin/sh /count; echo > /dev/null && echo ok";
     let on_a = pair.a.warren.cmd(&["exec", &id, "sh", "-c", look])?.ok()?.stdout.clone();
 
-    let (_, guard_b) = move_to_b(&pair, &id, guard_a)?;
+    // Post-copy asked for: its tasks cannot open a userfaultfd here, so the memory comes whole.
+    let (got, guard_b) = move_to_b_with(&pair, &id, guard_a, &["--lazy-pages"])?;
+    let unprivileged_uffd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")?.trim() == "1";
+    ensure!(unprivileged_uffd || got.stdout.contains("restored whole: no post-copy, its user namespace"), "B: {got}");
 
     let dst = pair.b.bundles.join(&id);
     let at_arrival = read_counter(&dst.join("upper/count"))?;
@@ -582,14 +637,23 @@ fn a_lost_outcome_resumes_the_source_and_the_target_drops_its_copy() -> Result<(
 }
 
 /// A criu that fails every restore the way the real one does: an error line in its log.
-const FAILING_CRIU: &str = "#!/bin/sh
-while [ $# -gt 0 ]; do
-	case $1 in --work-dir) w=$2; shift ;; --log-file) l=$2; shift ;; esac
-	shift
-done
-echo '(00.000100) Error (criu/cr-restore.c:1): injected restore failure' >\"$w/$l\"
-exit 1
-";
+/// A criu whose `action` fails, logging "injected ACTION failure" where criu would; the
+/// real one does the rest.
+fn failing_criu(dir: &Path, action: &str) -> Result<PathBuf> {
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = {action} ] || exec criu \"$@\"\n\
+         while [ $# -gt 0 ]; do\n\
+         \tcase $1 in --work-dir) w=$2; shift ;; --log-file) l=$2; shift ;; esac\n\
+         \tshift\n\
+         done\n\
+         echo '(00.000100) Error (criu/x.c:1): injected {action} failure' >\"$w/$l\"\n\
+         exit 1\n"
+    );
+    let path = dir.join(format!("failing-criu-{action}"));
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(path)
+}
 
 #[test]
 fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() -> Result<()> {
@@ -598,9 +662,7 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     };
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
 
-    let fake = t.dir().join("failing-criu");
-    std::fs::write(&fake, FAILING_CRIU)?;
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let fake = failing_criu(t.dir(), "restore")?;
     let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()], &[])?;
     let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
     let got = rx.join().expect("receive thread")?;
@@ -615,6 +677,32 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     ensure!(std::fs::read_to_string(&log)?.contains("injected"), "no kept log at {log:?}");
     ensure!(got.stderr.contains(&log.to_string_lossy().into_owned()), "receive does not name {log:?}: {got}");
     std::fs::remove_file(&log)?;
+    assert_host_empty(&pair.b)?;
+    ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
+
+    remove_counter(&pair.a, guard_a, &src)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
+#[test]
+fn a_page_server_failing_on_the_target_leaves_the_container_running_on_the_source() -> Result<()> {
+    let Some((t, pair)) = two_hosts("mig_psfail", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let (id, src, guard_a) = run_counter(&t, &pair.a)?;
+
+    // The memory streams while A dumps; B's page server dies on the first bytes.
+    let fake = failing_criu(t.dir(), "page-server")?;
+    let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()], &[])?;
+    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
+    let got = rx.join().expect("receive thread")?;
+    let err = sent.failed()?.error_line().to_string();
+    ensure!(err.contains("injected page-server failure") && err.contains("is running here again"), "send: {err}");
+    ensure!(got.failed()?.error_line().contains("injected page-server failure"), "receive: {got}");
+
+    assert_counts_on(&pair.a, &id, &src)?;
     assert_host_empty(&pair.b)?;
     ensure!(pair.b.warren.cmd(&["state", &id])?.failed().is_ok(), "state on B");
 
@@ -885,22 +973,29 @@ fn a_receiver_killed_at_each_step_never_runs_it_twice_nor_loses_it() -> Result<(
     let Some(bin) = failpoints_bin()? else {
         return Ok(());
     };
+    // With post-copy (`--lazy-pages`) too: killed with its lazy-pages daemon waiting for the
+    // restore (the next receiver kills it), and with the daemon filling a restored copy.
     let points = [
-        "migrate-receive.accepted",
-        "migrate-receive.parts-received",
-        "migrate-receive.restored",
-        "migrate-receive.reported",
-        "migrate-receive.committed",
-        "migrate-receive.resumed",
+        ("migrate-receive.accepted", false),
+        ("migrate-receive.parts-received", false),
+        ("migrate-receive.restored", false),
+        ("migrate-receive.reported", false),
+        ("migrate-receive.committed", false),
+        ("migrate-receive.resumed", false),
+        ("restore.before-criu", true),
+        ("migrate-receive.restored", true),
+        ("migrate-receive.reported", true),
     ];
-    for (n, point) in points.into_iter().enumerate() {
+    for (n, (point, lazy)) in points.into_iter().enumerate() {
         let Some((t, pair)) = two_hosts(&format!("mig_rfault{n}"), Image::OnBoth)? else {
             return Ok(());
         };
         let (id, src, guard_a) = run_counter(&t, &pair.a)?;
         let rx = receive_as(&pair.b.warren.dying_at(&bin, point), &pair.b, PORT, &[], &[])?;
         let target = format!("{}:{PORT}", pair.b.addr);
-        let sent = send(&pair.a, &[], &id, &target)?;
+        let tls = tls_dir(&pair.a).to_string_lossy().into_owned();
+        let flags: &[&str] = if lazy { &["--lazy-pages"] } else { &[] };
+        let sent = pair.a.migrate(&[&["send", "--tls-dir", &tls], flags, &[&id, &target]].concat())?;
         let got = rx.join().expect("receive thread")?;
         ensure!(got.code() == Some(128 + libc::SIGKILL), "{point}: receive did not die there: {got}");
         ensure!(!sent.success(), "{point}: send reported success without the target's word: {sent}");
@@ -1273,9 +1368,7 @@ fn a_failed_tenant_move_leaves_it_running_on_the_source_on_its_network() -> Resu
     ensure!(tenant_row(&pair.b, &config, &name)?.is_none(), "B lists the refused tenant");
 
     tenant_on(&pair.b, &config, &["destroy", &other])?.ok()?;
-    let fake = t.dir().join("failing-criu");
-    std::fs::write(&fake, FAILING_CRIU)?;
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let fake = failing_criu(t.dir(), "restore")?;
     let (sent, got) = move_tenant(&pair, &config, &name, &["--criu", &fake.to_string_lossy()])?;
     let err = sent.failed()?.error_line().to_string();
     ensure!(err.contains("injected restore failure") && err.contains("running here again"), "send: {err}");

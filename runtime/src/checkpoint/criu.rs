@@ -2,6 +2,7 @@
 //! options (so that they are unit-tested), and running criu with its log read back on error.
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,6 +88,9 @@ pub fn dump_args(
     if opts.skip_network_lock {
         args.extend(["--network-lock".into(), "skip".into()]);
     }
+    if let Some(fd) = opts.page_socket {
+        args.extend(["--page-server".into(), "--ps-socket".into(), fd.to_string().into()]);
+    }
     if let Some(dir) = freezer {
         args.extend(["--freeze-cgroup".into(), dir.into()]);
     }
@@ -120,6 +124,8 @@ pub struct RestorePlan<'a> {
     pub cgroup_roots: Vec<(String, PathBuf)>,
     pub no_pivot: bool,
     pub leave_stopped: bool,
+    /// Memory is left to a [`LazyPages`] daemon serving the same images (post-copy).
+    pub lazy_pages: bool,
 }
 
 pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
@@ -133,6 +139,9 @@ pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
     }
     if plan.leave_stopped {
         args.push("--leave-stopped".into());
+    }
+    if plan.lazy_pages {
+        args.push("--lazy-pages".into());
     }
     if !common.tcp_established {
         // The lock keeps peers from resetting restored connections; without them it only
@@ -155,6 +164,171 @@ pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
         args.extend(["--cgroup-root".into(), root.into()]);
     }
     args
+}
+
+/// `criu lazy-pages`: the daemon that fills a lazily restored tree's memory from the images
+/// through userfaultfd, on faults and in the background, and exits when every page is in (or
+/// the tree is gone). The images must stay until then.
+pub struct LazyPages {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+/// How long the daemon may take to listen before the restore gives up on it.
+const LAZY_PAGES_LISTEN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LazyPages {
+    /// Starts the daemon on `images`; it listens in `work`, where the restore must look for it
+    /// (the same `--work-dir`). Returns once it listens.
+    pub fn start(criu: &Path, images: &Path, work: &Path) -> Result<LazyPages, CheckpointError> {
+        super::kdat::ensure_cache(criu);
+        let socket = work.join("lazy-pages.socket");
+        let _ = std::fs::remove_file(&socket);
+        let mut args: Vec<OsString> = vec!["lazy-pages".into()];
+        dir_args(&mut args, images, work, "lazy-pages.log");
+        let child = Command::new(criu)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| CheckpointError::Spawn { path: criu.to_path_buf(), source })?;
+        let mut daemon = LazyPages { child: Some(child), log: work.join("lazy-pages.log") };
+        let deadline = std::time::Instant::now() + LAZY_PAGES_LISTEN;
+        while !socket.exists() {
+            let exited = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                let status = exited.map_or_else(|| "not listening".to_string(), |s| s.to_string());
+                let err = daemon.failed(status);
+                daemon.abort();
+                return Err(err);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(daemon)
+    }
+
+    /// Waits until every page is in (the daemon exits); an error if the daemon failed.
+    pub fn finish(mut self) -> Result<(), CheckpointError> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let status = child.wait().map_err(|source| CheckpointError::Io { path: self.log.clone(), source })?;
+        match status.success() {
+            true => Ok(()),
+            false => Err(self.failed(status.to_string())),
+        }
+    }
+
+    /// Kills the daemons started with work dir `work` by a process that is gone (a receiver
+    /// killed between the daemon's start and the restore leaves one waiting for ever). Only
+    /// for a work dir whose restore is being undone: a restored tree's daemon fills its memory.
+    pub fn kill_orphans(work: &Path) -> Vec<i32> {
+        let Ok(work) = std::fs::canonicalize(work) else { return Vec::new() };
+        let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let mut killed = Vec::new();
+        for pid in procs.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let ours = args.get(1) == Some(&&b"lazy-pages"[..])
+                && args.windows(2).any(|w| {
+                    w[0] == b"--work-dir"
+                        && std::fs::canonicalize(std::ffi::OsStr::from_bytes(w[1])).is_ok_and(|p| p == work)
+                });
+            if ours && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).is_ok() {
+                killed.push(pid);
+            }
+        }
+        killed
+    }
+
+    /// For a restore that failed: the daemon has no tree to fill.
+    pub fn abort(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn failed(&self, status: String) -> CheckpointError {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        CheckpointError::Criu { action: "lazy-pages", status, reason: first_error(&text), log: self.log.clone() }
+    }
+}
+
+impl Drop for LazyPages {
+    /// Once the tree is restored its memory is the daemon's to fill: it is waited for, never
+    /// killed (an unfilled page would read as zeros), also when what follows fails.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let daemon = LazyPages { child: Some(child), log: self.log.clone() };
+            if let Err(e) = daemon.finish() {
+                log::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// `criu page-server` on a socket: writes the page maps and pages a dump sends over it into
+/// `images` (the other end is [`PageServer::socket`]).
+pub struct PageServer {
+    child: Option<std::process::Child>,
+    socket: std::os::unix::net::UnixStream,
+    log: PathBuf,
+}
+
+impl PageServer {
+    /// `criu`: as for [`binary`].
+    pub fn start(criu: Option<&Path>, images: &Path, work: &Path) -> Result<PageServer, CheckpointError> {
+        use std::os::fd::AsRawFd;
+        let criu = &binary(criu)?;
+        super::kdat::ensure_cache(criu);
+        let io = |source| CheckpointError::Io { path: PathBuf::from("socketpair"), source };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+        crate::sys::clear_cloexec(theirs.as_raw_fd()).map_err(io)?;
+        let mut args: Vec<OsString> = vec!["page-server".into()];
+        dir_args(&mut args, images, work, "page-server.log");
+        args.extend(["--ps-socket".into(), theirs.as_raw_fd().to_string().into()]);
+        let child = Command::new(criu)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| CheckpointError::Spawn { path: criu.to_path_buf(), source })?;
+        drop(theirs);
+        Ok(PageServer { child: Some(child), socket: ours, log: work.join("page-server.log") })
+    }
+
+    /// Where the page stream goes.
+    pub fn socket(&self) -> &std::os::unix::net::UnixStream {
+        &self.socket
+    }
+
+    /// Waits for the server to have written everything and exited; an error if it failed.
+    pub fn finish(mut self) -> Result<(), CheckpointError> {
+        let _ = self.socket.shutdown(std::net::Shutdown::Write);
+        let mut child = self.child.take().expect("taken only here");
+        let status = child.wait().map_err(|source| CheckpointError::Io { path: self.log.clone(), source })?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        Err(CheckpointError::Criu {
+            action: "page-server",
+            status: status.to_string(),
+            reason: first_error(&text),
+            log: self.log.clone(),
+        })
+    }
+}
+
+impl Drop for PageServer {
+    /// Not finished: the stream failed; what it wrote goes with the spool.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Work done in criu's process before it starts (between fork and exec).

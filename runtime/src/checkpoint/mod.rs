@@ -22,6 +22,7 @@ use crate::container::{ContainerError, Locked, Runtime};
 use crate::failpoint::failpoint;
 use crate::state::Status;
 
+pub use criu::{LazyPages, PageServer};
 pub use restore::{RestoreOptions, Restored};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,9 @@ pub struct CheckpointOptions {
     pub link_remap: bool,
     /// With tcp_established: leave out connections still being set up or torn down.
     pub tcp_skip_in_flight: bool,
+    /// Memory goes to a page server on this inherited socket instead of into the images
+    /// (`--page-server --ps-socket`): the migration's page stream.
+    pub page_socket: Option<std::os::fd::RawFd>,
     pub common: CriuCommon,
 }
 

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::criu::{self, RestorePlan};
+use super::criu::{self, LazyPages, RestorePlan};
 use super::{external_mounts, CheckpointError, CheckpointInfo, CriuCommon, Stdio};
 use crate::cgroups::Cgroup;
 use crate::container::{connect_console, prepare_cgroup, write_pid_file, ConsoleTarget, ContainerError, Runtime};
@@ -29,6 +29,10 @@ pub struct RestoreOptions {
     pub moved: bool,
     /// Its processes stay stopped (SIGSTOP) after the restore, until someone sends SIGCONT.
     pub leave_stopped: bool,
+    /// Post-copy from the images: CRIU restores the tree without its memory, which a
+    /// `criu lazy-pages` daemon then fills through userfaultfd (see [`Restored::lazy_pages`]).
+    /// Not where the tasks cannot open a userfaultfd (see [`Restored::not_lazy`]).
+    pub lazy_pages: bool,
     pub common: CriuCommon,
 }
 
@@ -37,6 +41,20 @@ pub struct Restored {
     pub pid: i32,
     /// Whether it has a terminal, whose new master went to the console socket.
     pub terminal: bool,
+    /// With [`RestoreOptions::lazy_pages`]: the daemon still filling its memory from the
+    /// images, which must stay until it is finished (dropping it waits for it).
+    pub lazy_pages: Option<LazyPages>,
+    /// Why a restore asked to be lazy restored the memory whole instead.
+    pub not_lazy: Option<&'static str>,
+}
+
+/// Why the container's tasks could not open a userfaultfd, if so: in a user namespace of its
+/// own they lack CAP_SYS_PTRACE over the host's, which userfaultfd(2) wants unless the host
+/// allows it to all (vm.unprivileged_userfaultfd, off by default for its attack surface).
+fn no_userfaultfd(spec: &oci_spec::runtime::Spec) -> Option<&'static str> {
+    let open_to_all = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").is_ok_and(|v| v.trim() == "1");
+    (userns_root(spec).is_some() && !open_to_all)
+        .then_some("its user namespace cannot open a userfaultfd here (vm.unprivileged_userfaultfd is 0)")
 }
 
 /// The file criu writes the restored init's pid to, in the container's state dir.
@@ -71,6 +89,7 @@ impl Runtime {
         let pid_path = dir.join(CRIU_PID_FILE);
         let work = opts.work_path.as_deref().unwrap_or(&opts.image_path);
         let skeletons = super::skeleton::make(&info.skeleton_tmpfs, work)?;
+        let not_lazy = opts.lazy_pages.then(|| no_userfaultfd(&bundle.spec)).flatten();
         let plan = RestorePlan {
             images: &opts.image_path,
             work,
@@ -87,23 +106,25 @@ impl Runtime {
             cgroup_roots: cgroup.hierarchy_paths()?,
             no_pivot: opts.no_pivot,
             leave_stopped: opts.leave_stopped,
+            lazy_pages: opts.lazy_pages && not_lazy.is_none(),
         };
         let args = criu::restore_args(&plan, &opts.common);
         let (pre, _overlay) = criu_mount_ns(&bundle, skeletons.targets(), criu_netns.as_ref().map(|f| f.as_raw_fd()))?;
         let _lent = LentImages::to_root_of(plan.images, &bundle.spec)?;
         let _lent_work = if plan.work == plan.images { None } else { LentImages::to_root_of(plan.work, &bundle.spec)? };
+        let criu = criu::binary(opts.common.criu.as_deref())?;
+        let lazy = plan.lazy_pages.then(|| LazyPages::start(&criu, plan.images, plan.work)).transpose()?;
         failpoint("restore.before-criu");
-        let ran = criu::run(
-            &criu::binary(opts.common.criu.as_deref())?,
-            &args,
-            plan.work.join("restore.log"),
-            "restore",
-            Some(pre),
-        );
+        let ran = criu::run(&criu, &args, plan.work.join("restore.log"), "restore", Some(pre));
         if bundle.overlay.is_some() {
             crate::rootfs::overlay::remove_stand_ins(&bundle.rootfs);
         }
-        ran?;
+        if let Err(e) = ran {
+            if let Some(daemon) = lazy {
+                daemon.abort();
+            }
+            return Err(e.into());
+        }
         failpoint("restore.after-criu");
         let pid = read_pid(&pid_path)?;
         let _ = std::fs::remove_file(&pid_path);
@@ -117,7 +138,7 @@ impl Runtime {
         }
         guard.armed = false;
         drop(lock);
-        Ok(Restored { pid, terminal: info.has_terminal() })
+        Ok(Restored { pid, terminal: info.has_terminal(), lazy_pages: lazy, not_lazy })
     }
 }
 

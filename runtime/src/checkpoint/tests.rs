@@ -63,6 +63,7 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
         cgroup_roots: vec![("cpu,cpuacct".into(), "/c".into()), ("".into(), "/u/c".into())],
         no_pivot: false,
         leave_stopped: true,
+        lazy_pages: false,
     };
     let args = restore_args(&plan, &CriuCommon { empty_ns: vec!["network".into()], ..Default::default() });
     for seq in [
@@ -79,6 +80,9 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
     ] {
         assert!(has(&args, seq), "{seq:?} in {args:?}");
     }
+    assert!(!has(&args, &["--lazy-pages"]));
+    let lazy = RestorePlan { lazy_pages: true, ..plan };
+    assert!(has(&restore_args(&lazy, &CriuCommon::default()), &["--lazy-pages"]));
 }
 
 #[test]

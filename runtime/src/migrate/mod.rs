@@ -12,6 +12,7 @@
 //! where it was, its memory and connections untouched. The target undoes everything it made
 //! for the container when anything fails there. See `wire` for the stream.
 
+mod pages;
 mod policy;
 mod receive;
 mod send;
@@ -22,6 +23,7 @@ pub mod wire;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::checkpoint::CheckpointError;
 use crate::container::ContainerError;
 
 pub use policy::{cap_name, Policy, PolicyError};
@@ -111,6 +113,12 @@ pub enum MigrateError {
     Unconfirmed { id: String, cause: Box<MigrateError> },
     #[error("container {id} runs on the target now (pid {target_pid}), but removing its bundle here failed: {cause}")]
     SourceLeftovers { id: String, target_pid: i32, cause: Box<MigrateError> },
+    #[error("migration page stream: {what}")]
+    PageStream { what: &'static str },
+    #[error("migration page stream: criu sent command {cmd}, which a dump to a page server does not send")]
+    PageCommand { cmd: u32 },
+    #[error("container {id} runs here, but filling its memory after the restore failed (it may read zeros): {source}")]
+    LazyPages { id: String, source: CheckpointError },
     #[error("{cause}; and resuming container {id} here failed too: {resume}")]
     RollbackFailed { id: String, cause: Box<MigrateError>, resume: Box<ContainerError> },
 }

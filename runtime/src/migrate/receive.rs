@@ -16,7 +16,7 @@ use super::spool::{self, Spool};
 use super::tls::{self, Tls};
 use super::wire::{Answer, Hello, Incoming, Outcome, Part, Resumed, RootfsOffer};
 use super::{io_err, MigrateError};
-use crate::checkpoint::{CheckpointError, CriuCommon, RestoreOptions};
+use crate::checkpoint::{CheckpointError, CriuCommon, LazyPages, PageServer, RestoreOptions};
 use crate::container::{ConsoleTarget, ContainerError, Runtime};
 use crate::failpoint::failpoint;
 use crate::tenant::{Tenant, Tenants};
@@ -57,6 +57,10 @@ pub struct ReceiveReport {
     pub tenant: bool,
     /// A tenant's pty master, for its supervisor.
     pub console: Option<OwnedFd>,
+    /// With post-copy (`lazy_pages`): from the restore's end until all its memory was in.
+    pub memory_filled: Option<Duration>,
+    /// Why post-copy was asked for and not done (the memory was restored whole).
+    pub not_lazy: Option<&'static str>,
 }
 
 /// Binds the listening socket (a port of 0 picks one; `local_addr` tells it).
@@ -93,6 +97,7 @@ struct Received {
     config: Option<Vec<u8>>,
     rootfs_tar: Option<PathBuf>,
     layers: usize,
+    pages: bool,
 }
 
 impl Runtime {
@@ -144,7 +149,7 @@ impl Runtime {
             }
         };
         let mut made = Made { rt: self, store: &store, lease, spool };
-        end.answer(&Answer::Accept { missing_layers: missing.clone(), raw_chunks: true })?;
+        end.answer(&Answer::Accept { missing_layers: missing.clone(), raw_chunks: true, page_stream: true })?;
         failpoint("migrate-receive.accepted");
         let result = self.take_container(&mut end, &hello, &missing, &mut made, &bundle_dir, opts);
         match result {
@@ -166,7 +171,7 @@ impl Runtime {
         tenants: Option<&Tenants>,
         taken: Taken,
     ) -> Result<ReceiveReport, MigrateError> {
-        let Taken { pid, restore, layers, console } = taken;
+        let Taken { pid, restore, layers, console, lazy_pages, not_lazy } = taken;
         // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
         made.spool.record.reported = true;
         made.spool.save()?;
@@ -196,8 +201,26 @@ impl Runtime {
         if let Err(e) = end.confirm(&Resumed::Running) {
             log::warn!("migrate receive {}: telling the source that it runs: {e}", hello.id);
         }
+        // Post-copy: the spool holds the memory still to come in until the daemon is done.
+        let memory_filled = match lazy_pages {
+            Some((daemon, since)) => match daemon.finish() {
+                Ok(()) => Some(since.elapsed()),
+                Err(e) => return Err(MigrateError::LazyPages { id: hello.id, source: e }),
+            },
+            None => None,
+        };
         let (tenant, from) = (tenants.is_some(), end.peer().into());
-        Ok(ReceiveReport { id: hello.id, pid, from, layers_received: layers, restore, tenant, console })
+        Ok(ReceiveReport {
+            id: hello.id,
+            pid,
+            from,
+            layers_received: layers,
+            restore,
+            tenant,
+            console,
+            memory_filled,
+            not_lazy,
+        })
     }
 
     /// Why the container cannot come here, if it cannot; else the layers this host lacks, and
@@ -236,7 +259,7 @@ impl Runtime {
         bundle_dir: &Path,
         opts: &ReceiveOptions,
     ) -> Result<Taken, MigrateError> {
-        let got = receive_parts(end, hello, missing, made, &opts.policy)?;
+        let got = receive_parts(end, hello, missing, made, opts)?;
         let tenant = match &hello.tenant {
             Some(t) => Some((Tenants::open(made.store).map_err(tenant_err)?, t)),
             None => None,
@@ -254,6 +277,7 @@ impl Runtime {
             no_pivot: false,
             moved: true,
             leave_stopped: true,
+            lazy_pages: hello.criu.lazy_pages,
             common: CriuCommon {
                 tcp_established: hello.criu.tcp_established,
                 ext_unix_sk: hello.criu.ext_unix_sk,
@@ -266,7 +290,8 @@ impl Runtime {
         let bundle = crate::spec::Bundle::load(bundle_dir).map_err(ContainerError::from)?;
         made.spool.record.container = Some(hello.id.clone());
         made.spool.save()?;
-        let restored = self.restore(&restore, bundle).map_err(|e| keep_restore_log(e, &opts.work, &hello.id))?;
+        let mut restored = self.restore(&restore, bundle).map_err(|e| keep_restore_log(e, &opts.work, &hello.id))?;
+        let lazy_pages = restored.lazy_pages.take().map(|daemon| (daemon, Instant::now()));
         drop(restore);
         let console = match ours.filter(|_| restored.terminal) {
             Some(ours) => Some(crate::console::receive_master(ours.as_raw_fd()).map_err(ContainerError::from)?),
@@ -276,7 +301,8 @@ impl Runtime {
             tenants.attach_moved(&hello.id, restored.pid).map_err(tenant_err)?;
         }
         failpoint("migrate-receive.restored");
-        Ok(Taken { pid: restored.pid, restore: t.elapsed(), layers, console })
+        let not_lazy = restored.not_lazy;
+        Ok(Taken { pid: restored.pid, restore: t.elapsed(), layers, console, lazy_pages, not_lazy })
     }
 }
 
@@ -336,12 +362,14 @@ fn console_target(
 }
 
 /// What `take_container` brought: the restored init, the restore's time, the layers received,
-/// a tenant's pty master.
+/// a tenant's pty master, and with post-copy the daemon filling its memory (since when).
 struct Taken {
     pid: i32,
     restore: Duration,
     layers: usize,
     console: Option<OwnedFd>,
+    lazy_pages: Option<(LazyPages, Instant)>,
+    not_lazy: Option<&'static str>,
 }
 
 fn tenant_err(e: crate::tenant::TenantError) -> MigrateError {
@@ -377,7 +405,7 @@ fn receive_parts(
     hello: &Hello,
     missing: &[Digest],
     made: &mut Made<'_>,
-    policy: &Policy,
+    opts: &ReceiveOptions,
 ) -> Result<Received, MigrateError> {
     let mut got = Received::default();
     let mut pending: Vec<&Digest> = missing.iter().collect();
@@ -412,7 +440,7 @@ fn receive_parts(
                 let mut buf = Vec::new();
                 end.receive_part(&part, &mut buf)?;
                 if part == Part::Config {
-                    if let Err(refused) = check_config(&buf, policy, hello.tenant.as_ref()) {
+                    if let Err(refused) = check_config(&buf, &opts.policy, hello.tenant.as_ref()) {
                         // The source hears the refusal as the outcome once it has sent all.
                         let _ = end.drain();
                         return Err(refused);
@@ -433,6 +461,11 @@ fn receive_parts(
                 got.rootfs_tar = Some(path);
             }
             Part::Criu(name) => spool_part(end, &part, &made.staging().join("criu").join(name))?,
+            Part::Pages if got.pages => return Err(unwanted()),
+            Part::Pages => {
+                pages_part(end, &part, made.staging(), opts.criu.as_deref())?;
+                got.pages = true;
+            }
         }
     }
 }
@@ -464,6 +497,26 @@ fn spool_part(end: &mut TargetEnd, part: &Part, path: &Path) -> Result<(), Migra
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     end.receive_part(part, &mut out)?;
     std::io::Write::flush(&mut out).map_err(io_err(path))
+}
+
+/// The page stream, fed to a page server writing into the spool's images as it comes. It
+/// must have written all before the restore: its failure, not the broken pipe it causes
+/// here, is the error (unless the stream failed first), and the source hears it.
+fn pages_part(end: &mut TargetEnd, part: &Part, staging: &Path, criu: Option<&Path>) -> Result<(), MigrateError> {
+    let server = PageServer::start(criu, &staging.join("criu"), staging).map_err(ContainerError::from)?;
+    let streamed = end.receive_part(part, &mut server.socket());
+    let finished = server.finish().map_err(ContainerError::from);
+    match (streamed, finished) {
+        (Err(e @ (MigrateError::Stream { .. } | MigrateError::Truncated { .. } | MigrateError::Timeout { .. })), _) => {
+            Err(e)
+        }
+        (_, Err(e)) => {
+            // The source hears why as the outcome, once it has sent all.
+            let _ = end.drain();
+            Err(e.into())
+        }
+        (streamed, Ok(())) => streamed.map(|_| ()),
+    }
 }
 
 fn receive_layer(

@@ -11,7 +11,7 @@ use warren_images::transfer::{self, ImageRef};
 
 use super::tls::Tls;
 use super::wire::{Answer, CriuFlags, Hello, Outcome, Part, Resumed, RootfsOffer};
-use super::{io_err, MigrateError};
+use super::{io_err, pages, MigrateError};
 use crate::checkpoint::{CheckpointOptions, CriuCommon};
 use crate::container::{Locked, Runtime};
 use crate::failpoint::failpoint;
@@ -31,6 +31,8 @@ pub struct SendOptions {
     pub work: PathBuf,
     pub criu: CriuCommon,
     pub timeout: Duration,
+    /// Post-copy on the target (see [`CriuFlags::lazy_pages`]).
+    pub lazy_pages: bool,
     /// The tenant whose container this is, its record as it should be on the target.
     pub tenant: Option<crate::tenant::Tenant>,
     /// Told the part bytes sent so far (content, on the wire) after each part of the dump.
@@ -76,6 +78,7 @@ impl Runtime {
                 tcp_established: opts.criu.tcp_established,
                 ext_unix_sk: opts.criu.ext_unix_sk,
                 file_locks: opts.criu.file_locks,
+                lazy_pages: opts.lazy_pages,
             },
             tenant: opts.tenant.clone(),
         };
@@ -167,7 +170,11 @@ impl Runtime {
             common: opts.criu.clone(),
             ..Default::default()
         };
-        self.checkpoint_locked(c, &checkpoint)?;
+        if end.page_stream {
+            self.dump_streaming_pages(c, end, checkpoint)?;
+        } else {
+            self.checkpoint_locked(c, &checkpoint)?;
+        }
         failpoint("migrate-send.dumped");
         let dump = t.elapsed();
         let config = &c.state.config;
@@ -188,6 +195,41 @@ impl Runtime {
         match end.wait_for_outcome()? {
             Outcome::Restored { pid, restore_ms } => Ok((dump, (pid, restore_ms))),
             Outcome::Failed { reason } => Err(MigrateError::TargetFailed { reason }),
+        }
+    }
+
+    /// The dump with its memory sent as it is read (see `pages`): CRIU writes to a page server
+    /// socket, whose protocol a thread relays into the stream while CRIU runs here.
+    fn dump_streaming_pages(
+        &self,
+        c: &Locked,
+        end: &mut SourceEnd,
+        mut checkpoint: CheckpointOptions,
+    ) -> Result<(), MigrateError> {
+        use std::os::fd::AsRawFd;
+        let socketpair = Path::new("socketpair");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io_err(socketpair))?;
+        crate::sys::clear_cloexec(theirs.as_raw_fd()).map_err(io_err(socketpair))?;
+        checkpoint.page_socket = Some(theirs.as_raw_fd());
+        let (dumped, streamed) = std::thread::scope(|s| {
+            let relay = s.spawn(|| {
+                end.send_part(Part::Pages, |w| match pages::relay(&ours, &mut *w) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(w.take_error().unwrap_or(e)),
+                })
+            });
+            let dumped = self.checkpoint_locked(c, &checkpoint);
+            // CRIU is gone: a relay still waiting for it (CRIU failed) reads the end.
+            let _ = ours.shutdown(std::net::Shutdown::Both);
+            (dumped, relay.join())
+        });
+        drop(theirs);
+        let streamed = streamed.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match (dumped, streamed) {
+            (Ok(()), streamed) => streamed,
+            // CRIU failed and the stream ended with it: CRIU's error says why.
+            (Err(dumped), Ok(()) | Err(MigrateError::PageStream { .. })) => Err(dumped.into()),
+            (Err(_), Err(streamed)) => Err(streamed),
         }
     }
 

@@ -123,6 +123,12 @@ pub(super) fn lock_work(work: &Path) -> Result<Flock<File>, MigrateError> {
         .map_err(io_err(work))
 }
 
+/// Whether the restore in the spool at `dir` was (about to be) reported to the source.
+fn reported(dir: &Path) -> bool {
+    let record = std::fs::read(dir.join(RECORD)).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+    record.is_some_and(|r| r.reported)
+}
+
 impl Runtime {
     /// Reaps every spool in `work` that a dead receiver left (see the module doc); returns
     /// the ids of the containers they were for.
@@ -150,6 +156,13 @@ impl Runtime {
             };
             let record = self.abandoned_record(&dir, &id);
             log::warn!("migrate receive: reaping the spool of a receiver that died: {} ({record:?})", dir.display());
+            if !reported(&dir) {
+                // Nothing restored here stays: a post-copy daemon has nothing to fill.
+                let killed = crate::checkpoint::LazyPages::kill_orphans(&dir);
+                if !killed.is_empty() {
+                    log::warn!("migrate receive: killed its lazy-pages daemon {killed:?}");
+                }
+            }
             record.undo(self, store, None);
             drop(Spool { dir, record, _lock: lock });
             reaped.push(id);

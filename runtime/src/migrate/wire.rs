@@ -105,6 +105,9 @@ pub struct CriuFlags {
     pub tcp_established: bool,
     pub ext_unix_sk: bool,
     pub file_locks: bool,
+    /// Post-copy on the target: the container runs before its memory is all in place, filled
+    /// from the target's copy of the dump (older targets ignore it and restore it all first).
+    pub lazy_pages: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +117,9 @@ pub enum Answer {
         /// The target reads Raw chunks (older targets do not say so, and get zstd only).
         #[serde(default)]
         raw_chunks: bool,
+        /// The target takes the memory as a [`Part::Pages`] stream while the source dumps.
+        #[serde(default)]
+        page_stream: bool,
     },
     Refuse {
         reason: String,
@@ -135,6 +141,9 @@ pub enum Part {
     Rootfs,
     /// One file of the CRIU images directory, by name (no directories).
     Criu(String),
+    /// The memory as the source's CRIU sent it to a page server while it dumped (see
+    /// `migrate::pages`): page maps and pages, for the target's page server to write.
+    Pages,
 }
 
 impl Part {
@@ -271,6 +280,8 @@ pub struct SourceEnd<S: Read + Write> {
     /// Whether the target reads Raw chunks, and how many were sent so.
     raw_chunks: bool,
     raw_sent: u64,
+    /// Whether the target takes the memory as a page stream while the source dumps.
+    pub page_stream: bool,
     /// Uncompressed and compressed bytes sent in parts, for the report and progress.
     pub sent: (u64, u64),
 }
@@ -286,6 +297,7 @@ impl<S: Read + Write> SourceEnd<S> {
             compressor,
             raw_chunks: false,
             raw_sent: 0,
+            page_stream: false,
             sent: (0, 0),
         })
     }
@@ -299,6 +311,7 @@ impl<S: Read + Write> SourceEnd<S> {
     pub fn wait_for_answer(&mut self) -> Result<Answer, MigrateError> {
         let answer = self.framed.read_json(Tag::Answer)?;
         self.raw_chunks = matches!(answer, Answer::Accept { raw_chunks: true, .. });
+        self.page_stream = matches!(answer, Answer::Accept { page_stream: true, .. });
         Ok(answer)
     }
 
@@ -602,7 +615,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let target = std::thread::spawn(move || {
             let mut end = TargetEnd::new(b, "source".into()).unwrap();
-            end.answer(&Answer::Accept { missing_layers: Vec::new(), raw_chunks }).unwrap();
+            end.answer(&Answer::Accept { missing_layers: Vec::new(), raw_chunks, page_stream: false }).unwrap();
             let Incoming::Part(part) = end.next_incoming().unwrap() else { panic!("not a part") };
             let mut got = Vec::new();
             end.receive_part(&part, &mut got).unwrap();

@@ -33,6 +33,7 @@ pub fn checkpoint(rt: &Runtime, a: &CheckpointArgs, criu: Option<&Path>) -> Resu
         skip_network_lock: false,
         link_remap: a.link_remap,
         tcp_skip_in_flight: a.tcp_skip_in_flight,
+        page_socket: None,
         common: common(&a.criu, criu),
     };
     rt.checkpoint(&a.id, &opts)?;
@@ -55,6 +56,7 @@ pub fn restore(rt: &Runtime, a: &RestoreArgs, criu: Option<&Path>) -> Result<i32
         no_pivot: a.no_pivot,
         moved: false,
         leave_stopped: false,
+        lazy_pages: false,
         common: common(&a.criu, criu),
     };
     let restored = rt.restore(&opts, bundle)?;

@@ -77,6 +77,10 @@ pub struct SendArgs {
     /// Handle file locks
     #[arg(long = "file-locks")]
     pub file_locks: bool,
+    /// Post-copy: run it on the target before all its memory is back, which the target then
+    /// fills from its copy of the dump (shorter freeze for large containers)
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
     /// Print the figures as text or as one JSON object
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
@@ -156,6 +160,7 @@ fn send(
             ..Default::default()
         },
         timeout,
+        lazy_pages: a.lazy_pages,
         tenant: None,
         progress: std::io::stderr().is_terminal().then(progress_line),
     };
@@ -244,13 +249,19 @@ fn receive(
         let result = conn.map_err(anyhow::Error::from).and_then(|s| Ok(rt.migrate_receive(s, &opts)?));
         match result {
             Ok(r) => {
+                let filled = match (r.memory_filled, r.not_lazy) {
+                    (Some(d), _) => Some(format!(", memory filled {} ms later", d.as_millis())),
+                    (None, Some(why)) => Some(format!(", restored whole: no post-copy, {why}")),
+                    (None, None) => None,
+                };
                 println!(
-                    "received {} from {}: running as pid {} ({} layers received, restore {} ms)",
+                    "received {} from {}: running as pid {} ({} layers received, restore {} ms{})",
                     r.id,
                     r.from,
                     r.pid,
                     r.layers_received,
-                    r.restore.as_millis()
+                    r.restore.as_millis(),
+                    filled.unwrap_or_default()
                 );
                 std::io::stdout().flush()?;
                 if r.tenant {

@@ -136,6 +136,11 @@ pub struct MigrateArgs {
     /// Keep established TCP connections across the move
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
+    /// Post-copy: run it on the target before all its memory is back, which the target then
+    /// fills from its copy of the dump; a tenant's user namespace needs the target's
+    /// vm.unprivileged_userfaultfd=1 for it, else its memory is restored whole
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
     /// Print the figures as text or as one JSON object
     #[arg(long, value_enum, default_value = "table")]
     pub format: crate::cli::OutputFormat,
@@ -394,6 +399,7 @@ fn migrate(
             ..Default::default()
         },
         timeout: Duration::from_secs(a.timeout.max(1)),
+        lazy_pages: a.lazy_pages,
         tenant: None,
         progress: None,
     };
