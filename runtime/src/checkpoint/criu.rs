@@ -126,6 +126,8 @@ pub struct RestorePlan<'a> {
     pub leave_stopped: bool,
     /// Memory is left to a [`LazyPages`] daemon serving the same images (post-copy).
     pub lazy_pages: bool,
+    /// Restored pages are punched out of the images.
+    pub auto_dedup: bool,
 }
 
 pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
@@ -142,6 +144,9 @@ pub fn restore_args(plan: &RestorePlan, common: &CriuCommon) -> Vec<OsString> {
     }
     if plan.lazy_pages {
         args.push("--lazy-pages".into());
+    }
+    if plan.auto_dedup {
+        args.push("--auto-dedup".into());
     }
     if !common.tcp_established {
         // The lock keeps peers from resetting restored connections; without them it only

@@ -33,6 +33,9 @@ pub struct RestoreOptions {
     /// `criu lazy-pages` daemon then fills through userfaultfd (see [`Restored::lazy_pages`]).
     /// Not where the tasks cannot open a userfaultfd (see [`Restored::not_lazy`]).
     pub lazy_pages: bool,
+    /// The images go after the restore (a migration's spool): CRIU frees each page of them
+    /// once it is restored (`--auto-dedup`), so the memory is needed once, not twice.
+    pub consume_images: bool,
     pub common: CriuCommon,
 }
 
@@ -107,6 +110,7 @@ impl Runtime {
             no_pivot: opts.no_pivot,
             leave_stopped: opts.leave_stopped,
             lazy_pages: opts.lazy_pages && not_lazy.is_none(),
+            auto_dedup: opts.consume_images && !(opts.lazy_pages && not_lazy.is_none()),
         };
         let args = criu::restore_args(&plan, &opts.common);
         let (pre, _overlay) = criu_mount_ns(&bundle, skeletons.targets(), criu_netns.as_ref().map(|f| f.as_raw_fd()))?;

@@ -64,6 +64,7 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
         no_pivot: false,
         leave_stopped: true,
         lazy_pages: false,
+        auto_dedup: false,
     };
     let args = restore_args(&plan, &CriuCommon { empty_ns: vec!["network".into()], ..Default::default() });
     for seq in [
@@ -81,8 +82,10 @@ fn restore_maps_binds_stdio_and_each_cgroup_hierarchy() {
         assert!(has(&args, seq), "{seq:?} in {args:?}");
     }
     assert!(!has(&args, &["--lazy-pages"]));
-    let lazy = RestorePlan { lazy_pages: true, ..plan };
-    assert!(has(&restore_args(&lazy, &CriuCommon::default()), &["--lazy-pages"]));
+    assert!(!has(&args, &["--auto-dedup"]));
+    let lazy = RestorePlan { lazy_pages: true, auto_dedup: true, ..plan };
+    let args = restore_args(&lazy, &CriuCommon::default());
+    assert!(has(&args, &["--lazy-pages"]) && has(&args, &["--auto-dedup"]));
 }
 
 #[test]

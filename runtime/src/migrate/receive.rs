@@ -278,6 +278,7 @@ impl Runtime {
             moved: true,
             leave_stopped: true,
             lazy_pages: hello.criu.lazy_pages,
+            consume_images: true,
             common: CriuCommon {
                 tcp_established: hello.criu.tcp_established,
                 ext_unix_sk: hello.criu.ext_unix_sk,

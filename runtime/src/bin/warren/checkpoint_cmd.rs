@@ -57,6 +57,7 @@ pub fn restore(rt: &Runtime, a: &RestoreArgs, criu: Option<&Path>) -> Result<i32
         moved: false,
         leave_stopped: false,
         lazy_pages: false,
+        consume_images: false,
         common: common(&a.criu, criu),
     };
     let restored = rt.restore(&opts, bundle)?;
