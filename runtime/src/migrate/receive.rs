@@ -97,7 +97,6 @@ struct Received {
     config: Option<Vec<u8>>,
     rootfs_tar: Option<PathBuf>,
     layers: usize,
-    pages: bool,
 }
 
 impl Runtime {
@@ -410,6 +409,11 @@ fn receive_parts(
 ) -> Result<Received, MigrateError> {
     let mut got = Received::default();
     let mut pending: Vec<&Digest> = missing.iter().collect();
+    // Started now, outside the source's frozen window (the page stream comes after the freeze);
+    // a source that sends no page stream leaves it unused, and it is killed.
+    let images = made.staging().join("criu");
+    let mut page_server =
+        Some(PageServer::start(opts.criu.as_deref(), &images, made.staging()).map_err(ContainerError::from)?);
     loop {
         let part = match end.next_incoming()? {
             Incoming::Manifest(m) => {
@@ -462,11 +466,7 @@ fn receive_parts(
                 got.rootfs_tar = Some(path);
             }
             Part::Criu(name) => spool_part(end, &part, &made.staging().join("criu").join(name))?,
-            Part::Pages if got.pages => return Err(unwanted()),
-            Part::Pages => {
-                pages_part(end, &part, made.staging(), opts.criu.as_deref())?;
-                got.pages = true;
-            }
+            Part::Pages => pages_part(end, &part, page_server.take().ok_or_else(unwanted)?)?,
         }
     }
 }
@@ -503,8 +503,7 @@ fn spool_part(end: &mut TargetEnd, part: &Part, path: &Path) -> Result<(), Migra
 /// The page stream, fed to a page server writing into the spool's images as it comes. It
 /// must have written all before the restore: its failure, not the broken pipe it causes
 /// here, is the error (unless the stream failed first), and the source hears it.
-fn pages_part(end: &mut TargetEnd, part: &Part, staging: &Path, criu: Option<&Path>) -> Result<(), MigrateError> {
-    let server = PageServer::start(criu, &staging.join("criu"), staging).map_err(ContainerError::from)?;
+fn pages_part(end: &mut TargetEnd, part: &Part, server: PageServer) -> Result<(), MigrateError> {
     let streamed = end.receive_part(part, &mut server.socket());
     let finished = server.finish().map_err(ContainerError::from);
     match (streamed, finished) {
