@@ -327,6 +327,40 @@ const HOLDER: &str = "x=$(head -c 2097152 /dev/urandom | od -An -tx1 | tr -d ' \
      i=0; while :; do i=$((i+1)); echo $i >> /log; echo $i > /count.new; mv /count.new /count; \
      if [ -e /check ]; then echo \"$x\" | md5sum > /sum1.new; mv /sum1.new /sum1; rm /check; fi; sleep 0.05; done";
 
+/// The counter with 300 sleeping children beside it.
+const CROWD: &str = "for i in $(seq 300); do sleep 100000 & done; \
+     i=0; while :; do i=$((i+1)); echo $i >> /log; echo $i > /count.new; mv /count.new /count; sleep 0.05; done";
+
+#[test]
+fn a_container_with_hundreds_of_processes_moves() -> Result<()> {
+    // Each process's page map is an answer of B's page server to read.
+    let Some((t, pair)) = two_hosts("mig_crowd", Image::OnBoth)? else {
+        return Ok(());
+    };
+    let id = t.id("c");
+    let src = script_bundle(&pair.a, &id, &[], CROWD)?;
+    let path = src.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    cfg["linux"]["resources"] = json!({"memory": {"limit": 512 * MIB}, "pids": {"limit": 400}});
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    let guard_a = pair.a.warren.adopt(&id);
+    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
+    wait_count_above(&src, 10, Duration::from_secs(30))?;
+
+    let (_, guard_b) = move_to_b(&pair, &id, guard_a)?;
+    let dst = pair.b.bundles.join(&id);
+    assert_counts_on(&pair.b, &id, &dst)?;
+    let pid = pair.b.warren.state(&id)?["pid"].as_i64().context("pid")? as i32;
+    let procs = read_knob(&cgroup_dir(pid, "pids")?.join("pids.current"))?;
+    ensure!(procs.parse::<u32>()? >= 301, "processes on B: {procs}");
+    assert_host_empty(&pair.a)?;
+
+    remove_counter(&pair.b, guard_b, &dst)?;
+    drop(pair);
+    t.assert_no_leftovers();
+    Ok(())
+}
+
 #[test]
 fn a_container_moved_with_lazy_pages_runs_on_with_all_its_memory() -> Result<()> {
     let Some((t, pair)) = two_hosts("mig_lazy", Image::OnBoth)? else {

@@ -191,8 +191,11 @@ impl LazyPages {
         let _ = std::fs::remove_file(&socket);
         let mut args: Vec<OsString> = vec!["lazy-pages".into()];
         dir_args(&mut args, images, work, "lazy-pages.log");
+        // Its own process group: a Ctrl-C or a stop signal for the receiver's group must not
+        // kill it while it fills a running container's memory.
         let child = Command::new(criu)
             .args(&args)
+            .process_group(0)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -235,14 +238,25 @@ impl LazyPages {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             let ours = args.get(1) == Some(&&b"lazy-pages"[..])
                 && args.windows(2).any(|w| {
-                    w[0] == b"--work-dir"
-                        && std::fs::canonicalize(std::ffi::OsStr::from_bytes(w[1])).is_ok_and(|p| p == work)
+                    // A relative work dir is the daemon's: resolved from its own cwd.
+                    let dir = Path::new(&format!("/proc/{pid}/cwd")).join(std::ffi::OsStr::from_bytes(w[1]));
+                    w[0] == b"--work-dir" && std::fs::canonicalize(dir).is_ok_and(|p| p == work)
                 });
             if ours && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).is_ok() {
                 killed.push(pid);
             }
         }
         killed
+    }
+
+    /// An error if the daemon has already ended in failure (the memory it had yet to fill
+    /// would read as zeros); Ok while it runs or once it succeeded.
+    pub fn check(&mut self) -> Result<(), CheckpointError> {
+        let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        match exited {
+            Some(status) if !status.success() => Err(self.failed(status.to_string())),
+            _ => Ok(()),
+        }
     }
 
     /// For a restore that failed: the daemon has no tree to fill.
@@ -278,6 +292,9 @@ pub struct PageServer {
     child: Option<std::process::Child>,
     socket: std::os::unix::net::UnixStream,
     log: PathBuf,
+    /// Reads the server's answers (a byte per page map opened, one per process): unread, they
+    /// would fill the socket and stop the server, and with it our writes.
+    answers: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PageServer {
@@ -300,7 +317,12 @@ impl PageServer {
             .spawn()
             .map_err(|source| CheckpointError::Spawn { path: criu.to_path_buf(), source })?;
         drop(theirs);
-        Ok(PageServer { child: Some(child), socket: ours, log: work.join("page-server.log") })
+        let mut reader = ours.try_clone().map_err(io)?;
+        // Ends when the server's end closes (it exits, or is killed).
+        let answers = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        Ok(PageServer { child: Some(child), socket: ours, log: work.join("page-server.log"), answers: Some(answers) })
     }
 
     /// Where the page stream goes.
@@ -313,6 +335,9 @@ impl PageServer {
         let _ = self.socket.shutdown(std::net::Shutdown::Write);
         let mut child = self.child.take().expect("taken only here");
         let status = child.wait().map_err(|source| CheckpointError::Io { path: self.log.clone(), source })?;
+        if let Some(answers) = self.answers.take() {
+            let _ = answers.join();
+        }
         if status.success() {
             return Ok(());
         }
@@ -332,6 +357,9 @@ impl Drop for PageServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(answers) = self.answers.take() {
+            let _ = answers.join();
         }
     }
 }

@@ -117,7 +117,7 @@ pub enum MigrateError {
     PageStream { what: &'static str },
     #[error("migration page stream: criu sent command {cmd}, which a dump to a page server does not send")]
     PageCommand { cmd: u32 },
-    #[error("container {id} runs here, but filling its memory after the restore failed (it may read zeros): {source}")]
+    #[error("container {id}: filling its memory after the restore failed (what it had yet to get would read as zeros): {source}")]
     LazyPages { id: String, source: CheckpointError },
     #[error("{cause}; and resuming container {id} here failed too: {resume}")]
     RollbackFailed { id: String, cause: Box<MigrateError>, resume: Box<ContainerError> },

@@ -170,7 +170,13 @@ impl Runtime {
         tenants: Option<&Tenants>,
         taken: Taken,
     ) -> Result<ReceiveReport, MigrateError> {
-        let Taken { pid, restore, layers, console, lazy_pages, not_lazy } = taken;
+        let Taken { pid, restore, layers, console, mut lazy_pages, not_lazy } = taken;
+        if let Err(e) = lazy_pages_ok(&mut lazy_pages) {
+            // Not reported: the source resumes its own copy, and this one goes.
+            let e = MigrateError::from(ContainerError::from(e));
+            let _ = end.report(&Outcome::Failed { reason: e.to_string() });
+            return Err(e);
+        }
         // Restored stopped: unreported, or aborted, it goes (the source resumed its own).
         made.spool.record.reported = true;
         made.spool.save()?;
@@ -178,6 +184,10 @@ impl Runtime {
         failpoint("migrate-receive.reported");
         let committed = end.wait_for_commit();
         if let Ok(false) = committed {
+            // Its memory need not be filled: it goes.
+            if let Some((daemon, _)) = lazy_pages {
+                daemon.abort();
+            }
             return Err(MigrateError::SourceAborted { id: hello.id });
         }
         // Committed, or unknown: either way this copy stays (stopped while unknown).
@@ -186,10 +196,13 @@ impl Runtime {
             return Err(MigrateError::Unconfirmed { id: hello.id, cause: Box::new(e) });
         }
         failpoint("migrate-receive.committed");
-        let wanted = match tenants {
+        // A post-copy daemon that failed meanwhile: it stays stopped rather than read zeros.
+        let filling =
+            lazy_pages_ok(&mut lazy_pages).map_err(|e| MigrateError::LazyPages { id: hello.id.clone(), source: e });
+        let wanted = filling.and_then(|()| match tenants {
             Some(tenants) => tenants.moved_in(&hello.id).map_err(tenant_err),
             None => Ok(()),
-        };
+        });
         let cont = |()| self.kill(&hello.id, nix::sys::signal::Signal::SIGCONT, true).map_err(MigrateError::from);
         if let Err(e) = wanted.and_then(cont) {
             let _ = end.confirm(&Resumed::Stopped { reason: e.to_string() });
@@ -359,6 +372,11 @@ fn console_target(
     }
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io_err(Path::new("socketpair")))?;
     Ok((Some(ours), Some(ConsoleTarget::Fd(theirs.into()))))
+}
+
+/// Whether a post-copy daemon, if any, has not failed (so far).
+fn lazy_pages_ok(lazy: &mut Option<(LazyPages, Instant)>) -> Result<(), CheckpointError> {
+    lazy.as_mut().map_or(Ok(()), |(daemon, _)| daemon.check())
 }
 
 /// What `take_container` brought: the restored init, the restore's time, the layers received,
