@@ -689,6 +689,20 @@ fn failing_criu(dir: &Path, action: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A move of `id` to B whose criu `action` fails there: both ends fail naming it, and the
+/// source says the container runs there again. B's output.
+fn move_failing_on_b(t: &Test, pair: &HostPair, id: &str, action: &str) -> Result<Out> {
+    let fake = failing_criu(t.dir(), action)?;
+    let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()], &[])?;
+    let sent = send(&pair.a, &[], id, &format!("{}:{PORT}", pair.b.addr))?;
+    let got = rx.join().expect("receive thread")?;
+    let injected = format!("injected {action} failure");
+    let err = sent.failed()?.error_line().to_string();
+    ensure!(err.contains(&injected) && err.contains("is running here again"), "send: {err}");
+    ensure!(got.failed()?.error_line().contains(&injected), "receive: {got}");
+    Ok(got)
+}
+
 #[test]
 fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() -> Result<()> {
     let Some((t, pair)) = two_hosts("mig_fail", Image::OnSource)? else {
@@ -696,13 +710,7 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     };
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
 
-    let fake = failing_criu(t.dir(), "restore")?;
-    let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()], &[])?;
-    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
-    let got = rx.join().expect("receive thread")?;
-    let err = sent.failed()?.error_line().to_string();
-    ensure!(err.contains("injected restore failure") && err.contains("is running here again"), "send: {err}");
-    ensure!(got.failed()?.error_line().contains("injected restore failure"), "receive: {got}");
+    let got = move_failing_on_b(&t, &pair, &id, "restore")?;
 
     // A: running, counting on from its value, its log whole.
     assert_counts_on(&pair.a, &id, &src)?;
@@ -728,13 +736,7 @@ fn a_page_server_failing_on_the_target_leaves_the_container_running_on_the_sourc
     let (id, src, guard_a) = run_counter(&t, &pair.a)?;
 
     // The memory streams while A dumps; B's page server dies on the first bytes.
-    let fake = failing_criu(t.dir(), "page-server")?;
-    let rx = receive_with(&pair.b, PORT, &["--criu", &fake.to_string_lossy()], &[])?;
-    let sent = send(&pair.a, &[], &id, &format!("{}:{PORT}", pair.b.addr))?;
-    let got = rx.join().expect("receive thread")?;
-    let err = sent.failed()?.error_line().to_string();
-    ensure!(err.contains("injected page-server failure") && err.contains("is running here again"), "send: {err}");
-    ensure!(got.failed()?.error_line().contains("injected page-server failure"), "receive: {got}");
+    move_failing_on_b(&t, &pair, &id, "page-server")?;
 
     assert_counts_on(&pair.a, &id, &src)?;
     assert_host_empty(&pair.b)?;

@@ -193,14 +193,7 @@ impl LazyPages {
         dir_args(&mut args, images, work, "lazy-pages.log");
         // Its own process group: a Ctrl-C or a stop signal for the receiver's group must not
         // kill it while it fills a running container's memory.
-        let child = Command::new(criu)
-            .args(&args)
-            .process_group(0)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|source| CheckpointError::Spawn { path: criu.to_path_buf(), source })?;
+        let child = spawn_quiet(Command::new(criu).args(&args).process_group(0), criu)?;
         let mut daemon = LazyPages { child: Some(child), log: work.join("lazy-pages.log") };
         let deadline = std::time::Instant::now() + LAZY_PAGES_LISTEN;
         while !socket.exists() {
@@ -268,8 +261,7 @@ impl LazyPages {
     }
 
     fn failed(&self, status: String) -> CheckpointError {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        CheckpointError::Criu { action: "lazy-pages", status, reason: first_error(&text), log: self.log.clone() }
+        failed("lazy-pages", status, &self.log)
     }
 }
 
@@ -309,13 +301,7 @@ impl PageServer {
         let mut args: Vec<OsString> = vec!["page-server".into()];
         dir_args(&mut args, images, work, "page-server.log");
         args.extend(["--ps-socket".into(), theirs.as_raw_fd().to_string().into()]);
-        let child = Command::new(criu)
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|source| CheckpointError::Spawn { path: criu.to_path_buf(), source })?;
+        let child = spawn_quiet(Command::new(criu).args(&args), criu)?;
         drop(theirs);
         let mut reader = ours.try_clone().map_err(io)?;
         // Ends when the server's end closes (it exits, or is killed).
@@ -338,16 +324,10 @@ impl PageServer {
         if let Some(answers) = self.answers.take() {
             let _ = answers.join();
         }
-        if status.success() {
-            return Ok(());
+        match status.success() {
+            true => Ok(()),
+            false => Err(failed("page-server", status.to_string(), &self.log)),
         }
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        Err(CheckpointError::Criu {
-            action: "page-server",
-            status: status.to_string(),
-            reason: first_error(&text),
-            log: self.log.clone(),
-        })
     }
 }
 
@@ -362,6 +342,19 @@ impl Drop for PageServer {
             let _ = answers.join();
         }
     }
+}
+
+/// A criu process beside us (a daemon or server), its stdio on /dev/null: it logs to its file.
+fn spawn_quiet(cmd: &mut Command, criu: &Path) -> Result<std::process::Child, CheckpointError> {
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn().map_err(|source| CheckpointError::Spawn { path: criu.to_path_buf(), source })
+}
+
+/// A criu `action` that ended with `status`, with the first error of its log.
+fn failed(action: &'static str, status: String, log: &Path) -> CheckpointError {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    CheckpointError::Criu { action, status, reason: first_error(&text), log: log.to_path_buf() }
 }
 
 /// Work done in criu's process before it starts (between fork and exec).
@@ -389,8 +382,7 @@ pub fn run(
     if status.success() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    Err(CheckpointError::Criu { action, status: status.to_string(), reason: first_error(&text), log })
+    Err(failed(action, status.to_string(), &log))
 }
 
 /// The first error criu logged (the later ones follow from it), without its timestamp, pid

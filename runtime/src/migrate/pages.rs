@@ -29,21 +29,32 @@ const PS_IOV_FORCE_CLOSE: u32 = 0x1024;
 /// Pagemap flag: the pages' data follows the header.
 const PE_PRESENT: u32 = 1 << 2;
 
-/// How many bytes of page data follow a header, or None for the stream's end (the caller
-/// answers it); an error for what a dump to a page server never sends.
-fn payload(header: &[u8; HEADER], page_size: u64) -> Result<Option<u64>, MigrateError> {
+/// What follows a header, and what CRIU waits for after it.
+#[derive(Debug, PartialEq)]
+enum Then {
+    /// This many bytes of page data.
+    Data(u64),
+    /// A page map opened: CRIU waits for whether the target holds a parent image of it.
+    Open,
+    /// The stream's end: CRIU waits for its status.
+    Close,
+}
+
+/// What follows a header; an error for what a dump to a page server never sends.
+fn then(header: &[u8; HEADER], page_size: u64) -> Result<Then, MigrateError> {
     let cmd = u32::from_ne_bytes(header[0..4].try_into().expect("4 bytes"));
     let nr_pages = u64::from_ne_bytes(header[8..16].try_into().expect("8 bytes"));
     let (op, flags) = (cmd & 0xffff, cmd >> 16);
     let data = |present: bool| {
         let len = if present { nr_pages.checked_mul(page_size) } else { Some(0) };
-        len.map(Some).ok_or(MigrateError::PageStream { what: "a page count out of range" })
+        len.map(Then::Data).ok_or(MigrateError::PageStream { what: "a page count out of range" })
     };
     match op {
-        PS_IOV_OPEN | PS_IOV_OPEN2 | PS_IOV_HOLE => Ok(Some(0)),
+        PS_IOV_OPEN2 => Ok(Then::Open),
+        PS_IOV_OPEN | PS_IOV_HOLE => Ok(Then::Data(0)),
         PS_IOV_ADD => data(true),
         PS_IOV_ADD_F => data(flags & PE_PRESENT != 0),
-        PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => Ok(None),
+        PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => Ok(Then::Close),
         _ => Err(MigrateError::PageCommand { cmd }),
     }
 }
@@ -74,16 +85,20 @@ fn relay_until_close(mut criu: &UnixStream, out: &mut impl Write) -> Result<u64,
             Err(e) => return Err(socket_err(e)),
         }
         out.write_all(&header).map_err(part_err)?;
-        let Some(mut left) = payload(&header, page_size)? else {
-            // The target's page server answers the same once it has written everything;
-            // whether it did is checked there before the restore.
-            criu.write_all(&0i32.to_ne_bytes()).map_err(socket_err)?;
-            return Ok(pages);
+        let mut left = match then(&header, page_size)? {
+            Then::Data(len) => len,
+            Then::Open => {
+                // No parent image: a move sends every page.
+                criu.write_all(&[0]).map_err(socket_err)?;
+                0
+            }
+            Then::Close => {
+                // The target's page server answers the same once it has written everything;
+                // whether it did is checked there before the restore.
+                criu.write_all(&0i32.to_ne_bytes()).map_err(socket_err)?;
+                return Ok(pages);
+            }
         };
-        if u32::from_ne_bytes(header[0..4].try_into().expect("4 bytes")) & 0xffff == PS_IOV_OPEN2 {
-            // No parent image: a move sends every page.
-            criu.write_all(&[0]).map_err(socket_err)?;
-        }
         pages += left;
         while left > 0 {
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
