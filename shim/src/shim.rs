@@ -82,11 +82,17 @@ impl containerd_shim::Shim for WarrenShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        // Events go through a connection of our own (see [`Events`]); the library's is let go.
+        drop(publisher);
+        self.task_service()
+    }
+}
+
+impl WarrenShim {
+    pub(crate) fn task_service(&self) -> Service {
         // Release builds abort on a panic; its reason goes to containerd's log (the server's
         // stderr is /dev/null) before every tenant of the process is lost.
         std::panic::set_hook(Box::new(|info| log::error!("shim panic: {info}")));
-        // Events go through a connection of our own (see [`Events`]); the library's is let go.
-        drop(publisher);
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         // The two `expect`s below run once, before the server listens: no task is hosted yet,
         // and the library's interface leaves no error to return. A shim without events or a
@@ -111,7 +117,7 @@ fn group_of(config_json: &Path) -> Option<String> {
 }
 
 /// Whether a shim answers on `address`.
-fn serving(address: &str) -> bool {
+pub(crate) fn serving(address: &str) -> bool {
     let path = address.strip_prefix("unix://").unwrap_or(address);
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }
