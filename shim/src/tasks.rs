@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use containerd_shim::protos::events::task::TaskExit;
@@ -81,11 +81,24 @@ pub struct Process {
     pub terminal: Option<Terminal>,
     /// An exec's process as runtime-spec JSON.
     pub spec: Vec<u8>,
+    /// Wakes the Waits on this process: at its exit, and when it leaves the table (dropped).
+    /// One per process, so that an exit wakes its own waiters only, not every task's (under
+    /// the CRI every container has a Wait pending).
+    exit_changed: Arc<Condvar>,
 }
 
 impl Process {
     pub fn new(exec_id: &str, io: IoConfig, spec: Vec<u8>) -> Process {
-        Process { exec_id: exec_id.into(), pid: 0, io, phase: Phase::Created, held_exit: None, terminal: None, spec }
+        Process {
+            exec_id: exec_id.into(),
+            pid: 0,
+            io,
+            phase: Phase::Created,
+            held_exit: None,
+            terminal: None,
+            spec,
+            exit_changed: Arc::new(Condvar::new()),
+        }
     }
 
     pub fn exit(&self) -> Option<Exit> {
@@ -102,6 +115,13 @@ impl Process {
 
     fn alive_with_pid(&self, pid: i32) -> bool {
         self.pid == pid && matches!(self.phase, Phase::Created | Phase::Starting | Phase::Running)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Its waiters find it gone (deleted) and return.
+        self.exit_changed.notify_all();
     }
 }
 
@@ -177,7 +197,7 @@ impl Table {
 
 pub struct Tasks {
     table: Mutex<Table>,
-    /// Signalled at every exit, claimed or not.
+    /// Signalled at every exit, claimed or not: launches wait on it for their commands.
     changed: Condvar,
     pub events: Events,
 }
@@ -239,6 +259,8 @@ impl Tasks {
         p.phase = Phase::Exited(exit);
         // Its relay finishes on its own; the shim keeps none of the terminal's descriptors.
         p.terminal = None;
+        // The table's lock is held: its waiters return after the exit event is queued.
+        p.exit_changed.notify_all();
         let pid = p.pid;
         self.events.send(Event::Exit(TaskExit {
             container_id: c.id.clone(),
@@ -248,7 +270,6 @@ impl Tasks {
             exited_at: exit.timestamp(),
             ..Default::default()
         }));
-        self.changed.notify_all();
         // Without a pid namespace of its own nothing ends the rest of the container.
         let kill_rest = exec_id.is_empty() && c.kill_all_on_exit;
         AfterExit { kill_rest: kill_rest.then(|| (c.id.clone(), c.runtime.root.clone())) }
@@ -284,14 +305,16 @@ impl Tasks {
             if let Some(exit) = p.exit() {
                 return Ok(exit);
             }
+            // Taken anew each time: the exec id may name a new process by now.
+            let exit_changed = p.exit_changed.clone();
             table = match until {
-                None => self.changed.wait(table).unwrap_or_else(|e| e.into_inner()),
+                None => exit_changed.wait(table).unwrap_or_else(|e| e.into_inner()),
                 Some(until) => {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(table.container(id)?.bad_state(exec_id, "wait for"));
                     }
-                    self.changed.wait_timeout(table, left).unwrap_or_else(|e| e.into_inner()).0
+                    exit_changed.wait_timeout(table, left).unwrap_or_else(|e| e.into_inner()).0
                 }
             };
         }
@@ -441,5 +464,28 @@ mod tests {
         assert_eq!(tasks.wait_exit("c1", "", None).unwrap().status, 137);
         let e = tasks.wait_exit("c2", "", None).err().unwrap().to_string();
         assert_eq!(e, "container c2: not found");
+    }
+
+    #[test]
+    fn a_wait_returns_at_its_own_exit_or_when_its_task_is_deleted() {
+        let (events, _recorder) = Events::recorder();
+        let tasks = Arc::new(Tasks::new(events));
+        for (id, pid) in [("c1", 81), ("c2", 82), ("c3", 83)] {
+            tasks.lock().containers.insert(id.into(), container(id, pid, Phase::Running));
+        }
+        let waiter = |id: &'static str| {
+            let tasks = tasks.clone();
+            std::thread::spawn(move || tasks.wait_exit(id, "", None).map(|e| e.status).map_err(|e| e.to_string()))
+        };
+        let (w1, w2) = (waiter("c1"), waiter("c2"));
+        std::thread::sleep(Duration::from_millis(50));
+        tasks.on_exit(83, Exit::now(1));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!w1.is_finished() && !w2.is_finished(), "another task's exit ends no wait");
+        tasks.on_exit(81, Exit::now(7));
+        assert_eq!(w1.join().unwrap(), Ok(7));
+        // Deleted before it exited (a restore that never ran): its wait ends at once.
+        drop(tasks.lock().containers.remove("c2"));
+        assert_eq!(w2.join().unwrap(), Err("container c2: not found".to_string()));
     }
 }
