@@ -1,7 +1,9 @@
 //! `containerd-shim-warren-v2`: containerd's shim v2 for the Warren runtime (runtime type
 //! `io.containerd.warren.v2`), on containerd's Rust shim crates with their synchronous API
 //! (no async runtime: the shim is mostly asleep, and threads cost less resident memory than
-//! an executor and its pools).
+//! an executor and its pools). The server's life is the shim's own ([`server`]): its ttrpc
+//! server ([`rpc`]) polls every connection from one thread and runs requests on a small pool,
+//! since containerd connects once per task and ttrpc's own server keeps six threads for each.
 //!
 //! # How the shim drives Warren
 //! * Process-creating verbs (`create`, `exec`) and the verbs that run hooks (`start`,
