@@ -35,8 +35,8 @@ pub type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
 /// Workers kept while idle; more are started while all are busy and leave after [`IDLE_EXIT`].
 const IDLE_WORKERS: usize = 4;
 const IDLE_EXIT: Duration = Duration::from_secs(10);
-/// Workers run the task service's handlers (`warren` commands, serde, the runtime library).
-const WORKER_STACK: usize = 1024 * 1024;
+/// What one readiness of a connection reads at most before the others get their turn.
+const READ_PER_TURN: usize = 64 * 1024;
 /// The poll thread's token for the listener; connections are known by their descriptor.
 const LISTENER: u64 = u64::MAX;
 
@@ -68,8 +68,24 @@ struct Poller {
     epoll: Epoll,
     listener: UnixListener,
     pool: Arc<Pool>,
-    /// Open connections by descriptor, with their partial input.
-    connections: HashMap<RawFd, (Arc<Connection>, Vec<u8>)>,
+    /// Open connections by descriptor.
+    connections: HashMap<RawFd, Reading>,
+}
+
+/// A connection as the poll thread reads it.
+struct Reading {
+    connection: Arc<Connection>,
+    /// Bytes of a message not yet whole.
+    input: Vec<u8>,
+    /// Bytes still to drop of a message longer than ttrpc allows.
+    skip: usize,
+}
+
+/// What the input of a connection holds.
+enum Frame {
+    Whole(MessageHeader, Vec<u8>),
+    /// A header announcing more than ttrpc allows: its body is dropped, the request refused.
+    TooLong(MessageHeader),
 }
 
 impl Poller {
@@ -80,8 +96,10 @@ impl Poller {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
+                    // Every task is served by this thread: it must not end.
                     log::error!("ttrpc poll: {e}");
-                    return;
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
                 }
             };
             for event in &events[..n] {
@@ -99,7 +117,7 @@ impl Poller {
             Err(e) => {
                 log::warn!("ttrpc accept: {e}");
                 // Out of descriptors: let a moment pass rather than spin on the ready listener.
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(100));
                 return;
             }
         };
@@ -110,70 +128,94 @@ impl Poller {
         }
         let (cancel, cancel_rx) = crossbeam::channel::bounded(0);
         let connection = Connection { stream, write: Mutex::new(()), cancel: Mutex::new(Some(cancel)), cancel_rx };
-        self.connections.insert(fd, (Arc::new(connection), Vec::new()));
+        self.connections.insert(fd, Reading { connection: Arc::new(connection), input: Vec::new(), skip: 0 });
     }
 
-    /// Reads what the connection has without blocking, and hands every whole request to
-    /// the pool. End of stream or an error closes it.
+    /// Reads what the connection has (up to [`READ_PER_TURN`]) without blocking, and hands
+    /// every whole request to the pool. End of stream or an error closes it.
     fn read(&mut self, fd: RawFd) {
-        let Some((connection, input)) = self.connections.get_mut(&fd) else { return };
+        let Some(reading) = self.connections.get_mut(&fd) else { return };
         let mut chunk = [0u8; 16 * 1024];
+        let mut read = 0;
         let open = loop {
+            if read >= READ_PER_TURN {
+                // Level-triggered: the rest is read at its next turn.
+                break true;
+            }
             match recv(fd, &mut chunk, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => break false,
-                Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    reading.input.extend_from_slice(&chunk[..n]);
+                    read += n;
+                }
                 Err(nix::errno::Errno::EAGAIN) => break true,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break false,
             }
         };
-        let whole = take_messages(input);
-        let well_formed = whole.is_some();
-        for (header, payload) in whole.into_iter().flatten() {
+        for frame in take_frames(&mut reading.input, &mut reading.skip) {
+            let (header, payload) = match frame {
+                Frame::Whole(header, payload) => (header, Ok(payload)),
+                Frame::TooLong(header) => {
+                    let refused = format!("message length {} exceeds maximum {MESSAGE_LENGTH_MAX}", header.length);
+                    (header, Err(refused))
+                }
+            };
             if header.type_ == MESSAGE_TYPE_REQUEST {
-                self.pool.submit(Job { connection: connection.clone(), header, payload });
+                self.pool.submit(Job { connection: reading.connection.clone(), header, payload });
             }
         }
-        if !open || !well_formed {
+        if !open {
             self.close(fd);
         }
     }
 
     fn close(&mut self, fd: RawFd) {
-        if let Some((connection, _)) = self.connections.remove(&fd) {
-            let _ = self.epoll.delete(connection.stream.as_fd());
-            connection.cancel.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(reading) = self.connections.remove(&fd) {
+            let _ = self.epoll.delete(reading.connection.stream.as_fd());
+            reading.connection.cancel.lock().unwrap_or_else(|e| e.into_inner()).take();
             // Handlers still running keep the socket open until their responses fail.
         }
     }
 }
 
-/// Splits the whole messages off the front of `input`; None when a header announces more than
-/// ttrpc allows (the connection is then beyond repair).
-fn take_messages(input: &mut Vec<u8>) -> Option<Vec<(MessageHeader, Vec<u8>)>> {
-    let mut messages = Vec::new();
+/// Splits the whole messages off the front of `input`. A message longer than ttrpc allows
+/// comes out as its header alone, and its body is dropped as it arrives (`skip` counts what
+/// is left of it), as ttrpc's server does: the connection goes on.
+fn take_frames(input: &mut Vec<u8>, skip: &mut usize) -> Vec<Frame> {
+    let mut frames = Vec::new();
     let mut at = 0;
-    while input.len() - at >= MESSAGE_HEADER_LENGTH {
+    loop {
+        let dropped = (*skip).min(input.len() - at);
+        at += dropped;
+        *skip -= dropped;
+        if *skip > 0 || input.len() - at < MESSAGE_HEADER_LENGTH {
+            break;
+        }
         let header = MessageHeader::from(&input[at..at + MESSAGE_HEADER_LENGTH]);
         let length = header.length as usize;
         if length > MESSAGE_LENGTH_MAX {
-            return None;
+            at += MESSAGE_HEADER_LENGTH;
+            *skip = length;
+            frames.push(Frame::TooLong(header));
+            continue;
         }
         let end = at + MESSAGE_HEADER_LENGTH + length;
         if input.len() < end {
             break;
         }
-        messages.push((header, input[at + MESSAGE_HEADER_LENGTH..end].to_vec()));
+        frames.push(Frame::Whole(header, input[at + MESSAGE_HEADER_LENGTH..end].to_vec()));
         at = end;
     }
     input.drain(..at);
-    Some(messages)
+    frames
 }
 
 struct Job {
     connection: Arc<Connection>,
     header: MessageHeader,
-    payload: Vec<u8>,
+    /// The request's bytes, or why it is refused unread.
+    payload: Result<Vec<u8>, String>,
 }
 
 struct Pool {
@@ -218,8 +260,8 @@ impl Pool {
         state.workers += 1;
         drop(state);
         let pool = self.clone();
-        let started =
-            std::thread::Builder::new().name("ttrpc-worker".into()).stack_size(WORKER_STACK).spawn(move || pool.work());
+        // std's default stack: the handlers run the runtime library in-process.
+        let started = std::thread::Builder::new().name("ttrpc-worker".into()).spawn(move || pool.work());
         if let Err(e) = started {
             // The job waits for a worker that is busy now.
             log::warn!("no thread for a ttrpc worker: {e}");
@@ -249,7 +291,9 @@ impl Pool {
                 }
                 if std::time::Instant::now() >= deadline {
                     state.idle -= 1;
-                    if state.workers > IDLE_WORKERS {
+                    // Busy workers (a Wait each) do not count: a few stay idle for the next
+                    // requests whatever else runs.
+                    if state.idle >= IDLE_WORKERS {
                         state.workers -= 1;
                         return;
                     }
@@ -265,9 +309,9 @@ impl Pool {
     fn handle(&self, job: Job) {
         let Job { connection, header, payload } = job;
         let stream_id = header.stream_id;
-        let body = match Request::parse_from_bytes(&payload) {
-            Ok(request) => self.call(&connection, header, request),
-            Err(e) => status_response(Code::INVALID_ARGUMENT, e.to_string()),
+        let body = match payload.map(|p| Request::parse_from_bytes(&p).map_err(|e| e.to_string())) {
+            Ok(Ok(request)) => self.call(&connection, header, request),
+            Ok(Err(refused)) | Err(refused) => status_response(Code::INVALID_ARGUMENT, refused),
         };
         let written = match body {
             Some(body) => write_response(&connection, stream_id, &body),
@@ -389,21 +433,40 @@ mod tests {
             .count()
     }
 
+    fn whole(frames: Vec<Frame>) -> Vec<(u32, Vec<u8>)> {
+        frames
+            .into_iter()
+            .map(|f| match f {
+                Frame::Whole(header, payload) => (header.stream_id, payload),
+                Frame::TooLong(header) => (header.stream_id, b"too long".to_vec()),
+            })
+            .collect()
+    }
+
     #[test]
     fn splits_whole_messages_and_keeps_the_rest() {
         let a = frame(1, &request("Echo", b"one"));
         let b = frame(3, &request("Echo", b"two"));
-        let mut input = [a.clone(), b[..7].to_vec()].concat();
-        let messages = take_messages(&mut input).unwrap();
-        assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].0.stream_id, 1);
-        assert_eq!(messages[0].1, a[MESSAGE_HEADER_LENGTH..]);
+        let (mut input, mut skip) = ([a.clone(), b[..7].to_vec()].concat(), 0);
+        assert_eq!(whole(take_frames(&mut input, &mut skip)), [(1, a[MESSAGE_HEADER_LENGTH..].to_vec())]);
         assert_eq!(input, b[..7]);
         input.extend_from_slice(&b[7..]);
-        assert_eq!(take_messages(&mut input).unwrap()[0].0.stream_id, 3);
+        assert_eq!(whole(take_frames(&mut input, &mut skip))[0].0, 3);
         assert!(input.is_empty());
+    }
+
+    #[test]
+    fn a_message_too_long_is_skipped_as_it_arrives() {
         let too_long = MessageHeader { length: MESSAGE_LENGTH_MAX as u32 + 1, stream_id: 5, type_: 1, flags: 0 };
-        assert!(take_messages(&mut Vec::<u8>::from(too_long)).is_none());
+        let (mut input, mut skip) = (Vec::<u8>::from(too_long), 0);
+        input.extend(vec![0u8; 1000]);
+        assert_eq!(whole(take_frames(&mut input, &mut skip)), [(5, b"too long".to_vec())]);
+        assert_eq!((input.len(), skip), (0, MESSAGE_LENGTH_MAX + 1 - 1000));
+        let next = frame(7, &request("Echo", b"next"));
+        input.extend(vec![0u8; MESSAGE_LENGTH_MAX + 1 - 1000]);
+        input.extend_from_slice(&next);
+        assert_eq!(whole(take_frames(&mut input, &mut skip)), [(7, next[MESSAGE_HEADER_LENGTH..].to_vec())]);
+        assert_eq!((input.len(), skip), (0, 0));
     }
 
     #[test]
@@ -454,18 +517,29 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_that_sends_garbage_is_closed_and_the_server_serves_on() {
+    fn a_request_too_long_is_refused_and_its_connection_serves_on() {
         let dir = tempfile::tempdir().unwrap();
-        let (address, _release) = server(dir.path());
+        let (address, release) = server(dir.path());
         let path = address.strip_prefix("unix://").unwrap();
-        let mut bad = UnixStream::connect(path).unwrap();
-        let too_long = MessageHeader { length: u32::MAX, stream_id: 1, type_: MESSAGE_TYPE_REQUEST, flags: 0 };
-        bad.write_all(&Vec::<u8>::from(too_long)).unwrap();
-        let mut rest = Vec::new();
-        bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(bad.read_to_end(&mut rest).unwrap(), 0, "closed without an answer");
-        let mut good = UnixStream::connect(path).unwrap();
-        good.write_all(&frame(1, &request("Echo", b"still here"))).unwrap();
-        assert_eq!(read_response(&mut good).1.payload, b"still here");
+        // A held request keeps the connection busy meanwhile, as a pending Wait would.
+        let mut conn = UnixStream::connect(path).unwrap();
+        conn.write_all(&frame(1, &request("Hold", b""))).unwrap();
+        let length = MESSAGE_LENGTH_MAX + 1;
+        let too_long = MessageHeader { length: length as u32, stream_id: 3, type_: MESSAGE_TYPE_REQUEST, flags: 0 };
+        let mut writer = conn.try_clone().unwrap();
+        let sent = std::thread::spawn(move || {
+            writer.write_all(&Vec::<u8>::from(too_long)).unwrap();
+            writer.write_all(&vec![0u8; length]).unwrap();
+            writer.write_all(&frame(5, &request("Echo", b"still here"))).unwrap();
+        });
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (header, refused) = read_response(&mut conn);
+        assert_eq!(header.stream_id, 3);
+        assert_eq!(refused.status.code(), Code::INVALID_ARGUMENT);
+        let (header, echoed) = read_response(&mut conn);
+        assert_eq!((header.stream_id, echoed.payload), (5, b"still here".to_vec()));
+        sent.join().unwrap();
+        release.send(()).unwrap();
+        assert_eq!(read_response(&mut conn).0.stream_id, 1);
     }
 }

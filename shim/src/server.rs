@@ -18,6 +18,8 @@ pub fn serve(flags: Flags) -> Result<(), Error> {
     if flags.namespace.is_empty() || flags.socket.is_empty() {
         return Err(Error::InvalidArgument("the server needs -namespace and -socket".into()));
     }
+    // Where events go: without it the shim could serve nobody.
+    std::env::var("TTRPC_ADDRESS")?;
     let io = |context: &str| {
         let context = context.to_string();
         move |err| Error::IoError { context, err }
@@ -51,7 +53,8 @@ fn survive_termination_signals() -> std::io::Result<()> {
 }
 
 /// Binds the socket; None when another server of the group already serves on it (two
-/// `start`s raced), after a stale socket file (of a killed shim) is replaced.
+/// `start`s raced). A socket file nobody answers on for a second (a killed shim's) is
+/// replaced; the second covers a racing server between its bind and its listen.
 fn listen(address: &str) -> std::io::Result<Option<UnixListener>> {
     let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
     if let Some(parent) = path.parent() {
@@ -59,8 +62,11 @@ fn listen(address: &str) -> std::io::Result<Option<UnixListener>> {
     }
     match UnixListener::bind(path) {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if serving(address) {
-                return Ok(None);
+            for _ in 0..20 {
+                if serving(address) {
+                    return Ok(None);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
             std::fs::remove_file(path)?;
             UnixListener::bind(path).map(Some)
