@@ -34,7 +34,11 @@ pub fn serve(flags: Flags) -> Result<(), Error> {
         return Ok(());
     };
     let service: Arc<dyn Task + Send + Sync> = Arc::new(shim.task_service());
-    crate::rpc::start(listener, create_task(service)).map_err(io("start the ttrpc server"))?;
+    if let Err(e) = crate::rpc::start(listener, create_task(service)) {
+        // Nobody will answer on it: a later `start` must not take it for a serving group.
+        let _ = std::fs::remove_file(flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket));
+        return Err(io("start the ttrpc server")(e));
+    }
     // `start` reads our stdout until it closes: from now on the shim serves.
     nix::unistd::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO).map_err(|e| io("close stdout")(e.into()))?;
     shim.wait();
