@@ -52,15 +52,13 @@ pub fn start(listener: UnixListener, methods: Methods) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One client's connection: the socket, the bytes of a message not yet whole, and what the
-/// handlers of its requests are given.
+/// One client's connection as its requests' handlers share it.
 struct Connection {
     stream: UnixStream,
     /// Held while a response is written, so that responses of concurrent requests do not
     /// interleave.
     write: Mutex<()>,
-    /// Dropped when the connection closes: a handler's `ctx.cancel_rx` then reports it.
-    cancel: Mutex<Option<crossbeam::channel::Sender<()>>>,
+    /// Reports the connection closed (its sender, in [`Reading`], dropped) to `ctx.cancel_rx`.
     cancel_rx: crossbeam::channel::Receiver<()>,
 }
 
@@ -79,6 +77,8 @@ struct Reading {
     input: Vec<u8>,
     /// Bytes still to drop of a message longer than ttrpc allows.
     skip: usize,
+    /// Dropped with this when the connection closes.
+    _cancel: crossbeam::channel::Sender<()>,
 }
 
 /// What the input of a connection holds.
@@ -127,8 +127,8 @@ impl Poller {
             return;
         }
         let (cancel, cancel_rx) = crossbeam::channel::bounded(0);
-        let connection = Connection { stream, write: Mutex::new(()), cancel: Mutex::new(Some(cancel)), cancel_rx };
-        self.connections.insert(fd, Reading { connection: Arc::new(connection), input: Vec::new(), skip: 0 });
+        let connection = Arc::new(Connection { stream, write: Mutex::new(()), cancel_rx });
+        self.connections.insert(fd, Reading { connection, input: Vec::new(), skip: 0, _cancel: cancel });
     }
 
     /// Reads what the connection has (up to [`READ_PER_TURN`]) without blocking, and hands
@@ -173,7 +173,6 @@ impl Poller {
     fn close(&mut self, fd: RawFd) {
         if let Some(reading) = self.connections.remove(&fd) {
             let _ = self.epoll.delete(reading.connection.stream.as_fd());
-            reading.connection.cancel.lock().unwrap_or_else(|e| e.into_inner()).take();
             // Handlers still running keep the socket open until their responses fail.
         }
     }
@@ -230,14 +229,13 @@ struct PoolState {
     idle: usize,
     /// Wake-ups sent and not yet taken by a worker.
     woken: usize,
-    workers: usize,
 }
 
 impl Pool {
     fn new(methods: Methods) -> Pool {
         Pool {
             methods,
-            state: Mutex::new(PoolState { jobs: VecDeque::new(), idle: 0, woken: 0, workers: 0 }),
+            state: Mutex::new(PoolState { jobs: VecDeque::new(), idle: 0, woken: 0 }),
             ready: Condvar::new(),
         }
     }
@@ -257,7 +255,6 @@ impl Pool {
             self.ready.notify_one();
             return;
         }
-        state.workers += 1;
         drop(state);
         let pool = self.clone();
         // std's default stack: the handlers run the runtime library in-process.
@@ -265,7 +262,6 @@ impl Pool {
         if let Err(e) = started {
             // The job waits for a worker that is busy now.
             log::warn!("no thread for a ttrpc worker: {e}");
-            self.lock().workers -= 1;
         }
     }
 
@@ -294,7 +290,6 @@ impl Pool {
                     // Busy workers (a Wait each) do not count: a few stay idle for the next
                     // requests whatever else runs.
                     if state.idle >= IDLE_WORKERS {
-                        state.workers -= 1;
                         return;
                     }
                     break;
@@ -303,8 +298,8 @@ impl Pool {
         }
     }
 
-    /// Runs one request's handler and writes its response. A request that cannot be
-    /// answered (undecodable, or its handler failed to respond) closes the connection, as
+    /// Runs one request's handler and writes its response. An undecodable or too long request
+    /// is answered INVALID_ARGUMENT; a handler that fails to respond closes the connection, as
     /// ttrpc's server does.
     fn handle(&self, job: Job) {
         let Job { connection, header, payload } = job;

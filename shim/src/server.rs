@@ -11,7 +11,7 @@ use std::sync::Arc;
 use containerd_shim::protos::shim::shim_ttrpc::{create_task, Task};
 use containerd_shim::{Error, Flags, Shim};
 
-use crate::shim::{serving, WarrenShim};
+use crate::shim::{serving, socket_path, WarrenShim};
 
 /// Serves the task service on `flags.socket` until containerd shuts the shim down.
 pub fn serve(flags: Flags) -> Result<(), Error> {
@@ -36,7 +36,7 @@ pub fn serve(flags: Flags) -> Result<(), Error> {
     let service: Arc<dyn Task + Send + Sync> = Arc::new(shim.task_service());
     if let Err(e) = crate::rpc::start(listener, create_task(service)) {
         // Nobody will answer on it: a later `start` must not take it for a serving group.
-        let _ = std::fs::remove_file(flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket));
+        let _ = std::fs::remove_file(socket_path(&flags.socket));
         return Err(io("start the ttrpc server")(e));
     }
     // `start` reads our stdout until it closes: from now on the shim serves.
@@ -60,7 +60,7 @@ fn survive_termination_signals() -> std::io::Result<()> {
 /// `start`s raced). A socket file nobody answers on for a second (a killed shim's) is
 /// replaced; the second covers a racing server between its bind and its listen.
 fn listen(address: &str) -> std::io::Result<Option<UnixListener>> {
-    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    let path = Path::new(socket_path(address));
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -74,7 +74,7 @@ impl containerd_shim::Shim for WarrenShim {
         self.exit.wait();
         // The library removes the socket named in the bundle's address file, which containerd
         // may have deleted by now: remove it here, from our own flags.
-        let _ = std::fs::remove_file(self.socket.strip_prefix("unix://").unwrap_or(&self.socket));
+        let _ = std::fs::remove_file(socket_path(&self.socket));
         // The last Delete's event must reach containerd before the process goes.
         if let Some(events) = self.events.lock().ok().and_then(|e| e.clone()) {
             events.flush(Duration::from_secs(5));
@@ -118,8 +118,12 @@ fn group_of(config_json: &Path) -> Option<String> {
 
 /// Whether a shim answers on `address`.
 pub(crate) fn serving(address: &str) -> bool {
-    let path = address.strip_prefix("unix://").unwrap_or(address);
-    std::os::unix::net::UnixStream::connect(path).is_ok()
+    std::os::unix::net::UnixStream::connect(socket_path(address)).is_ok()
+}
+
+/// The file of a shim's socket address (`unix:///run/containerd/s/...`).
+pub(crate) fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
 }
 
 /// Starts the server process (in its own process group, so that signals meant for
@@ -178,7 +182,7 @@ fn cleanup_lost(bundle: &Path, id: &str) {
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
         let address = address.trim();
         if !serving(address) {
-            let _ = std::fs::remove_file(address.strip_prefix("unix://").unwrap_or(address));
+            let _ = std::fs::remove_file(socket_path(address));
         }
     }
 }

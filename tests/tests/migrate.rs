@@ -234,10 +234,16 @@ fn two_hosts(name: &str, image: Image) -> Result<Option<(Test, HostPair)>> {
 fn run_counter(t: &Test, host: &FakeHost) -> Result<(String, PathBuf, Container)> {
     let id = t.id("c");
     let src = counter_bundle(host, &id)?;
-    let guard = host.warren.adopt(&id);
-    host.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
-    wait_count_above(&src, 10, Duration::from_secs(10))?;
+    let guard = run_past_10(host, &id, &src, Duration::from_secs(10))?;
     Ok((id, src, guard))
+}
+
+/// `warren run -d` of a counting bundle on `host`, once it has counted past 10: its guard.
+fn run_past_10(host: &FakeHost, id: &str, bundle: &Path, timeout: Duration) -> Result<Container> {
+    let guard = host.warren.adopt(id);
+    host.warren.cmd(&["run", "-d", "--bundle", &bundle.to_string_lossy(), id])?.ok()?;
+    wait_count_above(bundle, 10, timeout)?;
+    Ok(guard)
 }
 
 /// Running on `host`, counting on from its value, every line of its log there.
@@ -343,9 +349,7 @@ fn a_container_with_hundreds_of_processes_moves() -> Result<()> {
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     cfg["linux"]["resources"] = json!({"memory": {"limit": 512 * MIB}, "pids": {"limit": 400}});
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
-    let guard_a = pair.a.warren.adopt(&id);
-    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
-    wait_count_above(&src, 10, Duration::from_secs(30))?;
+    let guard_a = run_past_10(&pair.a, &id, &src, Duration::from_secs(30))?;
 
     let (_, guard_b) = move_to_b(&pair, &id, guard_a)?;
     let dst = pair.b.bundles.join(&id);
@@ -368,9 +372,7 @@ fn a_container_moved_with_lazy_pages_runs_on_with_all_its_memory() -> Result<()>
     };
     let id = t.id("c");
     let src = script_bundle(&pair.a, &id, &[], HOLDER)?;
-    let guard_a = pair.a.warren.adopt(&id);
-    pair.a.warren.cmd(&["run", "-d", "--bundle", &src.to_string_lossy(), &id])?.ok()?;
-    wait_count_above(&src, 10, Duration::from_secs(20))?;
+    let guard_a = run_past_10(&pair.a, &id, &src, Duration::from_secs(20))?;
     let sum0 = std::fs::read_to_string(src.join("rootfs/sum0"))?;
 
     let (got, guard_b) = move_to_b_with(&pair, &id, guard_a, &["--lazy-pages"])?;
